@@ -1,0 +1,35 @@
+# Both entry points create .venv when it is missing and install torch (CPU wheel, pinned) first.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint proto bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/secagg demo $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check secagg attestation tests
+	$(VENV)/bin/mypy secagg attestation
+
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I secagg/transport/proto \
+	  --python_out=secagg/transport/generated --grpc_python_out=secagg/transport/generated \
+	  --pyi_out=secagg/transport/generated secagg/transport/proto/secagg.proto
+	sed -i 's/^import secagg_pb2 as/from . import secagg_pb2 as/' secagg/transport/generated/secagg_pb2_grpc.py
+
+bench: $(STAMP)
+	$(VENV)/bin/secagg bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) demo-out bench-out .pytest_cache .mypy_cache .ruff_cache

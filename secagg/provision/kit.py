@@ -1,0 +1,110 @@
+"""A startup kit: the files one participant needs, and nothing of anyone else's.
+
+Layout of ``WORKSPACE/<name>/``::
+
+    ca.pem      project CA certificate (the only trust anchor)
+    cert.pem    this participant's certificate (CN=name, O=org, OU=role)
+    key.pem     this participant's private key, PKCS#8 PEM, mode 0600
+    kit.yaml    project name, own name/kind/role/org, aggregator address, the project's sites
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from secagg.errors import ConfigError
+from secagg.provision.identity import Identity, load_cert, verify_cert
+
+
+class KitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project: str
+    name: str
+    kind: Literal["aggregator", "site", "admin"]
+    org: str
+    role: str
+    aggregator_host: str
+    aggregator_port: int
+    sites: list[str]
+    key_holder: str
+    metrics_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Kit:
+    path: Path
+    config: KitConfig
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @cached_property
+    def ca_pem(self) -> bytes:
+        return (self.path / "ca.pem").read_bytes()
+
+    @cached_property
+    def cert_pem(self) -> bytes:
+        return (self.path / "cert.pem").read_bytes()
+
+    @cached_property
+    def key_pem(self) -> bytes:
+        return (self.path / "key.pem").read_bytes()
+
+    @cached_property
+    def ca_cert(self) -> x509.Certificate:
+        return load_cert(self.ca_pem)
+
+    @cached_property
+    def cert(self) -> x509.Certificate:
+        return load_cert(self.cert_pem)
+
+    @cached_property
+    def private_key(self) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key(self.key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError(f"{self.path}/key.pem is not an EC private key")
+        return key
+
+    @cached_property
+    def identity(self) -> Identity:
+        return verify_cert(self.cert, self.ca_cert)
+
+    @property
+    def target(self) -> str:
+        return f"{self.config.aggregator_host}:{self.config.aggregator_port}"
+
+
+def load_kit(path: Path | str, kind: str | None = None) -> Kit:
+    """Load and check a kit; ``kind`` refuses the wrong kit for a role (a site kit for the aggregator)."""
+    path = Path(path)
+    cfg_file = path / "kit.yaml"
+    if not cfg_file.is_file():
+        raise ConfigError(f"{path} is not a startup kit (no kit.yaml)")
+    for required in ("ca.pem", "cert.pem", "key.pem"):
+        if not (path / required).is_file():
+            raise ConfigError(f"startup kit {path} is missing {required}")
+    key_mode = (path / "key.pem").stat().st_mode & 0o077
+    if key_mode and os.name == "posix":
+        raise ConfigError(f"{path}/key.pem is readable by group or others; chmod 600 it")
+    try:
+        config = KitConfig.model_validate(yaml.safe_load(cfg_file.read_text()))
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"{cfg_file}: invalid kit config: {exc}") from None
+    if kind is not None and config.kind != kind:
+        raise ConfigError(f"{path} is a {config.kind} kit, not a {kind} kit")
+    kit = Kit(path=path, config=config)
+    if kit.identity.name != config.name:
+        raise ConfigError(f"{path}: certificate name {kit.identity.name!r} does not match kit.yaml")
+    return kit
