@@ -1,0 +1,76 @@
+"""The privacy filter shapes a job may request and a site policy may require.
+
+One vocabulary for both sides, so that "is the job's request at least as strong as the site's rule?"
+is a field-by-field comparison, not a translation. The privacy package implements the filters; this
+module only names their parameters and says which direction of each parameter is *stronger*.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Filter(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SvtFilter(_Filter):
+    """Sparse vector technique: share a noisy ``fraction`` of coordinates above threshold ``tau``."""
+
+    name: Literal["svt"]
+    fraction: float = Field(gt=0, le=1)
+    epsilon: float = Field(gt=0)
+    noise_var: float = Field(ge=0)
+    gamma: float = Field(gt=0)
+    tau: float = Field(ge=0)
+
+
+class PercentileFilter(_Filter):
+    """Share only the top ``percentile`` percent of coordinates by magnitude, clipped to ``gamma``."""
+
+    name: Literal["percentile"]
+    percentile: float = Field(gt=0, le=100)
+    gamma: float | None = Field(default=None, gt=0)
+
+
+class ExcludeFilter(_Filter):
+    """Never share the named tensors (names or shell globs)."""
+
+    name: Literal["exclude"]
+    tensors: list[str] = Field(min_length=1)
+
+
+class GaussianFilter(_Filter):
+    """Clip the update's L2 norm to ``clip`` and add N(0, (noise_multiplier * clip)^2) noise."""
+
+    name: Literal["gaussian"]
+    clip: float = Field(gt=0)
+    noise_multiplier: float = Field(gt=0)
+
+
+class DpsgdFilter(_Filter):
+    """DP-SGD inside local training; the only filter a site cannot add after training."""
+
+    name: Literal["dpsgd"]
+    target_epsilon: float = Field(gt=0)
+    target_delta: float = Field(gt=0, lt=1)
+    max_grad_norm: float = Field(gt=0)
+
+
+FilterSpec = Annotated[
+    SvtFilter | PercentileFilter | ExcludeFilter | GaussianFilter | DpsgdFilter,
+    Field(discriminator="name"),
+]
+
+#: per filter, each numeric parameter and whether a *smaller* value is the stronger (more private) one
+STRONGER_WHEN_SMALLER: dict[str, dict[str, bool]] = {
+    "svt": {"fraction": True, "epsilon": True, "noise_var": False, "gamma": True, "tau": False},
+    "percentile": {"percentile": True, "gamma": True},
+    "gaussian": {"clip": True, "noise_multiplier": False},
+    "dpsgd": {"target_epsilon": True, "target_delta": True, "max_grad_norm": True},
+}
+
+#: filters that act inside training; a site cannot bolt them on to a job that did not ask for them
+TRAINING_TIME_FILTERS = frozenset({"dpsgd"})

@@ -1,0 +1,149 @@
+"""Offline sigstore verification against the real published bundles in tests/vectors/sigstore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from secagg.errors import ConfigError
+from secagg.jobs import BundleRejected, JobRejected, SigstoreIdentity, verify_bundle, verify_job
+
+V = Path(__file__).parent.parent / "vectors" / "sigstore"
+CONF = V / "conformance" / "bundle-verify"
+BEACON = (
+    "https://github.com/sigstore-conformance/extremely-dangerous-public-oidc-beacon/.github/workflows/"
+    "extremely-dangerous-oidc-beacon.yml@refs/heads/main"
+)
+GHA = "https://token.actions.githubusercontent.com"
+GH = "https://github.com/login/oauth"
+
+GOOD = [
+    *[
+        (CONF / "a.txt", CONF / c / "bundle.sigstore.json", BEACON, GHA, "production")
+        for c in (
+            "happy-path-v0.1",
+            "happy-path-v0.2",
+            "happy-path-v0.3",
+            "happy-path-v0.3-new-mediaType",
+            "happy-path-intoto-in-dsse-v3",
+        )
+    ],
+    (
+        V / "staging/bundle_v3.txt",
+        V / "staging/bundle_v3.txt.sigstore",
+        "william@yossarian.net",
+        GH,
+        "staging",
+    ),
+    (V / "staging/bundle.txt", V / "staging/bundle.txt.sigstore", "a@tny.town", GH, "staging"),
+    (
+        V / "staging/tsa/bundle.txt",
+        V / "staging/tsa/bundle.txt.sigstore",
+        "alexis.challande@trailofbits.com",
+        "https://accounts.google.com",
+        "staging",
+    ),
+]
+IDS = [f"{a.parent.name}/{a.name}:{b.parent.name}" for a, b, *_ in GOOD]
+
+
+@pytest.mark.parametrize(("artifact", "bundle", "identity", "issuer", "instance"), GOOD, ids=IDS)
+def test_published_bundle_verifies(artifact, bundle, identity, issuer, instance) -> None:
+    signer = verify_bundle(
+        artifact.read_bytes(), bundle.read_bytes(), [SigstoreIdentity(identity, issuer, instance)]
+    )
+    assert signer.kind == "sigstore" and signer.name == identity and signer.issuer == issuer
+
+
+@pytest.mark.parametrize(("artifact", "bundle", "identity", "issuer", "instance"), GOOD, ids=IDS)
+def test_one_changed_byte_fails(artifact, bundle, identity, issuer, instance) -> None:
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    with pytest.raises(BundleRejected):
+        verify_bundle(bytes(data), bundle.read_bytes(), [SigstoreIdentity(identity, issuer, instance)])
+
+
+@pytest.mark.parametrize(("artifact", "bundle", "identity", "issuer", "instance"), GOOD, ids=IDS)
+def test_wrong_identity_or_issuer_fails(artifact, bundle, identity, issuer, instance) -> None:
+    for wrong in (
+        SigstoreIdentity("mallory@example.com", issuer, instance),
+        SigstoreIdentity(identity, "https://evil.example.com", instance),
+    ):
+        with pytest.raises(BundleRejected):
+            verify_bundle(artifact.read_bytes(), bundle.read_bytes(), [wrong])
+
+
+@pytest.mark.parametrize(("artifact", "bundle", "identity", "issuer", "instance"), GOOD, ids=IDS)
+def test_other_instance_root_fails(artifact, bundle, identity, issuer, instance) -> None:
+    other = "staging" if instance == "production" else "production"
+    with pytest.raises(BundleRejected):
+        verify_bundle(artifact.read_bytes(), bundle.read_bytes(), [SigstoreIdentity(identity, issuer, other)])
+
+
+def test_byteflip_vector_fails() -> None:
+    with pytest.raises(BundleRejected, match="digest mismatch|Signature is invalid"):
+        verify_bundle(
+            (V / "tampered/bundle_v3.txt.byteflip").read_bytes(),
+            (V / "staging/bundle_v3.txt.sigstore").read_bytes(),
+            [SigstoreIdentity("william@yossarian.net", GH, "staging")],
+        )
+
+
+def test_cve_2022_36056_fails() -> None:
+    with pytest.raises(BundleRejected, match="inconsistent"):
+        verify_bundle(
+            (V / "staging/bundle_cve_2022_36056.txt").read_bytes(),
+            (V / "staging/bundle_cve_2022_36056.txt.sigstore").read_bytes(),
+            [SigstoreIdentity("william@yossarian.net", GH, "staging")],
+        )
+
+
+def test_any_of_several_identities() -> None:
+    ids = [SigstoreIdentity("someone@else", GH, "staging"), SigstoreIdentity("a@tny.town", GH, "staging")]
+    signer = verify_bundle(
+        (V / "staging/bundle.txt").read_bytes(), (V / "staging/bundle.txt.sigstore").read_bytes(), ids
+    )
+    assert signer.name == "a@tny.town"
+
+
+def test_no_trusted_identity_fails() -> None:
+    with pytest.raises(BundleRejected, match="no sigstore identity is trusted"):
+        verify_bundle(b"x", (V / "staging/bundle.txt.sigstore").read_bytes(), [])
+
+
+FAILS = sorted(p for p in CONF.iterdir() if p.name.endswith("_fail"))
+
+
+@pytest.mark.parametrize("case", FAILS, ids=[p.name for p in FAILS])
+def test_conformance_fail_cases(case: Path) -> None:
+    artifact = case / "artifact" if (case / "artifact").exists() else CONF / "a.txt"
+    identity = (case / "identity").read_text().strip() if (case / "identity").exists() else BEACON
+    issuer = (case / "issuer").read_text().strip() if (case / "issuer").exists() else GHA
+    root = case / "trusted_root.json" if (case / "trusted_root.json").exists() else None
+    with pytest.raises((BundleRejected, ConfigError)):
+        verify_bundle(
+            artifact.read_bytes(),
+            (case / "bundle.sigstore.json").read_bytes(),
+            [SigstoreIdentity(identity, issuer)],
+            root_path=root,
+        )
+
+
+def test_job_with_bundle_for_another_artifact(signed_job: Path, kits) -> None:
+    """A genuine bundle, but over some other file: the job's manifest is not what was signed."""
+    (signed_job / "manifest.sig").unlink()
+    (signed_job / "manifest.sigstore.json").write_bytes((V / "staging/bundle.txt.sigstore").read_bytes())
+    with pytest.raises(JobRejected) as info:
+        verify_job(
+            signed_job, kits["site-1"].ca_cert, trusted=[SigstoreIdentity("a@tny.town", GH, "staging")]
+        )
+    (failure,) = info.value.failures
+    assert failure.startswith("manifest.sigstore.json: sigstore bundle not accepted")
+    assert "digest mismatch" in failure or "Signature is invalid" in failure
+
+
+def test_job_with_bundle_and_no_trusted_identity(signed_job: Path, kits) -> None:
+    (signed_job / "manifest.sigstore.json").write_bytes((V / "staging/bundle.txt.sigstore").read_bytes())
+    with pytest.raises(JobRejected, match="no sigstore identity is trusted"):
+        verify_job(signed_job, kits["site-1"].ca_cert)
