@@ -1,0 +1,267 @@
+"""The site side of one masked round, as a state machine with one method per phase.
+
+Phases (Bonawitz et al. 2017, with SecAgg+ neighbourhoods):
+  1. ``advertise``: two fresh X25519 key pairs (c for mask seeds, s for share encryption), signed.
+  2. ``share_keys``: verify neighbours' signed keys; Shamir-share the self-mask seed b and the mask
+     secret key c among the neighbourhood and oneself; seal each neighbour's shares with AES-GCM.
+  3. ``masked_input``: quantise, append the weight, add PRG(b) and +/- PRG(pair seed) per neighbour
+     that sent us shares.
+  4. ``unmask``: reveal b-shares of sites the aggregator says uploaded, c-shares of those it says
+     dropped, and never both kinds for one site, across all requests of the round.
+Every check that protects this site's update happens here, not at the aggregator.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from enum import Enum
+
+import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from secagg.errors import ConfigError, IdentityError, IntegrityError, UpdateRejected
+from secagg.mask import keys
+from secagg.mask.config import MaskConfig, graph_seed, neighbourhood
+from secagg.mask.errors import ProtocolViolation, RoundAborted, UnmaskRefused
+from secagg.mask.messages import (
+    AdvertiseKeys,
+    EncryptedShare,
+    MaskedInput,
+    Share,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from secagg.mask.prg import expand
+from secagg.mask.quantize import quantize
+from secagg.provision.identity import verify_cert
+
+
+class _Phase(Enum):
+    NEW = 0
+    ADVERTISED = 1
+    SHARED = 2
+    UPLOADED = 3
+
+
+def _raw_public(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def holders_of(owner: str, graph: dict[str, list[str]]) -> list[str]:
+    """Who holds shares of ``owner``'s secrets, in share-index order (index = position + 1)."""
+    return sorted([owner, *graph[owner]])
+
+
+class MaskClient:
+    def __init__(
+        self,
+        name: str,
+        identity_key: ec.EllipticCurvePrivateKey,
+        cert: x509.Certificate,
+        ca_cert: x509.Certificate,
+        config: MaskConfig,
+        job: str,
+        round: int,
+        *,
+        sites: Sequence[str],
+    ) -> None:
+        ident = verify_cert(cert, ca_cert)
+        if ident.name != name or ident.role != "site":
+            raise IdentityError(f"certificate is for {ident.name!r} ({ident.role}), not site {name!r}")
+        if name not in sites:
+            raise ConfigError(f"{name!r} is not one of the round's sites")
+        config.check_sites(len(sites))
+        self.name = name
+        self.job = job
+        self.round = round
+        self.config = config
+        self._identity_key = identity_key
+        self._cert = cert
+        self._ca = ca_cert
+        self._graph = neighbourhood(
+            list(sites), config.effective_neighbours(len(sites)), graph_seed(job, round)
+        )
+        self.neighbours: list[str] = self._graph[name]
+        self._phase = _Phase.NEW
+        self._c = X25519PrivateKey.generate()
+        self._s = X25519PrivateKey.generate()
+        self._peer_mask_pk: dict[str, bytes] = {}
+        self._peer_share_pk: dict[str, bytes] = {}
+        self._own_shares: tuple[Share, Share] | None = None
+        self._self_seed: bytes | None = None
+        # shares others sent us: owner -> (b-share, c-share)
+        self._held: dict[str, tuple[Share, Share]] = {}
+        self._masked_with: list[str] = []
+        # what we have revealed so far this round, per owner: never both kinds for one site
+        self._revealed_self: set[str] = set()
+        self._revealed_key: set[str] = set()
+
+    def _expect(self, phase: _Phase, what: str) -> None:
+        if self._phase is not phase:
+            raise ProtocolViolation(f"{self.name}: {what} called in phase {self._phase.name}")
+
+    def _check_round(self, job: str, round: int, what: str) -> None:
+        if job != self.job or round != self.round:
+            raise ProtocolViolation(
+                f"{what} is for job {job!r} round {round}, this is job {self.job!r} round {self.round}"
+            )
+
+    # -- phase 1 -------------------------------------------------------------------------------------
+    def advertise(self) -> AdvertiseKeys:
+        self._expect(_Phase.NEW, "advertise")
+        c_pk, s_pk = _raw_public(self._c), _raw_public(self._s)
+        payload = keys.advert_payload(self.job, self.round, self.name, c_pk, s_pk)
+        self._phase = _Phase.ADVERTISED
+        return AdvertiseKeys(
+            site=self.name,
+            job=self.job,
+            round=self.round,
+            mask_pk=c_pk,
+            share_pk=s_pk,
+            cert_der=self._cert.public_bytes(serialization.Encoding.DER),
+            signature=keys.sign(self._identity_key, payload),
+        )
+
+    # -- phase 2 -------------------------------------------------------------------------------------
+    def share_keys(self, roster: list[AdvertiseKeys]) -> dict[str, EncryptedShare]:
+        """Verify the neighbours' keys (a substituted or unsigned key is refused, not skipped) and
+        return one sealed share per neighbour that advertised."""
+        self._expect(_Phase.ADVERTISED, "share_keys")
+        seen: set[str] = set()
+        for msg in roster:
+            if msg.site in seen:
+                raise ProtocolViolation(f"roster lists {msg.site!r} twice")
+            seen.add(msg.site)
+            if msg.site == self.name:
+                if (msg.mask_pk, msg.share_pk) != (_raw_public(self._c), _raw_public(self._s)):
+                    raise IntegrityError(f"roster carries keys for {self.name!r} that it did not advertise")
+                continue
+            if msg.site not in self.neighbours:
+                continue  # SecAgg+: only neighbours' keys matter to us
+            self._check_round(msg.job, msg.round, f"keys of {msg.site!r}")
+            payload = keys.advert_payload(self.job, self.round, msg.site, msg.mask_pk, msg.share_pk)
+            keys.verify_advert(msg.cert_der, msg.signature, payload, msg.site, self._ca)
+            self._peer_mask_pk[msg.site] = msg.mask_pk
+            self._peer_share_pk[msg.site] = msg.share_pk
+        t = self.config.threshold
+        if len(self._peer_mask_pk) + 1 < t:
+            raise RoundAborted(
+                f"{self.name}: only {len(self._peer_mask_pk)} neighbours advertised keys; threshold {t} "
+                "cannot be met"
+            )
+        holders = holders_of(self.name, self._graph)
+        self._self_seed = os.urandom(32)
+        c_raw = self._c.private_bytes_raw()
+        b_shares = keys.split_secret(self._self_seed, t, len(holders))
+        c_shares = keys.split_secret(c_raw, t, len(holders))
+        me = holders.index(self.name)
+        self._own_shares = (b_shares[me], c_shares[me])
+        out: dict[str, EncryptedShare] = {}
+        for peer, s_pk in self._peer_share_pk.items():
+            i = holders.index(peer)
+            k = keys.share_key(keys.agree(self._s, s_pk), self.job, self.round, self.name, peer)
+            nonce, ct = keys.seal_share(k, self.name, peer, self.job, self.round, b_shares[i], c_shares[i])
+            out[peer] = EncryptedShare(self.name, peer, self.job, self.round, nonce, ct)
+        self._phase = _Phase.SHARED
+        return out
+
+    # -- phase 3 -------------------------------------------------------------------------------------
+    def masked_input(
+        self, vec: np.ndarray, weight: float, shares_for_me: list[EncryptedShare]
+    ) -> MaskedInput:
+        """Mask the (already weight-scaled) update. Pairwise masks go to exactly the neighbours whose
+        shares reached us: those are the sites the aggregator can later unmask if they drop."""
+        self._expect(_Phase.SHARED, "masked_input")
+        held: dict[str, tuple[Share, Share]] = {}
+        for sh in shares_for_me:
+            if sh.recipient != self.name:
+                raise ProtocolViolation(f"{self.name} was handed a share addressed to {sh.recipient!r}")
+            self._check_round(sh.job, sh.round, f"share from {sh.sender!r}")
+            if sh.sender in held:
+                raise ProtocolViolation(f"two shares from {sh.sender!r}")
+            if sh.sender not in self._peer_share_pk:
+                raise ProtocolViolation(
+                    f"share from {sh.sender!r}, which is not a neighbour with verified keys"
+                )
+            k = keys.share_key(
+                keys.agree(self._s, self._peer_share_pk[sh.sender]),
+                self.job,
+                self.round,
+                sh.sender,
+                self.name,
+            )
+            b_sh, c_sh = keys.open_share(
+                k, sh.sender, self.name, self.job, self.round, sh.nonce, sh.ciphertext
+            )
+            expect = holders_of(sh.sender, self._graph).index(self.name) + 1
+            if b_sh[0] != expect:
+                raise IntegrityError(f"share from {sh.sender!r} has index {b_sh[0]}, expected {expect}")
+            held[sh.sender] = (b_sh, c_sh)
+        t = self.config.threshold
+        if len(held) + 1 < t:
+            raise RoundAborted(
+                f"{self.name}: only {len(held)} neighbours completed share distribution; with threshold {t} "
+                "uploading could expose this site's update"
+            )
+        w = float(weight)
+        if not (np.isfinite(w) and 0 <= w <= self.config.max_weight):
+            raise UpdateRejected(
+                f"weight {weight!r} outside [0, max_weight={self.config.max_weight}]", code="bad_weight"
+            )
+        cfg = self.config
+        x = np.concatenate([np.asarray(vec, dtype=np.float64).ravel(), [w]])
+        q = quantize(x[:-1], cfg.clip, cfg.frac_bits)
+        qw = quantize(x[-1:], cfg.max_weight, cfg.frac_bits)
+        y = np.concatenate([q, qw])
+        n = y.size
+        assert self._self_seed is not None
+        y += expand(self._self_seed, n)
+        for peer in sorted(held):
+            seed = keys.pair_seed(
+                keys.agree(self._c, self._peer_mask_pk[peer]), self.job, self.round, self.name, peer
+            )
+            if self.name < peer:
+                y += expand(seed, n)
+            else:
+                y -= expand(seed, n)
+        self._held = held
+        self._masked_with = sorted(held)
+        self._self_seed = None  # only its shares may outlive the upload
+        self._phase = _Phase.UPLOADED
+        return MaskedInput(self.name, self.job, self.round, y.astype("<u4").tobytes())
+
+    # -- phase 4 -------------------------------------------------------------------------------------
+    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        self._expect(_Phase.UPLOADED, "unmask")
+        self._check_round(request.job, request.round, "unmask request")
+        survivors, dropped = set(request.survivors), set(request.dropped)
+        both = survivors & dropped
+        if both:
+            raise UnmaskRefused(f"unmask request lists {sorted(both)} as both uploaded and dropped")
+        if self.name in dropped or self.name not in survivors:
+            raise UnmaskRefused(f"unmask request says {self.name!r} dropped, but it uploaded")
+        flipped = (dropped & self._revealed_self) | (survivors & self._revealed_key)
+        if flipped:
+            raise UnmaskRefused(
+                f"unmask request contradicts an earlier one for {sorted(flipped)}: a site's self-mask and "
+                "mask-key shares are never both revealed"
+            )
+        if len(survivors) < self.config.threshold:
+            raise RoundAborted(
+                f"only {len(survivors)} sites uploaded, below threshold {self.config.threshold}"
+            )
+        assert self._own_shares is not None
+        self_out: dict[str, Share] = {self.name: self._own_shares[0]}
+        key_out: dict[str, Share] = {}
+        for owner, (b_sh, c_sh) in self._held.items():
+            if owner in survivors:
+                self_out[owner] = b_sh
+            elif owner in dropped:
+                key_out[owner] = c_sh
+        self._revealed_self |= set(self_out)
+        self._revealed_key |= set(key_out)
+        return UnmaskResponse(self.name, self.job, self.round, self_out, key_out)
