@@ -86,8 +86,8 @@ def test_frozen_parameters_are_left_out():
     local = drifted(g)
     local[0].weight.requires_grad_(False)
     with_frozen = proximal_term(local, g.state_dict(), 1.0)
-    diff = float(((local[0].weight - g[0].weight) ** 2).sum())
-    assert float(with_frozen) == pytest.approx(expected_value(local, g, 1.0) - diff / 2, rel=1e-6)
+    diff = ((local[0].weight - g[0].weight) ** 2).sum().item()
+    assert with_frozen.item() == pytest.approx(expected_value(local, g, 1.0) - diff / 2, rel=1e-6)
 
 
 def test_reference_errors_are_specific():
