@@ -1,0 +1,255 @@
+"""AMD SEV-SNP *verification*: is this report authentic?
+
+ARK (pinned) -> ASK/ASVK -> VCEK/VLEK, each link RSASSA-PSS SHA-384; then the report's ECDSA P-384
+signature by the VCEK/VLEK; then the VCEK's AMD extensions (hwID, TCB SPLs) against the report, since
+a valid VCEK of another chip or another TCB must not vouch for this report. No field is checked
+against policy here: that is :mod:`attestation.validate`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
+
+from attestation.errors import Check, ParseError, VerificationError
+from attestation.roots import amd_ark_product, amd_chains, fingerprint
+from attestation.snp import Product, SigningKey, SnpReport, TcbVersion, parse_cert_table
+
+_AMD = "1.3.6.1.4.1.3704.1."
+OID_PRODUCT_NAME = x509.ObjectIdentifier(_AMD + "2")
+OID_HWID = x509.ObjectIdentifier(_AMD + "4")
+OID_TCB = {
+    "bootloader": x509.ObjectIdentifier(_AMD + "3.1"),
+    "tee": x509.ObjectIdentifier(_AMD + "3.2"),
+    "snp": x509.ObjectIdentifier(_AMD + "3.3"),
+    "microcode": x509.ObjectIdentifier(_AMD + "3.8"),
+    "fmc": x509.ObjectIdentifier(_AMD + "3.9"),
+}
+
+
+@dataclass
+class SnpVerification:
+    product: Product
+    key_kind: str
+    leaf: x509.Certificate
+    tcb: TcbVersion
+    checks: list[Check] = field(default_factory=list)
+
+
+def load_certificates(blobs: Iterable[bytes]) -> list[x509.Certificate]:
+    """Certificates from PEM (one or many), DER, or an extended report's GUID certificate table."""
+    out: list[x509.Certificate] = []
+    with warnings.catch_warnings():
+        # AMD's VCEKs carry serial number 0, which cryptography loads with a deprecation warning.
+        warnings.simplefilter("ignore")
+        for blob in blobs:
+            data = bytes(blob)
+            try:
+                if data.lstrip().startswith(b"-----BEGIN"):
+                    out.extend(x509.load_pem_x509_certificates(data))
+                elif data[:1] == b"\x30":
+                    out.append(x509.load_der_x509_certificate(data))
+                else:
+                    table = parse_cert_table(data)
+                    out.extend(load_certificates(v for k, v in table.items() if k != "crl"))
+            except ValueError as exc:
+                raise ParseError(f"cannot read certificate data: {exc}") from exc
+    return out
+
+
+def _cn(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
+
+
+def _verify_pss(issuer: x509.Certificate, cert: x509.Certificate) -> None:
+    """One RSASSA-PSS SHA-384 link; raises InvalidSignature or VerificationError."""
+    if cert.issuer != issuer.subject:
+        raise VerificationError(f"{_cn(cert)} is not issued by {_cn(issuer)}")
+    if cert.signature_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS:
+        raise VerificationError(f"{_cn(cert)} is not signed with RSASSA-PSS")
+    if not isinstance(cert.signature_hash_algorithm, hashes.SHA384):
+        raise VerificationError(f"{_cn(cert)} is not signed with SHA-384")
+    key = issuer.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise VerificationError(f"{_cn(issuer)} does not hold an RSA key")
+    key.verify(
+        cert.signature,
+        cert.tbs_certificate_bytes,
+        padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48),
+        hashes.SHA384(),
+    )
+
+
+def _in_validity(cert: x509.Certificate, now: dt.datetime) -> bool:
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
+def _der_uint(value: bytes) -> int:
+    """A DER INTEGER as AMD puts it in extension values; strict, since these bytes gate trust."""
+    if len(value) < 3 or value[0] != 0x02 or value[1] != len(value) - 2 or value[1] > 8:
+        raise VerificationError("malformed integer in an AMD certificate extension")
+    if value[2] & 0x80:
+        raise VerificationError("negative integer in an AMD certificate extension")
+    return int.from_bytes(value[2:], "big")
+
+
+def _ext(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | None:
+    try:
+        ext = cert.extensions.get_extension_for_oid(oid)
+    except x509.ExtensionNotFound:
+        return None
+    val = ext.value
+    return val.value if isinstance(val, x509.UnrecognizedExtension) else None
+
+
+def leaf_tcb(cert: x509.Certificate, product: Product) -> TcbVersion:
+    """The TCB SPLs a VCEK/VLEK was issued for (its extensions 1.3.6.1.4.1.3704.1.3.*)."""
+    vals: dict[str, int] = {}
+    for name, oid in OID_TCB.items():
+        raw = _ext(cert, oid)
+        if raw is None:
+            if name == "fmc" and product is not Product.TURIN:
+                continue
+            raise VerificationError(f"{_cn(cert)} lacks the TCB extension {name} ({oid.dotted_string})")
+        vals[name] = _der_uint(raw)
+    return TcbVersion(
+        bootloader=vals["bootloader"],
+        tee=vals["tee"],
+        snp=vals["snp"],
+        microcode=vals["microcode"],
+        fmc=vals.get("fmc") if product is Product.TURIN else None,
+    )
+
+
+def _candidate_chains(
+    supplied: Sequence[x509.Certificate], kind: str, product: Product | None
+) -> list[tuple[x509.Certificate, x509.Certificate]]:
+    """(intermediate, ARK) pairs to try. Supplied ASK/ARK are used *instead of* the pinned ones, so
+    a caller that hands over a chain gets that chain checked, not silently another one."""
+    inter_cn = "SEV-VLEK-" if kind == "vlek" else "SEV-"
+    arks = [c for c in supplied if _cn(c).startswith("ARK-")]
+    inters = [c for c in supplied if _cn(c).startswith(inter_cn) and not _cn(c).startswith("SEV-VCEK")]
+    if kind == "vcek":
+        inters = [c for c in inters if not _cn(c).startswith("SEV-VLEK")]
+    if arks or inters:
+        pinned = [ch for ch in amd_chains() if ch.kind == kind and (product is None or ch.product is product)]
+        if not arks:
+            arks = [ch.ark for ch in pinned]
+        if not inters:
+            inters = [ch.intermediate for ch in pinned]
+        return [(i, a) for i in inters for a in arks]
+    return [
+        (ch.intermediate, ch.ark)
+        for ch in amd_chains()
+        if ch.kind == kind and (product is None or ch.product is product)
+    ]
+
+
+def verify_report(
+    report: SnpReport,
+    certs: Sequence[x509.Certificate] = (),
+    *,
+    product: Product | None = None,
+    now: dt.datetime | None = None,
+) -> SnpVerification:
+    """Verify ``report`` with the VCEK/VLEK among ``certs`` (and ASK/ARK there, else the pinned ones).
+
+    Raises :class:`VerificationError` (its ``checks`` say how far it got) on the first failure: later
+    checks mean nothing once an earlier link is broken.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    checks: list[Check] = []
+
+    def fail(name: str, detail: str) -> VerificationError:
+        checks.append(Check(name, False, detail))
+        return VerificationError(f"{name}: {detail}", checks)
+
+    sk = report.signing_key
+    if sk not in (SigningKey.VCEK, SigningKey.VLEK):
+        raise fail("signing_key", f"report is not signed by a VCEK or VLEK (SIGNING_KEY={int(sk)})")
+    kind = "vcek" if sk is SigningKey.VCEK else "vlek"
+    leaf_cn = "SEV-VCEK" if kind == "vcek" else "SEV-VLEK"
+    leaves = [c for c in certs if _cn(c) == leaf_cn]
+    if not leaves:
+        raise fail("leaf_cert", f"no {kind.upper()} certificate given (AMD KDS serves it; pass it as a cert)")
+    if len(leaves) > 1:
+        raise fail("leaf_cert", f"{len(leaves)} {kind.upper()} certificates given; pass exactly one")
+    leaf = leaves[0]
+
+    chosen: tuple[x509.Certificate, x509.Certificate] | None = None
+    reasons: list[str] = []
+    for inter, ark in _candidate_chains(certs, kind, product):
+        ark_product = amd_ark_product(ark)
+        if ark_product is None:
+            reasons.append(f"{_cn(ark)} (sha256 {fingerprint(ark)[:16]}...) is not a pinned AMD root")
+            continue
+        try:
+            _verify_pss(ark, ark)
+            _verify_pss(ark, inter)
+            _verify_pss(inter, leaf)
+        except (InvalidSignature, VerificationError) as exc:
+            reasons.append(f"{_cn(leaf)} <- {_cn(inter)} <- {_cn(ark)}: {exc or 'bad signature'}")
+            continue
+        chosen = (inter, ark)
+        break
+    if chosen is None:
+        raise fail("cert_chain", "; ".join(reasons) or "no ASK/ARK chain to try")
+    inter, ark = chosen
+    chain_product = amd_ark_product(ark)
+    assert chain_product is not None
+    checks.append(
+        Check("cert_chain", True, f"{leaf_cn} <- {_cn(inter)} <- {_cn(ark)} (pinned {chain_product} root)")
+    )
+    for c in (leaf, inter, ark):
+        if not _in_validity(c, now):
+            raise fail(
+                "cert_validity",
+                f"{_cn(c)} valid {c.not_valid_before_utc:%Y-%m-%d}..{c.not_valid_after_utc:%Y-%m-%d}, "
+                f"not at {now:%Y-%m-%dT%H:%M:%SZ}",
+            )
+    checks.append(Check("cert_validity", True, f"chain valid at {now:%Y-%m-%dT%H:%M:%SZ}"))
+
+    hint = report.product_hint()
+    if hint is not None and hint is not chain_product:
+        raise fail("product", f"report CPUID says {hint}, but the chain is {chain_product}'s")
+    if product is not None and product is not chain_product:
+        raise fail("product", f"expected {product}, chain is {chain_product}'s")
+    checks.append(Check("product", True, str(chain_product)))
+
+    key = leaf.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+        raise fail("report_signature", f"{leaf_cn} does not hold an ECDSA P-384 key")
+    try:
+        sig = encode_dss_signature(report.signature_r, report.signature_s)
+        key.verify(sig, report.signed_bytes, ec.ECDSA(hashes.SHA384()))
+    except (InvalidSignature, ValueError):
+        raise fail(
+            "report_signature", f"ECDSA P-384 signature over the report does not verify with the {kind}"
+        ) from None
+    checks.append(Check("report_signature", True, f"ECDSA P-384 SHA-384 by the {kind.upper()}"))
+
+    if kind == "vcek":
+        hwid = _ext(leaf, OID_HWID)
+        if hwid is None:
+            raise fail("vcek_hwid", "VCEK lacks the hwID extension")
+        n = len(hwid)
+        if n not in (8, 64) or hwid != report.chip_id[:n] or any(report.chip_id[n:]):
+            raise fail("vcek_hwid", "VCEK hwID does not equal the report's CHIP_ID (a VCEK of another chip)")
+        checks.append(Check("vcek_hwid", True, "VCEK hwID equals CHIP_ID"))
+
+    tcb = TcbVersion.decode(report.reported_tcb, chain_product)
+    cert_tcb = leaf_tcb(leaf, chain_product)
+    if cert_tcb != tcb:
+        raise fail("leaf_tcb", f"{kind.upper()} TCB {cert_tcb.as_dict()} != REPORTED_TCB {tcb.as_dict()}")
+    checks.append(Check("leaf_tcb", True, f"{kind.upper()} TCB equals REPORTED_TCB {tcb.as_dict()}"))
+    return SnpVerification(product=chain_product, key_kind=kind, leaf=leaf, tcb=tcb, checks=checks)
