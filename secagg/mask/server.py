@@ -209,4 +209,12 @@ class MaskServer:
                 f"round aborted: {len(shares)} shares of the {what} of {owner!r}, below threshold "
                 f"{self.config.threshold}; nothing is unmasked"
             )
-        return keys.combine_secret(shares, self.config.threshold)
+        t = self.config.threshold
+        ordered = sorted(shares)
+        secret = keys.combine_secret(ordered[:t], t)
+        # with spare shares, a second reconstruction from the other end catches a corrupted share
+        if len(ordered) > t and keys.combine_secret(ordered[-t:], t) != secret:
+            raise IntegrityError(
+                f"the shares of the {what} of {owner!r} are inconsistent (a corrupted share)"
+            )
+        return secret
