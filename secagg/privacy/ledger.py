@@ -1,0 +1,307 @@
+"""The privacy-budget ledger: a durable, append-only record of every release, per data set.
+
+Ordering is what makes it safe: the agent debits *before* it uploads, and the debit is one committed
+SQLite transaction (WAL, ``synchronous=FULL``: on disk when ``debit`` returns). A crash between debit and
+upload leaves a debit for a release that never happened, which over-counts; the reverse order could
+under-count, which a budget must never do. Rows are never deleted or changed, except a status move from
+``debited`` to ``released`` once the upload is acknowledged; triggers in the database refuse anything
+else, so a bug elsewhere cannot quietly refund budget. Both statuses count against the budget.
+
+The check and the insert run in one ``BEGIN IMMEDIATE`` transaction, so two processes debiting the same
+data set at once cannot both squeeze under the budget. Totals are computed by
+:func:`secagg.privacy.accounting.compose` (basic composition for SVT/Laplace, Opacus RDP for Gaussian
+mechanisms) at the budget's delta.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from secagg.errors import ConfigError, PolicyRefusal
+from secagg.privacy.accounting import Composition, compose
+from secagg.privacy.spend import Spend
+
+FILENAME = "privacy-ledger.sqlite"
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS budgets (
+    dataset TEXT PRIMARY KEY,
+    epsilon REAL NOT NULL CHECK (epsilon >= 0),
+    delta REAL NOT NULL CHECK (delta >= 0 AND delta < 1),
+    updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    debit_id TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    job TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    mechanism TEXT NOT NULL,
+    epsilon REAL NOT NULL CHECK (epsilon >= 0),
+    delta REAL NOT NULL CHECK (delta >= 0 AND delta < 1),
+    noise_multiplier REAL,
+    sample_rate REAL,
+    steps INTEGER,
+    time TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('debited', 'released'))
+);
+CREATE INDEX IF NOT EXISTS entries_dataset ON entries (dataset);
+CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
+BEGIN SELECT RAISE(ABORT, 'privacy ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS entries_only_release BEFORE UPDATE ON entries
+WHEN NOT (OLD.status = 'debited' AND NEW.status = 'released'
+          AND NEW.id IS OLD.id AND NEW.debit_id IS OLD.debit_id AND NEW.dataset IS OLD.dataset
+          AND NEW.job IS OLD.job AND NEW.round IS OLD.round AND NEW.mechanism IS OLD.mechanism
+          AND NEW.epsilon IS OLD.epsilon AND NEW.delta IS OLD.delta
+          AND NEW.noise_multiplier IS OLD.noise_multiplier AND NEW.sample_rate IS OLD.sample_rate
+          AND NEW.steps IS OLD.steps AND NEW.time IS OLD.time)
+BEGIN SELECT RAISE(ABORT, 'privacy ledger entries only move from debited to released'); END;
+"""
+
+_COLS = (
+    "id, debit_id, dataset, job, round, mechanism, epsilon, delta, noise_multiplier, sample_rate, steps, "
+    "time, status"
+)
+
+
+class BudgetExhausted(PolicyRefusal):
+    """The release would take the data set past its privacy budget; nothing was recorded."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="budget_exhausted")
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    debit_id: str
+    dataset: str
+    job: str
+    round: int
+    spend: Spend
+    time: str
+    status: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("id", "debit_id", "dataset", "job", "round")}
+        d.update(self.spend.to_dict())
+        d.update(time=self.time, status=self.status)
+        return d
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open with the durability settings every ledger connection must have (they are per connection)."""
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise ConfigError(f"{path}: privacy ledger needs WAL journaling, got {mode}")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class Ledger:
+    """One data set's account in a ledger file. ``budget_*`` of None: use the budget recorded last."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        dataset: str,
+        budget_epsilon: float | None = None,
+        budget_delta: float | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not dataset:
+            raise ConfigError("privacy ledger: empty data set name")
+        self.dataset = dataset
+        if (budget_epsilon is None) != (budget_delta is None):
+            raise ConfigError("privacy ledger: give both budget_epsilon and budget_delta, or neither")
+        if (
+            budget_epsilon is not None
+            and budget_delta is not None
+            and not (math.isfinite(budget_epsilon) and budget_epsilon >= 0 and 0 <= budget_delta < 1)
+        ):
+            raise ConfigError("privacy ledger: budget needs finite epsilon >= 0 and 0 <= delta < 1")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = connect(self.path)
+        with self._tx() as cur:
+            for stmt in _statements(_SCHEMA):
+                cur.execute(stmt)
+            cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            if budget_epsilon is not None:
+                cur.execute(
+                    "INSERT INTO budgets VALUES (?, ?, ?, ?) ON CONFLICT(dataset) DO UPDATE SET "
+                    "epsilon=excluded.epsilon, delta=excluded.delta, updated=excluded.updated",
+                    (dataset, float(budget_epsilon), float(budget_delta), _now()),  # type: ignore[arg-type]
+                )
+            row = cur.execute("SELECT epsilon, delta FROM budgets WHERE dataset=?", (dataset,)).fetchone()
+        if row is None:
+            self._conn.close()
+            raise ConfigError(f"{self.path}: no privacy budget recorded for data set {dataset!r}")
+        self.budget_epsilon, self.budget_delta = float(row[0]), float(row[1])
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction, taken up front (IMMEDIATE) so check-then-insert cannot race."""
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def datasets(path: Path | str) -> list[str]:
+        """The data sets with a budget in the ledger at ``path`` (which must exist)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"no privacy ledger at {path}")
+        conn = connect(path)
+        try:
+            return [r[0] for r in conn.execute("SELECT dataset FROM budgets ORDER BY dataset")]
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"{path}: not a privacy ledger ({exc})") from None
+        finally:
+            conn.close()
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def _rows(self, cur: sqlite3.Cursor | sqlite3.Connection) -> list[Entry]:
+        rows = cur.execute(f"SELECT {_COLS} FROM entries WHERE dataset=? ORDER BY id", (self.dataset,))  # noqa: S608
+        return [
+            Entry(
+                id=r[0],
+                debit_id=r[1],
+                dataset=r[2],
+                job=r[3],
+                round=r[4],
+                spend=Spend(r[5], r[6], r[7], r[8], r[9], r[10]),
+                time=r[11],
+                status=r[12],
+            )
+            for r in rows
+        ]
+
+    def entries(self) -> list[Entry]:
+        return self._rows(self._conn)
+
+    def composition(self, extra: Iterable[Spend] = ()) -> Composition:
+        spends = [e.spend for e in self.entries()] + list(extra)
+        return compose(spends, self.budget_delta)
+
+    def total(self) -> tuple[float, float, str]:
+        """``(epsilon, delta, how it was computed)`` over every recorded release."""
+        c = self.composition()
+        return c.epsilon, c.delta, c.method
+
+    def remaining(self) -> tuple[float, float]:
+        """Budget minus total, floored at zero (RDP totals do not subtract exactly; this is a display)."""
+        eps, delta, _ = self.total()
+        return max(self.budget_epsilon - eps, 0.0), max(self.budget_delta - delta, 0.0)
+
+    def _exceeds(self, c: Composition) -> bool:
+        return not (c.epsilon <= self.budget_epsilon and c.delta <= self.budget_delta)
+
+    def would_exceed(self, spends: Iterable[Spend]) -> bool:
+        return self._exceeds(self.composition(spends))
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def debit(self, job: str, round: int, spends: Iterable[Spend]) -> str:
+        """Record ``spends`` for ``(job, round)`` in one committed transaction; returns the debit id.
+
+        Raises :class:`BudgetExhausted` and records nothing if the total would pass the budget.
+        """
+        spends = list(spends)
+        debit_id = uuid.uuid4().hex
+        with self._tx() as cur:
+            c = compose([e.spend for e in self._rows(cur)] + spends, self.budget_delta)
+            if self._exceeds(c):
+                raise BudgetExhausted(
+                    f"data set {self.dataset!r}: job {job} round {round} would bring the privacy spend to "
+                    f"eps={c.epsilon:.6g}, delta={c.delta:.3g}, over the budget "
+                    f"eps={self.budget_epsilon:.6g}, delta={self.budget_delta:.3g}"
+                )
+            now = _now()
+            cur.executemany(
+                "INSERT INTO entries (debit_id, dataset, job, round, mechanism, epsilon, delta, "
+                "noise_multiplier, sample_rate, steps, time, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'debited')",
+                [
+                    (
+                        debit_id,
+                        self.dataset,
+                        job,
+                        int(round),
+                        s.mechanism,
+                        s.epsilon,
+                        s.delta,
+                        s.noise_multiplier,
+                        s.sample_rate,
+                        s.steps,
+                        now,
+                    )
+                    for s in spends
+                ],
+            )
+        return debit_id
+
+    def mark_released(self, debit_id: str) -> int:
+        """Note that the upload of ``debit_id`` was acknowledged; the spend still counts. Returns rows."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE entries SET status='released' WHERE debit_id=? AND dataset=? AND status='debited'",
+                (debit_id, self.dataset),
+            )
+            return cur.rowcount
+
+    def admission_check(self, worst_case_spends: Iterable[Spend]) -> Composition:
+        """Refuse a job whose declared worst-case spend does not fit what is left; returns the projection."""
+        c = self.composition(worst_case_spends)
+        if self._exceeds(c):
+            raise BudgetExhausted(
+                f"data set {self.dataset!r}: the job's declared worst case would bring the privacy spend to "
+                f"eps={c.epsilon:.6g}, delta={c.delta:.3g}, over the budget "
+                f"eps={self.budget_epsilon:.6g}, delta={self.budget_delta:.3g}"
+            )
+        return c
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _statements(script: str) -> list[str]:
+    """Split the schema on statement ends, keeping trigger bodies whole (executescript would commit)."""
+    out, buf = [], ""
+    for line in script.strip().splitlines():
+        buf += line + "\n"
+        in_trigger = buf.lstrip().upper().startswith("CREATE TRIGGER")
+        if line.rstrip().endswith(";") and (not in_trigger or "END;" in line):
+            out.append(buf.strip())
+            buf = ""
+    return out

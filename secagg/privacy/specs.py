@@ -1,0 +1,228 @@
+"""Filter configuration: pydantic specs, the chain built from them, and the "stronger or equal" order.
+
+A site policy names the filters it requires; a job may ask for the same filters with stronger settings,
+never weaker. ``stronger_or_equal`` is that order, per filter, stated on parameters alone so the agent
+can decide before anything runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from secagg.errors import ConfigError
+from secagg.privacy.exclude import exclude
+from secagg.privacy.gaussian import gaussian
+from secagg.privacy.percentile import percentile
+from secagg.privacy.spend import Spend, Update, as_update
+from secagg.privacy.svt import svt, svt_epsilon
+
+#: a filter: the update and a random generator in, the new update and what it spent out
+Filter = Callable[[Update, np.random.Generator], tuple[Update, Spend | None]]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SvtSpec(_Spec):
+    """NVFlare ``SVTPrivacy``'s parameters, same names, same defaults (see :mod:`secagg.privacy.svt`)."""
+
+    name: Literal["svt"] = "svt"
+    fraction: float = Field(0.1, gt=0, le=1)
+    epsilon: float = Field(0.1, gt=0, allow_inf_nan=False)
+    noise_var: float = Field(0.1, gt=0, allow_inf_nan=False)
+    gamma: float = Field(1e-5, gt=0, allow_inf_nan=False)
+    tau: float = Field(1e-6, allow_inf_nan=False)
+
+    @classmethod
+    def from_nvflare(cls, args: Mapping[str, Any]) -> SvtSpec:
+        """The ``args`` of an NVFlare ``SVTPrivacy`` filter entry, one to one."""
+        return _validate(cls, {"name": "svt", **dict(args)})
+
+
+class PercentileSpec(_Spec):
+    """Share the top ``percent`` percent of entries by magnitude (see :mod:`secagg.privacy.percentile`)."""
+
+    name: Literal["percentile"] = "percentile"
+    percent: float = Field(gt=0, le=100)
+    gamma: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+    @classmethod
+    def from_nvflare(cls, args: Mapping[str, Any]) -> PercentileSpec:
+        """NVFlare ``PercentilePrivacy(percentile=P, gamma=G)`` keeps entries above the P-th percentile."""
+        args = dict(args)
+        known = {"percentile", "gamma"}
+        if set(args) - known:
+            raise ConfigError(f"PercentilePrivacy: unknown argument(s) {sorted(set(args) - known)}")
+        p = float(args.get("percentile", 10))
+        if not 0 <= p < 100:
+            raise ConfigError(f"PercentilePrivacy: percentile must be in [0, 100), got {p}")
+        return _validate(cls, {"name": "percentile", "percent": 100.0 - p, "gamma": args.get("gamma", 0.01)})
+
+
+class ExcludeSpec(_Spec):
+    """Tensors zeroed before upload: exact names or globs, and/or a regex (see :mod:`.exclude`)."""
+
+    name: Literal["exclude"] = "exclude"
+    patterns: tuple[str, ...] = ()
+    regex: str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> ExcludeSpec:
+        if not self.patterns and not self.regex:
+            raise ValueError("exclude needs at least one pattern or a regex")
+        return self
+
+    @classmethod
+    def from_nvflare(cls, args: Mapping[str, Any]) -> ExcludeSpec:
+        """NVFlare ``ExcludeVars(exclude_vars=...)``: a list of names, or a string taken as a regex."""
+        ev = dict(args).get("exclude_vars")
+        if isinstance(ev, str):
+            return _validate(cls, {"name": "exclude", "regex": ev})
+        return _validate(cls, {"name": "exclude", "patterns": list(ev or [])})
+
+
+class GaussianSpec(_Spec):
+    """DP-FedAvg: clip to L2 norm ``clip``, add ``N(0, (noise_multiplier * clip)^2)``."""
+
+    name: Literal["gaussian"] = "gaussian"
+    clip: float = Field(gt=0, allow_inf_nan=False)
+    noise_multiplier: float = Field(gt=0, allow_inf_nan=False)
+    sample_rate: float = Field(1.0, gt=0, le=1)
+    delta: float = Field(1e-5, gt=0, lt=1)
+
+
+FilterSpec = Annotated[SvtSpec | PercentileSpec | ExcludeSpec | GaussianSpec, Field(discriminator="name")]
+_ADAPTER: TypeAdapter[list[FilterSpec]] = TypeAdapter(list[FilterSpec])
+
+
+def _validate(cls: Any, data: Any) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"privacy filter: {_one_line(exc)}") from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'filter'}: {e['msg']}" for e in exc.errors())
+
+
+def parse_specs(data: Sequence[Mapping[str, Any] | BaseModel]) -> list[FilterSpec]:
+    """Validate a list of filter dicts (as in a policy or job.yaml) into specs; one line on error."""
+    items = [d.model_dump() if isinstance(d, BaseModel) else d for d in data]
+    try:
+        return _ADAPTER.validate_python(items)
+    except ValidationError as exc:
+        raise ConfigError(f"privacy filters: {_one_line(exc)}") from None
+
+
+def build_filter(spec: FilterSpec) -> Filter:
+    params = spec.model_dump(exclude={"name"})
+    if isinstance(spec, SvtSpec):
+        return functools.partial(svt, **params)
+    if isinstance(spec, PercentileSpec):
+        return functools.partial(percentile, **params)
+    if isinstance(spec, ExcludeSpec):
+        return functools.partial(exclude, **params)
+    if isinstance(spec, GaussianSpec):
+        return functools.partial(gaussian, **params)
+    raise ConfigError(f"unknown privacy filter spec {spec!r}")
+
+
+def build_chain(specs: Sequence[FilterSpec | Mapping[str, Any]]) -> list[Filter]:
+    """One filter per spec, in order; dicts are validated first."""
+    parsed = parse_specs(specs) if any(isinstance(s, Mapping) for s in specs) else list(specs)
+    return [build_filter(s) for s in parsed]  # type: ignore[arg-type]
+
+
+def apply_chain(
+    chain: Sequence[Filter], update: Mapping[str, Any], rng: np.random.Generator
+) -> tuple[Update, list[Spend]]:
+    """Run the filters in order, each on the previous one's output; collect what each spent, in order."""
+    current = as_update(update)
+    spends: list[Spend] = []
+    for f in chain:
+        current, spend = f(current, rng)
+        if spend is not None:
+            spends.append(spend)
+    return current, spends
+
+
+def stronger_or_equal(job_spec: FilterSpec, policy_spec: FilterSpec) -> bool:
+    """True when ``job_spec`` protects at least as much as ``policy_spec`` (same filter, no weaker knob).
+
+    svt: fraction, epsilon, noise_var and gamma no larger (tau does not change the guarantee);
+    percentile: percent no larger, and gamma no larger when the policy sets one; exclude: every policy
+    pattern (and its regex) also in the job; gaussian: noise multiplier no smaller, clip, sample rate and
+    delta no larger.
+    """
+    if isinstance(job_spec, SvtSpec) and isinstance(policy_spec, SvtSpec):
+        return (
+            job_spec.fraction <= policy_spec.fraction
+            and job_spec.epsilon <= policy_spec.epsilon
+            and job_spec.noise_var <= policy_spec.noise_var
+            and job_spec.gamma <= policy_spec.gamma
+        )
+    if isinstance(job_spec, PercentileSpec) and isinstance(policy_spec, PercentileSpec):
+        if job_spec.percent > policy_spec.percent:
+            return False
+        if policy_spec.gamma is None:
+            return True
+        return job_spec.gamma is not None and job_spec.gamma <= policy_spec.gamma
+    if isinstance(job_spec, ExcludeSpec) and isinstance(policy_spec, ExcludeSpec):
+        return set(policy_spec.patterns) <= set(job_spec.patterns) and (
+            policy_spec.regex is None or policy_spec.regex == job_spec.regex
+        )
+    if isinstance(job_spec, GaussianSpec) and isinstance(policy_spec, GaussianSpec):
+        return (
+            job_spec.noise_multiplier >= policy_spec.noise_multiplier
+            and job_spec.clip <= policy_spec.clip
+            and job_spec.sample_rate <= policy_spec.sample_rate
+            and job_spec.delta <= policy_spec.delta
+        )
+    return False
+
+
+def chain_shortfalls(job_specs: Sequence[FilterSpec], policy_specs: Sequence[FilterSpec]) -> list[str]:
+    """Every policy filter the job chain lacks or weakens, as reasons (empty: the job chain is acceptable).
+
+    Each required filter must be matched by a stronger-or-equal job filter of the same name; the
+    policy's order is kept (a job may add filters in between), since clipping before or after noise
+    changes the guarantee.
+    """
+    reasons: list[str] = []
+    pos = 0
+    for req in policy_specs:
+        for i in range(pos, len(job_specs)):
+            if stronger_or_equal(job_specs[i], req):
+                pos = i + 1
+                break
+        else:
+            same = [j for j in job_specs if j.name == req.name]
+            why = "weaker than" if same else "missing, policy requires"
+            reasons.append(f"privacy filter {req.name}: {why} {req.model_dump(exclude={'name'})}")
+    return reasons
+
+
+def spend_of(spec: FilterSpec, n_params: int) -> Spend | None:
+    """What one release through ``spec`` costs for an update of ``n_params`` entries (for admission)."""
+    if isinstance(spec, SvtSpec):
+        eps = svt_epsilon(n_params, spec.fraction, spec.epsilon, spec.noise_var)
+        return Spend("svt", eps, 0.0) if eps > 0 else None
+    if isinstance(spec, GaussianSpec):
+        from secagg.privacy.accounting import rdp_epsilon
+
+        eps = rdp_epsilon([(spec.noise_multiplier, spec.sample_rate, 1)], spec.delta)
+        return Spend("gaussian", eps, spec.delta, spec.noise_multiplier, spec.sample_rate, 1)
+    return None
+
+
+def worst_case_spends(specs: Sequence[FilterSpec], n_params: int, rounds: int) -> list[Spend]:
+    """The spends of ``rounds`` releases through the chain: the job's declared worst case."""
+    per_round = [s for s in (spend_of(spec, n_params) for spec in specs) if s is not None]
+    return [s for _ in range(rounds) for s in per_round]
