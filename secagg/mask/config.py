@@ -53,6 +53,15 @@ class MaskConfig:
         if errors:
             raise ConfigError("mask config: " + "; ".join(errors))
 
+    @classmethod
+    def recommended(cls, n_sites: int, clip: float, frac_bits: int, max_weight: float = 1.0) -> MaskConfig:
+        """k = O(log n) neighbours and the smallest safe threshold for ``n_sites`` sites."""
+        k = recommended_neighbours(n_sites)
+        _, hi = degree_range(n_sites, k)
+        cfg = cls(recommended_threshold(hi), k, clip, frac_bits, max_weight)
+        cfg.check_sites(n_sites)
+        return cfg
+
     def effective_neighbours(self, n_sites: int) -> int:
         """k as used for ``n_sites``: a neighbourhood cannot be larger than everyone else."""
         return min(self.neighbours, n_sites - 1)

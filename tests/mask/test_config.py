@@ -78,3 +78,12 @@ def test_neighbourhood_size_grows_like_log_n():
     # 64x more sites, at most 2.5x larger neighbourhoods
     assert sizes[1024] <= 2.5 * sizes[16]
     assert sizes[1024] < 1024 // 20
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 15, 100])
+def test_recommended_config_is_valid_and_tolerates_dropouts(n):
+    cfg = MaskConfig.recommended(n, clip=1.0, frac_bits=8)
+    lo, _ = degree_range(n, cfg.effective_neighbours(n))
+    assert cfg.threshold <= lo + 1
+    if n >= 8:
+        assert cfg.threshold < lo  # at least one neighbour of every site may drop
