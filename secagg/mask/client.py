@@ -213,10 +213,11 @@ class MaskClient:
                 f"weight {weight!r} outside [0, max_weight={self.config.max_weight}]", code="bad_weight"
             )
         cfg = self.config
-        x = np.concatenate([np.asarray(vec, dtype=np.float64).ravel(), [w]])
-        q = quantize(x[:-1], cfg.clip, cfg.frac_bits)
-        qw = quantize(x[-1:], cfg.max_weight, cfg.frac_bits)
-        y = np.concatenate([q, qw])
+        # the weight rides as one more element, so it is masked like the update and only the
+        # survivors' total is ever revealed
+        y = np.concatenate(
+            [quantize(vec, cfg.clip, cfg.frac_bits), quantize(np.array([w]), cfg.max_weight, cfg.frac_bits)]
+        )
         n = y.size
         assert self._self_seed is not None
         y += expand(self._self_seed, n)
