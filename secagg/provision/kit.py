@@ -6,6 +6,7 @@ Layout of ``WORKSPACE/<name>/``::
     cert.pem    this participant's certificate (CN=name, O=org, OU=role)
     key.pem     this participant's private key, PKCS#8 PEM, mode 0600
     kit.yaml    project name, own name/kind/role/org, aggregator address, the project's sites
+    peers/      (site kits) the other sites' certificates, to seal the HE key to them
 """
 
 from __future__ import annotations
@@ -80,6 +81,23 @@ class Kit:
     @cached_property
     def identity(self) -> Identity:
         return verify_cert(self.cert, self.ca_cert)
+
+    def peer_certs(self) -> dict[str, x509.Certificate]:
+        """The other sites' certificates (site kits only), each verified against the CA and its name."""
+        peers: dict[str, x509.Certificate] = {}
+        folder = self.path / "peers"
+        for name in self.config.sites:
+            if name == self.name:
+                continue
+            pem = folder / f"{name}.pem"
+            if not pem.is_file():
+                raise ConfigError(f"startup kit {self.path} has no certificate for peer site {name}")
+            cert = load_cert(pem.read_bytes())
+            ident = verify_cert(cert, self.ca_cert)
+            if ident.name != name or ident.role != "site":
+                raise ConfigError(f"{pem} is the certificate of {ident.name} ({ident.role}), not site {name}")
+            peers[name] = cert
+        return peers
 
     @property
     def target(self) -> str:

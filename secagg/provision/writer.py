@@ -66,6 +66,7 @@ def _build(project: Project, root: Path) -> list[str]:
     people += [(s.name, s.org, "site", "site", None) for s in project.sites]
     people += [(a.name, a.org, "admin", a.role, None) for a in project.admins]
     names = []
+    site_certs: dict[str, bytes] = {}
     for name, org, kind, role, hosts in people:
         key, cert = issue_cert(
             ca_key,
@@ -95,4 +96,12 @@ def _build(project: Project, root: Path) -> list[str]:
         )
         (kit / "kit.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         names.append(name)
+        if kind == "site":
+            site_certs[name] = cert_pem(cert)
+    for site in site_certs:
+        peers = root / site / "peers"
+        peers.mkdir()
+        for other, pem in site_certs.items():
+            if other != site:
+                (peers / f"{other}.pem").write_bytes(pem)
     return names

@@ -1,0 +1,1 @@
+"""The hardened site agent: admission, training runner, protection, upload."""

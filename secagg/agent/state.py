@@ -1,0 +1,39 @@
+"""A site's durable state: progress per job, the global model it holds, its HE secret context.
+
+Everything is written atomically, so a killed agent restarts from the last round it completed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from secagg.aggregator.store import atomic_write
+
+
+class SiteState:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def job_dir(self, job_id: str) -> Path:
+        d = self.root / "jobs" / job_id
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def progress(self, job_id: str) -> dict[str, Any]:
+        f = self.job_dir(job_id) / "progress.json"
+        return json.loads(f.read_text()) if f.is_file() else {"round": 0, "attempt": 0, "global_round": 0}
+
+    def set_progress(self, job_id: str, **fields: Any) -> None:
+        cur = self.progress(job_id)
+        cur.update(fields)
+        atomic_write(self.job_dir(job_id) / "progress.json", json.dumps(cur).encode())
+
+    def global_path(self, job_id: str, round_: int) -> Path:
+        return self.job_dir(job_id) / f"global-{round_}.safetensors"
+
+    def save_global(self, job_id: str, round_: int, data: bytes) -> None:
+        atomic_write(self.global_path(job_id, round_), data)
+        self.set_progress(job_id, global_round=round_)

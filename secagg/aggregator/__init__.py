@@ -1,0 +1,1 @@
+"""The aggregator: round orchestration, per-mode combination of protected updates, durable state."""

@@ -1,0 +1,102 @@
+"""Per-mode combination of spooled uploads into a round result.
+
+One interface for every mode: ``check`` looks at one spooled upload right after it arrives (so a
+malformed one is refused while the round goes on), ``combine`` sums the accepted uploads into the
+round's result file. The aggregator never unprotects anything: in ``he`` mode it only adds ciphertexts
+under a public context that holds no secret key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
+from secagg.errors import SecaggError, UpdateRejected
+from secagg.framing import count_records, frame, unframe
+
+
+class BadUpload(Exception):
+    """One upload that failed while being combined; the round is combined again without it."""
+
+    def __init__(self, path: Path, reason: Exception) -> None:
+        super().__init__(str(reason))
+        self.path = path
+        self.reason = reason
+
+
+class Combiner(Protocol):
+    mode: str
+
+    def check(self, path: Path) -> None: ...
+
+    def combine(self, uploads: Sequence[Path], out: Path) -> None: ...
+
+
+class PlainCombiner:
+    """Uploads are safetensors of w_i * update_i; the result is their sum as a flat float64 array,
+    which the aggregator turns into the new global model with the job's strategy."""
+
+    mode = "plain"
+
+    def __init__(self, spec: BundleSpec) -> None:
+        self.spec = spec
+
+    def check(self, path: Path) -> None:
+        self.spec.check(from_safetensors(path.read_bytes()))
+
+    def combine(self, uploads: Sequence[Path], out: Path) -> None:
+        total = np.zeros(self.spec.size, dtype=np.float64)
+        for p in uploads:
+            try:
+                total += self.spec.flatten(from_safetensors(p.read_bytes()))
+            except UpdateRejected as exc:
+                raise BadUpload(p, exc) from exc
+        out.write_bytes(total.astype("<f8").tobytes())
+
+    def load_sum(self, path: Path) -> np.ndarray:
+        return np.frombuffer(path.read_bytes(), dtype="<f8").copy()
+
+
+class HECombiner:
+    """Uploads are framed CKKS ciphertexts of w_i * update_i (one flat slot stream)."""
+
+    mode = "he"
+
+    def __init__(self, spec: BundleSpec, public_context: bytes) -> None:
+        from secagg.he.codec import n_ciphertexts
+        from secagg.he.context import load_public_context
+
+        self.spec = spec
+        self.ctx = load_public_context(public_context)
+        self.n = n_ciphertexts(spec.size, self.ctx.params)
+
+    def check(self, path: Path) -> None:
+        with path.open("rb") as fh:
+            count = count_records(fh)
+        if count != self.n:
+            raise UpdateRejected(
+                f"encrypted update has {count} ciphertexts, the model needs {self.n}", code="bad_shape"
+            )
+
+    def combine(self, uploads: Sequence[Path], out: Path) -> None:
+        from secagg.he.codec import CiphertextAccumulator
+
+        acc = CiphertextAccumulator(self.ctx, self.n)
+        for p in uploads:
+            try:
+                with p.open("rb") as fh:
+                    for i, rec in enumerate(unframe(fh)):
+                        acc.add(i, rec)
+            except SecaggError as exc:
+                raise BadUpload(p, exc) from exc
+        with out.open("wb") as fh:
+            for piece in frame(acc.result()):
+                fh.write(piece)
+
+
+def plain_result_bundle(spec: BundleSpec, vec: np.ndarray) -> bytes:
+    return to_safetensors(spec.unflatten(vec), order=spec.names)

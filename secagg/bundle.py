@@ -1,0 +1,139 @@
+"""Tensor bundles: ordered named tensors, the unit every mode protects and the wire carries.
+
+A bundle's *spec* (names, shapes, dtypes, in order) is fixed by the job's initial model. Everything that
+crosses a trust boundary is checked against it once, here, so that later code can assume a well-formed
+flat vector: missing, extra or wrongly shaped tensors and non-finite values are refused with a specific
+reason code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from secagg.errors import UpdateRejected
+
+Bundle = "OrderedDict[str, np.ndarray]"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """Names and shapes in bundle order; all tensors travel as float32."""
+
+    tensors: tuple[TensorSpec, ...]
+
+    @classmethod
+    def of(cls, bundle: Mapping[str, np.ndarray]) -> BundleSpec:
+        return cls(tuple(TensorSpec(k, tuple(int(d) for d in v.shape)) for k, v in bundle.items()))
+
+    @property
+    def size(self) -> int:
+        return sum(t.size for t in self.tensors)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+    def to_json(self) -> str:
+        return json.dumps([[t.name, list(t.shape)] for t in self.tensors], separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> BundleSpec:
+        return cls(tuple(TensorSpec(str(n), tuple(int(d) for d in s)) for n, s in json.loads(text)))
+
+    def check(self, bundle: Mapping[str, np.ndarray]) -> None:
+        """Refuse a bundle that does not match this spec exactly, naming every difference."""
+        want = {t.name: t.shape for t in self.tensors}
+        missing = [n for n in want if n not in bundle]
+        extra = [n for n in bundle if n not in want]
+        wrong = [
+            f"{n} {tuple(bundle[n].shape)} != {want[n]}"
+            for n in want
+            if n in bundle and tuple(bundle[n].shape) != want[n]
+        ]
+        problems = []
+        if missing:
+            problems.append(f"missing tensors: {', '.join(missing)}")
+        if extra:
+            problems.append(f"unexpected tensors: {', '.join(extra)}")
+        if wrong:
+            problems.append(f"wrong shapes: {'; '.join(wrong)}")
+        if problems:
+            raise UpdateRejected("; ".join(problems), code="bad_shape")
+        for n in want:
+            if not np.all(np.isfinite(bundle[n])):
+                raise UpdateRejected(f"tensor {n} contains NaN or Inf", code="non_finite")
+
+    def flatten(self, bundle: Mapping[str, np.ndarray]) -> np.ndarray:
+        """All tensors concatenated in bundle order, float64 (the slot stream's input)."""
+        self.check(bundle)
+        out = np.empty(self.size, dtype=np.float64)
+        pos = 0
+        for t in self.tensors:
+            out[pos : pos + t.size] = np.asarray(bundle[t.name], dtype=np.float64).reshape(-1)
+            pos += t.size
+        return out
+
+    def unflatten(self, vec: np.ndarray, dtype: type = np.float32) -> OrderedDict[str, np.ndarray]:
+        if vec.shape != (self.size,):
+            raise UpdateRejected(f"flat vector has {vec.size} values, spec has {self.size}", code="bad_shape")
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        pos = 0
+        for t in self.tensors:
+            out[t.name] = vec[pos : pos + t.size].astype(dtype).reshape(t.shape)
+            pos += t.size
+        return out
+
+
+def to_safetensors(bundle: Mapping[str, np.ndarray], order: Iterable[str] | None = None) -> bytes:
+    names = list(order) if order is not None else list(bundle)
+    data = {n: np.ascontiguousarray(bundle[n], dtype=np.float32) for n in names}
+    return st_save(data, metadata={"order": json.dumps(names)})
+
+
+def from_safetensors(data: bytes) -> OrderedDict[str, np.ndarray]:
+    """Parse safetensors bytes into a bundle in the order recorded by the sender."""
+    try:
+        tensors = st_load(data)
+        header_len = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8 : 8 + header_len])
+    except Exception as exc:  # safetensors raises its own error types for malformed input
+        raise UpdateRejected(f"not a valid safetensors bundle: {exc}", code="malformed") from None
+    meta = header.get("__metadata__") or {}
+    order = json.loads(meta["order"]) if "order" in meta else sorted(tensors)
+    if sorted(order) != sorted(tensors):
+        raise UpdateRejected("safetensors order metadata does not match its tensors", code="malformed")
+    return OrderedDict((n, tensors[n]) for n in order)
+
+
+def fingerprint(bundle: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over a canonical encoding (name, shape, float32 little-endian bytes, in bundle order).
+
+    Canonical so that two sites holding the same model compute the same digest whatever library
+    serialised it; used to prove every site of a round got the same global model.
+    """
+    h = hashlib.sha256(b"secagg-bundle-v1\0")
+    for name, arr in bundle.items():
+        a = np.ascontiguousarray(arr, dtype="<f4")
+        h.update(struct.pack("<I", len(name.encode())) + name.encode())
+        h.update(struct.pack("<I", a.ndim) + b"".join(struct.pack("<Q", d) for d in a.shape))
+        h.update(a.tobytes())
+    return h.hexdigest()

@@ -1,0 +1,37 @@
+"""Job intake shared by ``aggregator serve --job`` and ``admin submit``: verify, then submit.
+
+Not a command group itself (``register`` adds nothing): the leading underscore keeps it private.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from secagg.aggregator.federation import Federation
+from secagg.errors import PolicyRefusal
+from secagg.jobs.job import verify_job
+from secagg.jobs.signer import SUBMIT_ROLES
+from secagg.provision.kit import Kit
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """No sub-command here."""
+
+
+def submit_verified(fed: Federation, job_path: Path, kit: Kit) -> str:
+    """The aggregator refuses a job not signed by a submitter role of this project."""
+    scratch = Path(tempfile.mkdtemp(prefix="secagg-job-"))
+    try:
+        job = verify_job(job_path, kit.ca_cert, dest=scratch / "pkg")
+        submitters = [s for s in job.signers if s.kind == "sigstore" or s.role in SUBMIT_ROLES]
+        if not submitters:
+            raise PolicyRefusal(
+                f"job {job_path} is not signed by a role that may submit ({', '.join(sorted(SUBMIT_ROLES))})",
+                code="signer_role",
+            )
+        return fed.submit(job.root, submitters[0].describe(), source=job_path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,37 @@
+"""``secagg agent run --kit DIR --data DIR [--policy FILE]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from secagg.provision.kit import load_kit
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("agent", help="run the site agent")
+    s = p.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
+    run = s.add_parser("run", help="connect to the aggregator and run the jobs this site admits")
+    run.add_argument("--kit", type=Path, required=True, help="this site's startup kit")
+    run.add_argument("--data", type=Path, required=True, help="this site's data folder (read only)")
+    run.add_argument("--policy", type=Path, help="this site's privacy policy (YAML)")
+    run.add_argument("--state", type=Path, help="state folder (default: ./state/<kit name>)")
+    run.add_argument("--target", help="override the aggregator address host:port")
+    run.add_argument("--forever", action="store_true", help="keep serving jobs after one finishes")
+    run.set_defaults(func=run_agent)
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from secagg.agent.site import SiteAgent
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    kit = load_kit(args.kit, kind="site")
+    state = args.state or Path("state") / kit.name
+    agent = SiteAgent(kit, args.data, state, policy_path=args.policy, target=args.target)
+    try:
+        agent.run(stop_after_job=not args.forever)
+    finally:
+        agent.close()
+    print(f"site {kit.name}: done", flush=True)
+    return 0

@@ -1,0 +1,48 @@
+"""``secagg aggregator serve --kit DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from secagg.provision.kit import load_kit
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("aggregator", help="run the aggregator")
+    s = p.add_subparsers(dest="aggregator_command", metavar="ACTION", required=True)
+    serve = s.add_parser("serve", help="serve the federation over gRPC with mTLS")
+    serve.add_argument("--kit", type=Path, required=True, help="the aggregator's startup kit")
+    serve.add_argument("--state", type=Path, help="state folder (default: ./state/<kit name>)")
+    serve.add_argument("--job", type=Path, help="start this job (a job folder) if none is running")
+    serve.add_argument("--port", type=int, help="override the kit's port (0: any free port)")
+    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default: all)")  # noqa: S104
+    serve.add_argument("--exit-when-done", action="store_true", help="stop once the job has finished")
+    serve.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from secagg.aggregator.service import AggregatorServer
+    from secagg.commands._jobs import submit_verified
+
+    kit = load_kit(args.kit, kind="aggregator")
+    state = args.state or Path("state") / kit.name
+    server = AggregatorServer(kit, state, port=args.port, host=args.host)
+    if args.job is not None and server.fed.job is None:
+        submit_verified(server.fed, args.job, kit)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+    print(f"aggregator {kit.name} serving project {kit.config.project} on port {server.port}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            job = server.fed.job
+            if args.exit_when_done and job is not None and job.state in ("finished", "aborted"):
+                stop.wait(3.0)  # let sites fetch their stop task
+                break
+    finally:
+        server.stop()
+    return 0

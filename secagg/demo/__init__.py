@@ -1,0 +1,1 @@
+"""The demo: a real federation on the Wisconsin breast-cancer data set, run as separate processes."""

@@ -1,0 +1,283 @@
+"""Run a whole federation on this machine: provision, sign the job, start the aggregator and the
+site agents as separate processes on 127.0.0.1 over mTLS, then report.
+
+The demo is the one place that sees every site's data, because it made the split; it uses that only to
+evaluate (global validation AUC on the union of the held-out splits, and the cross-site matrix), never
+to train the federated model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import yaml
+
+from secagg.bundle import from_safetensors, to_safetensors
+from secagg.demo.data import SiteData, write_site
+from secagg.errors import SecaggError
+from secagg.provision.project import AdminSpec, AggregatorSpec, Project, SiteSpec
+from secagg.provision.writer import provision
+
+TEMPLATE = Path(__file__).parent / "job_template"
+SUBMITTER = "submitter@demo"
+
+
+class DemoFailed(SecaggError):
+    code = "demo_failed"
+
+
+@dataclass
+class RunResult:
+    mode: str
+    rounds: int
+    per_round: list[dict[str, Any]]
+    final_auc: float
+    final_model: dict[str, np.ndarray]
+    seconds: float
+    matrix: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _template() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("secagg_demo_train", TEMPLATE / "train.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_job(
+    folder: Path,
+    *,
+    mode: str,
+    rounds: int,
+    min_sites: int,
+    params: dict[str, Any],
+    strategy: dict[str, Any] | None = None,
+) -> Path:
+    tmpl = _template()
+    folder.mkdir(parents=True)
+    shutil.copy(TEMPLATE / "train.py", folder / "train.py")
+    model = tmpl.make_model()
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    (folder / "model.safetensors").write_bytes(to_safetensors(state))
+    spec = {
+        "name": "breast-cancer",
+        "rounds": rounds,
+        "min_sites": min_sites,
+        "mode": mode,
+        "model": "model.safetensors",
+        "entry": "train.py",
+        "round_timeout": 120,
+        "strategy": strategy or {"name": "fedavg"},
+        "params": params,
+    }
+    (folder / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder
+
+
+def run_federation(
+    out: Path,
+    *,
+    mode: str,
+    rounds: int,
+    sites: list[SiteData],
+    params: dict[str, Any],
+    strategy: dict[str, Any] | None = None,
+    log=print,
+) -> RunResult:  # noqa: ANN001
+    from secagg.jobs.sign import sign_job
+    from secagg.provision.kit import load_kit
+
+    out.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    project = Project(
+        name=f"demo-{mode}",
+        aggregator=AggregatorSpec(host="127.0.0.1", port=port),
+        sites=[SiteSpec(name=s.name, org=f"org-{s.name}") for s in sites],
+        admins=[AdminSpec(name=SUBMITTER, org="demo", role="lead")],
+        key_holder=sites[0].name,
+    )
+    ws = out / "workspace"
+    provision(project, ws, force=True)
+    for s in sites:
+        write_site(s, out / "data" / s.name)
+    job = make_job(
+        out / "job", mode=mode, rounds=rounds, min_sites=len(sites), params=params, strategy=strategy
+    )
+    sign_job(job, load_kit(ws / SUBMITTER))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "secagg.cli"]
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    started = time.monotonic()
+    agg_state = out / "state" / "aggregator"
+    try:
+        procs.append(
+            (
+                "aggregator",
+                subprocess.Popen(
+                    [
+                        *cli,
+                        "aggregator",
+                        "serve",
+                        "--kit",
+                        str(ws / "aggregator"),
+                        "--state",
+                        str(agg_state),
+                        "--job",
+                        str(job),
+                        "--host",
+                        "127.0.0.1",
+                        "--exit-when-done",
+                    ],
+                    stdout=(logs / "aggregator.log").open("wb"),
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                ),
+            )
+        )
+        for s in sites:
+            procs.append(
+                (
+                    s.name,
+                    subprocess.Popen(
+                        [
+                            *cli,
+                            "agent",
+                            "run",
+                            "--kit",
+                            str(ws / s.name),
+                            "--data",
+                            str(out / "data" / s.name),
+                            "--state",
+                            str(out / "state" / s.name),
+                        ],
+                        stdout=(logs / f"{s.name}.log").open("wb"),
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    ),
+                )
+            )
+        _watch(procs, agg_state, rounds, log, logs)
+    finally:
+        for _, p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for _, p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    seconds = time.monotonic() - started
+    return _collect(out, mode, rounds, sites, agg_state, seconds)
+
+
+def _watch(
+    procs: list[tuple[str, subprocess.Popen[bytes]]],
+    agg_state: Path,
+    rounds: int,
+    log: Any,
+    logs: Path,
+    timeout: float = 900,
+) -> None:
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        done = _rounds(agg_state)
+        for r in done[seen:]:
+            log(
+                f"  round {r['round']}/{rounds} aggregated from {len(r['participants'])} sites "
+                f"in {r['seconds']:.1f} s"
+            )
+        seen = len(done)
+        codes = {name: p.poll() for name, p in procs}
+        failed = {n: c for n, c in codes.items() if c not in (None, 0)}
+        if failed:
+            name = next(iter(failed))
+            tail = (logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
+            raise DemoFailed(f"{name} exited with {failed[name]}: {' | '.join(tail)}")
+        if all(c == 0 for c in codes.values()):
+            return
+        time.sleep(0.3)
+    raise DemoFailed(f"federation did not finish within {timeout:.0f} s; logs in {logs}")
+
+
+def _rounds(agg_state: Path) -> list[dict[str, Any]]:
+    db = agg_state / "aggregator.sqlite"
+    if not db.exists():
+        return []
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        rows = con.execute("SELECT round, participants_json, seconds FROM rounds ORDER BY round").fetchall()
+        con.close()
+    except sqlite3.Error:
+        return []
+    return [{"round": r, "participants": json.loads(p), "seconds": s} for r, p, s in rows]
+
+
+def _collect(
+    out: Path, mode: str, rounds: int, sites: list[SiteData], agg_state: Path, seconds: float
+) -> RunResult:
+    tmpl = _template()
+    import torch
+
+    xv = torch.from_numpy(np.concatenate([s.x_val for s in sites]))
+    yv = torch.from_numpy(np.concatenate([s.y_val for s in sites]))
+    jobs_dir = out / "state" / sites[0].name / "jobs"
+    job_dir = next(jobs_dir.iterdir())
+    per_round = []
+    timing = {r["round"]: r["seconds"] for r in _rounds(agg_state)}
+    model = tmpl.make_model()
+    final = None
+    for r in range(1, rounds + 1):
+        path = job_dir / (f"global-{r}.safetensors" if r < rounds else "final.safetensors")
+        bundle = from_safetensors(path.read_bytes())
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in bundle.items()})
+        per_round.append({"round": r, "auc": tmpl.auc(model, xv, yv), "seconds": timing.get(r, float("nan"))})
+        final = bundle
+    assert final is not None
+    return RunResult(mode, rounds, per_round, per_round[-1]["auc"], dict(final), seconds)
+
+
+def cross_site_matrix(
+    final: dict[str, np.ndarray], sites: list[SiteData], params: dict[str, Any], rounds: int
+) -> dict[str, dict[str, float]]:
+    """Rows: each site's local-only model and the global model; columns: each site's held-out split."""
+    import torch
+
+    tmpl = _template()
+    rows: dict[str, dict[str, float]] = {}
+    models: dict[str, Any] = {}
+    for s in sites:
+        m = tmpl.make_model()
+        local_params = {**params, "epochs": int(params.get("epochs", 2)) * rounds}
+        tmpl.train(m, torch.from_numpy(s.x_train), torch.from_numpy(s.y_train), local_params)
+        models[f"{s.name} local-only"] = m
+    g = tmpl.make_model()
+    g.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in final.items()})
+    models["global (federated)"] = g
+    for name, m in models.items():
+        rows[name] = {
+            s.name: tmpl.auc(m, torch.from_numpy(s.x_val), torch.from_numpy(s.y_val)) for s in sites
+        }
+    return rows

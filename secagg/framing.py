@@ -1,0 +1,58 @@
+"""Length-prefixed framing for a stream of opaque records (one serialised ciphertext each).
+
+Records travel back to back inside the chunked payload; chunk boundaries are independent of record
+boundaries, so the framing, not the transport, says where a ciphertext ends.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+from secagg.errors import UpdateRejected
+
+_LEN = struct.Struct(">I")
+MAX_RECORD = 64 * 1024 * 1024
+
+
+def frame(records: Iterable[bytes]) -> Iterator[bytes]:
+    for rec in records:
+        yield _LEN.pack(len(rec)) + rec
+
+
+def unframe(fh: BinaryIO) -> Iterator[bytes]:
+    while True:
+        head = fh.read(4)
+        if not head:
+            return
+        if len(head) != 4:
+            raise UpdateRejected("record stream cut inside a length prefix", code="truncated")
+        (n,) = _LEN.unpack(head)
+        if n == 0 or n > MAX_RECORD:
+            raise UpdateRejected(f"record length {n} out of range", code="malformed")
+        rec = fh.read(n)
+        if len(rec) != n:
+            raise UpdateRejected("record stream cut inside a record", code="truncated")
+        yield rec
+
+
+def count_records(fh: BinaryIO) -> int:
+    """Walk the framing without keeping records (a structural check of a spooled upload)."""
+    count = 0
+    while True:
+        head = fh.read(4)
+        if not head:
+            return count
+        if len(head) != 4:
+            raise UpdateRejected("record stream cut inside a length prefix", code="truncated")
+        (n,) = _LEN.unpack(head)
+        if n == 0 or n > MAX_RECORD:
+            raise UpdateRejected(f"record length {n} out of range", code="malformed")
+        pos = fh.tell()
+        fh.seek(0, 2)
+        end = fh.tell()
+        if pos + n > end:
+            raise UpdateRejected("record stream cut inside a record", code="truncated")
+        fh.seek(pos + n)
+        count += 1

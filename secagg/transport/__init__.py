@@ -1,0 +1,1 @@
+"""gRPC transport: the service, mTLS credentials, and chunked streaming of opaque payloads."""

@@ -1,0 +1,89 @@
+"""Chunked streaming of payloads: header, data pieces of at most 4 MiB, SHA-256 trailer.
+
+The trailer lets the receiver tell a complete payload from one cut off mid-way: a stream that ends
+without it, or whose digest or length differs from the header's, is refused and nothing of it is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
+
+from secagg.errors import UpdateRejected
+from secagg.transport.generated import secagg_pb2 as pb
+
+MAX_CHUNK = 4 * 1024 * 1024
+
+
+def _pieces(payload: Iterable[bytes]) -> Iterator[bytes]:
+    """Re-cut arbitrary byte pieces into chunks of at most MAX_CHUNK."""
+    for piece in payload:
+        view = memoryview(piece)
+        for start in range(0, len(view), MAX_CHUNK):
+            yield bytes(view[start : start + MAX_CHUNK])
+
+
+def encode_stream(header: dict[str, Any], payload: Iterable[bytes]) -> Iterator[pb.Chunk]:
+    yield pb.Chunk(header_json=json.dumps(header, separators=(",", ":")))
+    digest = hashlib.sha256()
+    for piece in _pieces(payload):
+        digest.update(piece)
+        yield pb.Chunk(data=piece)
+    yield pb.Chunk(trailer_sha256=digest.hexdigest())
+
+
+def read_header(chunks: Iterator[pb.Chunk]) -> dict[str, Any]:
+    try:
+        first = next(chunks)
+    except StopIteration:
+        raise UpdateRejected("empty stream", code="truncated") from None
+    if first.WhichOneof("part") != "header_json":
+        raise UpdateRejected("stream does not start with a header", code="malformed")
+    try:
+        header = json.loads(first.header_json)
+    except ValueError:
+        raise UpdateRejected("stream header is not JSON", code="malformed") from None
+    if not isinstance(header, dict):
+        raise UpdateRejected("stream header is not an object", code="malformed")
+    return header
+
+
+def copy_payload(
+    chunks: Iterator[pb.Chunk], sink: BinaryIO, *, max_bytes: int, expected_bytes: int | None = None
+) -> int:
+    """Write the payload to ``sink`` and check the trailer; return the byte count."""
+    digest = hashlib.sha256()
+    total = 0
+    for chunk in chunks:
+        part = chunk.WhichOneof("part")
+        if part == "data":
+            if len(chunk.data) > MAX_CHUNK:
+                raise UpdateRejected("chunk larger than 4 MiB", code="malformed")
+            total += len(chunk.data)
+            if total > max_bytes:
+                raise UpdateRejected(f"payload exceeds the limit of {max_bytes} bytes", code="oversize")
+            digest.update(chunk.data)
+            sink.write(chunk.data)
+        elif part == "trailer_sha256":
+            if not hmac.compare_digest(chunk.trailer_sha256, digest.hexdigest()):
+                raise UpdateRejected("payload digest does not match its trailer", code="corrupt")
+            if expected_bytes is not None and total != expected_bytes:
+                raise UpdateRejected(
+                    f"payload has {total} bytes, header announced {expected_bytes}", code="truncated"
+                )
+            return total
+        else:
+            raise UpdateRejected("second header inside a stream", code="malformed")
+    raise UpdateRejected("stream cut off before its trailer", code="truncated")
+
+
+def read_all(chunks: Iterator[pb.Chunk], *, max_bytes: int) -> tuple[dict[str, Any], bytes]:
+    import io
+
+    header = read_header(chunks)
+    buf = io.BytesIO()
+    copy_payload(chunks, buf, max_bytes=max_bytes)
+    return header, buf.getvalue()
