@@ -1,0 +1,98 @@
+"""``secagg attest verify EVIDENCE``: verify (and with ``--policy``, validate) TEE attestation evidence."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from attestation.errors import OptionsError
+from attestation.evidence import verify_and_validate
+from attestation.options import load_options
+from secagg.errors import ConfigError, IntegrityError, PolicyRefusal, UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("attest", help="TEE attestation evidence (SEV-SNP, TDX, dev-only software TEE)")
+    asub = p.add_subparsers(dest="attest_command", metavar="ACTION", parser_class=type(p))
+    asub.required = True
+    v = asub.add_parser(
+        "verify",
+        help="verify evidence (authenticity); with --policy also validate its fields",
+        description="Prints every field checked and the decision. Exit 0 accept, 1 refuse, 2 usage error.",
+    )
+    v.add_argument(
+        "evidence", type=Path, help="SEV-SNP report (binary or hex), TDX quote, or dev-TEE evidence"
+    )
+    v.add_argument(
+        "--certs",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="VCEK/VLEK and ASK/ARK (PEM or DER) where the evidence does not carry them; "
+        "for dev-TEE, PEM public keys that pin its signing key",
+    )
+    v.add_argument("--collateral", type=Path, metavar="DIR", help="Intel TDX collateral folder (offline)")
+    v.add_argument("--policy", type=Path, metavar="FILE", help="YAML validation options")
+    v.add_argument("--nonce", metavar="HEX", help="expected REPORT_DATA (<= 64 bytes, zero-padded)")
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument(
+        "--allow-insecure-dev-tee",
+        action="store_true",
+        help="accept dev-only software-TEE evidence (NOT hardware-backed; demos and tests only)",
+    )
+    v.set_defaults(func=run_verify)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    nonce = None
+    if args.nonce is not None:
+        try:
+            nonce = bytes.fromhex(args.nonce.removeprefix("0x"))
+        except ValueError:
+            raise UsageError(f"--nonce is not hex: {args.nonce!r}") from None
+        if len(nonce) > 64:
+            raise UsageError("--nonce is longer than 64 bytes")
+    try:
+        options = load_options(args.policy) if args.policy else None
+    except OptionsError as exc:
+        raise ConfigError(str(exc)) from None
+    if args.collateral is not None and not args.collateral.is_dir():
+        raise ConfigError(f"--collateral {args.collateral} is not a folder")
+    result = verify_and_validate(
+        _read(args.evidence, "evidence"),
+        certs=[_read(c, "certificate file") for c in args.certs],
+        collateral_dir=args.collateral,
+        options=options,
+        expected_report_data=nonce,
+        allow_insecure_dev_tee=args.allow_insecure_dev_tee,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), sort_keys=True))
+    else:
+        print(f"type: {result.type}")
+        print(f"measurement: {result.measurement}")
+        print(f"report_data: {result.report_data}")
+        for c in result.checked:
+            print(f"  [{'ok' if c.ok else 'FAIL'}] {c.field}: {c.detail}")
+        for e in result.errors:
+            print(f"  error: {e}")
+        print(f"verified: {str(result.verified).lower()}")
+        print(f"decision: {result.decision}")
+    if result.decision == "accept":
+        return 0
+    if args.json:
+        return 1
+    first = result.errors[0] if result.errors else "unknown reason"
+    more = f" (+{len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
+    if result.verified:  # authentic, but the policy does not accept it
+        raise PolicyRefusal(f"attestation refused ({result.type}): {first}{more}", code="attestation")
+    raise IntegrityError(f"attestation not verified ({result.type}): {first}{more}")
