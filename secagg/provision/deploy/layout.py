@@ -50,6 +50,7 @@ def aggregator_args() -> list[str]:
 
 
 def agent_args() -> list[str]:
+    """A deployed agent is a service: ``--forever`` keeps it serving jobs after one finishes."""
     return [
         "agent",
         "run",
@@ -61,6 +62,7 @@ def agent_args() -> list[str]:
         DATA_DIR,
         "--state",
         STATE_DIR,
+        "--forever",
     ]
 
 
