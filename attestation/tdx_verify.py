@@ -22,9 +22,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attestation.errors import Check, ParseError, VerificationError
 from attestation.roots import fingerprint, intel_sgx_root
-from attestation.tdx import TdxQuote
+from attestation.tdx import INTEL_QE_VENDOR_ID, TdxQuote
 
-_SGX_EXT = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
+#: Intel's TD Quoting Enclave identity (MRSIGNER, ISVPRODID), as in Intel's QE identity collateral
+#: ("TD_QE"). Pinned so that, even without collateral, only Intel's TD QE can vouch for a TD.
+INTEL_TD_QE_MRSIGNER = bytes.fromhex("dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5")
+INTEL_TD_QE_ISVPRODID = 2
 
 
 @dataclass
@@ -91,6 +94,18 @@ def verify_quote(quote: TdxQuote, *, now: dt.datetime | None = None) -> TdxVerif
     except InvalidSignature:
         raise fail("qe_report_signature", "QE report is not signed by the PCK key") from None
     checks.append(Check("qe_report_signature", True, "QE report signed by the PCK key"))
+
+    qe = quote.qe_report
+    if quote.qe_vendor_id != INTEL_QE_VENDOR_ID:
+        raise fail("qe_identity", f"QE vendor ID {quote.qe_vendor_id.hex()} is not Intel's")
+    if not hmac.compare_digest(qe.mr_signer, INTEL_TD_QE_MRSIGNER) or qe.isv_prod_id != INTEL_TD_QE_ISVPRODID:
+        raise fail(
+            "qe_identity",
+            f"QE (MRSIGNER {qe.mr_signer.hex()[:16]}..., ISVPRODID {qe.isv_prod_id}) is not Intel's TD QE",
+        )
+    checks.append(
+        Check("qe_identity", True, f"Intel TD QE (ISVSVN {qe.isv_svn}; SVN policy needs collateral)")
+    )
 
     expected = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest() + bytes(32)
     if not hmac.compare_digest(expected, quote.qe_report.report_data):

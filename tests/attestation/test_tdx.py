@@ -34,6 +34,7 @@ def test_real_quotes_verify(name):
         "pck_chain",
         "cert_validity",
         "qe_report_signature",
+        "qe_identity",
         "attestation_key_binding",
         "quote_signature",
     ]
@@ -90,13 +91,18 @@ def test_each_link_is_checked():
         "qe_report_signature": qe_off + 100,  # QE report body
     }
     for field, off in cases.items():
-        with pytest.raises((VerificationError, ParseError)) as exc:
+        with pytest.raises(VerificationError) as exc:
             verify_quote(parse_quote(flip(raw, off * 8)), now=NOW)
-        if isinstance(exc.value, VerificationError):
-            assert exc.value.checks[-1].field == field
+        assert exc.value.checks[-1].field == field and not exc.value.checks[-1].ok
     auth_off = qe_off + 384 + 64 + 2
     with pytest.raises(VerificationError, match="attestation_key_binding"):
         verify_quote(parse_quote(flip(raw, auth_off * 8)), now=NOW)
+
+
+def test_qe_identity_pinned(monkeypatch):
+    monkeypatch.setattr(tdx_verify, "INTEL_TD_QE_MRSIGNER", bytes(32))
+    with pytest.raises(VerificationError, match="not Intel's TD QE"):
+        verify_quote(_quote("cos-113-tdx-quote.dat"), now=NOW)
 
 
 def test_wrong_root_refused(monkeypatch):
