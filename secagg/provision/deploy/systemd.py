@@ -10,6 +10,8 @@ open TCP connections to the aggregator. Choices that are not obvious:
   the key is never readable by a user id that other services could share.
 * ``SupplementaryGroups=secagg``: the policy and data are readable by group ``secagg`` and nobody
   else, so data does not have to be world-readable for a dynamic user id.
+* No ``PrivateUsers=``: in its user namespace the ``secagg`` group is unmapped, which makes
+  ``SupplementaryGroups=`` unreliable for reading the data (systemd issue #41994).
 * No ``MemoryDenyWriteExecute=``: PyTorch's CPU kernels (oneDNN) generate machine code at run time
   and would crash under it.
 * ``IPAddressDeny=any`` with ``IPAddressAllow=`` the aggregator where the project gives its IP
@@ -84,7 +86,6 @@ RestrictRealtime=yes
 RestrictNamespaces=yes
 RemoveIPC=yes
 KeyringMode=private
-PrivateUsers=yes
 
 # kernel and processes
 ProtectKernelTunables=yes
