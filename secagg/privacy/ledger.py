@@ -219,7 +219,11 @@ class Ledger:
         return c.epsilon, c.delta, c.method
 
     def remaining(self) -> tuple[float, float]:
-        """Budget minus total, floored at zero (RDP totals do not subtract exactly; this is a display)."""
+        """Budget minus total, floored at zero: a display, since RDP totals do not subtract.
+
+        Once a Gaussian release is recorded its RDP part is converted at all the delta the basic part
+        leaves, so the remaining delta reads 0; :meth:`would_exceed` recomputes for each new spend.
+        """
         eps, delta, _ = self.total()
         return max(self.budget_epsilon - eps, 0.0), max(self.budget_delta - delta, 0.0)
 
