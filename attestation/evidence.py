@@ -160,7 +160,11 @@ def _snp(
     do_validate: bool,
     now: dt.datetime | None,
 ) -> None:
-    report = snp.parse_report(data if _snp_binary_header(data) else snp.decode_hex_report(data))
+    raw = data if _snp_binary_header(data) else snp.decode_hex_report(data)
+    raw, table = snp.split_extended_report(raw)
+    report = snp.parse_report(raw)
+    if table is not None:
+        certs = [table, *certs]
     result.measurement, result.report_data = report.measurement.hex(), report.report_data.hex()
     result.details.update(
         version=report.version,

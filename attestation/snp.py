@@ -227,6 +227,24 @@ def parse_report(data: bytes) -> SnpReport:
     )
 
 
+def split_extended_report(data: bytes) -> tuple[bytes, bytes | None]:
+    """Split report || GUID certificate table (an *extended* report, as the host's extended guest
+    request returns them together). A plain report gives ``(report, None)``. Bytes after the report
+    that are not a well-formed certificate table are refused, so this is no back door for trailing
+    garbage.
+    """
+    if len(data) <= REPORT_SIZE:
+        return bytes(data), None
+    table = bytes(data[REPORT_SIZE:])
+    try:
+        parse_cert_table(table)
+    except ParseError as exc:
+        raise ParseError(
+            f"SEV-SNP report has {len(table)} trailing bytes that are not a certificate table ({exc})"
+        ) from None
+    return bytes(data[:REPORT_SIZE]), table
+
+
 _HEX_RE = re.compile(rb"^[0-9a-fA-F]+$")
 
 

@@ -103,3 +103,19 @@ def test_options_loader(tmp_path):
         p.write_text(bad)
         with pytest.raises(OptionsError, match=msg):
             load_options(p)
+
+
+def test_extended_report_carries_its_own_certificates(snp_gsg):
+    import struct
+
+    from attestation.snp import GUID_VCEK
+
+    raw, vcek = snp_gsg
+    table = GUID_VCEK.bytes + struct.pack("<II", 48, len(vcek)) + bytes(24) + vcek + bytes(64)
+    res = verify_and_validate(raw + table, now=NOW)
+    assert res.decision == "accept" and res.details["product"] == "Milan"
+    assert verify_and_validate(raw, now=NOW).errors[0].startswith("leaf_cert")  # plain report needs --certs
+    bad = verify_and_validate(raw + table[:-70], now=NOW)
+    assert bad.decision == "refuse" and "not a certificate table" in bad.errors[0]
+    junk = verify_and_validate(raw + b"trailing garbage" + bytes(40), now=NOW)
+    assert "not a certificate table" in junk.errors[0]
