@@ -106,6 +106,7 @@ def verify_and_validate(
     collateral_dir: str | Path | None = None,
     options: ValidationOptions | None = None,
     expected_report_data: bytes | None = None,
+    nonce: bytes | None = None,
     allow_insecure_dev_tee: bool = False,
     now: dt.datetime | None = None,
 ) -> AttestationResult:
@@ -113,8 +114,8 @@ def verify_and_validate(
 
     ``certs``: certificate blobs (PEM/DER/GUID table) for SEV-SNP; PEM public keys or certificates
     pinning the dev-TEE key. ``expected_report_data`` (a nonce or key binding, at most 64 bytes,
-    zero-padded) takes precedence over ``options.report_data``. Never raises for bad evidence: every
-    failure is in ``errors`` and the decision is ``refuse``.
+    zero-padded; ``nonce`` is an alias) takes precedence over ``options.report_data``. Never raises
+    for bad evidence: every failure is in ``errors`` and the decision is ``refuse``.
     """
     try:
         kind: str = detect(data)
@@ -123,6 +124,15 @@ def verify_and_validate(
         _record(result, exc)
         return result
     result = AttestationResult(type=kind)
+    if nonce is not None:
+        if expected_report_data is not None and bytes(nonce) != bytes(expected_report_data):
+            result.errors.append("options: nonce and expected_report_data differ; pass one")
+            return result
+        expected_report_data = nonce
+    if collateral_dir is not None and kind != "tdx":
+        result.checked.append(
+            Check("collateral", True, f"skipped: collateral is only used for TDX, not {kind}")
+        )
     try:
         expected = (
             validate.expected_binding(expected_report_data) if expected_report_data is not None else None

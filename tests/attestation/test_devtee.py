@@ -8,7 +8,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from attestation.devtee import make_dev_evidence, parse_dev_evidence, verify_dev_evidence
+from attestation.devtee import (
+    make_dev_evidence,
+    parse_dev_evidence,
+    validate_dev_evidence,
+    verify_dev_evidence,
+)
 from attestation.errors import InsecureDevTeeRefused, ParseError, ValidationError, VerificationError
 from attestation.options import ValidationOptions
 from attestation.validate import validate_dev
@@ -83,4 +88,6 @@ def test_validation(key):
         "timestamp",
     ]
     good = ValidationOptions(measurements=[M.hex()], min_tcb={"snp": 3}, max_age_s=3600, debug_allowed=True)
-    assert all(c.ok for c in validate_dev(ev, good, expected_report_data=b"n".ljust(64, b"\0"), now=now))
+    assert all(
+        c.ok for c in validate_dev_evidence(ev, good, expected_report_data=b"n".ljust(64, b"\0"), now=now)
+    )

@@ -66,6 +66,9 @@ def test_tdx_nonce_and_trailing(tmp_path):
     assert verify_and_validate(cos, expected_report_data=nonce, now=NOW).decision == "accept"
     res = verify_and_validate(cos, expected_report_data=b"\x01" * 64, now=NOW)
     assert res.verified and res.errors[0].startswith("report_data")
+    assert verify_and_validate(cos, nonce=nonce, now=NOW).decision == "accept"
+    both = verify_and_validate(cos, nonce=nonce, expected_report_data=b"x", now=NOW)
+    assert both.decision == "refuse" and "differ" in both.errors[0]
     spr = verify_and_validate(read(TDX / "tdx_prod_quote_SPR_E4.dat"), now=NOW)
     assert spr.decision == "refuse" and "trailing bytes" in spr.errors[0]
 
@@ -115,6 +118,8 @@ def test_extended_report_carries_its_own_certificates(snp_gsg):
     res = verify_and_validate(raw + table, now=NOW)
     assert res.decision == "accept" and res.details["product"] == "Milan"
     assert verify_and_validate(raw, now=NOW).errors[0].startswith("leaf_cert")  # plain report needs --certs
+    skipped = verify_and_validate(raw + table, collateral_dir=TDX, now=NOW)
+    assert skipped.decision == "accept" and skipped.checked[0].field == "collateral"
     bad = verify_and_validate(raw + table[:-70], now=NOW)
     assert bad.decision == "refuse" and "not a certificate table" in bad.errors[0]
     junk = verify_and_validate(raw + b"trailing garbage" + bytes(40), now=NOW)
