@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -136,6 +137,8 @@ class CiphertextAccumulator:
     the total. Stage each site's stream in its own accumulator and :meth:`merge` it into the round total
     only when that site's stream is complete (:attr:`contributions` == 1); memory then grows with the
     number of streams in flight, not with the number of sites.
+
+    Safe to share between threads (one lock around each mutation; parsing runs outside it).
     """
 
     def __init__(self, ctx: PublicContext, n_ciphertexts: int) -> None:
@@ -149,6 +152,7 @@ class CiphertextAccumulator:
         self._n = n_ciphertexts
         self._sums: list[ts.CKKSVector | None] = [None] * n_ciphertexts
         self._counts = [0] * n_ciphertexts
+        self._lock = threading.Lock()
 
     @property
     def n_ciphertexts(self) -> int:
@@ -173,18 +177,21 @@ class CiphertextAccumulator:
                 f"HE ciphertext frame says index {framed_index}, received as {index}", code="bad_index"
             )
         vec = _load_vector(self._ctx.ts_context, blob, self._ctx.params)
-        current = self._sums[index]
-        if current is None:
-            self._sums[index] = vec
-        else:
-            current.add_(vec)
-        self._counts[index] += 1
+        with self._lock:
+            current = self._sums[index]
+            if current is None:
+                self._sums[index] = vec
+            else:
+                current.add_(vec)
+            self._counts[index] += 1
 
     def merge(self, other: CiphertextAccumulator) -> None:
         """Add a complete staged stream (another accumulator under the same context) into this one.
 
         ``other`` is consumed (emptied): its sums are moved, not copied.
         """
+        if other is self:
+            raise ConfigError("cannot merge an HE accumulator into itself")
         if other._ctx.context_id != self._ctx.context_id or other._n != self._n:
             raise UpdateRejected("cannot merge HE sums of another context or length", code="wrong_context")
         if other.contributions == 0:
@@ -193,16 +200,17 @@ class CiphertextAccumulator:
                 "ciphertexts missing or counts uneven",
                 code="incomplete",
             )
-        for i, vec in enumerate(other._sums):
-            assert vec is not None
-            current = self._sums[i]
-            if current is None:
-                self._sums[i] = vec
-            else:
-                current.add_(vec)
-            self._counts[i] += other._counts[i]
-        other._sums = [None] * other._n
-        other._counts = [0] * other._n
+        with self._lock, other._lock:
+            for i, vec in enumerate(other._sums):
+                assert vec is not None
+                current = self._sums[i]
+                if current is None:
+                    self._sums[i] = vec
+                else:
+                    current.add_(vec)
+                self._counts[i] += other._counts[i]
+            other._sums = [None] * other._n
+            other._counts = [0] * other._n
 
     def result(self) -> Iterator[bytes]:
         """Frames of the summed stream, in order; refuses if any index got a different number of addends."""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import tenseal as ts
@@ -180,3 +182,25 @@ def test_decrypt_refuses_short_long_reordered_foreign(
         with pytest.raises(UpdateRejected) as err:
             decrypt_vector(secret_ctx, stream, n)
         assert err.value.code == code
+
+
+def test_concurrent_streams_merge_into_one_total(
+    secret_ctx: SecretContext, public_ctx: PublicContext
+) -> None:
+    n = 2 * SLOTS
+    xs, w = _sites(np.random.default_rng(7), 6, n)
+    streams = [list(encrypt_vector(secret_ctx, x, float(wi))) for x, wi in zip(xs, w, strict=True)]
+    total = CiphertextAccumulator(public_ctx, 2)
+
+    def receive(frames: list[bytes]) -> None:
+        staged = CiphertextAccumulator(public_ctx, 2)
+        for i, frame in enumerate(frames):
+            staged.add(i, frame)
+        total.merge(staged)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(receive, streams))
+    assert total.contributions == 6
+    assert np.max(np.abs(decrypt_vector(secret_ctx, total.result(), n) - w @ xs)) <= TOL
+    with pytest.raises(ConfigError, match="itself"):
+        total.merge(total)
