@@ -239,6 +239,8 @@ def verify_report(
     checks.append(Check("report_signature", True, f"ECDSA P-384 SHA-384 by the {kind.upper()}"))
 
     if kind == "vcek":
+        if report.mask_chip_id:
+            raise fail("vcek_hwid", "report has MASK_CHIP_ID set: CHIP_ID is zeroed, no VCEK can match")
         hwid = _ext(leaf, OID_HWID)
         if hwid is None:
             raise fail("vcek_hwid", "VCEK lacks the hwID extension")
