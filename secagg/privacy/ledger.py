@@ -101,13 +101,22 @@ class Entry:
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open with the durability settings every ledger connection must have (they are per connection)."""
-    conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
-    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{path}: cannot open privacy ledger ({exc})") from None
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise ConfigError(f"{path}: privacy ledger needs WAL journaling, got {mode}")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+    except sqlite3.DatabaseError as exc:
         conn.close()
-        raise ConfigError(f"{path}: privacy ledger needs WAL journaling, got {mode}")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=30000")
+        raise ConfigError(f"{path}: not a privacy ledger ({exc})") from None
+    except ConfigError:
+        conn.close()
+        raise
     return conn
 
 
@@ -135,10 +144,25 @@ class Ledger:
             raise ConfigError("privacy ledger: budget needs finite epsilon >= 0 and 0 <= delta < 1")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = connect(self.path)
+        try:
+            self._init_schema(dataset, budget_epsilon, budget_delta)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise ConfigError(f"{self.path}: not a privacy ledger ({exc})") from None
+        except ConfigError:
+            self._conn.close()
+            raise
+
+    def _init_schema(self, dataset: str, budget_epsilon: float | None, budget_delta: float | None) -> None:
         with self._tx() as cur:
             for stmt in _statements(_SCHEMA):
                 cur.execute(stmt)
             cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            version = cur.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path}: privacy ledger schema {version}, this secagg reads {SCHEMA_VERSION}"
+                )
             if budget_epsilon is not None:
                 cur.execute(
                     "INSERT INTO budgets VALUES (?, ?, ?, ?) ON CONFLICT(dataset) DO UPDATE SET "
@@ -147,7 +171,6 @@ class Ledger:
                 )
             row = cur.execute("SELECT epsilon, delta FROM budgets WHERE dataset=?", (dataset,)).fetchone()
         if row is None:
-            self._conn.close()
             raise ConfigError(f"{self.path}: no privacy budget recorded for data set {dataset!r}")
         self.budget_epsilon, self.budget_delta = float(row[0]), float(row[1])
 

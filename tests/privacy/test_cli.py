@@ -80,3 +80,10 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
             main(argv)
         assert ei.value.code == 2
     assert "usage error" in capsys.readouterr().err
+
+
+def test_corrupt_ledger_exits_1(workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / FILENAME).write_bytes(b"\x00garbage" * 200)
+    rc = main(["privacy", "ledger", "--kit", str(workspace / "site-3"), "--state", str(tmp_path)])
+    assert rc == 1
+    assert capsys.readouterr().err.startswith("secagg: config: ")

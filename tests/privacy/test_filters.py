@@ -83,6 +83,35 @@ def test_svt_prefers_large_entries_when_selection_noise_is_small() -> None:
     assert set(chosen.tolist()) == set(big.tolist())
 
 
+class _RecordingRng:
+    """A Generator stand-in that records every Laplace scale SVT asks for."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        self.scales: list[tuple[float, int | None]] = []
+
+    def laplace(self, scale: float, size: int | None = None) -> np.ndarray:
+        self.scales.append((scale, size))
+        return self._rng.laplace(scale=scale, size=size)
+
+    def permutation(self, n: int) -> np.ndarray:
+        return self._rng.permutation(n)
+
+
+def test_svt_noise_scales_are_nvflares() -> None:
+    rng = _RecordingRng(8)
+    n, fraction, eps1, eps3, gamma = 5000, 0.2, 0.3, 0.7, 1e-3
+    upd = {"w": np.random.default_rng(0).normal(scale=1e-3, size=n).astype(np.float32)}
+    svt(upd, rng, fraction=fraction, epsilon=eps1, noise_var=eps3, gamma=gamma, tau=1e-4)  # type: ignore[arg-type]
+    c = 1000
+    threshold, *queries, release = rng.scales
+    assert threshold == (pytest.approx(2 * gamma / eps1), None)  # lambda_rho, drawn once
+    eps2 = eps1 * (2 * c) ** (2 / 3)
+    assert queries and all(s == pytest.approx(4 * gamma * c / eps2) for s, _ in queries)  # lambda_nu
+    assert queries[0][1] == n and all(q[1] < n for q in queries[1:])  # later passes: the rest only
+    assert release == (pytest.approx(2 * gamma / eps3), c)
+
+
 def test_svt_epsilon_is_the_composed_figure() -> None:
     rng = np.random.default_rng(4)
     upd = {"w": rng.normal(size=1000).astype(np.float32)}

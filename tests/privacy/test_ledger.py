@@ -172,3 +172,21 @@ def test_bad_budgets_are_refused(tmp_path: Path) -> None:
             Ledger(tmp_path / "l.sqlite", "ds", eps, delta)
     with pytest.raises(ConfigError):
         Ledger(tmp_path / "l.sqlite", "ds", 1.0, None)
+
+
+def test_durability_settings_and_garbage_files(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite", "ds", 1.0, 1e-5) as led:
+        assert led._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert led._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ConfigError, match="not a privacy ledger"):
+        Ledger(junk, "ds", 1.0, 1e-5)
+    with pytest.raises(ConfigError, match="not a privacy ledger"):
+        Ledger.datasets(junk)
+    conn = sqlite3.connect(tmp_path / "l.sqlite")
+    conn.execute("UPDATE meta SET value='99' WHERE key='schema'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ConfigError, match="schema 99"):
+        Ledger(tmp_path / "l.sqlite", "ds")
