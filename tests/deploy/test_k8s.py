@@ -170,3 +170,13 @@ def test_names_are_made_dns_safe_and_collisions_refused() -> None:
     clash = make_project().model_copy(update={"sites": [SiteSpec(name="Site.A"), SiteSpec(name="site-a")]})
     with pytest.raises(ConfigError, match="both become 'site-a'"):
         site_objects(clash, "site-a", DeployOptions(), kit)
+
+
+def test_policy_placeholder_is_refused_by_the_policy_loader(deployed: Path, tmp_path: Path) -> None:
+    """Until a site puts its own policy in the ConfigMap, the agent must refuse to start."""
+    from secagg.policy.check import load_policy
+
+    placeholder = tmp_path / "policy.yaml"
+    placeholder.write_text(_objects(deployed, "site-1")["ConfigMap"]["data"]["policy.yaml"])
+    with pytest.raises(ConfigError, match="not usable"):
+        load_policy(placeholder)

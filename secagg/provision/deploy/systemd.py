@@ -74,7 +74,7 @@ ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
 PrivateDevices=yes
-ReadOnlyPaths={layout.HOST_POLICY_FILE} {layout.HOST_DATA_DIR}
+ReadOnlyPaths=-{layout.HOST_POLICY_FILE} -{layout.HOST_DATA_DIR}
 
 # privileges
 NoNewPrivileges=yes
