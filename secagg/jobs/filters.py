@@ -59,10 +59,8 @@ class DpsgdFilter(_Filter):
     max_grad_norm: float = Field(gt=0)
 
 
-FilterSpec = Annotated[
-    SvtFilter | PercentileFilter | ExcludeFilter | GaussianFilter | DpsgdFilter,
-    Field(discriminator="name"),
-]
+AnyFilter = SvtFilter | PercentileFilter | ExcludeFilter | GaussianFilter | DpsgdFilter
+FilterSpec = Annotated[AnyFilter, Field(discriminator="name")]
 
 #: per filter, each numeric parameter and whether a *smaller* value is the stronger (more private) one
 STRONGER_WHEN_SMALLER: dict[str, dict[str, bool]] = {

@@ -1,0 +1,92 @@
+"""``secagg job sign | verify | verify-bundle``: make and check signed job packages."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from secagg.errors import ConfigError, PolicyRefusal
+from secagg.jobs import JobRejected, SigstoreIdentity, sign_job, verify_bundle, verify_job
+from secagg.jobs.keyless import TRUST_DIR, Instance
+from secagg.policy import decide, load_policy
+from secagg.provision.kit import load_kit
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("job", help="sign and verify job packages")
+    jsub = p.add_subparsers(dest="job_command", metavar="ACTION", parser_class=type(p))
+    jsub.required = True
+
+    s = jsub.add_parser("sign", help="write JOB_DIR/manifest.json and sign it into manifest.sig")
+    s.add_argument("job_dir", type=Path, metavar="JOB_DIR")
+    s.add_argument("--kit", type=Path, required=True, help="the submitter's startup kit")
+    s.set_defaults(func=run_sign)
+
+    v = jsub.add_parser("verify", help="check a job's authenticity and that the policy trusts its signer")
+    v.add_argument("job", type=Path, metavar="JOB_DIR", help="job folder or .tar.gz")
+    v.add_argument("--policy", type=Path, required=True, help="site policy YAML")
+    v.add_argument("--kit", type=Path, help="startup kit whose ca.pem anchors manifest.sig")
+    v.add_argument("--trusted-root", type=Path, help="sigstore trusted_root.json (default: shipped roots)")
+    v.set_defaults(func=run_verify)
+
+    b = jsub.add_parser("verify-bundle", help="verify a sigstore bundle over any file, offline")
+    b.add_argument("file", type=Path, metavar="FILE")
+    b.add_argument("--bundle", type=Path, required=True, help="the .sigstore(.json) bundle")
+    b.add_argument("--identity", required=True, help="expected certificate identity (email or URI)")
+    b.add_argument("--issuer", required=True, help="expected OIDC issuer URL")
+    root = b.add_mutually_exclusive_group()
+    root.add_argument("--trusted-root", type=Path, help="trusted_root.json to verify against")
+    root.add_argument("--staging", action="store_true", help="use the shipped sigstore staging root")
+    b.set_defaults(func=run_verify_bundle)
+
+
+def run_sign(args: argparse.Namespace) -> int:
+    kit = load_kit(args.kit)
+    path = sign_job(args.job_dir, kit)
+    print(f"wrote {path} and {path.with_name('manifest.sig')}, signed by {kit.identity.name}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    policy = load_policy(args.policy)
+    ca = load_kit(args.kit).ca_cert if args.kit else None
+    try:
+        job = verify_job(
+            args.job,
+            ca,
+            trusted=policy.sigstore_identities(),
+            trusted_root=args.trusted_root,
+            max_bytes=policy.limits.max_package_bytes,
+        )
+    except JobRejected as exc:
+        for failure in exc.failures:
+            print(f"FAIL {failure}")
+        raise
+    signer_reason = decide(policy, job.spec, job.signers).reasons[0]
+    print(f"ok   authentic: manifest, signature and {len(job.manifest.files)} file digests verified")
+    print(f"{'ok  ' if signer_reason.ok else 'FAIL'} {signer_reason.text}")
+    if job.root != args.job:  # a tarball was extracted only to be checked; nothing will run from it
+        shutil.rmtree(job.root, ignore_errors=True)
+    if not signer_reason.ok:
+        raise PolicyRefusal(signer_reason.text, code=signer_reason.code)
+    return 0
+
+
+def run_verify_bundle(args: argparse.Namespace) -> int:
+    instance: Instance = "staging" if args.staging else "production"
+    signer = verify_bundle(
+        _read(args.file),
+        _read(args.bundle),
+        [SigstoreIdentity(args.identity, args.issuer, instance)],
+        root_path=args.trusted_root or (TRUST_DIR / f"{instance}.trusted_root.json"),
+    )
+    print(f"OK: {args.file} was signed by {signer.describe()}")
+    return 0
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None

@@ -1,0 +1,80 @@
+"""``secagg policy check | explain``: validate a site policy and explain its decisions in words."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from secagg.errors import ConfigError, PolicyRefusal
+from secagg.jobs import JobRejected, load_job, verify_job
+from secagg.jobs.signer import SignerInfo
+from secagg.policy import check_policy_file, decide, describe_policy, load_policy, render_decision
+from secagg.provision.kit import load_kit
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("policy", help="check and explain site policies")
+    psub = p.add_subparsers(dest="policy_command", metavar="ACTION", parser_class=type(p))
+    psub.required = True
+
+    c = psub.add_parser("check", help="report every schema and semantic error, with line numbers")
+    c.add_argument("file", type=Path, metavar="FILE")
+    c.set_defaults(func=run_check)
+
+    e = psub.add_parser("explain", help="say in words what the policy allows, or what it decides for a job")
+    e.add_argument("file", type=Path, metavar="FILE")
+    e.add_argument("--job", type=Path, metavar="JOB_DIR", help="job folder or .tar.gz to decide on")
+    e.add_argument("--kit", type=Path, help="startup kit whose CA verifies the job's signature")
+    e.set_defaults(func=run_explain)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        raise ConfigError(f"{args.file}: no such policy file")
+    issues = check_policy_file(args.file)
+    for issue in issues:
+        print(issue.format(str(args.file)))
+    if issues:
+        n = len(issues)
+        raise ConfigError(f"{args.file}: {n} problem{'s' if n != 1 else ''} found")
+    print(f"{args.file}: ok")
+    return 0
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    policy = load_policy(args.file)
+    print(f"Policy {args.file}")
+    for line in describe_policy(policy):
+        print(line)
+    if args.job is None:
+        return 0
+    print()
+    signers: list[SignerInfo] = []
+    if args.kit is None:
+        spec = load_job(args.job, policy.limits.max_package_bytes).spec
+        print("Signature: not checked (give --kit to verify it against your project CA)")
+    else:
+        try:
+            job = verify_job(
+                args.job,
+                load_kit(args.kit).ca_cert,
+                trusted=policy.sigstore_identities(),
+                max_bytes=policy.limits.max_package_bytes,
+            )
+        except JobRejected as exc:
+            print("Signature and integrity: FAILED")
+            for failure in exc.failures:
+                print(f"  FAIL {failure}")
+            raise
+        if job.root != args.job:
+            shutil.rmtree(job.root, ignore_errors=True)
+        spec, signers = job.spec, list(job.signers)
+        print(f"Signature and integrity: verified ({len(job.manifest.files)} files)")
+    decision = decide(policy, spec, signers)
+    for line in render_decision(decision, f"job {spec.name!r}"):
+        print(line)
+    if not decision.accept:
+        codes = ", ".join(dict.fromkeys(r.code for r in decision.failed))
+        raise PolicyRefusal(f"job {spec.name!r} refused: {codes}", code=decision.failed[0].code)
+    return 0

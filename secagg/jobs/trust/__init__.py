@@ -1,0 +1,1 @@
+"""Sigstore trusted roots shipped with secagg, so that sites verify bundles with no network."""

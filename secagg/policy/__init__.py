@@ -1,0 +1,20 @@
+"""Site policies: the model, loading and checking with line numbers, and decisions with reasons."""
+
+from secagg.policy.check import PolicyIssue, check_policy_file, check_policy_text, load_policy
+from secagg.policy.decide import Decision, Reason, decide, worst_case_spend
+from secagg.policy.explain import describe_policy, render_decision
+from secagg.policy.model import SitePolicy
+
+__all__ = [
+    "Decision",
+    "PolicyIssue",
+    "Reason",
+    "SitePolicy",
+    "check_policy_file",
+    "check_policy_text",
+    "decide",
+    "describe_policy",
+    "load_policy",
+    "render_decision",
+    "worst_case_spend",
+]

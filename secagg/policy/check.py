@@ -1,0 +1,304 @@
+"""Load a site policy, or report *every* problem in it with the line it is on and a hint.
+
+A security officer edits YAML by hand; one error at a time, without a line number, makes that a slow
+loop. So parsing keeps YAML node marks, schema errors and semantic errors (rules that are each valid
+but together make no sense, like allowing ``tee`` without saying which evidence to accept) are all
+collected, and each is pinned to the closest line in the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from pydantic import ValidationError
+
+from secagg.errors import ConfigError
+from secagg.policy.model import SitePolicy
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class PolicyIssue:
+    line: int
+    path: str
+    message: str
+    hint: str = ""
+
+    def format(self, source: str = "") -> str:
+        where = f"{source}:{self.line}" if source else f"line {self.line}"
+        text = f"{where}: {self.path or '(top)'}: {self.message}"
+        return text + (f" (hint: {self.hint})" if self.hint else "")
+
+
+@cache
+def schema() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(resources.files("secagg.policy").joinpath("schema.json").read_text())
+    return data
+
+
+def _dotted(path: Path_) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+class _Lines:
+    """Map from a path in the document to the 1-based line it starts on."""
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self.lines: dict[Path_, int] = {}
+        self.duplicates: list[tuple[Path_, int]] = []
+        if root is not None:
+            self._walk(root, ())
+
+    def _walk(self, node: yaml.Node, path: Path_) -> None:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else str(key.value)
+                if name in seen:
+                    self.duplicates.append(((*path, name), key.start_mark.line + 1))
+                    continue
+                seen.add(name)
+                self.lines[(*path, name)] = key.start_mark.line + 1
+                self._walk(value, (*path, name))
+                self.lines[(*path, name)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, (*path, i))
+
+    def line(self, path: Path_) -> int:
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.lines:
+                return self.lines[path[:n]]
+        return 1
+
+
+_HINTS_BY_FIELD = {
+    "issuer": "an OIDC issuer URL such as https://token.actions.githubusercontent.com",
+    "measurements": "48-byte launch measurement as 96 hex digits (from the aggregator image build)",
+    "min_tee_tcb_svn": "16 bytes as 32 hex digits",
+}
+
+
+def _schema_issue(err: jsonschema.ValidationError, lines: _Lines) -> list[PolicyIssue]:
+    path: Path_ = tuple(err.absolute_path)
+    v = err.validator
+    if v == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = list(err.schema.get("properties", {}))
+        out = []
+        for key in err.instance:
+            if key in allowed:
+                continue
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"allowed here: {', '.join(allowed)}"
+            out.append(PolicyIssue(lines.line((*path, key)), _dotted((*path, key)), "unknown key", hint))
+        return out
+    field = next((p for p in reversed(path) if isinstance(p, str)), "")
+    hint = ""
+    if v == "required":
+        hint = "add it; see policies/README.md"
+    elif v == "enum":
+        hint = "one of: " + ", ".join(json.dumps(x) for x in err.validator_value)
+    elif v == "const":
+        hint = f"must be {json.dumps(err.validator_value)}"
+    elif v == "pattern":
+        hint = _HINTS_BY_FIELD.get(field, "")
+    elif v == "uniqueItems":
+        hint = "remove the repeated entry"
+    elif v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        hint = f"{v} is {err.validator_value}"
+    elif v == "type":
+        hint = f"expected {err.validator_value}"
+    return [PolicyIssue(lines.line(path), _dotted(path), err.message, hint)]
+
+
+def _semantic(policy: SitePolicy) -> list[tuple[Path_, str, str]]:
+    """Rules that each pass the schema but together are wrong or dangerous."""
+    out: list[tuple[Path_, str, str]] = []
+    s = policy.signers
+    if not s.submitters and not s.sigstore:
+        out.append(
+            (
+                ("signers",),
+                "no signer is trusted, so no job can ever be accepted",
+                "list provisioned admins under submitters or CI identities under sigstore",
+            )
+        )
+    seen_ids: set[tuple[str, str, str]] = set()
+    for i, sig in enumerate(s.sigstore):
+        key = (sig.identity, sig.issuer, sig.instance)
+        if key in seen_ids:
+            out.append((("signers", "sigstore", i), "repeats an earlier sigstore identity", "remove it"))
+        seen_ids.add(key)
+    att = policy.attestation
+    if "tee" in policy.modes and att is None:
+        out.append(
+            (
+                ("modes",),
+                "mode tee is allowed but there is no attestation section",
+                "add attestation: {types: [...], measurements: [...]} or remove tee",
+            )
+        )
+    if att is not None:
+        hw = [t for t in att.types if t != "dev-tee"]
+        if "dev-tee" in att.types and not att.allow_insecure_dev_tee:
+            out.append(
+                (
+                    ("attestation", "types"),
+                    "dev-tee evidence is not hardware-backed",
+                    "set allow_insecure_dev_tee: true (development only) or remove dev-tee",
+                )
+            )
+        if att.allow_insecure_dev_tee and "dev-tee" not in att.types:
+            out.append(
+                (
+                    ("attestation", "allow_insecure_dev_tee"),
+                    "has no effect: dev-tee is not in types",
+                    "add dev-tee to types or remove this line",
+                )
+            )
+        if hw and not att.measurements:
+            out.append(
+                (
+                    ("attestation", "types"),
+                    f"{', '.join(hw)} accepted with no measurements: any aggregator image would be trusted",
+                    "list the accepted image measurements",
+                )
+            )
+        if att.min_tcb is not None and "sev-snp" not in att.types:
+            out.append(
+                (
+                    ("attestation", "min_tcb"),
+                    "min_tcb applies to sev-snp, which is not accepted",
+                    "add sev-snp to types or remove min_tcb",
+                )
+            )
+        if att.min_tee_tcb_svn is not None and "tdx" not in att.types:
+            out.append(
+                (
+                    ("attestation", "min_tee_tcb_svn"),
+                    "min_tee_tcb_svn applies to tdx, which is not accepted",
+                    "add tdx to types or remove min_tee_tcb_svn",
+                )
+            )
+        if "tee" not in policy.modes:
+            out.append(
+                (
+                    ("attestation",),
+                    "attestation rules have no effect: mode tee is not allowed",
+                    "add tee to modes or remove the attestation section",
+                )
+            )
+    names: set[str] = set()
+    budget = policy.privacy.budget
+    for i, f in enumerate(policy.privacy.required):
+        where: Path_ = ("privacy", "required", i)
+        if f.name in names:
+            out.append((where, f"filter {f.name} is required twice", "merge the two entries"))
+        names.add(f.name)
+        eps = getattr(f, "epsilon", None) or getattr(f, "target_epsilon", None)
+        if budget is not None and eps is not None and eps > budget.epsilon:
+            out.append(
+                (
+                    (*where, "epsilon" if f.name == "svt" else "target_epsilon"),
+                    f"one round of {f.name} spends epsilon {eps}, more than the whole budget "
+                    f"({budget.epsilon})",
+                    "lower it or raise privacy.budget.epsilon",
+                )
+            )
+        delta = getattr(f, "target_delta", None)
+        if budget is not None and delta is not None and delta > budget.delta:
+            out.append(
+                (
+                    (*where, "target_delta"),
+                    f"target_delta {delta} exceeds the budget's delta ({budget.delta})",
+                    "lower it or raise privacy.budget.delta",
+                )
+            )
+        if f.name == "gaussian" and budget is not None and budget.delta == 0:
+            out.append(
+                (where, "the gaussian filter needs a budget delta > 0", "set privacy.budget.delta, e.g. 1e-5")
+            )
+    if "mask" in policy.modes and policy.limits.min_sites_per_round < policy.limits.mask_min_threshold:
+        out.append(
+            (
+                ("limits", "min_sites_per_round"),
+                "fewer sites per round than the mask threshold: a round could never be unmasked",
+                "raise min_sites_per_round to mask_min_threshold",
+            )
+        )
+    return out
+
+
+def _parse(text: str) -> tuple[Any, _Lines, list[PolicyIssue]]:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        return (
+            None,
+            _Lines(None),
+            [PolicyIssue(line, "", f"not valid YAML: {problem}", "check indentation and quoting")],
+        )
+    lines = _Lines(root)
+    issues = [
+        PolicyIssue(line, _dotted(p), "key appears twice (the second would silently win)", "keep one")
+        for p, line in lines.duplicates
+    ]
+    return data, lines, issues
+
+
+def check_policy_text(text: str) -> tuple[SitePolicy | None, list[PolicyIssue]]:
+    data, lines, issues = _parse(text)
+    if data is None:
+        return None, issues or [PolicyIssue(1, "", "the policy is empty", "start with version: 1")]
+    validator = jsonschema.Draft202012Validator(schema())
+    for err in validator.iter_errors(data):
+        issues += _schema_issue(err, lines)
+    if issues:
+        return None, sorted(issues, key=lambda i: (i.line, i.path))
+    try:
+        policy = SitePolicy.model_validate(data)
+    except ValidationError as exc:  # the schema and the model should agree; report, don't crash
+        return None, [
+            PolicyIssue(lines.line(tuple(e["loc"])), _dotted(tuple(e["loc"])), e["msg"]) for e in exc.errors()
+        ]
+    issues = [PolicyIssue(lines.line(p), _dotted(p), m, h) for p, m, h in _semantic(policy)]
+    return (None if issues else policy), sorted(issues, key=lambda i: (i.line, i.path))
+
+
+def check_policy_file(path: Path | str) -> list[PolicyIssue]:
+    """Every schema and semantic problem of a policy file; empty means it is usable."""
+    return check_policy_text(_read(Path(path)))[1]
+
+
+def load_policy(path: Path | str) -> SitePolicy:
+    path = Path(path)
+    policy, issues = check_policy_text(_read(path))
+    if policy is None:
+        shown = "; ".join(i.format(str(path)) for i in issues[:5])
+        more = f" (and {len(issues) - 5} more; run secagg policy check)" if len(issues) > 5 else ""
+        raise ConfigError(f"policy {path} is not usable: {shown}{more}")
+    return policy
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read policy {path}: {exc}") from None

@@ -1,0 +1,87 @@
+"""Plain-language renderings of a policy and of a decision, for a security officer, not a programmer."""
+
+from __future__ import annotations
+
+from secagg.jobs.filters import AnyFilter
+from secagg.policy.decide import Decision
+from secagg.policy.model import SitePolicy
+
+_MODE_WORDS = {
+    "plain": "plain (the aggregator sees each update in the clear: baselines only)",
+    "he": "he (homomorphic encryption: the aggregator sees only ciphertexts)",
+    "mask": "mask (pairwise masking: the aggregator sees only masked vectors that cancel in the sum)",
+    "tee": "tee (updates are decrypted only inside an attested confidential VM)",
+}
+
+
+def describe_filter(f: AnyFilter) -> str:
+    if f.name == "svt":
+        return (
+            f"sparse vector technique: share at most {f.fraction:.0%} of coordinates, epsilon {f.epsilon} "
+            f"per round, noise variance {f.noise_var}, clip {f.gamma}, threshold {f.tau}"
+        )
+    if f.name == "percentile":
+        clip = f", clipped to {f.gamma}" if f.gamma is not None else ""
+        return f"share only the top {f.percentile:g}% of coordinates by magnitude{clip}"
+    if f.name == "exclude":
+        return f"never share the tensors {', '.join(f.tensors)}"
+    if f.name == "gaussian":
+        return f"clip the update to norm {f.clip} and add Gaussian noise (multiplier {f.noise_multiplier})"
+    return (
+        f"DP-SGD during training to epsilon {f.target_epsilon}, delta {f.target_delta} per round, "
+        f"gradient norm {f.max_grad_norm}"
+    )
+
+
+def describe_policy(policy: SitePolicy) -> list[str]:
+    lines = ["Who may submit jobs:"]
+    s = policy.signers
+    lines += [
+        f"  - provisioned admin {n} (signature checked against this site's project CA)" for n in s.submitters
+    ]
+    lines += [f"  - sigstore identity {x.identity}, issued by {x.issuer} ({x.instance})" for x in s.sigstore]
+    if not s.submitters and not s.sigstore:
+        lines.append("  - nobody: every job is refused")
+    lines.append("How updates may be aggregated:")
+    lines += [f"  - {_MODE_WORDS[m]}" for m in policy.modes]
+    lines.append("Privacy filters applied to every update (a job may ask for stricter, never looser):")
+    lines += [f"  - {describe_filter(f)}" for f in policy.privacy.required] or ["  - none"]
+    b = policy.privacy.budget
+    lines.append(
+        f"Privacy budget: epsilon {b.epsilon}, delta {b.delta} per job" if b else "Privacy budget: none"
+    )
+    a = policy.attestation
+    if a is not None:
+        lines.append(
+            f"Aggregator attestation: evidence of type {', '.join(a.types)}, at most {a.max_age_s} s old,"
+            f" bound to this site's fresh nonce; {len(a.measurements)} accepted measurement(s); debug "
+            f"guests {'ALLOWED' if a.debug_allowed else 'refused'}"
+        )
+        if a.allow_insecure_dev_tee:
+            lines.append(
+                "  WARNING: the software dev-tee is accepted; it protects nothing (development only)"
+            )
+    lim = policy.limits
+    lines.append(
+        f"Limits: packages up to {lim.max_package_bytes} bytes; "
+        f"{'at most ' + str(lim.max_rounds) if lim.max_rounds else 'any number of'} rounds; "
+        f"at least {lim.min_sites_per_round} site(s) per round; mask threshold at least "
+        f"{lim.mask_min_threshold}"
+    )
+    return lines
+
+
+def render_decision(decision: Decision, job_name: str = "the job") -> list[str]:
+    verdict = "ACCEPT" if decision.accept else "REFUSE"
+    n_bad = len(decision.failed)
+    head = f"Decision for {job_name}: {verdict}"
+    head += f" ({n_bad} rule{'s' if n_bad != 1 else ''} not met)" if n_bad else " (every rule met)"
+    lines = [head]
+    for r in decision.reasons:
+        mark = "ok  " if r.ok else "FAIL"
+        code = "" if r.ok else f" [{r.code}]"
+        lines.append(f"  {mark} {r.rule}{code}: {r.text}")
+    if decision.accept and decision.effective_privacy:
+        lines.append("Filters this site will apply, in order:")
+        lines += [f"  - {describe_filter(f)}" for f in decision.effective_privacy]
+    return lines
