@@ -67,6 +67,11 @@ DynamicUser=yes
 SupplementaryGroups={layout.HOST_GROUP}
 {credentials}StateDirectory={layout.HOST_STATE_NAME}
 StateDirectoryMode=0700
+# libraries' caches (matplotlib, torch) go to a cache directory, never into the state
+CacheDirectory={layout.HOST_STATE_NAME}
+CacheDirectoryMode=0700
+Environment=PYTHONUNBUFFERED=1 XDG_CACHE_HOME=%C/{layout.HOST_STATE_NAME}
+Environment=MPLCONFIGDIR=%C/{layout.HOST_STATE_NAME}/matplotlib
 UMask=0077
 
 # file system: everything read-only except the state directory
