@@ -21,7 +21,7 @@ from secagg.errors import ConfigError
 from secagg.jobs.errors import JobRejected
 from secagg.jobs.keyless import BundleRejected, SigstoreIdentity, verify_bundle
 from secagg.jobs.manifest import MANIFEST, SIGNATURE, SIGSTORE_BUNDLE, Manifest, check_files, parse_manifest
-from secagg.jobs.package import DEFAULT_MAX_BYTES, PackageView, TarView, extract, scan, scan_dir
+from secagg.jobs.package import DEFAULT_MAX_BYTES, PackageView, TarView, copy_files, extract, scan, scan_dir
 from secagg.jobs.signer import SignerInfo
 from secagg.jobs.signing import verify_signature
 from secagg.jobs.spec import JobSpec
@@ -116,7 +116,9 @@ def verify_job(
     ``ca_cert`` is the site's own project CA (from its kit), the only anchor for ``manifest.sig``.
     ``trusted`` are the sigstore identities the site accepts for ``manifest.sigstore.json``; a bundle
     is verified offline against ``trusted_root`` (default: the root shipped for each identity's
-    instance). A tarball is extracted, into ``dest`` or a fresh temporary folder, only after it passed.
+    instance). A tarball is extracted, into ``dest`` or a fresh temporary folder, only after it passed;
+    a folder is copied into ``dest`` if one is given (so that what runs cannot change after the check),
+    else used in place. Either copy is checked against the manifest again.
     """
     path = Path(path)
     view = scan(path, max_bytes)
@@ -154,8 +156,12 @@ def verify_job(
         if failures or spec is None or manifest is None:
             raise JobRejected(failures or ["incomplete package"], subject=str(path))
         root = path
-        if isinstance(view, TarView):
-            root = extract(view, dest)
+        if isinstance(view, TarView) or dest is not None:
+            if isinstance(view, TarView):
+                root = extract(view, dest)
+            else:
+                assert dest is not None
+                root = copy_files(view, sorted(view.files), dest)
             extracted = scan_dir(root, max_bytes)
             again = extracted.failures + check_files(manifest, extracted)
             if again:

@@ -232,3 +232,17 @@ def extract(view: TarView, dest: Path | None = None) -> Path:
         dest.mkdir(parents=True, exist_ok=False)
     view.tar.extractall(dest, members=list(view.members.values()), filter="data")
     return dest
+
+
+def copy_files(view: PackageView, names: list[str], dest: Path) -> Path:
+    """Copy a *verified* folder's listed files into a fresh directory, so later edits of the source
+    folder cannot change what runs."""
+    assert not view.failures
+    dest.mkdir(parents=True, exist_ok=False)
+    for name in names:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with view.open(name) as src, open(target, "xb") as out:
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+    return dest

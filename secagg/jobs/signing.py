@@ -73,6 +73,11 @@ def verify_signature(
         identity = verify_cert(cert, ca_cert, now)
     except IdentityError as exc:
         failures.append(f"signer certificate: {exc}")
+    try:
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            failures.append("signer certificate: is a CA certificate, not a participant's")
+    except x509.ExtensionNotFound:
+        failures.append("signer certificate: has no basic constraints extension")
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         failures.append("signer certificate: key is not ECDSA P-384")

@@ -242,3 +242,25 @@ def test_load_job_unverified(signed_job: Path) -> None:
     job = load_job(signed_job)
     assert job.spec.mode == "he" and job.spec.privacy[0].name == "percentile"
     assert "manifest.sig" in job.files
+
+
+def test_folder_copied_to_dest(signed_job: Path, kits, tmp_path: Path) -> None:
+    dest = tmp_path / "copy"
+    job = verify_job(signed_job, kits["site-1"].ca_cert, dest=dest)
+    assert job.root == dest and (dest / "lib" / "util.py").read_text() == "X = 1\n"
+    (signed_job / "train.py").write_text("changed after the check")
+    assert (dest / "train.py").read_text() == "print('training')\n"
+
+
+def test_rejected_folder_not_copied(signed_job: Path, kits, tmp_path: Path) -> None:
+    (signed_job / "extra.py").write_text("x")
+    with pytest.raises(JobRejected):
+        verify_job(signed_job, kits["site-1"].ca_cert, dest=tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
+
+
+def test_ca_certificate_as_signer(signed_job: Path, kits, ca_key) -> None:
+    ca = kits["site-1"].ca_cert
+    resign_with(signed_job, ca_key, ca)
+    failures = rejected(signed_job, ca)
+    assert "signer certificate: is a CA certificate, not a participant's" in failures
