@@ -14,7 +14,7 @@ What happens to an update of ``n`` entries, with ``c = ceil(n * fraction)``:
 1. Clip: every entry is clipped to ``[-gamma, gamma]``; the query for entry ``i`` is
    ``q_i = |clip(x_i)|`` in ``[0, gamma]``.
 2. Threshold: ``T = tau + Laplace(scale = 2 gamma / eps_1)``, drawn once.
-3. Selection: queries are asked in a uniformly random order, each with fresh
+3. Selection: queries are asked in a uniformly random order within each pass, each with fresh
    ``Laplace(scale = 4 gamma c / eps_2)`` noise where ``eps_2 = eps_1 (2c)^(2/3)`` (Lyu's optimal split,
    as NVFlare sets it); entries that answer "below" are asked again in later passes, as NVFlare's loop
    does; the stream stops at the c-th "above". (NVFlare takes every "above" of a pass and then draws c of
@@ -83,20 +83,27 @@ def svt(
     eps_2 = epsilon * (2.0 * c) ** (2.0 / 3.0)
     lambda_nu = 4.0 * gamma * c / eps_2
 
-    remaining = rng.permutation(n)
+    # The query stream is pass after pass over the entries not yet selected. Within a pass the order is
+    # uniformly random, so the first `need` "above" answers of the last pass are a uniform sample of
+    # that pass's "above" set: drawn directly, without permuting millions of indices.
+    remaining: np.ndarray | None = None  # None: every entry (first pass, no index array needed)
     chosen: list[np.ndarray] = []
     need = c
     for _ in range(MAX_PASSES):
-        nu = rng.laplace(scale=lambda_nu, size=remaining.size)
-        above = query[remaining] + nu >= threshold
+        size = n if remaining is None else remaining.size
+        nu = rng.laplace(scale=lambda_nu, size=size)
+        q = query if remaining is None else query[remaining]
+        above = q + nu >= threshold
         hits = np.flatnonzero(above)
         if hits.size >= need:
-            chosen.append(remaining[hits[:need]])
+            if hits.size > need:
+                hits = rng.choice(hits, size=need, replace=False, shuffle=False)
+            chosen.append(hits if remaining is None else remaining[hits])
             need = 0
             break
-        chosen.append(remaining[hits])
+        chosen.append(hits if remaining is None else remaining[hits])
         need -= hits.size
-        remaining = remaining[~above]
+        remaining = np.flatnonzero(~above) if remaining is None else remaining[~above]
     if need:
         raise ConfigError(
             f"svt: only {c - need} of {c} entries passed the threshold in {MAX_PASSES} passes; "

@@ -94,8 +94,8 @@ class _RecordingRng:
         self.scales.append((scale, size))
         return self._rng.laplace(scale=scale, size=size)
 
-    def permutation(self, n: int) -> np.ndarray:
-        return self._rng.permutation(n)
+    def choice(self, *args: object, **kwargs: object) -> np.ndarray:
+        return self._rng.choice(*args, **kwargs)  # type: ignore[call-overload]
 
 
 def test_svt_noise_scales_are_nvflares() -> None:
@@ -246,3 +246,14 @@ def test_spend_refuses_values_that_would_defeat_a_budget_check() -> None:
             Spend("svt", **bad)  # type: ignore[arg-type]
     s = Spend("gaussian", 1.0, 1e-5, 1.1, 0.01, 100)
     assert Spend.from_dict(s.to_dict()) == s
+
+
+def test_svt_selection_is_not_biased_by_position() -> None:
+    # equal entries: every position must be equally likely, whichever pass fills the quota
+    rng = np.random.default_rng(15)
+    n = 100_000
+    upd = {"first": np.full(n // 2, 5e-6, np.float32), "second": np.full(n // 2, 5e-6, np.float32)}
+    out, _ = svt(upd, rng, fraction=0.3, epsilon=1.0, noise_var=1.0, gamma=1e-5, tau=5e-6)
+    a, b = np.count_nonzero(out["first"]), np.count_nonzero(out["second"])
+    assert a + b == 30_000
+    assert abs(a - b) < 0.05 * 30_000
