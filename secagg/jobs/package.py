@@ -14,6 +14,7 @@ import os
 import stat
 import tarfile
 import tempfile
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -47,12 +48,14 @@ def name_problem(name: str) -> str | None:
 
 
 def case_collisions(names: list[str]) -> list[str]:
+    """Names that one file system keeps apart and another merges (case, Unicode normalisation)."""
     seen: dict[str, str] = {}
     problems = []
     for n in names:
-        key = n.casefold()
+        key = unicodedata.normalize("NFC", n).casefold()
         if key in seen and seen[key] != n:
-            problems.append(f"{seen[key]!r} and {n!r}: names differ only in case")
+            how = "case" if seen[key].casefold() == n.casefold() else "case or Unicode normalisation"
+            problems.append(f"{seen[key]!r} and {n!r}: names differ only in {how}")
         seen.setdefault(key, n)
     return problems
 

@@ -85,6 +85,12 @@ class _Lines:
         return 1
 
 
+_BOUNDS = {
+    "minimum": "at least",
+    "exclusiveMinimum": "greater than",
+    "maximum": "at most",
+    "exclusiveMaximum": "less than",
+}
 _HINTS_BY_FIELD = {
     "issuer": "an OIDC issuer URL such as https://token.actions.githubusercontent.com",
     "measurements": "48-byte launch measurement as 96 hex digits (from the aggregator image build)",
@@ -117,8 +123,10 @@ def _schema_issue(err: jsonschema.ValidationError, lines: _Lines) -> list[Policy
         hint = _HINTS_BY_FIELD.get(field, "")
     elif v == "uniqueItems":
         hint = "remove the repeated entry"
-    elif v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-        hint = f"{v} is {err.validator_value}"
+    elif v in _BOUNDS:
+        hint = f"must be {_BOUNDS[v]} {err.validator_value}"
+    elif v == "minItems":
+        hint = f"list at least {err.validator_value} entr{'y' if err.validator_value == 1 else 'ies'}"
     elif v == "type":
         hint = f"expected {err.validator_value}"
     return [PolicyIssue(lines.line(path), _dotted(path), err.message, hint)]

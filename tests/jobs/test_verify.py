@@ -264,3 +264,10 @@ def test_ca_certificate_as_signer(signed_job: Path, kits, ca_key) -> None:
     resign_with(signed_job, ca_key, ca)
     failures = rejected(signed_job, ca)
     assert "signer certificate: is a CA certificate, not a participant's" in failures
+
+
+def test_unicode_normalisation_collision(signed_job: Path, kits) -> None:
+    (signed_job / "caf\u00e9.py").write_text("a")  # NFC
+    (signed_job / "cafe\u0301.py").write_text("b")  # NFD: the same name on macOS
+    failures = rejected(signed_job, kits["site-1"].ca_cert)
+    assert any("names differ only in case or Unicode normalisation" in f for f in failures)

@@ -148,3 +148,29 @@ def test_load_policy_raises_config_error(tmp_path: Path) -> None:
         load_policy(p)
     with pytest.raises(ConfigError, match="cannot read policy"):
         load_policy(tmp_path / "missing.yaml")
+
+
+def test_filter_errors_and_hints() -> None:
+    text = (
+        "version: 1\n"
+        "signers:\n"
+        "  submitters: [a, a]\n"
+        "  sigstore:\n"
+        "    - {identity: x, issuer: http://insecure}\n"
+        "modes: [he]\n"
+        "privacy:\n"
+        "  required:\n"
+        "    - {name: svt, fraction: 0.25, epsilon: 0.1, noise_var: 0.1, gamma: 1.0e-5, tau: 0, fracton: 2}\n"
+        "    - {name: gaussian, clip: -1, noise_multiplier: 1}\n"
+        "    - name: exclude\n"
+        "      tensors: []\n"
+        "    - {percentile: 3}\n"
+    )
+    found = issues(text)
+    assert has(found, 3, "signers.submitters", "remove the repeated entry")
+    assert has(found, 5, "signers.sigstore[0].issuer", "an OIDC issuer URL")
+    assert has(found, 9, "privacy.required[0].fracton", "did you mean 'fraction'?")
+    assert has(found, 10, "privacy.required[1].clip", "must be greater than 0")
+    assert has(found, 12, "privacy.required[2].tensors", "list at least 1 entry")
+    assert has(found, 13, "privacy.required[3]", "'name' is a required property")
+    assert len(found) == 6
