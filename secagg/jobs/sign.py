@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from secagg.errors import IdentityError
+from secagg.errors import ConfigError, IdentityError
 from secagg.jobs.job import JOB_FILE, load_job
 from secagg.jobs.manifest import build_manifest, write_manifest
 from secagg.jobs.package import DEFAULT_MAX_BYTES, scan_dir
@@ -17,7 +17,7 @@ def sign_job(job_dir: Path | str, kit: Kit, max_bytes: int = DEFAULT_MAX_BYTES) 
     """Refuse early what no site would accept (a role that may not submit, a broken job.yaml)."""
     job_dir = Path(job_dir)
     if not job_dir.is_dir():
-        raise IdentityError(f"{job_dir}: sign a job folder (tar it after signing)")
+        raise ConfigError(f"{job_dir}: sign a job folder (tar it after signing)")
     identity = kit.identity
     if identity.role not in SUBMIT_ROLES:
         raise IdentityError(
@@ -28,7 +28,7 @@ def sign_job(job_dir: Path | str, kit: Kit, max_bytes: int = DEFAULT_MAX_BYTES) 
     manifest = build_manifest(scan_dir(job_dir, max_bytes))
     for name in (JOB_FILE, job.spec.model, job.spec.entry):
         if name not in manifest.files:
-            raise IdentityError(f"{job_dir}: {name} named by job.yaml is not in the folder")
+            raise ConfigError(f"{job_dir}: {name} named by job.yaml is not in the folder")
     path = write_manifest(job_dir, manifest)
     write_signature(job_dir, path.read_bytes(), kit.private_key, kit.cert)
     return path

@@ -7,11 +7,12 @@ so that a typo (``min_site: 1``) cannot silently fall back to a default.
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from secagg.jobs.filters import FilterSpec
+from secagg.strategy.spec import StrategySpec
 
 Mode = Literal["plain", "he", "mask", "tee"]
 MODES: tuple[str, ...] = ("plain", "he", "mask", "tee")
@@ -21,39 +22,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FedAvg(_Strict):
-    name: Literal["fedavg"]
-
-
-class FedProx(_Strict):
-    name: Literal["fedprox"]
-    mu: float = Field(default=0.01, ge=0)
-
-
-class FedAvgM(_Strict):
-    name: Literal["fedavgm"]
-    server_learning_rate: float = Field(default=1.0, gt=0)
-    server_momentum: float = Field(default=0.9, ge=0, lt=1)
-
-
-class FedOpt(_Strict):
-    name: Literal["fedadagrad", "fedadam", "fedyogi"]
-    eta: float = Field(default=0.01, gt=0)
-    beta_1: float = Field(default=0.9, ge=0, lt=1)
-    beta_2: float = Field(default=0.99, ge=0, lt=1)
-    tau: float = Field(default=1e-9, gt=0)
-
-
-StrategySpec = Annotated[FedAvg | FedProx | FedAvgM | FedOpt, Field(discriminator="name")]
-
-
 class HESpec(_Strict):
     preset: str = "secagg-default"
 
 
 class MaskSpec(_Strict):
     threshold: int = Field(ge=2)
-    neighbours: int | None = Field(default=None, ge=2)
+    neighbours: int | None = Field(default=None, ge=1)
     clip: float = Field(default=1.0, gt=0)
 
 
@@ -72,11 +47,16 @@ class JobSpec(_Strict):
     model: str
     entry: str
     round_timeout: float = Field(default=120, gt=0)
-    strategy: StrategySpec = Field(default_factory=lambda: FedAvg(name="fedavg"))
+    strategy: StrategySpec = Field(default_factory=lambda: StrategySpec(name="fedavg"))
     he: HESpec | None = None
     mask: MaskSpec | None = None
     privacy: list[FilterSpec] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _short_strategy(cls, value: object) -> object:
+        return {"name": value} if isinstance(value, str) else value
 
     @field_validator("model", "entry")
     @classmethod

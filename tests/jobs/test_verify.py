@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from secagg.errors import IdentityError, IntegrityError
+from secagg.errors import ConfigError, IdentityError, IntegrityError
 from secagg.jobs import JobRejected, load_job, sign_job, verify_job
 from secagg.jobs.manifest import build_manifest, write_manifest
 from secagg.jobs.package import scan_dir
@@ -226,7 +226,7 @@ def test_oversize(signed_job: Path, kits) -> None:
 def test_job_yaml_model_must_be_in_package(tmp_path: Path, kits) -> None:
     root = write_job(tmp_path / "job")
     (root / "model.safetensors").unlink()
-    with pytest.raises(IdentityError, match="model.safetensors"):
+    with pytest.raises(ConfigError, match="model.safetensors"):
         sign_job(root, kits["submitter@org-1"])
 
 
@@ -271,3 +271,16 @@ def test_unicode_normalisation_collision(signed_job: Path, kits) -> None:
     (signed_job / "cafe\u0301.py").write_text("b")  # NFD: the same name on macOS
     failures = rejected(signed_job, kits["site-1"].ca_cert)
     assert any("names differ only in case or Unicode normalisation" in f for f in failures)
+
+
+def test_job_spec_strategy_forms() -> None:
+    from secagg.jobs import JobSpec
+
+    base = {"name": "a", "rounds": 1, "min_sites": 1, "mode": "he", "model": "m", "entry": "e.py"}
+    assert JobSpec.model_validate(base).strategy.name == "fedavg"
+    adam = JobSpec.model_validate({**base, "strategy": "fedadam"}).strategy
+    assert adam.name == "fedadam" and adam.eta is not None
+    with pytest.raises(Exception, match="fedavg does not use mu"):
+        JobSpec.model_validate({**base, "strategy": {"name": "fedavg", "mu": 1}})
+    with pytest.raises(Exception, match="must be a relative path inside the package"):
+        JobSpec.model_validate({**base, "entry": "../x.py"})
