@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -215,6 +216,8 @@ def scan_tar(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> TarView:
     except (tarfile.TarError, OSError, EOFError) as exc:
         view.failures.append(f"{path.name}: corrupt archive ({exc})")
     view.failures.extend(case_collisions(sorted(set(names))))
+    parents = {str(parent) for n in view.files for parent in PurePosixPath(n).parents}
+    view.failures.extend(f"{n}: is both a file and a folder" for n in sorted(view.files) if n in parents)
     return view
 
 
@@ -233,7 +236,11 @@ def extract(view: TarView, dest: Path | None = None) -> Path:
         dest = Path(tempfile.mkdtemp(prefix="secagg-job-"))
     else:
         dest.mkdir(parents=True, exist_ok=False)
-    view.tar.extractall(dest, members=list(view.members.values()), filter="data")
+    try:
+        view.tar.extractall(dest, members=list(view.members.values()), filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise JobRejected([f"{view.location.name}: extraction failed ({exc})"]) from None
     return dest
 
 

@@ -147,3 +147,25 @@ def test_job_with_bundle_and_no_trusted_identity(signed_job: Path, kits) -> None
     (signed_job / "manifest.sigstore.json").write_bytes((V / "staging/bundle.txt.sigstore").read_bytes())
     with pytest.raises(JobRejected, match="no sigstore identity is trusted"):
         verify_job(signed_job, kits["site-1"].ca_cert)
+
+
+def test_sigstore_only_job_plumbing(signed_job: Path, monkeypatch) -> None:
+    """With the bundle check stubbed, a job carrying only manifest.sigstore.json verifies with that
+    signer, the bundle is checked over the exact manifest bytes, and with the policy's identities."""
+    import secagg.jobs.job as job_mod
+    from secagg.jobs import SignerInfo
+
+    seen = {}
+
+    def fake(artifact, bundle_json, identities, *, root_path=None):
+        seen.update(artifact=artifact, bundle=bundle_json, identities=list(identities))
+        return SignerInfo(kind="sigstore", name=identities[0].identity, issuer=identities[0].issuer)
+
+    monkeypatch.setattr(job_mod, "verify_bundle", fake)
+    (signed_job / "manifest.sig").unlink()
+    (signed_job / "manifest.sigstore.json").write_bytes(b"{}")
+    ident = SigstoreIdentity(BEACON, GHA)
+    job = verify_job(signed_job, None, trusted=[ident])
+    assert seen["artifact"] == (signed_job / "manifest.json").read_bytes()
+    assert seen["identities"] == [ident]
+    assert job.signers == (SignerInfo(kind="sigstore", name=BEACON, issuer=GHA),)

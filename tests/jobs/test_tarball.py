@@ -77,6 +77,7 @@ def test_load_job_reads_tarball_without_extracting(tmp_path: Path, signed_job: P
         (member("/etc/cron.d/x", data=b"x"), "'/etc/cron.d/x': absolute path"),
         (member("TRAIN.PY", data=b"x"), "'TRAIN.PY' and 'train.py': names differ only in case"),
         (member("train.py", data=b"again"), "train.py: appears twice in the archive"),
+        (member("train.py/inner.py", data=b"x"), "train.py: is both a file and a folder"),
     ],
 )
 def test_bad_member(tmp_path: Path, signed_job: Path, kits, extra, expected: str) -> None:
