@@ -12,6 +12,7 @@ from secagg.privacy.ledger import BudgetExhausted, Entry, Ledger
 from secagg.privacy.nvflare import from_nvflare
 from secagg.privacy.percentile import percentile
 from secagg.privacy.specs import (
+    DpsgdSpec,
     ExcludeSpec,
     Filter,
     FilterSpec,
@@ -30,6 +31,7 @@ from secagg.privacy.spend import Spend, Update
 from secagg.privacy.svt import svt, svt_epsilon
 
 __all__ = [
+    "DpsgdSpec",
     "BudgetExhausted",
     "Composition",
     "Entry",

@@ -46,10 +46,10 @@ class SvtSpec(_Spec):
 
 
 class PercentileSpec(_Spec):
-    """Share the top ``percent`` percent of entries by magnitude (see :mod:`secagg.privacy.percentile`)."""
+    """Share the top ``percentile`` percent of entries by magnitude (see :mod:`.percentile`)."""
 
     name: Literal["percentile"] = "percentile"
-    percent: float = Field(gt=0, le=100)
+    percentile: float = Field(gt=0, le=100)
     gamma: float | None = Field(None, gt=0, allow_inf_nan=False)
 
     @classmethod
@@ -62,19 +62,21 @@ class PercentileSpec(_Spec):
         p = float(args.get("percentile", 10))
         if not 0 <= p < 100:
             raise ConfigError(f"PercentilePrivacy: percentile must be in [0, 100), got {p}")
-        return _validate(cls, {"name": "percentile", "percent": 100.0 - p, "gamma": args.get("gamma", 0.01)})
+        return _validate(
+            cls, {"name": "percentile", "percentile": 100.0 - p, "gamma": args.get("gamma", 0.01)}
+        )
 
 
 class ExcludeSpec(_Spec):
     """Tensors zeroed before upload: exact names or globs, and/or a regex (see :mod:`.exclude`)."""
 
     name: Literal["exclude"] = "exclude"
-    patterns: tuple[str, ...] = ()
+    tensors: tuple[str, ...] = ()
     regex: str | None = None
 
     @model_validator(mode="after")
     def _something(self) -> ExcludeSpec:
-        if not self.patterns and not self.regex:
+        if not self.tensors and not self.regex:
             raise ValueError("exclude needs at least one pattern or a regex")
         return self
 
@@ -84,7 +86,7 @@ class ExcludeSpec(_Spec):
         ev = dict(args).get("exclude_vars")
         if isinstance(ev, str):
             return _validate(cls, {"name": "exclude", "regex": ev})
-        return _validate(cls, {"name": "exclude", "patterns": list(ev or [])})
+        return _validate(cls, {"name": "exclude", "tensors": list(ev or [])})
 
 
 class GaussianSpec(_Spec):
@@ -97,7 +99,23 @@ class GaussianSpec(_Spec):
     delta: float = Field(1e-5, gt=0, lt=1)
 
 
-FilterSpec = Annotated[SvtSpec | PercentileSpec | ExcludeSpec | GaussianSpec, Field(discriminator="name")]
+class DpsgdSpec(_Spec):
+    """DP-SGD inside local training (:mod:`secagg.privacy.dpsgd`); not an update filter, so
+    :func:`build_chain` leaves it out: the runner applies it with :func:`~secagg.privacy.dpsgd.make_private`.
+    """
+
+    name: Literal["dpsgd"] = "dpsgd"
+    target_epsilon: float = Field(gt=0, allow_inf_nan=False)
+    target_delta: float = Field(gt=0, lt=1)
+    max_grad_norm: float = Field(gt=0, allow_inf_nan=False)
+
+
+FilterSpec = Annotated[
+    SvtSpec | PercentileSpec | ExcludeSpec | GaussianSpec | DpsgdSpec, Field(discriminator="name")
+]
+
+#: specs that act inside training rather than on the finished update
+TRAINING_TIME = frozenset({"dpsgd"})
 _ADAPTER: TypeAdapter[list[FilterSpec]] = TypeAdapter(list[FilterSpec])
 
 
@@ -113,15 +131,27 @@ def _one_line(exc: ValidationError) -> str:
 
 
 def parse_specs(data: Sequence[Mapping[str, Any] | BaseModel]) -> list[FilterSpec]:
-    """Validate a list of filter dicts (as in a policy or job.yaml) into specs; one line on error."""
-    items = [d.model_dump() if isinstance(d, BaseModel) else d for d in data]
+    """Validate filter dicts or models (a policy's or job's, e.g. :mod:`secagg.jobs.filters`) into specs.
+
+    Any pydantic model is read through its ``model_dump``, so the job/policy vocabulary (same names, same
+    fields) converts without this package importing it. One line on error.
+    """
+    items = [d.model_dump(exclude_none=True) if isinstance(d, BaseModel) else d for d in data]
     try:
         return _ADAPTER.validate_python(items)
     except ValidationError as exc:
         raise ConfigError(f"privacy filters: {_one_line(exc)}") from None
 
 
+def _as_spec(spec: FilterSpec | Mapping[str, Any] | BaseModel) -> FilterSpec:
+    if isinstance(spec, SvtSpec | PercentileSpec | ExcludeSpec | GaussianSpec | DpsgdSpec):
+        return spec
+    return parse_specs([spec])[0]
+
+
 def build_filter(spec: FilterSpec) -> Filter:
+    if isinstance(spec, DpsgdSpec):
+        raise ConfigError("dpsgd runs inside training (secagg.privacy.dpsgd.make_private), not on the update")
     params = spec.model_dump(exclude={"name"})
     if isinstance(spec, SvtSpec):
         return functools.partial(svt, **params)
@@ -134,10 +164,13 @@ def build_filter(spec: FilterSpec) -> Filter:
     raise ConfigError(f"unknown privacy filter spec {spec!r}")
 
 
-def build_chain(specs: Sequence[FilterSpec | Mapping[str, Any]]) -> list[Filter]:
-    """One filter per spec, in order; dicts are validated first."""
-    parsed = parse_specs(specs) if any(isinstance(s, Mapping) for s in specs) else list(specs)
-    return [build_filter(s) for s in parsed]  # type: ignore[arg-type]
+def build_chain(specs: Sequence[FilterSpec | Mapping[str, Any] | BaseModel]) -> list[Filter]:
+    """One filter per update-filter spec, in order (dicts and foreign models are validated first).
+
+    Training-time specs (``dpsgd``) are left out: they are the training runner's job.
+    """
+    parsed = [_as_spec(s) for s in specs]
+    return [build_filter(s) for s in parsed if s.name not in TRAINING_TIME]
 
 
 def apply_chain(
@@ -153,14 +186,27 @@ def apply_chain(
     return current, spends
 
 
-def stronger_or_equal(job_spec: FilterSpec, policy_spec: FilterSpec) -> bool:
+def stronger_or_equal(
+    job_spec: FilterSpec | Mapping[str, Any] | BaseModel,
+    policy_spec: FilterSpec | Mapping[str, Any] | BaseModel,
+) -> bool:
     """True when ``job_spec`` protects at least as much as ``policy_spec`` (same filter, no weaker knob).
 
     svt: fraction, epsilon, noise_var and gamma no larger (tau does not change the guarantee);
-    percentile: percent no larger, and gamma no larger when the policy sets one; exclude: every policy
+    percentile: percentile no larger, and gamma no larger when the policy sets one; exclude: every policy
     pattern (and its regex) also in the job; gaussian: noise multiplier no smaller, clip, sample rate and
-    delta no larger.
+    delta no larger; dpsgd: target epsilon, target delta and max grad norm no larger.
+
+    ``noise_var`` is NVFlare's eps_3 (release noise scale ``2 gamma / noise_var``): a *larger* value means
+    *less* noise, so it must not grow.
     """
+    job_spec, policy_spec = _as_spec(job_spec), _as_spec(policy_spec)
+    if isinstance(job_spec, DpsgdSpec) and isinstance(policy_spec, DpsgdSpec):
+        return (
+            job_spec.target_epsilon <= policy_spec.target_epsilon
+            and job_spec.target_delta <= policy_spec.target_delta
+            and job_spec.max_grad_norm <= policy_spec.max_grad_norm
+        )
     if isinstance(job_spec, SvtSpec) and isinstance(policy_spec, SvtSpec):
         return (
             job_spec.fraction <= policy_spec.fraction
@@ -169,13 +215,13 @@ def stronger_or_equal(job_spec: FilterSpec, policy_spec: FilterSpec) -> bool:
             and job_spec.gamma <= policy_spec.gamma
         )
     if isinstance(job_spec, PercentileSpec) and isinstance(policy_spec, PercentileSpec):
-        if job_spec.percent > policy_spec.percent:
+        if job_spec.percentile > policy_spec.percentile:
             return False
         if policy_spec.gamma is None:
             return True
         return job_spec.gamma is not None and job_spec.gamma <= policy_spec.gamma
     if isinstance(job_spec, ExcludeSpec) and isinstance(policy_spec, ExcludeSpec):
-        return set(policy_spec.patterns) <= set(job_spec.patterns) and (
+        return set(policy_spec.tensors) <= set(job_spec.tensors) and (
             policy_spec.regex is None or policy_spec.regex == job_spec.regex
         )
     if isinstance(job_spec, GaussianSpec) and isinstance(policy_spec, GaussianSpec):
@@ -188,29 +234,40 @@ def stronger_or_equal(job_spec: FilterSpec, policy_spec: FilterSpec) -> bool:
     return False
 
 
-def chain_shortfalls(job_specs: Sequence[FilterSpec], policy_specs: Sequence[FilterSpec]) -> list[str]:
+def chain_shortfalls(
+    job_specs: Sequence[FilterSpec | Mapping[str, Any] | BaseModel],
+    policy_specs: Sequence[FilterSpec | Mapping[str, Any] | BaseModel],
+) -> list[str]:
     """Every policy filter the job chain lacks or weakens, as reasons (empty: the job chain is acceptable).
 
     Each required filter must be matched by a stronger-or-equal job filter of the same name; the
     policy's order is kept (a job may add filters in between), since clipping before or after noise
     changes the guarantee.
     """
+    jobs = [_as_spec(j) for j in job_specs]
     reasons: list[str] = []
     pos = 0
-    for req in policy_specs:
-        for i in range(pos, len(job_specs)):
-            if stronger_or_equal(job_specs[i], req):
+    for req in (_as_spec(p) for p in policy_specs):
+        for i in range(pos, len(jobs)):
+            if stronger_or_equal(jobs[i], req):
                 pos = i + 1
                 break
         else:
-            same = [j for j in job_specs if j.name == req.name]
+            same = [j for j in jobs if j.name == req.name]
             why = "weaker than" if same else "missing, policy requires"
             reasons.append(f"privacy filter {req.name}: {why} {req.model_dump(exclude={'name'})}")
     return reasons
 
 
-def spend_of(spec: FilterSpec, n_params: int) -> Spend | None:
-    """What one release through ``spec`` costs for an update of ``n_params`` entries (for admission)."""
+def spend_of(spec: FilterSpec | Mapping[str, Any] | BaseModel, n_params: int) -> Spend | None:
+    """What one round through ``spec`` costs at most, for an update of ``n_params`` entries (admission).
+
+    DP-SGD's noise multiplier depends on the data set size, unknown before training; its worst case is
+    its target ``(epsilon, delta)`` per round, composed basically.
+    """
+    spec = _as_spec(spec)
+    if isinstance(spec, DpsgdSpec):
+        return Spend("dpsgd", spec.target_epsilon, spec.target_delta)
     if isinstance(spec, SvtSpec):
         eps = svt_epsilon(n_params, spec.fraction, spec.epsilon, spec.noise_var)
         return Spend("svt", eps, 0.0) if eps > 0 else None
@@ -222,7 +279,9 @@ def spend_of(spec: FilterSpec, n_params: int) -> Spend | None:
     return None
 
 
-def worst_case_spends(specs: Sequence[FilterSpec], n_params: int, rounds: int) -> list[Spend]:
+def worst_case_spends(
+    specs: Sequence[FilterSpec | Mapping[str, Any] | BaseModel], n_params: int, rounds: int
+) -> list[Spend]:
     """The spends of ``rounds`` releases through the chain: the job's declared worst case."""
     per_round = [s for s in (spend_of(spec, n_params) for spec in specs) if s is not None]
     return [s for _ in range(rounds) for s in per_round]

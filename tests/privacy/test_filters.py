@@ -157,7 +157,7 @@ def test_percentile_shares_exactly_the_top_entries(percent: float) -> None:
     rng = np.random.default_rng(10)
     upd = _update(rng)
     x = _flat(upd)
-    out, spend = percentile(upd, rng, percent=percent)
+    out, spend = percentile(upd, rng, percentile=percent)
     assert spend is None
     _same_layout(upd, out)
     y = _flat(out)
@@ -173,11 +173,11 @@ def test_percentile_shares_exactly_the_top_entries(percent: float) -> None:
 
 def test_percentile_clips_to_gamma_and_counts_ties_exactly() -> None:
     rng = np.random.default_rng(11)
-    out, _ = percentile({"w": rng.normal(size=10_000).astype(np.float32)}, rng, percent=5, gamma=0.5)
+    out, _ = percentile({"w": rng.normal(size=10_000).astype(np.float32)}, rng, percentile=5, gamma=0.5)
     assert np.abs(out["w"]).max() == pytest.approx(0.5)
     assert np.count_nonzero(out["w"]) == 500
     ties = {"w": np.ones(1000, dtype=np.float32)}
-    out, _ = percentile(ties, rng, percent=10)
+    out, _ = percentile(ties, rng, percentile=10)
     assert np.count_nonzero(out["w"]) == 100
 
 
@@ -187,7 +187,7 @@ def test_percentile_clips_to_gamma_and_counts_ties_exactly() -> None:
 def test_exclude_zeroes_by_exact_name_glob_and_regex_keeping_shapes() -> None:
     rng = np.random.default_rng(12)
     upd = _update(rng)
-    out, spend = exclude(upd, rng, patterns=["conv.*", "scale"])
+    out, spend = exclude(upd, rng, tensors=["conv.*", "scale"])
     assert spend is None
     _same_layout(upd, out)
     for k in ("conv.weight", "conv.bias", "scale"):
@@ -198,7 +198,7 @@ def test_exclude_zeroes_by_exact_name_glob_and_regex_keeping_shapes() -> None:
     assert not out["conv.bias"].any() and not out["fc.bias"].any()
     assert np.array_equal(out["fc.weight"], upd["fc.weight"])
     # globs are case-sensitive and anchored: "fc" alone matches nothing
-    out, _ = exclude(upd, rng, patterns=["fc", "FC.*"])
+    out, _ = exclude(upd, rng, tensors=["fc", "FC.*"])
     assert all(np.array_equal(out[k], upd[k]) for k in upd)
 
 
