@@ -82,6 +82,14 @@ def load_job(path: Path | str, max_bytes: int = DEFAULT_MAX_BYTES) -> Job:
         view.close()
 
 
+def _read(view: PackageView, name: str, failures: list[str]) -> bytes | None:
+    try:
+        return view.read(name)
+    except JobRejected as exc:
+        failures += exc.failures
+        return None
+
+
 def _check_contents(view: PackageView, manifest: Manifest | None) -> tuple[JobSpec | None, list[str]]:
     failures: list[str] = []
     if manifest is not None:
@@ -90,8 +98,9 @@ def _check_contents(view: PackageView, manifest: Manifest | None) -> tuple[JobSp
     if JOB_FILE not in view.files:
         failures.append(f"{JOB_FILE}: missing")
     else:
+        data = _read(view, JOB_FILE, failures)
         try:
-            spec = parse_spec(view.read(JOB_FILE))
+            spec = parse_spec(data) if data is not None else None
         except ConfigError as exc:
             failures.append(str(exc))
     if spec is not None and manifest is not None:
@@ -128,9 +137,9 @@ def verify_job(
         if MANIFEST not in view.files:
             failures.append(f"{MANIFEST}: missing (the package was never signed)")
         else:
-            manifest_bytes = view.read(MANIFEST)
+            manifest_bytes = _read(view, MANIFEST, failures)
             try:
-                manifest = parse_manifest(manifest_bytes)
+                manifest = parse_manifest(manifest_bytes) if manifest_bytes is not None else None
             except JobRejected as exc:
                 failures += exc.failures
         signers: list[SignerInfo] = []
@@ -141,14 +150,15 @@ def verify_job(
             if ca_cert is None:
                 failures.append(f"{SIGNATURE}: no project CA given to check the signer against")
             else:
-                signer, sig_failures = verify_signature(manifest_bytes, view.read(SIGNATURE), ca_cert, now)
-                failures += sig_failures
-                signers += [signer] if signer else []
-        if manifest_bytes is not None and has_bundle:
+                sig_doc = _read(view, SIGNATURE, failures)
+                if sig_doc is not None:
+                    signer, sig_failures = verify_signature(manifest_bytes, sig_doc, ca_cert, now)
+                    failures += sig_failures
+                    signers += [signer] if signer else []
+        bundle = _read(view, SIGSTORE_BUNDLE, failures) if has_bundle else None
+        if manifest_bytes is not None and bundle is not None:
             try:
-                signers.append(
-                    verify_bundle(manifest_bytes, view.read(SIGSTORE_BUNDLE), trusted, root_path=trusted_root)
-                )
+                signers.append(verify_bundle(manifest_bytes, bundle, trusted, root_path=trusted_root))
             except BundleRejected as exc:
                 failures.append(f"{SIGSTORE_BUNDLE}: {exc}")
         spec, content_failures = _check_contents(view, manifest)

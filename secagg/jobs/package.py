@@ -84,12 +84,18 @@ class PackageView:
     def read(self, name: str, limit: int = 16 * 1024 * 1024) -> bytes:
         if self.files.get(name, 0) > limit:
             raise JobRejected([f"{name}: larger than {limit} bytes"])
-        with self.open(name) as fh:
-            return fh.read(limit + 1)[:limit]
+        try:
+            with self.open(name) as fh:
+                return fh.read(limit)
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            raise JobRejected([f"{name}: cannot be read ({exc})"]) from None
 
     def digest(self, name: str) -> tuple[str, int]:
-        with self.open(name) as fh:
-            return sha256_stream(fh)
+        try:
+            with self.open(name) as fh:
+                return sha256_stream(fh)
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            raise JobRejected([f"{name}: cannot be read ({exc})"]) from None
 
     def close(self) -> None:
         pass
@@ -98,7 +104,10 @@ class PackageView:
 class DirView(PackageView):
     def open(self, name: str) -> IO[bytes]:
         # O_NOFOLLOW: a file swapped for a link after listing is refused, not followed
-        fd = os.open(self.location / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            fd = os.open(self.location / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as exc:
+            raise JobRejected([f"{name}: cannot be read ({exc.strerror})"]) from None
         return os.fdopen(fd, "rb")
 
 
