@@ -11,6 +11,7 @@ from secagg.privacy.gaussian import gaussian
 from secagg.privacy.ledger import BudgetExhausted, Entry, Ledger
 from secagg.privacy.nvflare import from_nvflare
 from secagg.privacy.percentile import percentile
+from secagg.privacy.release import Release, prepare_release
 from secagg.privacy.specs import (
     DpsgdSpec,
     ExcludeSpec,
@@ -41,6 +42,7 @@ __all__ = [
     "GaussianSpec",
     "Ledger",
     "PercentileSpec",
+    "Release",
     "Spend",
     "SvtSpec",
     "Update",
@@ -53,6 +55,7 @@ __all__ = [
     "gaussian",
     "parse_specs",
     "percentile",
+    "prepare_release",
     "rdp_epsilon",
     "spend_of",
     "stronger_or_equal",

@@ -190,3 +190,23 @@ def test_durability_settings_and_garbage_files(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(ConfigError, match="schema 99"):
         Ledger(tmp_path / "l.sqlite", "ds")
+
+
+def test_prepare_release_debits_before_handing_back(tmp_path: Path) -> None:
+    import numpy as np
+
+    from secagg.privacy import SvtSpec, build_chain, prepare_release
+
+    path = tmp_path / "l.sqlite"
+    chain = build_chain([SvtSpec(fraction=0.5, epsilon=0.1, noise_var=0.01, gamma=0.1, tau=0.0)])
+    upd = {"w": np.ones(10, dtype=np.float32)}
+    with Ledger(path, "ds", 2.0, 1e-5) as led:  # one round costs 1.0 + 0.614: two do not fit
+        rel = prepare_release(led, chain, upd, np.random.default_rng(0), "job", 0, [Spend("dpsgd", 1.0, 0.0)])
+        assert np.count_nonzero(rel.update["w"]) == 5
+        assert [s.mechanism for s in rel.spends] == ["dpsgd", "svt"]
+        # already durable: another connection sees it before any upload happens
+        with Ledger(path, "ds") as other:
+            assert [e.debit_id for e in other.entries()] == [rel.debit_id] * 2
+        with pytest.raises(BudgetExhausted):  # the second round does not fit: nothing to upload
+            prepare_release(led, chain, upd, np.random.default_rng(1), "job", 1)
+        assert len(led.entries()) == 2

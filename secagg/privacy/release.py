@@ -1,0 +1,46 @@
+"""Filter, then debit, then hand back: the only order in which a site may release an update.
+
+The agent calls :func:`prepare_release` after training and uploads what it returns only if it returns.
+The filtered update does not exist outside this function until the ledger has committed the debit, so a
+caller cannot upload first and debit later by mistake; a refused debit (:class:`BudgetExhausted`) means
+there is nothing to upload. After the upload is acknowledged, ``ledger.mark_released(debit_id)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from secagg.privacy.ledger import Ledger
+from secagg.privacy.specs import Filter, apply_chain
+from secagg.privacy.spend import Spend, Update
+
+
+@dataclass(frozen=True)
+class Release:
+    update: Update
+    spends: list[Spend]
+    debit_id: str
+
+
+def prepare_release(
+    ledger: Ledger,
+    chain: Sequence[Filter],
+    update: Mapping[str, Any],
+    rng: np.random.Generator,
+    job: str,
+    round: int,
+    training_spends: Iterable[Spend] = (),
+) -> Release:
+    """Apply ``chain``, debit its spends plus ``training_spends`` (e.g. DP-SGD's) durably, then return.
+
+    Raises :class:`~secagg.privacy.ledger.BudgetExhausted` (nothing recorded, nothing to upload) when the
+    round does not fit the budget.
+    """
+    filtered, spends = apply_chain(chain, update, rng)
+    all_spends = [*training_spends, *spends]
+    debit_id = ledger.debit(job, round, all_spends)
+    return Release(filtered, all_spends, debit_id)
