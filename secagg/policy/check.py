@@ -93,7 +93,7 @@ _BOUNDS = {
 }
 _HINTS_BY_FIELD = {
     "issuer": "an OIDC issuer URL such as https://token.actions.githubusercontent.com",
-    "measurements": "48-byte launch measurement as 96 hex digits (from the aggregator image build)",
+    "measurements": "launch measurement as hex: 96 digits (SEV-SNP, TDX) or 64/96 (dev-TEE)",
     "min_tee_tcb_svn": "16 bytes as 32 hex digits",
 }
 
@@ -199,6 +199,28 @@ def _semantic(policy: SitePolicy) -> list[tuple[Path_, str, str]]:
                     ("attestation", "min_tee_tcb_svn"),
                     "min_tee_tcb_svn applies to tdx, which is not accepted",
                     "add tdx to types or remove min_tee_tcb_svn",
+                )
+            )
+        snp_only = [
+            k
+            for k in ("vmpl", "host_data", "id_key_digests", "min_guest_svn", "signing_key")
+            if getattr(att, k) is not None
+        ]
+        for field in snp_only if "sev-snp" not in att.types else []:
+            out.append(
+                (
+                    ("attestation", field),
+                    f"{field} applies to sev-snp, which is not accepted",
+                    f"add sev-snp to types or remove {field}",
+                )
+            )
+        tdx_only = [k for k in ("mr_seam", "tcb_statuses") if getattr(att, k) is not None]
+        for field in tdx_only if "tdx" not in att.types else []:
+            out.append(
+                (
+                    ("attestation", field),
+                    f"{field} applies to tdx, which is not accepted",
+                    f"add tdx to types or remove {field}",
                 )
             )
         if "tee" not in policy.modes:

@@ -57,6 +57,11 @@ def describe_policy(policy: SitePolicy) -> list[str]:
             f" bound to this site's fresh nonce; {len(a.measurements)} accepted measurement(s); debug "
             f"guests {'ALLOWED' if a.debug_allowed else 'refused'}"
         )
+        if a.min_tcb is not None:
+            parts = ", ".join(f"{k} >= {v}" for k, v in a.min_tcb.model_dump(exclude_none=True).items())
+            lines.append(f"  SEV-SNP minimum TCB: {parts or 'any'}")
+        if a.min_tee_tcb_svn is not None:
+            lines.append(f"  TDX minimum TEE_TCB_SVN: {a.min_tee_tcb_svn}")
         if a.allow_insecure_dev_tee:
             lines.append(
                 "  WARNING: the software dev-tee is accepted; it protects nothing (development only)"

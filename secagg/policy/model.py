@@ -7,10 +7,11 @@ error rather than a rule silently not applied.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from attestation.options import ValidationOptions
 from secagg.jobs.filters import FilterSpec
 from secagg.jobs.keyless import SigstoreIdentity
 from secagg.jobs.package import DEFAULT_MAX_BYTES
@@ -47,21 +48,49 @@ class Privacy(_Strict):
     budget: Budget | None = None
 
 
+_HEX48 = r"^[0-9a-fA-F]{96}$"
+
+
 class MinTcb(_Strict):
-    bootloader: int = Field(default=0, ge=0, le=255)
-    tee: int = Field(default=0, ge=0, le=255)
-    snp: int = Field(default=0, ge=0, le=255)
-    microcode: int = Field(default=0, ge=0, le=255)
+    bootloader: int | None = Field(default=None, ge=0, le=255)
+    tee: int | None = Field(default=None, ge=0, le=255)
+    snp: int | None = Field(default=None, ge=0, le=255)
+    microcode: int | None = Field(default=None, ge=0, le=255)
+    fmc: int | None = Field(default=None, ge=0, le=255)
 
 
 class Attestation(_Strict):
+    """What aggregator evidence this site accepts; a superset of ``attestation.ValidationOptions``."""
+
     types: list[AttestationType] = Field(min_length=1)
-    measurements: list[str] = Field(default_factory=list)
+    measurements: list[Annotated[str, Field(pattern=r"^([0-9a-fA-F]{64}|[0-9a-fA-F]{96})$")]] = Field(
+        default_factory=list
+    )
     min_tcb: MinTcb | None = None
     min_tee_tcb_svn: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{32}$")
     debug_allowed: bool = False
     max_age_s: int = Field(default=300, ge=1)
     allow_insecure_dev_tee: bool = False
+    # SEV-SNP only
+    vmpl: int | None = Field(default=None, ge=0, le=3)
+    host_data: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{2,64}$")
+    id_key_digests: list[Annotated[str, Field(pattern=_HEX48)]] | None = None
+    min_guest_svn: int | None = Field(default=None, ge=0)
+    signing_key: Literal["vcek", "vlek"] | None = None
+    # TDX only
+    mr_seam: list[Annotated[str, Field(pattern=_HEX48)]] | None = None
+    tcb_statuses: list[str] | None = Field(default=None, min_length=1)
+
+    def validation_options(self) -> ValidationOptions:
+        """The options ``attestation.validate`` checks evidence fields against.
+
+        ``allow_insecure_dev_tee`` is not a field check but a switch of the verifier, so it is passed
+        to the verifier separately; ``report_data`` is never in a policy: it is the per-nonce binding.
+        """
+        data = self.model_dump(exclude_none=True, exclude={"allow_insecure_dev_tee"})
+        if not self.measurements:
+            data.pop("measurements")
+        return ValidationOptions.model_validate(data)
 
 
 class Limits(_Strict):

@@ -75,7 +75,7 @@ def test_every_schema_error_with_its_line() -> None:
     assert has(found, 8, "privacy.required[1].percentile", "250 is greater than the maximum of 100")
     assert has(found, 9, "privacy.required[2].name", "'magic' is not one of")
     assert has(found, 10, "privacy.budget", "'delta' is a required property")
-    assert has(found, 13, "attestation.measurements[0]", "96 hex digits")
+    assert has(found, 13, "attestation.measurements[0]", "launch measurement as hex")
     assert has(found, 14, "attestation.colour", "unknown key")
     assert has(found, 17, "limits.max_rounds", "key appears twice")
     assert len(found) == 10
@@ -174,3 +174,39 @@ def test_filter_errors_and_hints() -> None:
     assert has(found, 12, "privacy.required[2].tensors", "list at least 1 entry")
     assert has(found, 13, "privacy.required[3]", "'name' is a required property")
     assert len(found) == 6
+
+
+def test_type_specific_attestation_fields() -> None:
+    text = (
+        "version: 1\nsigners: {submitters: [a]}\nmodes: [tee]\nattestation:\n  types: [tdx]\n"
+        "  measurements: ['" + "ab" * 48 + "']\n  vmpl: 0\n  signing_key: vcek\n"
+    )
+    found = issues(text)
+    assert has(found, 7, "attestation.vmpl", "applies to sev-snp")
+    assert has(found, 8, "attestation.signing_key", "applies to sev-snp")
+    assert len(found) == 2
+
+
+def test_attestation_section_feeds_the_attestation_validator() -> None:
+    """The policy's attestation section becomes ``attestation.ValidationOptions`` field for field."""
+    from attestation.options import ValidationOptions
+
+    strict = load_policy(ROOT / "policies/hospital-strict.yaml").attestation
+    assert strict is not None
+    opts = strict.validation_options()
+    assert isinstance(opts, ValidationOptions)
+    assert opts.types == ["sev-snp", "tdx"] and opts.debug_allowed is False
+    assert opts.measurements == [m.lower() for m in strict.measurements]
+    assert opts.min_tcb is not None and opts.min_tcb.snp == 20 and opts.min_tcb.fmc is None
+    assert opts.min_tee_tcb_svn == "03000600000000000000000000000000"
+    dev = load_policy(ROOT / "policies/development.yaml").attestation
+    assert dev is not None and dev.validation_options().measurements is None  # unset: not checked
+
+
+@pytest.mark.parametrize("name", ["hospital-strict", "research-consortium"])
+def test_examples_usable_by_attest_verify(name: str) -> None:
+    """``secagg attest verify --policy`` reads a site policy's attestation section directly."""
+    from attestation.options import load_options
+
+    opts = load_options(ROOT / "policies" / f"{name}.yaml")
+    assert opts.types is not None and "sev-snp" in opts.types and opts.measurements
