@@ -103,7 +103,7 @@ class SiteAgent:
 
         path = self.state.root / "he-secret.ctx"
         if path.is_file():
-            self._secret_ctx = he_store.load(path)
+            self._secret_ctx = he_store.load_secret_context_file(path)
             return self._secret_ctx
         if self.name == self.kit.config.key_holder:
             from secagg.he.context import make_secret_context
@@ -114,7 +114,7 @@ class SiteAgent:
             release = make_key_envelopes(
                 ctx, self.kit.private_key, self.kit.cert, self.kit.peer_certs(), self.kit.config.project
             )
-            he_store.save(path, ctx)
+            he_store.save_secret_context(path, ctx)
             try:
                 self.stub.Post(pb.Message(topic="he-key", payload=release.to_bytes()), timeout=60)
             except grpc.RpcError as exc:
@@ -132,7 +132,7 @@ class SiteAgent:
                     blob = msg.payload
             release = KeyRelease.from_bytes(blob)
             holder = self.kit.config.key_holder
-            verify_public_context(
+            public = verify_public_context(
                 release.public_context,
                 release.public_context_sig,
                 release.holder_cert,
@@ -143,11 +143,11 @@ class SiteAgent:
             if self.name not in release.envelopes:
                 raise IntegrityError(f"the HE key release has no envelope for {self.name}")
             ctx = open_envelope(
-                release.envelopes[self.name], self.kit.private_key, self.name, self.kit.config.project
+                release.envelopes[self.name], self.kit.private_key, self.name, self.kit.config.project, public=public
             )
-            he_store.save(path, ctx)
+            he_store.save_secret_context(path, ctx)
             self.audit.append("he_key_received", holder=holder)
-        self._secret_ctx = he_store.load(path)
+        self._secret_ctx = he_store.load_secret_context_file(path)
         return self._secret_ctx
 
     # ------------------------------------------------------------ admission

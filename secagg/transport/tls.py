@@ -21,7 +21,13 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
-SERVER_OPTIONS = CHANNEL_OPTIONS + [("grpc.keepalive_permit_without_calls", 1)]
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
 
 
 def server_credentials(kit: Kit) -> grpc.ServerCredentials:

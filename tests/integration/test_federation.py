@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from secagg.auditlog import verify_log
+from tests.integration.harness import expected_global, make_tiny_job, start
+
+pytestmark = pytest.mark.slow
+
+
+def test_plain_federation_three_sites_matches_weighted_fedavg(tmp_path: Path, workspace: Path) -> None:
+    job = make_tiny_job(tmp_path / "job", workspace, mode="plain", rounds=2)
+    run = start(tmp_path, workspace, job)
+    try:
+        run.join()
+        assert not run.errors, run.errors
+        want = expected_global(2, ["site-1", "site-2", "site-3"])
+        for site in run.agents:
+            got = run.final(site)
+            assert max(float(np.max(np.abs(got[k] - want[k]))) for k in want) < 1e-6
+        rounds = run.server.fed.store.rounds(run.server.fed.job.job_id)  # type: ignore[union-attr]
+        assert [r.round for r in rounds] == [1, 2]
+        assert all(r.participants == ["site-1", "site-2", "site-3"] for r in rounds)
+        assert run.server.fed.job.state == "finished"  # type: ignore[union-attr]
+    finally:
+        run.stop()
+    n = verify_log(tmp_path / "state" / "aggregator" / "audit.jsonl")
+    assert n > 10
+
+
+def test_he_federation_equals_plain_fedavg_and_aggregator_holds_no_secret(tmp_path: Path, workspace: Path) -> None:
+    job = make_tiny_job(tmp_path / "job", workspace, mode="he", rounds=2)
+    run = start(tmp_path, workspace, job)
+    try:
+        run.join(timeout=60)
+        assert not run.errors, run.errors
+        want = expected_global(2, ["site-1", "site-2", "site-3"])
+        finals = [run.final(s) for s in run.agents]
+        for got in finals:
+            assert max(float(np.max(np.abs(got[k] - want[k]))) for k in want) < 1e-4
+        # every site holds the bit-identical global model
+        for got in finals[1:]:
+            assert all(np.array_equal(got[k], finals[0][k]) for k in got)
+        # invariant 2: the aggregator's state holds only the public context and sealed envelopes
+        from secagg.he.context import load_public_context, load_secret_context
+        from secagg.he.custody import KeyRelease
+
+        blob = run.server.fed.store.get_blob("he-key-release")
+        assert blob is not None
+        release = KeyRelease.from_bytes(blob)
+        public = load_public_context(release.public_context)
+        assert public is not None
+        with pytest.raises(Exception):
+            load_secret_context(release.public_context)
+        agg_files = b"".join(p.read_bytes() for p in (tmp_path / "state" / "aggregator").rglob("*") if p.is_file())
+        secret = (tmp_path / "state" / "site-1" / "he-secret.ctx").read_bytes()
+        assert secret[-4096:] not in agg_files
+    finally:
+        run.stop()
