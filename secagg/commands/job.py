@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 from secagg.errors import ConfigError, PolicyRefusal
-from secagg.jobs import JobRejected, SigstoreIdentity, sign_job, verify_bundle, verify_job
+from secagg.jobs import JobRejected, SigstoreIdentity, sign_job, verify_bundle
 from secagg.jobs.keyless import TRUST_DIR, Instance
-from secagg.policy import decide, load_policy
+from secagg.policy import admit_job, load_policy
 from secagg.provision.kit import load_kit
 
 
@@ -52,18 +52,12 @@ def run_verify(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     ca = load_kit(args.kit).ca_cert if args.kit else None
     try:
-        job = verify_job(
-            args.job,
-            ca,
-            trusted=policy.sigstore_identities(),
-            trusted_root=args.trusted_root,
-            max_bytes=policy.limits.max_package_bytes,
-        )
+        job, decision = admit_job(args.job, policy, ca, trusted_root=args.trusted_root)
     except JobRejected as exc:
         for failure in exc.failures:
             print(f"FAIL {failure}")
         raise
-    signer_reason = decide(policy, job.spec, job.signers).reasons[0]
+    signer_reason = next(r for r in decision.reasons if r.rule == "signer")
     print(f"ok   authentic: manifest, signature and {len(job.manifest.files)} file digests verified")
     print(f"{'ok  ' if signer_reason.ok else 'FAIL'} {signer_reason.text}")
     if job.root != args.job:  # a tarball was extracted only to be checked; nothing will run from it

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 from secagg.errors import ConfigError, PolicyRefusal
-from secagg.jobs import JobRejected, load_job, verify_job
+from secagg.jobs import JobRejected, load_job
 from secagg.jobs.signer import SignerInfo
-from secagg.policy import check_policy_file, decide, describe_policy, load_policy, render_decision
+from secagg.policy import admit_job, check_policy_file, decide, describe_policy, load_policy, render_decision
 from secagg.provision.kit import load_kit
 
 
@@ -56,12 +56,7 @@ def run_explain(args: argparse.Namespace) -> int:
         print("Signature: not checked (give --kit to verify it against your project CA)")
     else:
         try:
-            job = verify_job(
-                args.job,
-                load_kit(args.kit).ca_cert,
-                trusted=policy.sigstore_identities(),
-                max_bytes=policy.limits.max_package_bytes,
-            )
+            job, _ = admit_job(args.job, policy, load_kit(args.kit).ca_cert)
         except JobRejected as exc:
             print("Signature and integrity: FAILED")
             for failure in exc.failures:

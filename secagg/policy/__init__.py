@@ -1,11 +1,13 @@
 """Site policies: the model, loading and checking with line numbers, and decisions with reasons."""
 
+from secagg.policy.admit import admit_job
 from secagg.policy.check import PolicyIssue, check_policy_file, check_policy_text, load_policy
 from secagg.policy.decide import Decision, Reason, decide, worst_case_spend
 from secagg.policy.explain import describe_policy, render_decision
 from secagg.policy.model import SitePolicy
 
 __all__ = [
+    "admit_job",
     "Decision",
     "PolicyIssue",
     "Reason",

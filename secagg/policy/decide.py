@@ -42,6 +42,14 @@ class Decision:
     def failed(self) -> list[Reason]:
         return [r for r in self.reasons if not r.ok]
 
+    def to_dict(self) -> dict[str, object]:
+        """For the audit log and the declined-task message to the aggregator."""
+        return {
+            "accept": self.accept,
+            "codes": [r.code for r in self.failed],
+            "reasons": [{"rule": r.rule, "ok": r.ok, "code": r.code, "text": r.text} for r in self.reasons],
+        }
+
     def raise_if_refused(self) -> None:
         if not self.accept:
             first = self.failed[0]
