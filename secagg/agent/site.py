@@ -143,7 +143,11 @@ class SiteAgent:
             if self.name not in release.envelopes:
                 raise IntegrityError(f"the HE key release has no envelope for {self.name}")
             ctx = open_envelope(
-                release.envelopes[self.name], self.kit.private_key, self.name, self.kit.config.project, public=public
+                release.envelopes[self.name],
+                self.kit.private_key,
+                self.name,
+                self.kit.config.project,
+                public=public,
             )
             he_store.save_secret_context(path, ctx)
             self.audit.append("he_key_received", holder=holder)

@@ -19,6 +19,7 @@ import tarfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -562,7 +563,7 @@ class _LazyHE:
     def check(self, path: Path) -> None:
         self._get().check(path)
 
-    def combine(self, uploads: list[Path], out: Path) -> None:  # type: ignore[override]
+    def combine(self, uploads: Sequence[Path], out: Path) -> None:
         self._get().combine(uploads, out)
 
 

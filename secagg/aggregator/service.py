@@ -83,6 +83,7 @@ class FederationService(rpc.FederationServicer):
         job = self.fed.job
         if job is None or job.job_id != request.job_id:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")
+            return
         data = job.package.read_bytes()
         yield from encode_stream({"job_id": job.job_id, "bytes": len(data)}, [data])
 

@@ -24,19 +24,36 @@ from tests.integration.tinyjob_train import delta
 HERE = Path(__file__).parent
 SAMPLES = {"site-1": 100, "site-2": 50, "site-3": 250}
 INIT = OrderedDict(
-    [("layer.weight", np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6)),
-     ("layer.bias", np.zeros(4, dtype=np.float32)),
-     ("head", np.full((3,), 0.5, dtype=np.float32))]
+    [
+        ("layer.weight", np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6)),
+        ("layer.bias", np.zeros(4, dtype=np.float32)),
+        ("head", np.full((3,), 0.5, dtype=np.float32)),
+    ]
 )
 
 
-def make_tiny_job(folder: Path, workspace: Path, *, mode: str = "plain", rounds: int = 2, min_sites: int = 3,
-                  round_timeout: float = 30, signer: str = "submitter@org-1") -> Path:
+def make_tiny_job(
+    folder: Path,
+    workspace: Path,
+    *,
+    mode: str = "plain",
+    rounds: int = 2,
+    min_sites: int = 3,
+    round_timeout: float = 30,
+    signer: str = "submitter@org-1",
+) -> Path:
     folder.mkdir(parents=True)
     shutil.copy(HERE / "tinyjob_train.py", folder / "train.py")
     (folder / "model.safetensors").write_bytes(to_safetensors(INIT))
-    spec = {"name": "tiny", "rounds": rounds, "min_sites": min_sites, "mode": mode, "model": "model.safetensors",
-            "entry": "train.py", "round_timeout": round_timeout}
+    spec = {
+        "name": "tiny",
+        "rounds": rounds,
+        "min_sites": min_sites,
+        "mode": mode,
+        "model": "model.safetensors",
+        "entry": "train.py",
+        "round_timeout": round_timeout,
+    }
     (folder / "job.yaml").write_text(yaml.safe_dump(spec))
     sign_job(folder, load_kit(workspace / signer))
     return folder

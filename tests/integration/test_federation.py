@@ -31,7 +31,9 @@ def test_plain_federation_three_sites_matches_weighted_fedavg(tmp_path: Path, wo
     assert n > 10
 
 
-def test_he_federation_equals_plain_fedavg_and_aggregator_holds_no_secret(tmp_path: Path, workspace: Path) -> None:
+def test_he_federation_equals_plain_fedavg_and_aggregator_holds_no_secret(
+    tmp_path: Path, workspace: Path
+) -> None:
     job = make_tiny_job(tmp_path / "job", workspace, mode="he", rounds=2)
     run = start(tmp_path, workspace, job)
     try:
@@ -55,7 +57,9 @@ def test_he_federation_equals_plain_fedavg_and_aggregator_holds_no_secret(tmp_pa
         assert public is not None
         with pytest.raises(Exception):
             load_secret_context(release.public_context)
-        agg_files = b"".join(p.read_bytes() for p in (tmp_path / "state" / "aggregator").rglob("*") if p.is_file())
+        agg_files = b"".join(
+            p.read_bytes() for p in (tmp_path / "state" / "aggregator").rglob("*") if p.is_file()
+        )
         secret = (tmp_path / "state" / "site-1" / "he-secret.ctx").read_bytes()
         assert secret[-4096:] not in agg_files
     finally:
