@@ -8,11 +8,13 @@ Lines are fsynced: an auditor must be able to rely on what a crash left behind.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        #: called with each record after it is durable (metrics, live log streaming); must not raise
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         self._seq, self._prev = self._tail()
 
@@ -70,7 +74,10 @@ class AuditLog:
             finally:
                 os.close(fd)
             self._seq, self._prev = record["seq"], record["hash"]
-            return record
+        for listener in list(self.listeners):
+            with contextlib.suppress(Exception):  # observers must never break the audit trail
+                listener(record)
+        return record
 
 
 def verify_log(path: Path) -> int:
