@@ -11,22 +11,35 @@ import json
 import logging
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
+from secagg.agent.consistency import check_roster, sign_fingerprint
 from secagg.agent.protect import protect_he, protect_plain
 from secagg.agent.runner import run_entry
 from secagg.agent.state import SiteState
+from secagg.aggregator.store import atomic_write
 from secagg.auditlog import AuditLog
-from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
+from secagg.bundle import BundleSpec, fingerprint, from_safetensors, to_safetensors
 from secagg.errors import ConfigError, IntegrityError, PolicyRefusal, SecaggError
 from secagg.framing import unframe
-from secagg.jobs.job import VerifiedJob, verify_job
+from secagg.jobs.job import VerifiedJob
+from secagg.policy.admit import admit_job
+from secagg.policy.check import load_policy
+from secagg.policy.decide import Decision, decide
+from secagg.policy.model import SitePolicy
+from secagg.privacy.ledger import Ledger
+from secagg.privacy.release import Release, prepare_release
+from secagg.privacy.specs import apply_chain, build_chain
 from secagg.provision.kit import Kit
+from secagg.strategy import StrategyState, make_strategy
 from secagg.transport.chunks import encode_stream, read_all
 from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.generated import secagg_pb2_grpc as rpc
@@ -48,7 +61,7 @@ class SiteAgent:
         data_dir: Path,
         state_dir: Path,
         *,
-        policy_path: Path | None = None,
+        policy_path: Path,
         max_payload: int = 64 << 30,
         target: str | None = None,
     ) -> None:
@@ -68,7 +81,9 @@ class SiteAgent:
         self.channel = channel(kit, target)
         self.stub = rpc.FederationStub(self.channel)
         self._secret_ctx: Any = None
-        self._jobs: dict[str, VerifiedJob] = {}
+        self._jobs: dict[str, Admitted] = {}
+        self._ledger: Ledger | None = None
+        self._load_policy()  # a site never runs without a policy that loads
 
     def close(self) -> None:
         self.channel.close()
@@ -155,28 +170,72 @@ class SiteAgent:
         return self._secret_ctx
 
     # ------------------------------------------------------------ admission
-    def admit(self, job_id: str) -> VerifiedJob:
+    def admit(self, job_id: str) -> Admitted:
+        """Verify the package and decide on it with the site policy before anything of it runs."""
         if job_id in self._jobs:
             return self._jobs[job_id]
         jdir = self.state.job_dir(job_id)
         pkg = jdir / "package.tar.gz"
-        header, data = read_all(
+        _, data = read_all(
             iter(self.stub.FetchJob(pb.JobRequest(job_id=job_id), timeout=120)), max_bytes=self.max_payload
         )
         pkg.write_bytes(data)
         dest = jdir / "pkg"
         shutil.rmtree(dest, ignore_errors=True)
+        policy = self._load_policy()
         try:
-            job = verify_job(pkg, self.kit.ca_cert, dest=dest)
+            job, decision = admit_job(pkg, policy, self.kit.ca_cert, dest=dest)
+            decision.raise_if_refused()
         except SecaggError as exc:
+            shutil.rmtree(dest, ignore_errors=True)
             self.audit.append("job_refused", job=job_id, code=exc.code, reason=str(exc))
-            self._decline(job_id, 0, "job_unverified", str(exc))
+            self._decline(job_id, 0, exc.code, str(exc))
             raise
         self.audit.append(
-            "job_admitted", job=job_id, signers=[s.describe() for s in job.signers], mode=job.spec.mode
+            "job_admitted",
+            job=job_id,
+            signers=[s.describe() for s in job.signers],
+            mode=job.spec.mode,
+            filters=[f.name for f in decision.effective_privacy],
         )
-        self._jobs[job_id] = job
-        return job
+        admitted = Admitted(job, decision, self._policy_stamp())
+        self._jobs[job_id] = admitted
+        return admitted
+
+    def _policy_stamp(self) -> tuple[int, int]:
+        st = self.policy_path.stat()
+        return (st.st_mtime_ns, st.st_size)
+
+    def _load_policy(self) -> SitePolicy:
+        return load_policy(self.policy_path)
+
+    def _recheck_policy(self, job_id: str, round_: int) -> Admitted:
+        """A policy changed on disk mid-job takes effect now: the job goes on only if it still passes."""
+        adm = self._jobs[job_id]
+        try:
+            stamp = self._policy_stamp()
+        except OSError as exc:
+            raise PolicyRefusal(
+                f"site policy {self.policy_path} is unreadable: {exc}", code="policy_unreadable"
+            ) from None
+        if stamp == adm.policy_stamp:
+            return adm
+        try:
+            decision = decide(self._load_policy(), adm.job.spec, list(adm.job.signers))
+        except SecaggError as exc:
+            raise PolicyRefusal(
+                f"site policy {self.policy_path} no longer loads: {exc}", code="policy_invalid"
+            ) from None
+        self.audit.append("policy_reloaded", job=job_id, round=round_, accept=decision.accept)
+        if not decision.accept:
+            failed = "; ".join(r.text for r in decision.reasons if not r.ok)
+            code = next((r.code for r in decision.reasons if not r.ok), "policy")
+            raise PolicyRefusal(
+                f"the changed site policy refuses job {job_id} from round {round_}: {failed}", code=code
+            )
+        adm = Admitted(adm.job, decision, stamp)
+        self._jobs[job_id] = adm
+        return adm
 
     def _decline(self, job_id: str, round_: int, code: str, message: str) -> None:
         payload = json.dumps({"code": code, "message": message}).encode()
@@ -234,17 +293,21 @@ class SiteAgent:
                 raise
 
     # ------------------------------------------------------------ one round
-    def _global(self, job: VerifiedJob, header: dict[str, Any], payload: bytes, job_id: str) -> bytes:
-        """Materialise the global model this task is about, from what the aggregator sent."""
-        spec = job.spec
+    def _global(self, adm: Admitted, header: dict[str, Any], payload: bytes, job_id: str) -> bytes:
+        """Materialise the global model this task is about, from what the aggregator sent.
+
+        In ``he`` mode the aggregator only ever holds ciphertexts: the site decrypts each round's
+        averaged update and applies the job's strategy itself, from state it keeps durably, so every
+        site computes the same model without the aggregator seeing it.
+        """
+        spec = adm.job.spec
         if spec.mode != "he":
-            data = payload
-            from_safetensors(data)  # parse check
-            self.state.save_global(job_id, int(header["base_round"]), data)
-            return data
+            from_safetensors(payload)  # parse check before it is stored or used
+            self.state.save_global(job_id, int(header["base_round"]), payload)
+            return payload
         base = int(header["base_round"])
         if base == 0:
-            data = (job.root / spec.model).read_bytes()
+            data = (adm.job.root / spec.model).read_bytes()
         else:
             path = self.state.global_path(job_id, base)
             if not path.is_file():
@@ -255,52 +318,74 @@ class SiteAgent:
         bundle = from_safetensors(data)
         bspec = BundleSpec.of(bundle)
         vec = bspec.flatten(bundle)
-        ctx = self.he_context()
-        from io import BytesIO
-
+        strategy = make_strategy(spec.strategy)
+        state_file = self.state.job_dir(job_id) / f"strategy-{base}.bin"
+        st = (
+            StrategyState.from_bytes(state_file.read_bytes())
+            if state_file.is_file()
+            else strategy.init_state(vec)
+        )
         from secagg.he.codec import decrypt_vector
 
         offset = 0
         for upd in header["updates"]:
             piece = payload[offset : offset + int(upd["bytes"])]
             offset += int(upd["bytes"])
-            avg = decrypt_vector(ctx, unframe(BytesIO(piece)), bspec.size) * float(upd["scale"])
-            vec = vec + avg
+            avg = decrypt_vector(self.he_context(), unframe(BytesIO(piece)), bspec.size) * float(upd["scale"])
+            vec, st = strategy.apply(vec, avg, st)
             data = to_safetensors(bspec.unflatten(vec), order=bspec.names)
-            self.state.save_global(job_id, int(upd["round"]), data)
+            r = int(upd["round"])
+            atomic_write(self.state.job_dir(job_id) / f"strategy-{r}.bin", st.to_bytes())
+            self.state.save_global(job_id, r, data)
         return data
 
-    def _train(self, header: dict[str, Any], payload: bytes) -> None:
-        job_id, round_, attempt = header["job_id"], int(header["round"]), int(header["attempt"])
-        job = self.admit(job_id)
-        if job.spec.mode == "he":
-            self.he_context()
-        global_bytes = self._global(job, header, payload, job_id)
-        bundle = from_safetensors(global_bytes)
-        bspec = BundleSpec.of(bundle)
+    def _run_script(
+        self, adm: Admitted, job_id: str, task_kind: str, round_: int, global_bytes: bytes
+    ) -> Any:
         jdir = self.state.job_dir(job_id)
         io_dir = jdir / "io"
         io_dir.mkdir(exist_ok=True)
         (io_dir / "global.safetensors").write_bytes(global_bytes)
         task = {
-            "task": "train",
+            "task": task_kind,
             "round": round_,
             "site": self.name,
             "data_dir": str(self.data_dir),
-            "params": job.spec.params,
-            "strategy": job.spec.strategy.model_dump(),
+            "params": adm.job.spec.params,
+            "strategy": make_strategy(adm.job.spec.strategy).client_config(),
         }
-        result = run_entry(
-            job.root,
-            job.spec.entry,
+        return run_entry(
+            adm.job.root,
+            adm.job.spec.entry,
             io_dir,
             task=task,
-            timeout=job.spec.round_timeout * 10,
+            timeout=adm.job.spec.round_timeout * 10,
             log=jdir / "train.log",
         )
+
+    def _train(self, header: dict[str, Any], payload: bytes) -> None:
+        job_id, round_, attempt = header["job_id"], int(header["round"]), int(header["attempt"])
+        adm = self.admit(job_id)
+        adm = self._recheck_policy(job_id, round_)
+        spec = adm.job.spec
+        if spec.mode == "he":
+            self.he_context()
+        global_bytes = self._global(adm, header, payload, job_id)
+        bundle = from_safetensors(global_bytes)
+        bspec = BundleSpec.of(bundle)
+        result = self._run_script(adm, job_id, "train", round_, global_bytes)
         assert result.local is not None and result.num_samples is not None
-        update = bspec.flatten(result.local) - bspec.flatten(bundle)
-        ready = {"attempt": attempt, "n_samples": result.num_samples, "metrics": result.metrics}
+        bspec.check(result.local)
+        update = OrderedDict(
+            (k, (result.local[k].astype(np.float64) - bundle[k]).astype(np.float32)) for k in bspec.names
+        )
+        fp = fingerprint(bundle)
+        ready = {
+            "attempt": attempt,
+            "n_samples": result.num_samples,
+            "metrics": result.metrics,
+            "fingerprint": sign_fingerprint(self.kit.private_key, fp, job_id, round_, attempt, self.name),
+        }
         self.stub.Post(
             pb.Message(topic="ready", job_id=job_id, round=round_, payload=json.dumps(ready).encode()),
             timeout=60,
@@ -309,9 +394,26 @@ class SiteAgent:
         if roster is None or roster.get("attempt") != attempt or self.name not in roster["weights"]:
             self.audit.append("not_in_roster", job=job_id, round=round_)
             return
-        weighted = update * float(roster["weights"][self.name])
+        check_roster(
+            roster["ready"],
+            me=self.name,
+            own_fingerprint=fp,
+            job=job_id,
+            round_=round_,
+            attempt=attempt,
+            peers=self.kit.peer_certs(),
+            ca_cert=self.kit.ca_cert,
+            min_sites=spec.min_sites,
+        )
+        self.audit.append(
+            "model_consistent", job=job_id, round=round_, fingerprint=fp, sites=sorted(roster["ready"])
+        )
+        # the policy may have changed while we trained; no budget is spent for a round not uploaded
+        adm = self._recheck_policy(job_id, round_)
+        release = self._release(adm, job_id, round_, update)
+        weighted = bspec.flatten(release.update) * float(roster["weights"][self.name])
         stream: Iterator[bytes]
-        if job.spec.mode == "he":
+        if spec.mode == "he":
             stream = protect_he(self.he_context(), weighted)
         else:
             stream = protect_plain(bspec, weighted)
@@ -321,13 +423,40 @@ class SiteAgent:
             "round": round_,
             "attempt": attempt,
             "bytes": len(body),
-            "mode": job.spec.mode,
+            "mode": spec.mode,
         }
         reply = self.stub.UploadResult(encode_stream(up_header, [body]), timeout=600)
+        if release.debit_id and self._ledger is not None:
+            self._ledger.mark_released(release.debit_id)
         self.state.set_progress(job_id, round=round_, attempt=attempt)
         self.audit.append(
-            "uploaded", job=job_id, round=round_, attempt=attempt, bytes=len(body), accepted=reply.accepted
+            "uploaded",
+            job=job_id,
+            round=round_,
+            attempt=attempt,
+            bytes=len(body),
+            accepted=reply.accepted,
+            epsilon=sum(sp.epsilon for sp in release.spends) or None,
         )
+
+    def _release(
+        self, adm: Admitted, job_id: str, round_: int, update: OrderedDict[str, np.ndarray]
+    ) -> Release:
+        """Apply every filter the policy requires, then debit the budget durably (invariant 3)."""
+        chain = build_chain(adm.decision.effective_privacy)
+        rng = np.random.default_rng()
+        policy = self._load_policy()
+        budget = policy.privacy.budget
+        if budget is None:
+            filtered, spends = apply_chain(chain, update, rng)
+            if any(sp.epsilon > 0 for sp in spends):
+                self.audit.append("spend_without_budget", job=job_id, round=round_)
+            return Release(filtered, spends, "")
+        if self._ledger is None:
+            self._ledger = Ledger(
+                self.state.root / "privacy-ledger.sqlite", self.data_dir.name, budget.epsilon, budget.delta
+            )
+        return prepare_release(self._ledger, chain, update, rng, job_id, round_)
 
     def _roster(self, job_id: str, round_: int) -> dict[str, Any] | None:
         while True:
@@ -342,29 +471,10 @@ class SiteAgent:
 
     def _finalize(self, header: dict[str, Any], payload: bytes) -> None:
         job_id = header["job_id"]
-        job = self.admit(job_id)
-        global_bytes = self._global(job, header, payload, job_id)
-        jdir = self.state.job_dir(job_id)
-        (jdir / "final.safetensors").write_bytes(global_bytes)
-        io_dir = jdir / "io"
-        io_dir.mkdir(exist_ok=True)
-        (io_dir / "global.safetensors").write_bytes(global_bytes)
-        task = {
-            "task": "evaluate",
-            "round": header["round"],
-            "site": self.name,
-            "data_dir": str(self.data_dir),
-            "params": job.spec.params,
-            "strategy": job.spec.strategy.model_dump(),
-        }
-        result = run_entry(
-            job.root,
-            job.spec.entry,
-            io_dir,
-            task=task,
-            timeout=job.spec.round_timeout * 10,
-            log=jdir / "train.log",
-        )
+        adm = self.admit(job_id)
+        global_bytes = self._global(adm, header, payload, job_id)
+        atomic_write(self.state.job_dir(job_id) / "final.safetensors", global_bytes)
+        result = self._run_script(adm, job_id, "evaluate", int(header["round"]), global_bytes)
         self.stub.Post(
             pb.Message(
                 topic="final",
@@ -377,4 +487,11 @@ class SiteAgent:
         self.state.set_progress(job_id, round=int(header["round"]), attempt=1)
 
 
-__all__ = ["SiteAgent", "np"]
+@dataclass(frozen=True)
+class Admitted:
+    job: VerifiedJob
+    decision: Decision
+    policy_stamp: tuple[int, int]
+
+
+__all__ = ["Admitted", "SiteAgent"]

@@ -33,6 +33,7 @@ from secagg.bundle import BundleSpec, from_safetensors
 from secagg.errors import ConfigError, SecaggError, UpdateRejected
 from secagg.jobs.spec import JobSpec
 from secagg.provision.kit import Kit
+from secagg.strategy import StrategyState, make_strategy
 
 HE_KEY_BLOB = "he-key-release"
 
@@ -56,6 +57,7 @@ class JobRun:
     package: Path
     bundle_spec: BundleSpec
     global_model: np.ndarray | None  # plaintext modes only
+    strategy_state: StrategyState | None = None  # plaintext modes: the server optimizer's state
     completed: int = 0
     current: RoundRun | None = None
     state: str = "running"  # running -> finalizing -> finished | aborted | failed
@@ -128,10 +130,16 @@ class Federation:
         bspec = BundleSpec.of(bundle)
         rounds = self.store.rounds(job_id)
         global_model: np.ndarray | None = None
+        strategy_state: StrategyState | None = None
         if spec.mode != "he":
             global_model = bspec.flatten(bundle)
             if rounds:
-                global_model = bspec.flatten(from_safetensors(Path(rounds[-1].result_path).read_bytes()))
+                last = Path(rounds[-1].result_path)
+                global_model = bspec.flatten(from_safetensors(last.read_bytes()))
+                state_file = last.with_name(f"strategy-{rounds[-1].round}.bin")
+                strategy_state = (
+                    StrategyState.from_bytes(state_file.read_bytes()) if state_file.is_file() else None
+                )
         combiner: Combiner
         if spec.mode == "he":
             release = self.store.get_blob(HE_KEY_BLOB)
@@ -141,7 +149,7 @@ class Federation:
         else:
             raise ConfigError(f"mode {spec.mode!r} is not supported by this aggregator yet")
         with self.cond:
-            self.job = JobRun(job_id, spec, pkg, bspec, global_model, completed=len(rounds))
+            self.job = JobRun(job_id, spec, pkg, bspec, global_model, strategy_state, completed=len(rounds))
             self.combiner = combiner
             if self.job.completed >= spec.rounds:
                 self.job.state = "finalizing"
@@ -459,8 +467,12 @@ class Federation:
         if job.spec.mode != "he":
             assert isinstance(self.combiner, PlainCombiner) and job.global_model is not None
             avg = self.combiner.load_sum(tmp) * scale
-            new_global = job.global_model + avg
+            strategy = make_strategy(job.spec.strategy)
+            state = job.strategy_state or strategy.init_state(job.global_model)
+            new_global, state = strategy.apply(job.global_model, avg, state)
+            atomic_write(result.with_name(f"strategy-{cur.round}.bin"), state.to_bytes())
             atomic_write(result, plain_result_bundle(job.bundle_spec, new_global))
+            job.strategy_state = state
             tmp.unlink()
         else:
             atomic_write(result, source=tmp)

@@ -171,12 +171,31 @@ class FederationService(rpc.FederationServicer):
         else:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown topic {request.topic!r}")
 
+    def Admin(self, request: pb.AdminRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+        """Admin console; the role comes from the admin certificate (see ``secagg.aggregator.admin``)."""
+        from secagg.aggregator.admin import AdminConsole
+
+        yield from AdminConsole(self.fed).handle(request, context)
+
+    def AdminUpload(
+        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+    ) -> Iterator[pb.Chunk]:
+        """Admin commands with a large payload (submit)."""
+        from secagg.aggregator.admin import AdminConsole
+
+        yield from AdminConsole(self.fed).handle_upload(request_iterator, context)
+
 
 class AggregatorServer:
     """The gRPC server plus the driver thread that advances rounds."""
 
     def __init__(
-        self, kit: Kit, state_dir: Path, *, port: int | None = None, host: str = "0.0.0.0"  # noqa: S104
+        self,
+        kit: Kit,
+        state_dir: Path,
+        *,
+        port: int | None = None,
+        host: str = "0.0.0.0",  # noqa: S104
     ) -> None:
         self.fed = Federation(kit, state_dir)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
@@ -184,6 +203,9 @@ class AggregatorServer:
         bind = f"{host}:{port if port is not None else kit.config.aggregator_port}"
         self.port = self.server.add_secure_port(bind, server_credentials(kit))
         self._driver = threading.Thread(target=self._drive, name="round-driver", daemon=True)
+        from secagg.metrics import observe_aggregator  # metrics and TensorBoard, driven by the audit log
+
+        self.metrics = observe_aggregator(self.fed)
 
     def _drive(self) -> None:
         while not self.fed.stopping:
@@ -192,6 +214,7 @@ class AggregatorServer:
     def start(self) -> None:
         self.server.start()
         self._driver.start()
+        self.metrics.serve(self.fed.kit.config.metrics_port)
         self.fed.audit.append("aggregator_started", port=self.port)
 
     def stop(self, grace: float = 2.0) -> None:

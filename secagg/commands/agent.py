@@ -1,4 +1,4 @@
-"""``secagg agent run --kit DIR --data DIR [--policy FILE]``."""
+"""``secagg agent run --kit DIR --data DIR --policy FILE``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = s.add_parser("run", help="connect to the aggregator and run the jobs this site admits")
     run.add_argument("--kit", type=Path, required=True, help="this site's startup kit")
     run.add_argument("--data", type=Path, required=True, help="this site's data folder (read only)")
-    run.add_argument("--policy", type=Path, help="this site's privacy policy (YAML)")
+    run.add_argument("--policy", type=Path, required=True, help="this site's policy (YAML, see policies/)")
     run.add_argument("--state", type=Path, help="state folder (default: ./state/<kit name>)")
     run.add_argument("--target", help="override the aggregator address host:port")
     run.add_argument("--forever", action="store_true", help="keep serving jobs after one finishes")

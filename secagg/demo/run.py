@@ -35,6 +35,19 @@ TEMPLATE = Path(__file__).parent / "job_template"
 SUBMITTER = "submitter@demo"
 
 
+#: the demo's site policy: trusts the demo submitter, allows every mode this demo runs. Real sites
+#: write their own (see policies/); ``--policy`` overrides it per site.
+DEMO_POLICY = f"""\
+version: 1
+signers:
+  submitters: [{SUBMITTER}]
+modes: [plain, he]
+limits:
+  max_rounds: 100
+  min_sites_per_round: 2
+"""
+
+
 class DemoFailed(SecaggError):
     code = "demo_failed"
 
@@ -102,6 +115,7 @@ def run_federation(
     sites: list[SiteData],
     params: dict[str, Any],
     strategy: dict[str, Any] | None = None,
+    policies: dict[str, Path] | None = None,
     log=print,
 ) -> RunResult:  # noqa: ANN001
     from secagg.jobs.sign import sign_job
@@ -157,6 +171,11 @@ def run_federation(
             )
         )
         for s in sites:
+            policy = (policies or {}).get(s.name)
+            if policy is None:
+                policy = out / "policies" / f"{s.name}.yaml"
+                policy.parent.mkdir(exist_ok=True)
+                policy.write_text(DEMO_POLICY)
             procs.append(
                 (
                     s.name,
@@ -171,6 +190,8 @@ def run_federation(
                             str(out / "data" / s.name),
                             "--state",
                             str(out / "state" / s.name),
+                            "--policy",
+                            str(policy),
                         ],
                         stdout=(logs / f"{s.name}.log").open("wb"),
                         stderr=subprocess.STDOUT,

@@ -23,6 +23,15 @@ from tests.integration.tinyjob_train import delta
 
 HERE = Path(__file__).parent
 SAMPLES = {"site-1": 100, "site-2": 50, "site-3": 250}
+TEST_POLICY = """\
+version: 1
+signers:
+  submitters: [submitter@org-1, admin@lead]
+modes: [plain, he]
+limits:
+  max_rounds: 50
+  min_sites_per_round: 2
+"""
 INIT = OrderedDict(
     [
         ("layer.weight", np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6)),
@@ -95,7 +104,14 @@ class Run:
         return from_safetensors(path.read_bytes())
 
 
-def start(tmp: Path, workspace: Path, job: Path, *, sites: list[str] | None = None) -> Run:
+def start(
+    tmp: Path,
+    workspace: Path,
+    job: Path,
+    *,
+    sites: list[str] | None = None,
+    policies: dict[str, Path] | None = None,
+) -> Run:
     sites = sites or list(SAMPLES)
     ws = tmp / "ws"
     if not ws.exists():
@@ -109,7 +125,14 @@ def start(tmp: Path, workspace: Path, job: Path, *, sites: list[str] | None = No
         data = tmp / "data" / s
         data.mkdir(parents=True, exist_ok=True)
         (data / "n.txt").write_text(str(SAMPLES[s]))
-        agent = SiteAgent(load_kit(ws / s), data, tmp / "state" / s, target=f"127.0.0.1:{server.port}")
+        policy = policies.get(s) if policies else None
+        if policy is None:
+            policy = tmp / "policies" / f"{s}.yaml"
+            policy.parent.mkdir(exist_ok=True)
+            policy.write_text(TEST_POLICY)
+        agent = SiteAgent(
+            load_kit(ws / s), data, tmp / "state" / s, policy_path=policy, target=f"127.0.0.1:{server.port}"
+        )
         run.agents[s] = agent
 
         def go(a: SiteAgent = agent, name: str = s) -> None:

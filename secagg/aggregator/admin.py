@@ -1,0 +1,432 @@
+"""The admin console's server side: who may do what to which job, decided from the mTLS certificate.
+
+Role (OU) and org (O) come from the admin's verified certificate, never from a request field; a job
+belongs to the admin who submitted it (its org is that admin's org), as recorded in the store's
+``submitter`` column. The project's authorization table (copied into the aggregator kit at
+provisioning) says, per role and action, whether the admin may act on ``any`` job, their ``org``'s
+jobs, only their ``own``, or ``none``. Every command, allowed or refused, leaves an audit line naming
+the admin, so a refusal cannot go unnoticed and an allowed abort cannot go unattributed.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from secagg.aggregator.federation import Federation
+from secagg.errors import ConfigError, IdentityError, PolicyRefusal, SecaggError, UsageError
+from secagg.metrics import CONNECTED_WITHIN_S
+from secagg.provision.identity import Identity
+from secagg.provision.project import Authorization, RolePermissions
+from secagg.transport.chunks import copy_payload, encode_stream, read_header
+from secagg.transport.generated import secagg_pb2 as pb
+from secagg.transport.tls import peer_identity
+
+#: ``logs --follow`` is bounded so that a forgotten console cannot hold a server thread for ever
+MAX_FOLLOW_S = 600.0
+MAX_PACKAGE_BYTES = 256 * 1024 * 1024
+_PIECE = 1 << 22
+_TERMINAL_EVENTS = ("job_finished", "job_aborted", "job_failed")
+_SUBMITTER = re.compile(r"^(?P<name>\S+) \((?P<role>\S+) of (?P<org>.*)\)$")
+
+
+@dataclass(frozen=True)
+class JobOwner:
+    """Who a job belongs to, for scoping: the submitting admin's name and org."""
+
+    name: str
+    org: str
+
+
+def describe(ident: Identity) -> str:
+    """The ``submitter`` text stored with a job; same shape as ``SignerInfo.describe``."""
+    return f"{ident.name} ({ident.role} of {ident.org})"
+
+
+def job_owner(submitter: str) -> JobOwner:
+    """Parse a stored ``submitter``; a sigstore signer has no project org, so only ``any`` scope reaches
+    its jobs."""
+    m = _SUBMITTER.match(submitter)
+    if m is None:
+        return JobOwner(name=submitter, org="")
+    return JobOwner(name=m["name"], org=m["org"])
+
+
+def permissions(table: Authorization, ident: Identity) -> RolePermissions:
+    perms = table.for_role(ident.role)
+    if perms is None:
+        raise PolicyRefusal(
+            f"{ident.name} has role {ident.role!r}, which is not an admin role", code="not_admin"
+        )
+    return perms
+
+
+def in_scope(scope: str, ident: Identity, owner: JobOwner | None) -> bool:
+    """Pure decision: may an admin with this ``scope`` act on a job of ``owner`` (None: no job)?"""
+    if scope == "none":
+        return False
+    if scope == "any" or owner is None:
+        return True
+    if scope == "org":
+        return bool(owner.org) and owner.org == ident.org
+    return scope == "own" and owner.name == ident.name
+
+
+def authorize(
+    table: Authorization, ident: Identity, action: str, owner: JobOwner | None, job_id: str = ""
+) -> None:
+    """Raise :class:`PolicyRefusal` (code ``forbidden``) unless the table lets ``ident`` do ``action``."""
+    scope: str = getattr(permissions(table, ident), action)
+    if in_scope(scope, ident, owner):
+        return
+    who = describe(ident)
+    if scope == "none":
+        raise PolicyRefusal(f"{who} may not {action} (role {ident.role})", code="forbidden")
+    assert owner is not None
+    limit = f"jobs of org {ident.org}" if scope == "org" else "jobs they submitted"
+    raise PolicyRefusal(
+        f"{who} may {action} only {limit}; job {job_id} belongs to {owner.name} of org {owner.org or '?'}",
+        code="forbidden",
+    )
+
+
+def _status_for(exc: SecaggError) -> grpc.StatusCode:
+    if exc.code in ("forbidden", "not_admin"):
+        return grpc.StatusCode.PERMISSION_DENIED
+    if exc.code == "identity":
+        return grpc.StatusCode.UNAUTHENTICATED
+    if exc.code == "no_such_job":
+        return grpc.StatusCode.NOT_FOUND
+    if exc.code in ("malformed", "usage"):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.FAILED_PRECONDITION
+
+
+Reply = tuple[dict[str, Any], Iterable[bytes]]
+
+
+class AdminConsole:
+    """Serves ``Admin`` and ``AdminUpload`` for a :class:`Federation`; one per server."""
+
+    def __init__(self, fed: Federation) -> None:
+        self.fed = fed
+        self.table = Authorization.model_validate(fed.kit.config.authorization or {})
+
+    # ------------------------------------------------------------------ gRPC entry points
+    def handle(self, request: pb.AdminRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+        ident = self._identity(context)
+        command, job_id = request.command, request.job_id
+        try:
+            handler = self._COMMANDS.get(command)
+            if handler is None:
+                raise UsageError(f"unknown admin command {command!r}")
+            header, payload = handler(self, ident, job_id, request.payload)
+        except SecaggError as exc:
+            self._fail(context, ident, command, job_id, exc)
+        yield from encode_stream({"command": command, **header}, payload)
+
+    def handle_upload(
+        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+    ) -> Iterator[pb.Chunk]:
+        ident = self._identity(context)
+        command = "submit"
+        try:
+            head = read_header(request_iterator)
+            if head.get("command") != "submit":
+                command = str(head.get("command"))
+                raise UsageError(f"AdminUpload carries only 'submit', not {command!r}")
+            job_id = self._submit(ident, request_iterator)
+        except SecaggError as exc:
+            self._fail(context, ident, command, "", exc)
+        yield from encode_stream({"command": "submit", "job_id": job_id}, [])
+
+    # ------------------------------------------------------------------ identity, audit, errors
+    def _identity(self, context: grpc.ServicerContext) -> Identity:
+        try:
+            ident = peer_identity(context, self.fed.kit)
+        except IdentityError as exc:
+            self.fed.audit.append("admin_refused", code=exc.code, reason=str(exc))
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{exc.code}: {exc}")
+        return ident
+
+    def _audit(self, event: str, ident: Identity, command: str, job_id: str, **fields: Any) -> None:
+        self.fed.audit.append(
+            event,
+            admin=ident.name,
+            org=ident.org,
+            role=ident.role,
+            command=command,
+            job=job_id or None,
+            **fields,
+        )
+
+    def _allow(self, ident: Identity, action: str, owner: JobOwner | None, job_id: str) -> None:
+        """Authorize and audit the decision either way."""
+        try:
+            authorize(self.table, ident, action, owner, job_id)
+        except PolicyRefusal as exc:
+            self._audit("admin_refused", ident, action, job_id, code=exc.code, reason=str(exc))
+            raise _Audited(exc) from None
+        self._audit("admin_command", ident, action, job_id)
+
+    def _fail(
+        self, context: grpc.ServicerContext, ident: Identity, command: str, job_id: str, exc: SecaggError
+    ) -> None:
+        if isinstance(exc, _Audited):
+            exc = exc.inner
+        else:
+            event = "admin_refused" if exc.code in ("forbidden", "not_admin") else "admin_failed"
+            self._audit(event, ident, command, job_id, code=exc.code, reason=str(exc))
+        context.abort(_status_for(exc), f"{exc.code}: {exc}")
+
+    def _job_row(self, job_id: str) -> tuple[str, JobOwner]:
+        """Resolve ``job_id`` ('' = the current job) to an id and its owner."""
+        if not job_id:
+            job = self.fed.job
+            if job is None:
+                raise _no_job("no job has been submitted to this aggregator")
+            job_id = job.job_id
+        row = self.fed.store.job(job_id)
+        if row is None:
+            raise _no_job(f"no job {job_id}")
+        return job_id, job_owner(row.submitter)
+
+    # ------------------------------------------------------------------ commands
+    def _status(self, ident: Identity, job_id: str, _payload: bytes) -> Reply:
+        job = self.fed.job
+        if job_id or job is not None:
+            job_id, owner = self._job_row(job_id)
+            self._allow(ident, "status", owner, job_id)
+        else:
+            self._allow(ident, "status", None, "")
+        now = time.time()
+        beats = dict(self.fed.heartbeats)
+        sites = []
+        for site in self.fed.sites:
+            seen = beats.get(site)
+            sites.append(
+                {
+                    "site": site,
+                    "last_heartbeat": _iso(seen) if seen else None,
+                    "seconds_ago": round(now - seen, 1) if seen else None,
+                    "connected": seen is not None and now - seen <= CONNECTED_WITHIN_S,
+                }
+            )
+        info = self._job_info(job_id) if job_id else None
+        declined = self.fed.store.declined(job_id) if job_id else []
+        for d in declined:
+            d["time"] = _iso(d["time"])
+        return {"job": info, "sites": sites, "declined": declined}, []
+
+    def _job_info(self, job_id: str) -> dict[str, Any]:
+        row = self.fed.store.job(job_id)
+        assert row is not None
+        spec = json.loads(row.spec_json)
+        owner = job_owner(row.submitter)
+        info: dict[str, Any] = {
+            "job_id": job_id,
+            "name": row.name,
+            "state": row.state,
+            "mode": spec.get("mode"),
+            "rounds": spec.get("rounds"),
+            "completed": len(self.fed.store.rounds(job_id)),
+            "submitter": row.submitter,
+            "org": owner.org,
+            "reason": row.reason,
+        }
+        job = self.fed.job
+        if job is not None and job.job_id == job_id:
+            info["state"] = job.state
+            info["completed"] = job.completed
+            cur = job.current
+            if cur is not None:
+                info.update(round=cur.round, attempt=cur.attempt, phase=cur.phase, ready=sorted(cur.ready))
+        return info
+
+    def _list(self, ident: Identity, _job_id: str, _payload: bytes) -> Reply:
+        self._allow(ident, "list", None, "")
+        scope = permissions(self.table, ident).list
+        jobs = []
+        for row in self.fed.store.jobs():
+            if in_scope(scope, ident, job_owner(row.submitter)):
+                info = self._job_info(row.job_id)
+                info.update(created=_iso(row.created), finished=_iso(row.finished) if row.finished else None)
+                jobs.append(info)
+        return {"jobs": jobs}, []
+
+    def _abort(self, ident: Identity, job_id: str, _payload: bytes) -> Reply:
+        if not job_id:
+            raise UsageError("abort needs a job id")
+        job_id, owner = self._job_row(job_id)
+        self._allow(ident, "abort", owner, job_id)
+        self.fed.abort(job_id, by=describe(ident))
+        return {"job_id": job_id, "state": "aborted"}, []
+
+    def _download(self, ident: Identity, job_id: str, _payload: bytes) -> Reply:
+        job_id, owner = self._job_row(job_id)
+        self._allow(ident, "download", owner, job_id)
+        row = self.fed.store.job(job_id)
+        assert row is not None
+        mode = json.loads(row.spec_json).get("mode")
+        rounds = self.fed.store.rounds(job_id)
+        if not rounds:
+            raise ConfigError(f"job {job_id} has no completed round to download yet")
+        files: list[tuple[str, Path | bytes]] = []
+        if mode == "he":
+            # The global model is the initial model plus each round's scaled encrypted aggregate;
+            # only a site kit holds the key to decrypt them.
+            for r in rounds:
+                files.append((f"round-{r.round}.ckks", Path(r.result_path)))
+            meta = {
+                "job_id": job_id,
+                "mode": mode,
+                "global_model": "initial model + sum over rounds of scale * decrypt(round-N.ckks)",
+                "rounds": [
+                    {"round": r.round, "scale": r.scale, "file": f"round-{r.round}.ckks"} for r in rounds
+                ],
+            }
+            files.append(("he.json", json.dumps(meta, indent=2).encode()))
+        else:
+            files.append(("model.safetensors", Path(rounds[-1].result_path)))
+        files.append(("audit.jsonl", b"".join(self._job_lines(job_id))))
+        sizes = [{"name": n, "bytes": len(f) if isinstance(f, bytes) else f.stat().st_size} for n, f in files]
+        header = {
+            "job_id": job_id,
+            "mode": mode,
+            "state": row.state,
+            "rounds_completed": rounds[-1].round,
+            "files": sizes,
+        }
+        return header, _file_pieces([f for _, f in files])
+
+    def _logs(self, ident: Identity, job_id: str, payload: bytes) -> Reply:
+        job_id, owner = self._job_row(job_id)
+        self._allow(ident, "logs", owner, job_id)
+        try:
+            follow = float(json.loads(payload or b"{}").get("follow", 0.0))
+        except (ValueError, AttributeError):
+            raise UsageError('logs payload must be JSON like {"follow": seconds}') from None
+        follow = min(max(follow, 0.0), MAX_FOLLOW_S)
+        return {"job_id": job_id, "follow": follow}, self._stream_logs(job_id, follow)
+
+    def _job_lines(self, job_id: str) -> Iterator[bytes]:
+        path = self.fed.audit.path
+        if not path.exists():
+            return
+        with path.open("rb") as fh:
+            for raw in fh:
+                try:
+                    if json.loads(raw).get("job") == job_id:
+                        yield raw
+                except ValueError:
+                    continue
+
+    def _stream_logs(self, job_id: str, follow: float) -> Iterator[bytes]:
+        """The job's audit lines so far, then (for ``follow`` seconds, or until the job ends) new ones.
+
+        The listener is registered before the file is read, and lines are de-duplicated by ``seq``, so
+        no line falls into the gap between the two."""
+        q: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=10_000)
+
+        def listen(record: dict[str, Any]) -> None:
+            if record.get("job") == job_id:
+                q.put_nowait(record)
+
+        listeners: list[Callable[[dict[str, Any]], None]] = self.fed.audit.listeners
+        if follow > 0:
+            listeners.append(listen)
+        try:
+            last, ended = 0, False
+            for raw in self._job_lines(job_id):
+                record = json.loads(raw)
+                last = max(last, int(record.get("seq", 0)))
+                ended = ended or record.get("event") in _TERMINAL_EVENTS
+                yield raw
+            deadline = time.monotonic() + follow
+            while follow > 0 and not ended and not self.fed.stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    record = q.get(timeout=min(left, 0.5))
+                except queue.Empty:
+                    continue
+                if int(record.get("seq", 0)) <= last:
+                    continue
+                last = int(record["seq"])
+                ended = record.get("event") in _TERMINAL_EVENTS
+                yield (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        finally:
+            if listen in listeners:
+                listeners.remove(listen)
+
+    def _submit(self, ident: Identity, chunks: Iterator[pb.Chunk]) -> str:
+        from secagg.jobs.job import verify_job
+        from secagg.jobs.signer import SUBMIT_ROLES
+
+        self._allow(ident, "submit", None, "")
+        scratch = Path(tempfile.mkdtemp(prefix="secagg-admin-"))
+        try:
+            pkg = scratch / "package.tar.gz"
+            with pkg.open("wb") as fh:
+                copy_payload(chunks, fh, max_bytes=MAX_PACKAGE_BYTES)
+            job = verify_job(pkg, self.fed.kit.ca_cert, dest=scratch / "pkg", max_bytes=MAX_PACKAGE_BYTES)
+            if not any(s.kind == "sigstore" or s.role in SUBMIT_ROLES for s in job.signers):
+                raise PolicyRefusal(
+                    f"the job is not signed by a role that may submit ({', '.join(sorted(SUBMIT_ROLES))})",
+                    code="signer_role",
+                )
+            job_id = self.fed.submit(job.root, describe(ident), source=pkg)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        self._audit("admin_submitted", ident, "submit", job_id, signers=[s.describe() for s in job.signers])
+        return job_id
+
+    _COMMANDS: dict[str, Callable[[AdminConsole, Identity, str, bytes], Reply]] = {
+        "status": _status,
+        "list": _list,
+        "abort": _abort,
+        "download": _download,
+        "logs": _logs,
+    }
+
+
+class _Audited(SecaggError):
+    """A refusal already written to the audit log (so ``_fail`` does not write it twice)."""
+
+    def __init__(self, inner: SecaggError) -> None:
+        super().__init__(str(inner))
+        self.inner = inner
+        self.code = inner.code
+
+
+def _no_job(message: str) -> SecaggError:
+    exc = ConfigError(message)
+    exc.code = "no_such_job"
+    return exc
+
+
+def _iso(t: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
+
+
+def _file_pieces(files: Iterable[Path | bytes]) -> Iterator[bytes]:
+    for f in files:
+        if isinstance(f, bytes):
+            yield f
+            continue
+        with f.open("rb") as fh:
+            while piece := fh.read(_PIECE):
+                yield piece
