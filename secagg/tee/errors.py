@@ -1,0 +1,57 @@
+"""Errors of the TEE protocol, each a :class:`~secagg.errors.SecaggError` with a reason code.
+
+A site reacts to *why* it refused an aggregator (an audit line, a metric label, an upgrade ticket), so
+attestation refusals carry every reason code, not just the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from secagg.errors import ConfigError, IntegrityError, PolicyRefusal
+
+#: every reason code :class:`AttestationRefused` may carry, in the order they are reported
+REASON_CODES = (
+    "tee_malformed",
+    "tee_dev_not_allowed",
+    "tee_type",
+    "tee_chain",
+    "tee_replay",
+    "tee_channel_binding",
+    "tee_key_binding",
+    "tee_debug",
+    "tee_measurement",
+    "tee_tcb",
+    "tee_stale",
+    "tee_policy",
+    "tee_suite",
+    "tee_key_changed",
+)
+
+
+class AttestationRefused(PolicyRefusal):
+    """The site does not accept this aggregator's evidence or keys.
+
+    ``code`` is the first reason (in :data:`REASON_CODES` order), ``codes`` all of them, and the message
+    lists every failed field so an operator can fix them all at once.
+    """
+
+    def __init__(self, codes: Sequence[str], details: Sequence[str]) -> None:
+        ordered = sorted(set(codes), key=REASON_CODES.index)
+        super().__init__(
+            "aggregator attestation refused: " + "; ".join(details), code=ordered[0] if ordered else "tee"
+        )
+        self.codes: tuple[str, ...] = tuple(ordered)
+        self.details: tuple[str, ...] = tuple(details)
+
+
+class ModelSignatureInvalid(IntegrityError):
+    """A global model whose signature does not come from the attested aggregator for this job/round."""
+
+    code = "tee_model_signature"
+
+
+class TeeUnavailable(ConfigError):
+    """No TEE evidence source on this machine (no configfs-tsm, or not a confidential VM)."""
+
+    code = "tee_unavailable"
