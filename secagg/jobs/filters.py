@@ -3,6 +3,10 @@
 One vocabulary for both sides, so that "is the job's request at least as strong as the site's rule?"
 is a field-by-field comparison, not a translation. The privacy package implements the filters; this
 module only names their parameters and says which direction of each parameter is *stronger*.
+
+The verdict "at least as strong" is ``secagg.privacy.stronger_or_equal``'s (the policy calls it); the
+table here only names, in words, which knob made a request weaker, and a test keeps the two in step.
+Every number must be finite: an infinite epsilon would pass ``gt=0`` and make every budget moot.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ class SvtFilter(_Filter):
 
     name: Literal["svt"]
     fraction: float = Field(gt=0, le=1)
-    epsilon: float = Field(gt=0)
-    noise_var: float = Field(ge=0)
-    gamma: float = Field(gt=0)
-    tau: float = Field(ge=0)
+    epsilon: float = Field(gt=0, allow_inf_nan=False)
+    #: NVFlare's eps_3, the per-entry release budget: noise scale 2 gamma / noise_var, so 0 is undefined
+    noise_var: float = Field(gt=0, allow_inf_nan=False)
+    gamma: float = Field(gt=0, allow_inf_nan=False)
+    tau: float = Field(ge=0, allow_inf_nan=False)
 
 
 class PercentileFilter(_Filter):
@@ -32,7 +37,7 @@ class PercentileFilter(_Filter):
 
     name: Literal["percentile"]
     percentile: float = Field(gt=0, le=100)
-    gamma: float | None = Field(default=None, gt=0)
+    gamma: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class ExcludeFilter(_Filter):
@@ -46,25 +51,27 @@ class GaussianFilter(_Filter):
     """Clip the update's L2 norm to ``clip`` and add N(0, (noise_multiplier * clip)^2) noise."""
 
     name: Literal["gaussian"]
-    clip: float = Field(gt=0)
-    noise_multiplier: float = Field(gt=0)
+    clip: float = Field(gt=0, allow_inf_nan=False)
+    noise_multiplier: float = Field(gt=0, allow_inf_nan=False)
 
 
 class DpsgdFilter(_Filter):
     """DP-SGD inside local training; the only filter a site cannot add after training."""
 
     name: Literal["dpsgd"]
-    target_epsilon: float = Field(gt=0)
+    target_epsilon: float = Field(gt=0, allow_inf_nan=False)
     target_delta: float = Field(gt=0, lt=1)
-    max_grad_norm: float = Field(gt=0)
+    max_grad_norm: float = Field(gt=0, allow_inf_nan=False)
 
 
 AnyFilter = SvtFilter | PercentileFilter | ExcludeFilter | GaussianFilter | DpsgdFilter
 FilterSpec = Annotated[AnyFilter, Field(discriminator="name")]
 
-#: per filter, each numeric parameter and whether a *smaller* value is the stronger (more private) one
+#: per filter, each parameter that bounds the guarantee and whether a *smaller* value is the stronger
+#: (more private) one. SVT's ``noise_var`` is a per-entry epsilon (release noise 2 gamma / noise_var):
+#: smaller is stronger. ``tau`` is absent: the threshold is public and does not change the guarantee.
 STRONGER_WHEN_SMALLER: dict[str, dict[str, bool]] = {
-    "svt": {"fraction": True, "epsilon": True, "noise_var": False, "gamma": True, "tau": False},
+    "svt": {"fraction": True, "epsilon": True, "noise_var": True, "gamma": True},
     "percentile": {"percentile": True, "gamma": True},
     "gaussian": {"clip": True, "noise_multiplier": False},
     "dpsgd": {"target_epsilon": True, "target_delta": True, "max_grad_norm": True},

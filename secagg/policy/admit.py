@@ -37,4 +37,4 @@ def admit_job(
         now=now,
         dest=dest,
     )
-    return job, decide(policy, job.spec, job.signers)
+    return job, decide(policy, job.spec, job.signers, job_root=job.root)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -21,6 +22,8 @@ import yaml
 from pydantic import ValidationError
 
 from secagg.errors import ConfigError
+from secagg.jobs.filters import AnyFilter
+from secagg.policy.decide import SIZE_DEPENDENT, worst_case_spend
 from secagg.policy.model import SitePolicy
 
 Path_ = tuple[str | int, ...]
@@ -132,6 +135,22 @@ def _schema_issue(err: jsonschema.ValidationError, lines: _Lines) -> list[Policy
     return [PolicyIssue(lines.line(path), _dotted(path), err.message, hint)]
 
 
+#: the field a too-costly filter is reported at
+_COST_KNOB = {"svt": "epsilon", "dpsgd": "target_epsilon", "gaussian": "noise_multiplier"}
+
+
+def _one_round_floor(f: AnyFilter, budget_delta: float) -> float | None:
+    """The least one round of ``f`` can cost (a one-entry update), by the accounting admission uses;
+    None when it costs nothing or is reported by another rule (a Gaussian filter with no delta)."""
+    if f.name not in _COST_KNOB:
+        return None
+    try:
+        eps = worst_case_spend([f], rounds=1, n_params=1, budget_delta=budget_delta).epsilon
+    except ConfigError:
+        return math.inf
+    return eps if math.isfinite(eps) or f.name != "gaussian" else None
+
+
 def _semantic(policy: SitePolicy) -> list[tuple[Path_, str, str]]:
     """Rules that each pass the schema but together are wrong or dangerous."""
     out: list[tuple[Path_, str, str]] = []
@@ -238,14 +257,15 @@ def _semantic(policy: SitePolicy) -> list[tuple[Path_, str, str]]:
         if f.name in names:
             out.append((where, f"filter {f.name} is required twice", "merge the two entries"))
         names.add(f.name)
-        eps = getattr(f, "epsilon", None) or getattr(f, "target_epsilon", None)
-        if budget is not None and eps is not None and eps > budget.epsilon:
+        floor = _one_round_floor(f, budget.delta) if budget is not None else None
+        if budget is not None and floor is not None and floor > budget.epsilon:
+            small = " on a one-parameter model" if f.name in SIZE_DEPENDENT else ""
             out.append(
                 (
-                    (*where, "epsilon" if f.name == "svt" else "target_epsilon"),
-                    f"one round of {f.name} spends epsilon {eps}, more than the whole budget "
-                    f"({budget.epsilon})",
-                    "lower it or raise privacy.budget.epsilon",
+                    (*where, _COST_KNOB[f.name]),
+                    f"even one round of {f.name}{small} spends epsilon {floor:.4g}, more than the whole "
+                    f"budget ({budget.epsilon})",
+                    "make the filter stricter or raise privacy.budget.epsilon (see policies/README.md)",
                 )
             )
         delta = getattr(f, "target_delta", None)

@@ -10,17 +10,23 @@ ask whether this site trusts that signer.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from secagg.errors import PolicyRefusal
+from secagg.errors import ConfigError, PolicyRefusal
 from secagg.jobs.filters import STRONGER_WHEN_SMALLER, TRAINING_TIME_FILTERS, AnyFilter, ExcludeFilter
 from secagg.jobs.signer import SUBMIT_ROLES, SignerInfo
 from secagg.jobs.spec import JobSpec
 from secagg.policy.model import SitePolicy
+from secagg.policy.params import count_parameters
+from secagg.privacy.accounting import Composition, compose
+from secagg.privacy.specs import stronger_or_equal, worst_case_spends
 
 OK = "ok"
+
+#: filters whose privacy cost depends on how many entries the update has
+SIZE_DEPENDENT = frozenset({"svt"})
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,10 @@ class Decision:
     reasons: list[Reason] = field(default_factory=list)
     #: the filter chain the site will apply: the job's requests, strengthened by the site's rules
     effective_privacy: list[AnyFilter] = field(default_factory=list)
+    #: the job's worst-case spend over all its rounds, as the ledger composes it (None: no budget)
+    worst_case: Composition | None = None
+    #: the update's entry count the spend was computed for (None: not needed or unknown)
+    n_params: int | None = None
 
     @property
     def failed(self) -> list[Reason]:
@@ -44,11 +54,15 @@ class Decision:
 
     def to_dict(self) -> dict[str, object]:
         """For the audit log and the declined-task message to the aggregator."""
-        return {
+        out: dict[str, object] = {
             "accept": self.accept,
             "codes": [r.code for r in self.failed],
             "reasons": [{"rule": r.rule, "ok": r.ok, "code": r.code, "text": r.text} for r in self.reasons],
         }
+        if self.worst_case is not None:
+            w = self.worst_case
+            out["worst_case"] = {"epsilon": w.epsilon, "delta": w.delta, "n_params": self.n_params}
+        return out
 
     def raise_if_refused(self) -> None:
         if not self.accept:
@@ -70,8 +84,9 @@ def _signer_rule(policy: SitePolicy, signers: Sequence[SignerInfo]) -> Reason:
     return Reason("signer", False, "signer_untrusted", f"Signed by {who}, whom this site does not trust.")
 
 
-def _compare(job_f: AnyFilter, site_f: AnyFilter) -> list[str]:
-    """Where ``job_f`` is weaker than ``site_f`` (same filter name), in words."""
+def _weaker_knobs(job_f: AnyFilter, site_f: AnyFilter) -> list[str]:
+    """Where ``job_f`` is weaker than ``site_f`` (same filter name), in words; the verdict itself is
+    ``secagg.privacy.stronger_or_equal``'s, so this only explains it."""
     if isinstance(site_f, ExcludeFilter) and isinstance(job_f, ExcludeFilter):
         missing = sorted(set(site_f.tensors) - set(job_f.tensors))
         return [f"does not exclude {', '.join(missing)}"] if missing else []
@@ -85,6 +100,13 @@ def _compare(job_f: AnyFilter, site_f: AnyFilter) -> list[str]:
         elif (got > want) if smaller else (got < want):
             weaker.append(f"{name} {got} is {'above' if smaller else 'below'} the site's {want}")
     return weaker
+
+
+def _compare(job_f: AnyFilter, site_f: AnyFilter) -> list[str]:
+    """Empty when ``job_f`` protects at least as much as ``site_f``; otherwise the reasons it does not."""
+    if stronger_or_equal(job_f, site_f):
+        return []
+    return _weaker_knobs(job_f, site_f) or ["weaker than the site's settings"]
 
 
 def _privacy_rules(policy: SitePolicy, job: JobSpec) -> tuple[list[Reason], list[AnyFilter]]:
@@ -151,32 +173,69 @@ def _privacy_rules(policy: SitePolicy, job: JobSpec) -> tuple[list[Reason], list
 
 
 def worst_case_spend(
-    chain: Sequence[AnyFilter], rounds: int, delta_budget: float
-) -> tuple[float, float, list[str]]:
-    """(epsilon, delta) spent over ``rounds`` by basic composition, and notes on how it was counted.
+    chain: Sequence[AnyFilter], rounds: int, n_params: int, budget_delta: float
+) -> Composition:
+    """The job's worst-case spend: ``rounds`` releases through ``chain`` for an ``n_params``-entry update.
 
-    Basic composition over-counts, which is the safe direction for a refusal rule. The Gaussian filter
-    uses the classical bound eps = sqrt(2 ln(1.25/d)) / z with the budget's delta split evenly over
-    rounds; percentile and exclude give no differential-privacy guarantee and count as zero.
+    The privacy package's own functions, the ones the ledger debits and composes with, so admission and
+    the ledger never disagree: per-release costs from ``spend_of`` (SVT: eps_1 + eps_1 (2c)^(2/3) +
+    c * noise_var for c shared entries), then ``compose`` at the budget's delta (Opacus RDP for the
+    Gaussian filter, basic composition for SVT and DP-SGD's declared targets). Raises ``ConfigError``
+    when a cost is not a finite number.
     """
-    eps_r, delta_r, notes = 0.0, 0.0, []
-    for f in chain:
-        if f.name == "svt":
-            eps_r += f.epsilon
-        elif f.name == "dpsgd":
-            eps_r += f.target_epsilon
-            delta_r += f.target_delta
-        elif f.name == "gaussian":
-            d = delta_budget / rounds if delta_budget > 0 else 0.0
-            if d <= 0:
-                return math.inf, math.inf, ["the gaussian filter needs a delta > 0 in the budget"]
-            eps_r += math.sqrt(2 * math.log(1.25 / d)) / f.noise_multiplier
-            delta_r += d
-            notes.append("gaussian counted with the classical bound")
-    return eps_r * rounds, delta_r * rounds, notes
+    return compose(worst_case_spends(list(chain), n_params, rounds), budget_delta)
 
 
-def decide(policy: SitePolicy, job: JobSpec, signer: SignerInfo | Sequence[SignerInfo] | None) -> Decision:
+def _budget_rule(
+    policy: SitePolicy, job: JobSpec, chain: Sequence[AnyFilter], n_params: int | None, job_root: Path | None
+) -> tuple[Reason, Composition | None, int | None]:
+    budget = policy.privacy.budget
+    if budget is None:
+        return Reason("budget", True, OK, "This site declares no privacy budget."), None, n_params
+    sized = [f.name for f in chain if f.name in SIZE_DEPENDENT]
+    if sized and n_params is None and job_root is not None:
+        try:
+            n_params = count_parameters(job_root / job.model)
+        except ConfigError as exc:
+            return _size_unknown(sized, str(exc)), None, None
+    if sized and n_params is None:
+        return _size_unknown(sized, "no model was given to count its parameters"), None, None
+    try:
+        c = worst_case_spend(chain, job.rounds, n_params or 0, budget.delta)
+    except ConfigError as exc:
+        text = f"The job's worst-case privacy spend is not a finite number ({exc})."
+        return Reason("budget", False, "budget_exceeded", text), None, n_params
+    size = f" of a {n_params}-parameter update" if sized else ""
+    spend = (
+        f"worst-case privacy spend over {job.rounds} rounds{size}, epsilon {c.epsilon:.4g}, "
+        f"delta {c.delta:.3g} ({c.method}),"
+    )
+    limit = f"the budget (epsilon {budget.epsilon}, delta {budget.delta})"
+    if c.epsilon <= budget.epsilon and c.delta <= budget.delta:
+        return Reason("budget", True, OK, f"The {spend} is within {limit}."), c, n_params
+    return Reason("budget", False, "budget_exceeded", f"The {spend} is more than {limit}."), c, n_params
+
+
+def _size_unknown(names: Sequence[str], why: str) -> Reason:
+    return Reason(
+        "budget",
+        False,
+        "model_size_unknown",
+        f"The job uses {', '.join(sorted(set(names)))}, whose privacy cost grows with the number of "
+        f"entries it shares, and the model's size is unknown ({why}); the budget cannot be checked.",
+    )
+
+
+def decide(
+    policy: SitePolicy,
+    job: JobSpec,
+    signer: SignerInfo | Sequence[SignerInfo] | None,
+    *,
+    n_params: int | None = None,
+    job_root: Path | None = None,
+) -> Decision:
+    """Every rule's verdict on ``job``. ``n_params`` is the update's entry count (SVT's cost grows with
+    it); if not given, it is read from the model file under ``job_root`` when the budget needs it."""
     signers = [signer] if isinstance(signer, SignerInfo) else list(signer or [])
     reasons = [_signer_rule(policy, signers)]
 
@@ -265,33 +324,8 @@ def decide(policy: SitePolicy, job: JobSpec, signer: SignerInfo | Sequence[Signe
     privacy_reasons, chain = _privacy_rules(policy, job)
     reasons += privacy_reasons
 
-    budget = policy.privacy.budget
-    if budget is None:
-        reasons.append(Reason("budget", True, OK, "This site declares no privacy budget."))
-    else:
-        eps, delta, notes = worst_case_spend(chain, job.rounds, budget.delta)
-        spend = f"worst case epsilon {eps:.4g}, delta {delta:.3g} over {job.rounds} rounds"
-        extra = f" ({'; '.join(notes)})" if notes else ""
-        if eps <= budget.epsilon and delta <= budget.delta:
-            reasons.append(
-                Reason(
-                    "budget",
-                    True,
-                    OK,
-                    f"Privacy spend, {spend}{extra}, is within the "
-                    f"budget (epsilon {budget.epsilon}, delta {budget.delta}).",
-                )
-            )
-        else:
-            reasons.append(
-                Reason(
-                    "budget",
-                    False,
-                    "budget_exceeded",
-                    f"Privacy spend, {spend}{extra}, is "
-                    f"more than the budget (epsilon {budget.epsilon}, delta {budget.delta}).",
-                )
-            )
+    budget_reason, worst, n_params = _budget_rule(policy, job, chain, n_params, job_root)
+    reasons.append(budget_reason)
 
     if job.mode == "tee":
         att = policy.attestation
@@ -315,4 +349,10 @@ def decide(policy: SitePolicy, job: JobSpec, signer: SignerInfo | Sequence[Signe
                 )
             )
 
-    return Decision(accept=all(r.ok for r in reasons), reasons=reasons, effective_privacy=chain)
+    return Decision(
+        accept=all(r.ok for r in reasons),
+        reasons=reasons,
+        effective_privacy=chain,
+        worst_case=worst,
+        n_params=n_params,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from secagg.jobs.filters import AnyFilter
-from secagg.policy.decide import Decision
+from secagg.policy.decide import SIZE_DEPENDENT, Decision
 from secagg.policy.model import SitePolicy
 
 _MODE_WORDS = {
@@ -17,8 +17,10 @@ _MODE_WORDS = {
 def describe_filter(f: AnyFilter) -> str:
     if f.name == "svt":
         return (
-            f"sparse vector technique: share at most {f.fraction:.0%} of coordinates, epsilon {f.epsilon} "
-            f"per round, noise variance {f.noise_var}, clip {f.gamma}, threshold {f.tau}"
+            f"sparse vector technique: share at most {f.fraction:.0%} of coordinates (c of n), clipped to "
+            f"{f.gamma}, threshold {f.tau}; selection epsilon {f.epsilon}, release epsilon {f.noise_var} per "
+            f"shared coordinate: one round costs {f.epsilon} + {f.epsilon}*(2c)^(2/3) + c*{f.noise_var}, "
+            "so the cost grows with the model's size"
         )
     if f.name == "percentile":
         clip = f", clipped to {f.gamma}" if f.gamma is not None else ""
@@ -50,6 +52,11 @@ def describe_policy(policy: SitePolicy) -> list[str]:
     lines.append(
         f"Privacy budget: epsilon {b.epsilon}, delta {b.delta} per job" if b else "Privacy budget: none"
     )
+    if b is not None and any(f.name in SIZE_DEPENDENT for f in policy.privacy.required):
+        lines.append(
+            "  (svt's cost is counted per shared coordinate; the job's worst case is computed from its "
+            "model's parameter count and its number of rounds, as the privacy ledger will debit it)"
+        )
     a = policy.attestation
     if a is not None:
         lines.append(

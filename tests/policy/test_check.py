@@ -35,7 +35,7 @@ def test_example_contents() -> None:
     assert set(strict.modes) == {"he", "tee"}
     names = {f.name: f for f in strict.privacy.required}
     assert "svt" in names and names["percentile"].percentile == 25  # type: ignore[union-attr]
-    assert strict.privacy.budget is not None and strict.privacy.budget.epsilon <= 1
+    assert strict.privacy.budget is not None and strict.privacy.budget.epsilon <= 10
     dev = load_policy(ROOT / "policies/development.yaml")
     assert "plain" in dev.modes and dev.attestation is not None and dev.attestation.allow_insecure_dev_tee
 
