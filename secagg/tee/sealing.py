@@ -130,6 +130,8 @@ def seal_chunks(
     pieces: Iterator[bytes]
     if isinstance(payload, bytes | bytearray | memoryview):
         data = bytes(payload)
+        if size is not None and size != len(data):
+            raise ValueError(f"size {size} differs from the payload's {len(data)} bytes")
         size, pieces = len(data), (data[i : i + per] for i in range(0, len(data), per))
     elif size is None:
         held = list(_recut(payload, per))

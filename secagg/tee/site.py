@@ -15,6 +15,7 @@ import hmac
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from attestation.errors import ParseError
 from attestation.evidence import AttestationResult, detect, verify_and_validate
@@ -151,6 +152,7 @@ def verify_aggregator(
     now: dt.datetime | None = None,
     trusted_dev_keys: Sequence[bytes] = (),
     certs: Sequence[bytes] = (),
+    collateral_dir: str | Path | None = None,
     allowed_suites: Sequence[str] = suites.DEFAULT_SUITES,
     key_pin: KeyPin | None = None,
     job: str | None = None,
@@ -161,6 +163,9 @@ def verify_aggregator(
     ``tls_cert_der`` is the certificate *this site* saw in the TLS handshake. ``trusted_dev_keys``
     (PEM) pin the dev-TEE key; certificates sent by the aggregator are used only for hardware
     evidence, whose chains end at the vendors' pinned roots, never to trust a dev-TEE key.
+    ``collateral_dir``: Intel collateral (TCB info, QE identity, CRLs) to check a TDX quote's TCB status.
+    Freshness: the nonce binding makes hardware evidence fresh; ``max_age_s`` applies to dev-TEE
+    evidence, which carries a timestamp.
     ``allowed_suites``: HPKE suites the site policy accepts; the strongest one the aggregator also
     offers is used. With ``key_pin`` and ``job``, keys are pinned for the job (``tee_key_changed``).
     """
@@ -186,6 +191,7 @@ def verify_aggregator(
         options=policy_options,
         expected_report_data=expected,
         allow_insecure_dev_tee=allow_insecure_dev_tee,
+        collateral_dir=collateral_dir,
         now=now,
     )
     failures: list[tuple[str, str]] = []

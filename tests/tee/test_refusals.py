@@ -136,6 +136,8 @@ def test_real_sev_snp_report_is_refused_for_binding(agg_cert: bytes, nonce: byte
     snp_policy = policy(types=["sev-snp"], measurements=[], allow_insecure_dev_tee=False)
     err = refused(msg, nonce, agg_cert, snp_policy, allow=False)
     assert err.codes == ("tee_key_binding",)  # authentic (no tee_chain), but binds none of our data
+    strict = policy(types=["sev-snp"], measurements=[], allow_insecure_dev_tee=False, vmpl=3)
+    assert set(refused(msg, nonce, agg_cert, strict, allow=False).codes) == {"tee_key_binding", "tee_policy"}
     # and with an expired chain it is not authentic at all
     with pytest.raises(AttestationRefused) as late:
         verify_aggregator(

@@ -49,6 +49,8 @@ def test_streamed_payload_with_and_without_size(trusted: TrustedAggregator, encl
         assert enclave.open_update(chunks, "j", 1, "s") == whole
     with pytest.raises(ValueError, match="longer than the declared size"):
         list(trusted.seal_update(iter(pieces), "j", 1, "s", size=len(whole) - 1, chunk_size=4096))
+    with pytest.raises(ValueError, match="differs"):
+        list(trusted.seal_update(whole, "j", 1, "s", size=len(whole) + 1))
     with pytest.raises(ValueError, match="shorter"):
         list(trusted.seal_update(iter(pieces), "j", 1, "s", size=len(whole) + 1, chunk_size=4096))
 
