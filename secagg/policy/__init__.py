@@ -5,6 +5,7 @@ from secagg.policy.check import PolicyIssue, check_policy_file, check_policy_tex
 from secagg.policy.decide import Decision, Reason, decide, worst_case_spend
 from secagg.policy.explain import describe_policy, render_decision
 from secagg.policy.model import SitePolicy
+from secagg.policy.params import count_parameters
 
 __all__ = [
     "admit_job",
@@ -14,6 +15,7 @@ __all__ = [
     "SitePolicy",
     "check_policy_file",
     "check_policy_text",
+    "count_parameters",
     "decide",
     "describe_policy",
     "load_policy",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from secagg.jobs.filters import AnyFilter
 from secagg.policy.decide import SIZE_DEPENDENT, Decision
 from secagg.policy.model import SitePolicy
+from secagg.privacy.spend import share_count
+from secagg.privacy.svt import svt_epsilon
 
 _MODE_WORDS = {
     "plain": "plain (the aggregator sees each update in the clear: baselines only)",
@@ -14,14 +16,20 @@ _MODE_WORDS = {
 }
 
 
-def describe_filter(f: AnyFilter) -> str:
+def describe_filter(f: AnyFilter, n_params: int | None = None) -> str:
+    """One line for ``f``; for SVT with a known model size, also what one round of it costs."""
     if f.name == "svt":
-        return (
+        line = (
             f"sparse vector technique: share at most {f.fraction:.0%} of coordinates (c of n), clipped to "
             f"{f.gamma}, threshold {f.tau}; selection epsilon {f.epsilon}, release epsilon {f.noise_var} per "
             f"shared coordinate: one round costs {f.epsilon} + {f.epsilon}*(2c)^(2/3) + c*{f.noise_var}, "
             "so the cost grows with the model's size"
         )
+        if n_params is not None:
+            c = share_count(n_params, f.fraction)
+            cost = svt_epsilon(n_params, f.fraction, f.epsilon, f.noise_var)
+            line += f" (here n = {n_params}, c = {c}: epsilon {cost:.4g} a round)"
+        return line
     if f.name == "percentile":
         clip = f", clipped to {f.gamma}" if f.gamma is not None else ""
         return f"share only the top {f.percentile:g}% of coordinates by magnitude{clip}"
@@ -95,5 +103,5 @@ def render_decision(decision: Decision, job_name: str = "the job") -> list[str]:
         lines.append(f"  {mark} {r.rule}{code}: {r.text}")
     if decision.accept and decision.effective_privacy:
         lines.append("Filters this site will apply, in order:")
-        lines += [f"  - {describe_filter(f)}" for f in decision.effective_privacy]
+        lines += [f"  - {describe_filter(f, decision.n_params)}" for f in decision.effective_privacy]
     return lines

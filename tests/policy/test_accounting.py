@@ -16,7 +16,7 @@ import pytest
 from secagg.bundle import to_safetensors
 from secagg.errors import ConfigError
 from secagg.jobs import JobSpec, SignerInfo, sign_job
-from secagg.policy import SitePolicy, admit_job, check_policy_text, decide, load_policy
+from secagg.policy import SitePolicy, admit_job, check_policy_text, decide, load_policy, render_decision
 from secagg.policy.params import count_parameters
 from secagg.privacy import Ledger, apply_chain, build_chain, compose, svt_epsilon, worst_case_spends
 from secagg.provision.kit import load_kit
@@ -118,6 +118,10 @@ def test_hospital_strict_admits_the_demo_job_with_the_readme_numbers() -> None:
     assert [f.name for f in d.effective_privacy] == ["svt", "percentile"]
     assert d.worst_case is not None and round(d.worst_case.epsilon, 2) == 8.53  # as policies/README.md
     assert "8.53" in (ROOT / "policies/README.md").read_text()
+    words = "\n".join(render_decision(d))
+    assert (
+        "513-parameter update, epsilon 8.526" in words and "n = 513, c = 129: epsilon 1.705 a round" in words
+    )
     six = decide(strict, demo_job(rounds=6), LEAD, n_params=DEMO_N)
     assert [r.code for r in six.failed] == ["budget_exceeded"]
     # the site adds SVT when the job does not ask for it: same cost
