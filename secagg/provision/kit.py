@@ -40,6 +40,8 @@ class KitConfig(BaseModel):
     sites: list[str]
     key_holder: str
     metrics_port: int | None = None
+    #: aggregator kits: the project's admin authorization table (role -> action -> scope); None: defaults
+    authorization: dict[str, dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)

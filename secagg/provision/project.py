@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from secagg.errors import ConfigError
 
 AdminRole = Literal["project_admin", "org_admin", "lead", "member"]
+ADMIN_ROLES: tuple[str, ...] = ("project_admin", "org_admin", "lead", "member")
+#: ``any`` job, jobs of the admin's own ``org``, only jobs the admin submitted (``own``), or ``none``
+Scope = Literal["any", "org", "own", "none"]
+ADMIN_ACTIONS: tuple[str, ...] = ("submit", "list", "status", "abort", "download", "logs")
 ParticipantKind = Literal["aggregator", "site", "admin"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,62}$")
 
@@ -51,6 +55,90 @@ class AdminSpec(_Strict):
     _n = field_validator("name")(_check_name)
 
 
+class RolePermissions(_Strict):
+    """What one admin role may do, per action, and for whose jobs. ``submit`` is ``any`` or ``none``
+    (a new job has no owner yet); ``list`` shows only the jobs in scope, the others refuse outright."""
+
+    submit: Scope
+    list: Scope
+    status: Scope
+    abort: Scope
+    download: Scope
+    logs: Scope
+
+    @field_validator("submit")
+    @classmethod
+    def _submit_yes_no(cls, value: str) -> str:
+        if value not in ("any", "none"):
+            raise ValueError("submit is 'any' or 'none' (a job being submitted has no owner to scope by)")
+        return value
+
+
+#: Like NVIDIA FLARE's default authorization.json: the project admin may do everything on any job; an
+#: org admin manages their org's jobs and views all; a lead submits and manages their own jobs and views
+#: their org's; a member only views their org's jobs and logs.
+DEFAULT_AUTHORIZATION: dict[str, dict[str, str]] = {
+    "project_admin": dict.fromkeys(ADMIN_ACTIONS, "any"),
+    "org_admin": {
+        "submit": "any",
+        "list": "any",
+        "status": "any",
+        "abort": "org",
+        "download": "org",
+        "logs": "org",
+    },
+    "lead": {
+        "submit": "any",
+        "list": "org",
+        "status": "org",
+        "abort": "own",
+        "download": "own",
+        "logs": "own",
+    },
+    "member": {
+        "submit": "none",
+        "list": "org",
+        "status": "org",
+        "abort": "none",
+        "download": "none",
+        "logs": "org",
+    },
+}
+
+
+class Authorization(_Strict):
+    """The project's authorization table. A project file may override single cells; every cell it
+    leaves out keeps the default, so a short table cannot silently drop a role."""
+
+    project_admin: RolePermissions
+    org_admin: RolePermissions
+    lead: RolePermissions
+    member: RolePermissions
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: Any) -> Any:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            return data
+        unknown = sorted(set(data) - set(DEFAULT_AUTHORIZATION))
+        if unknown:
+            raise ValueError(
+                f"unknown admin role(s) {', '.join(unknown)}; roles are {', '.join(ADMIN_ROLES)}"
+            )
+        merged: dict[str, Any] = {}
+        for role, defaults in DEFAULT_AUTHORIZATION.items():
+            given = data.get(role) or {}
+            merged[role] = {**defaults, **given} if isinstance(given, dict) else given
+        return merged
+
+    def for_role(self, role: str) -> RolePermissions | None:
+        """The permissions of ``role``, or None for a role that is not an admin role (a site, the
+        aggregator, an unknown OU): such a certificate may do nothing at all."""
+        return getattr(self, role) if role in ADMIN_ROLES else None
+
+
 class Project(_Strict):
     """What every kit is derived from. ``key_holder`` names the site that makes the HE key."""
 
@@ -60,6 +148,7 @@ class Project(_Strict):
     admins: list[AdminSpec] = []
     key_holder: str | None = None
     cert_validity_days: int = Field(default=365, ge=1, le=3650)
+    authorization: Authorization = Field(default_factory=lambda: Authorization.model_validate({}))
 
     _n = field_validator("name")(_check_name)
 

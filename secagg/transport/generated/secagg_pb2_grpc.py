@@ -74,6 +74,11 @@ class FederationStub:
                 request_serializer=secagg__pb2.AdminRequest.SerializeToString,
                 response_deserializer=secagg__pb2.Chunk.FromString,
                 _registered_method=True)
+        self.AdminUpload = channel.stream_stream(
+                '/secagg.v1.Federation/AdminUpload',
+                request_serializer=secagg__pb2.Chunk.SerializeToString,
+                response_deserializer=secagg__pb2.Chunk.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -135,6 +140,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdminUpload(self, request_iterator, context):
+        """Admin commands that carry a large payload (submit: the signed job package, which may exceed one
+        message): header chunk {"command": ...}, payload chunks, trailer; the reply is a chunk stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +189,11 @@ def add_FederationServicer_to_server(servicer, server):
             'Admin': grpc.unary_stream_rpc_method_handler(
                     servicer.Admin,
                     request_deserializer=secagg__pb2.AdminRequest.FromString,
+                    response_serializer=secagg__pb2.Chunk.SerializeToString,
+            ),
+            'AdminUpload': grpc.stream_stream_rpc_method_handler(
+                    servicer.AdminUpload,
+                    request_deserializer=secagg__pb2.Chunk.FromString,
                     response_serializer=secagg__pb2.Chunk.SerializeToString,
             ),
     }
@@ -394,6 +412,33 @@ class Federation:
             target,
             '/secagg.v1.Federation/Admin',
             secagg__pb2.AdminRequest.SerializeToString,
+            secagg__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdminUpload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/secagg.v1.Federation/AdminUpload',
+            secagg__pb2.Chunk.SerializeToString,
             secagg__pb2.Chunk.FromString,
             options,
             channel_credentials,

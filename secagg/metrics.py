@@ -1,0 +1,195 @@
+"""Prometheus metrics for the aggregator and the site agent, on their own port, loopback by default.
+
+Operators watch throughput and refusals, never content: no metric or label carries update values,
+data, or key material; labels are only the aggregation mode, reason codes and event kinds. Each
+process object owns a dedicated ``CollectorRegistry`` (tests create many servers in one process, and a
+global registry would refuse the second set of names).
+
+The aggregator's metrics are driven by its audit log (``AuditLog.listeners``), so federation code
+needs no metric calls: whatever is audited is counted, and nothing counted escapes the audit trail.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from secagg.aggregator.federation import Federation
+
+#: a site counts as connected if it polled or sent a heartbeat this recently (agents poll every <= 30 s)
+CONNECTED_WITHIN_S = 90.0
+ROUND_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf"))
+#: audit events that are refusals; their ``code`` becomes the ``code`` label
+REFUSAL_EVENTS = frozenset(
+    {"refused", "refused_identity", "upload_rejected", "task_declined", "admin_refused"}
+)
+#: set to an address (e.g. 0.0.0.0 in a container) to expose metrics beyond loopback
+HOST_ENV = "SECAGG_METRICS_HOST"
+
+
+class _Endpoint:
+    """The HTTP endpoint shared by both metric sets."""
+
+    registry: CollectorRegistry
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._server: Any = None
+        self.port: int | None = None
+
+    def serve(self, port: int | None, host: str | None = None) -> int | None:
+        """Expose ``/metrics`` on ``host:port`` (``port`` None: do nothing; 0: any free port).
+
+        Binds loopback unless ``host`` or ``$SECAGG_METRICS_HOST`` says otherwise: metrics reveal
+        timing and participation, which is for the operator, not the network."""
+        if port is None or self._server is not None:
+            return self.port
+        addr = host or os.environ.get(HOST_ENV) or "127.0.0.1"
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._server, self.port = server, int(server.server_port)
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class AggregatorMetrics(_Endpoint):
+    """Rounds, round time, connected sites, payload bytes per mode, refusals by reason code."""
+
+    def __init__(self, fed: Federation) -> None:
+        super().__init__()
+        self.fed = fed
+        r = self.registry
+        self.rounds = Counter("secagg_rounds_completed", "Rounds completed", ["mode"], registry=r)
+        self.round_seconds = Histogram(
+            "secagg_round_seconds",
+            "Wall time of a completed round",
+            ["mode"],
+            buckets=ROUND_BUCKETS,
+            registry=r,
+        )
+        self.connected = Gauge(
+            "secagg_connected_sites", f"Sites heard from in the last {CONNECTED_WITHIN_S:.0f} s", registry=r
+        )
+        self.connected.set_function(self._connected_sites)
+        self.bytes_in = Counter(
+            "secagg_bytes_received", "Protected update bytes accepted from sites", ["mode"], registry=r
+        )
+        self.bytes_out = Counter(
+            "secagg_bytes_sent", "Global model / aggregate bytes sent to sites", ["mode"], registry=r
+        )
+        self.refusals = Counter(
+            "secagg_refusals", "Refusals by reason code and audit event", ["code", "event"], registry=r
+        )
+        self.jobs = Counter("secagg_jobs", "Jobs by outcome", ["outcome"], registry=r)
+        fed.audit.listeners.append(self.observe)
+        self._count_payloads()
+
+    def _mode(self) -> str:
+        job = self.fed.job
+        return job.spec.mode if job is not None else "none"
+
+    def _connected_sites(self) -> float:
+        now = time.time()
+        return float(sum(1 for t in dict(self.fed.heartbeats).values() if now - t <= CONNECTED_WITHIN_S))
+
+    def _count_payloads(self) -> None:
+        """Count bytes sent by wrapping this federation's payload generator: the one place every global
+        model and aggregate leaves the aggregator, without touching the federation code."""
+        inner = self.fed.payload
+
+        def counted(header: dict[str, Any]) -> Iterator[bytes]:
+            counter = self.bytes_out.labels(mode=str(header.get("mode") or self._mode()))
+            for piece in inner(header):
+                counter.inc(len(piece))
+                yield piece
+
+        self.fed.payload = counted  # type: ignore[method-assign]
+
+    def observe(self, record: dict[str, Any]) -> None:
+        """Audit listener."""
+        event = record.get("event")
+        if event == "round_completed":
+            mode = self._mode()
+            self.rounds.labels(mode=mode).inc()
+            self.round_seconds.labels(mode=mode).observe(float(record.get("seconds", 0.0)))
+        elif event == "upload_accepted":
+            self.bytes_in.labels(mode=self._mode()).inc(float(record.get("bytes") or 0))
+        elif event in REFUSAL_EVENTS:
+            self.refusals.labels(code=str(record.get("code", "error")), event=str(event)).inc()
+        elif event in ("job_started", "job_finished", "job_aborted", "job_failed"):
+            self.jobs.labels(outcome=str(event).removeprefix("job_")).inc()
+
+
+class SiteMetrics(_Endpoint):
+    """The site agent's metrics; the agent calls these methods (it has no audit listener to drive them).
+
+    Privacy budget is reported as the numbers the ledger already shows the operator (epsilon, delta
+    spent and left), never anything derived from the data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        r = self.registry
+        self.rounds = Counter(
+            "secagg_site_rounds_completed", "Rounds this site uploaded", ["mode"], registry=r
+        )
+        self.round_seconds = Histogram(
+            "secagg_site_round_seconds",
+            "Wall time of a round at this site (train, protect, upload)",
+            ["mode"],
+            buckets=ROUND_BUCKETS,
+            registry=r,
+        )
+        self.bytes_sent = Counter(
+            "secagg_site_bytes_sent", "Protected update bytes uploaded", ["mode"], registry=r
+        )
+        self.bytes_received = Counter(
+            "secagg_site_bytes_received", "Global model / aggregate bytes received", ["mode"], registry=r
+        )
+        self.refusals = Counter(
+            "secagg_site_refusals", "Tasks this site declined, by reason code", ["code"], registry=r
+        )
+        budget = ["quantity"]
+        self.budget_spent = Gauge("secagg_privacy_budget_spent", "Privacy budget spent", budget, registry=r)
+        self.budget_left = Gauge("secagg_privacy_budget_left", "Privacy budget left", budget, registry=r)
+        self._lock = threading.Lock()
+
+    def round_done(self, mode: str, seconds: float) -> None:
+        self.rounds.labels(mode=mode).inc()
+        self.round_seconds.labels(mode=mode).observe(seconds)
+
+    def sent(self, mode: str, nbytes: int) -> None:
+        self.bytes_sent.labels(mode=mode).inc(nbytes)
+
+    def received(self, mode: str, nbytes: int) -> None:
+        self.bytes_received.labels(mode=mode).inc(nbytes)
+
+    def refused(self, code: str) -> None:
+        self.refusals.labels(code=code).inc()
+
+    def budget(
+        self, *, epsilon_spent: float, epsilon_left: float, delta_spent: float, delta_left: float
+    ) -> None:
+        with self._lock:
+            self.budget_spent.labels(quantity="epsilon").set(epsilon_spent)
+            self.budget_left.labels(quantity="epsilon").set(epsilon_left)
+            self.budget_spent.labels(quantity="delta").set(delta_spent)
+            self.budget_left.labels(quantity="delta").set(delta_left)
+
+
+def observe_aggregator(fed: Federation) -> AggregatorMetrics:
+    """Attach every audit-driven observer an aggregator runs: Prometheus metrics and TensorBoard
+    scalars. Returns the metrics; ``serve(kit.config.metrics_port)`` exposes them."""
+    from secagg.tensorboard import RoundScalars
+
+    RoundScalars(fed)
+    return AggregatorMetrics(fed)

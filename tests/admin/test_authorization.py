@@ -1,0 +1,82 @@
+"""The authorization table row by row, through the real gRPC Admin RPC with each admin's own kit.
+
+The target job belongs to ``submitter@org-1`` (a lead of org-1). Each cell says whether that admin's
+command on that job is allowed (1) or refused (0); for ``list``, allowed means the job is listed.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from secagg.commands.admin import AdminError
+from tests.admin.conftest import ADMINS, Console
+
+COMMANDS = ("submit", "list", "status", "abort", "download", "logs")
+EXPECT: dict[str, tuple[int, int, int, int, int, int]] = {
+    #                   submit list status abort download logs
+    "admin@lead": (1, 1, 1, 1, 1, 1),  # project_admin: everything, any job
+    "orgadmin@org-1": (1, 1, 1, 1, 1, 1),  # org_admin of the job's org: manages it
+    "orgadmin@org-2": (1, 1, 1, 0, 0, 0),  # org_admin elsewhere: views all, manages only own org
+    "submitter@org-1": (1, 1, 1, 1, 1, 1),  # lead who submitted it: manages own jobs
+    "lead2@org-1": (1, 1, 1, 0, 0, 0),  # another lead of the org: views the org's, manages only own
+    "lead@org-2": (1, 0, 0, 0, 0, 0),  # lead of another org: cannot even see it
+    "member@org-1": (0, 1, 1, 0, 0, 1),  # member of the org: views and reads logs only
+    "member@org-2": (0, 0, 0, 0, 0, 0),  # member of another org: nothing on this job
+}
+CASES = [(admin, cmd, bool(EXPECT[admin][i])) for admin in EXPECT for i, cmd in enumerate(COMMANDS)]
+
+
+def test_table_covers_every_admin() -> None:
+    assert set(EXPECT) == set(ADMINS)
+
+
+@pytest.mark.parametrize(("admin", "command", "allowed"), CASES, ids=[f"{a}-{c}" for a, c, _ in CASES])
+def test_role_command(console: Console, tmp_path, admin: str, command: str, allowed: bool) -> None:  # type: ignore[no-untyped-def]
+    job_id = console.fresh_job()
+    fed = console.server.fed
+    before = len(console.audit())
+    with console.client(admin) as client:
+        try:
+            if command == "submit":
+                fed.abort(job_id, by="test")  # one job at a time; the submitted one replaces it
+                new_id = client.submit(console.job_dir)
+                assert fed.job is not None and fed.job.job_id == new_id
+                row = fed.store.job(new_id)
+                assert row is not None and row.submitter.startswith(f"{admin} (")  # owner = the admin
+            elif command == "list":
+                ids = [j["job_id"] for j in client.list()]
+                assert (job_id in ids) is allowed
+            elif command == "status":
+                reply = client.status()
+                assert reply["job"]["job_id"] == job_id
+            elif command == "abort":
+                client.abort(job_id)
+                assert fed.job is not None and fed.job.state == "aborted"
+            elif command == "download":
+                header = client.download(job_id, tmp_path / "dl")
+                assert (tmp_path / "dl" / "model.safetensors").read_bytes() == (
+                    console.job_dir / "model.safetensors"
+                ).read_bytes()
+                assert header["job_id"] == job_id
+            elif command == "logs":
+                sink = io.BytesIO()
+                client.logs(sink, job_id)
+                assert f'"job":"{job_id}"'.encode() in sink.getvalue()
+            outcome = "allowed"
+        except AdminError as exc:
+            assert exc.code == "forbidden", exc
+            outcome = "refused"
+    if command == "list":
+        return  # a list is filtered, never refused, for these roles
+    assert outcome == ("allowed" if allowed else "refused")
+    if not allowed:  # a refused command changed nothing
+        assert fed.job is not None and fed.job.job_id == job_id
+        assert fed.job.state == ("aborted" if command == "submit" else "running")
+    # every command, allowed or refused, is an audit line with the admin's certificate identity
+    lines = [r for r in console.audit()[before:] if r.get("command") == command and r.get("admin") == admin]
+    assert lines, f"no audit line for {admin} {command}"
+    org, role = ADMINS[admin]
+    assert lines[0]["event"] == ("admin_command" if allowed else "admin_refused")
+    assert (lines[0]["org"], lines[0]["role"]) == (org, role)
