@@ -170,7 +170,8 @@ def open_chunks(
     (stream ends early), ``tee_chunk_auth`` (does not open for this job/round/site/key: tampered or
     replayed from elsewhere), ``tee_chunk_size`` (over ``max_bytes``). Nothing is returned on failure.
     """
-    out = bytearray()
+    out: list[bytes] = []
+    opened = 0
     first: ChunkHeader | None = None
     expected = 0
     for raw in chunks:
@@ -192,16 +193,17 @@ def open_chunks(
             )
         info = suites.info(header.suite)
         body = memoryview(raw)[HEADER_SIZE:]
-        if max_bytes is not None and len(out) + len(body) - info.enc_length - info.tag_length > max_bytes:
+        if max_bytes is not None and opened + len(body) - info.enc_length - info.tag_length > max_bytes:
             raise UpdateRejected(f"sealed update exceeds {max_bytes} bytes", code="tee_chunk_size")
         try:
-            out += info.suite.decrypt(body, private_keys[header.suite], info=chunk_info(ctx, header))
+            out.append(info.suite.decrypt(body, private_keys[header.suite], info=chunk_info(ctx, header)))
         except (InvalidTag, ValueError):
             raise UpdateRejected(
                 f"chunk {header.index} does not open for job {ctx.job!r} round {ctx.round} site "
                 f"{ctx.site!r} (tampered, or replayed from another site, round or key)",
                 code="tee_chunk_auth",
             ) from None
+        opened += len(out[-1])
         expected += 1
     if first is None:
         raise UpdateRejected("sealed update has no chunks", code="tee_chunk_truncated")
@@ -209,4 +211,4 @@ def open_chunks(
         raise UpdateRejected(
             f"sealed update truncated: {expected} of {first.total} chunks", code="tee_chunk_truncated"
         )
-    return bytes(out)
+    return b"".join(out)
