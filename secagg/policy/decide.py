@@ -22,6 +22,7 @@ from secagg.policy.model import SitePolicy
 from secagg.policy.params import count_parameters
 from secagg.privacy.accounting import Composition, compose
 from secagg.privacy.specs import stronger_or_equal, worst_case_spends
+from secagg.privacy.spend import Spend
 
 OK = "ok"
 
@@ -47,6 +48,9 @@ class Decision:
     worst_case: Composition | None = None
     #: the update's entry count the spend was computed for (None: not needed or unknown)
     n_params: int | None = None
+    #: the releases ``worst_case`` composes, one per filter and round: what a site hands to
+    #: ``Ledger.admission_check`` to check the job against what its data set has already spent
+    spends: list[Spend] = field(default_factory=list)
 
     @property
     def failed(self) -> list[Reason]:
@@ -326,6 +330,7 @@ def decide(
 
     budget_reason, worst, n_params = _budget_rule(policy, job, chain, n_params, job_root)
     reasons.append(budget_reason)
+    spends = worst_case_spends(list(chain), n_params or 0, job.rounds) if worst is not None else []
 
     if job.mode == "tee":
         att = policy.attestation
@@ -355,4 +360,5 @@ def decide(
         effective_privacy=chain,
         worst_case=worst,
         n_params=n_params,
+        spends=spends,
     )

@@ -18,7 +18,15 @@ from secagg.errors import ConfigError
 from secagg.jobs import JobSpec, SignerInfo, sign_job
 from secagg.policy import SitePolicy, admit_job, check_policy_text, decide, load_policy, render_decision
 from secagg.policy.params import count_parameters
-from secagg.privacy import Ledger, apply_chain, build_chain, compose, svt_epsilon, worst_case_spends
+from secagg.privacy import (
+    BudgetExhausted,
+    Ledger,
+    apply_chain,
+    build_chain,
+    compose,
+    svt_epsilon,
+    worst_case_spends,
+)
 from secagg.provision.kit import load_kit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,8 +95,15 @@ def test_decide_equals_the_ledger_admission_check(tmp_path: Path) -> None:
     policy = policy_with([SVT, GAUSS], epsilon=1000.0)
     decision = decide(policy, demo_job(privacy=[]), LEAD, n_params=DEMO_N)
     ledger = Ledger(tmp_path / "ledger.sqlite", "data", 1000.0, 1e-5)
-    projected = ledger.admission_check(worst_case_spends(decision.effective_privacy, DEMO_N, 5))
+    projected = ledger.admission_check(decision.spends)
     assert decision.worst_case == projected
+    assert decision.spends == worst_case_spends(decision.effective_privacy, DEMO_N, 5)
+    # a second identical job on the same data set: the ledger refuses once the two together overrun
+    assert decision.worst_case is not None
+    small = Ledger(tmp_path / "small.sqlite", "data", decision.worst_case.epsilon * 1.5, 1e-5)
+    small.debit("first", 1, decision.spends)
+    with pytest.raises(BudgetExhausted):
+        small.admission_check(decision.spends)
     assert decision.worst_case == compose(worst_case_spends(decision.effective_privacy, DEMO_N, 5), 1e-5)
 
 
