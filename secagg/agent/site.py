@@ -48,6 +48,8 @@ from secagg.transport.tls import channel
 log = logging.getLogger("secagg.agent")
 AGENT_VERSION = "secagg-agent/0.1"
 POLL_S = 10.0
+_STALE = ("late:", "wrong_round:", "not_in_roster:")
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
 class JobStopped(SecaggError):
@@ -247,50 +249,81 @@ class SiteAgent:
             log.warning("could not report the declined task: %s", exc.details())
 
     # ------------------------------------------------------------ the loop
-    def run(self, *, max_idle_s: float | None = None, stop_after_job: bool = True) -> None:
+    def run(
+        self, *, max_idle_s: float | None = None, stop_after_job: bool = True, reconnect_s: float = 300.0
+    ) -> None:
+        """Serve tasks until the job ends. A lost connection (aggregator restart, network blip) is
+        retried for ``reconnect_s``; the round in flight is then redone under the aggregator's new
+        attempt, never uploaded twice (progress is recorded only after an accepted upload)."""
         self.register()
         idle_since = time.monotonic()
-        job_id = ""
+        lost_since: float | None = None
+        job_id = self.state.last_job()
         while True:
-            prog = self.state.progress(job_id) if job_id else {"round": 0, "attempt": 0, "global_round": 0}
-            stream = self.stub.FetchTask(
-                pb.TaskRequest(
-                    job_id=job_id,
-                    after_round=prog["round"],
-                    after_attempt=prog["attempt"],
-                    has_global_round=prog["global_round"],
-                    poll_seconds=POLL_S,
-                ),
-                timeout=POLL_S + 60,
-            )
-            chunks = iter(stream)
-            header, payload = read_all(chunks, max_bytes=self.max_payload)
-            kind = header.get("kind")
-            if kind == "wait":
+            try:
+                done = self._serve_one(job_id, stop_after_job)
+                lost_since = None
+            except grpc.RpcError as exc:
+                if exc.code() not in _TRANSIENT:
+                    raise
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > reconnect_s:
+                    raise ConfigError(
+                        f"lost the aggregator at {self.kit.target} for {reconnect_s:.0f} s: {exc.details()}"
+                    ) from None
+                self.audit.append("connection_lost", code=str(exc.code()), detail=exc.details())
+                time.sleep(1.0)
+                continue
+            if done is None:
                 if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                     return
                 continue
             idle_since = time.monotonic()
-            job_id = header["job_id"]
-            if kind == "stop":
-                self.audit.append("job_stopped", job=job_id, reason=header.get("reason"))
-                if stop_after_job:
-                    return
-                continue
-            try:
-                if kind == "train":
-                    self._train(header, payload)
-                elif kind == "finalize":
-                    self._finalize(header, payload)
-                    if stop_after_job:
-                        self.audit.append("job_done", job=job_id)
-                        return
-            except PolicyRefusal as exc:
-                self._decline(job_id, int(header.get("round", 0)), exc.code, str(exc))
-                self.audit.append(
-                    "round_declined", job=job_id, round=header.get("round"), code=exc.code, reason=str(exc)
-                )
+            job_id, finished = done
+            if finished:
+                return
+
+    def _serve_one(self, job_id: str, stop_after_job: bool) -> tuple[str, bool] | None:
+        """Fetch and do one task; ``None`` when there was nothing to do."""
+        prog = self.state.progress(job_id) if job_id else {"round": 0, "attempt": 0, "global_round": 0}
+        stream = self.stub.FetchTask(
+            pb.TaskRequest(
+                job_id=job_id,
+                after_round=prog["round"],
+                after_attempt=prog["attempt"],
+                has_global_round=prog["global_round"],
+                poll_seconds=POLL_S,
+            ),
+            timeout=POLL_S + 60,
+        )
+        header, payload = read_all(iter(stream), max_bytes=self.max_payload)
+        kind = header.get("kind")
+        if kind == "wait":
+            return None
+        job_id = header["job_id"]
+        self.state.set_last_job(job_id)
+        if kind == "stop":
+            self.audit.append("job_stopped", job=job_id, reason=header.get("reason"))
+            return job_id, stop_after_job
+        try:
+            if kind == "train":
+                self._train(header, payload)
+            elif kind == "finalize":
+                self._finalize(header, payload)
+                self.audit.append("job_done", job=job_id)
+                return job_id, stop_after_job
+        except grpc.RpcError as exc:
+            # the round moved on without us (aggregator restarted it, or it closed): redo what comes next
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or not str(exc.details()).startswith(_STALE):
                 raise
+            self.audit.append("round_abandoned", job=job_id, round=header.get("round"), reason=exc.details())
+        except PolicyRefusal as exc:
+            self._decline(job_id, int(header.get("round", 0)), exc.code, str(exc))
+            self.audit.append(
+                "round_declined", job=job_id, round=header.get("round"), code=exc.code, reason=str(exc)
+            )
+            raise
+        return job_id, False
 
     # ------------------------------------------------------------ one round
     def _global(self, adm: Admitted, header: dict[str, Any], payload: bytes, job_id: str) -> bytes:

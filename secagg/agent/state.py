@@ -17,6 +17,14 @@ class SiteState:
         self.root = root
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
+    def last_job(self) -> str:
+        f = self.root / "last-job"
+        return f.read_text().strip() if f.is_file() else ""
+
+    def set_last_job(self, job_id: str) -> None:
+        if self.last_job() != job_id:
+            atomic_write(self.root / "last-job", job_id.encode())
+
     def job_dir(self, job_id: str) -> Path:
         d = self.root / "jobs" / job_id
         d.mkdir(parents=True, exist_ok=True)

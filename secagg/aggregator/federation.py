@@ -320,8 +320,13 @@ class Federation:
 
     def begin_upload(self, site: str, header: dict[str, Any]) -> RoundRun:
         job_id, round_ = str(header.get("job_id")), int(header.get("round", -1))
+        done = {r.round: r for r in self.store.rounds(job_id)}
+        if round_ in done and site in done[round_].participants:
+            raise UpdateRejected(f"{site} already uploaded in round {round_}", code="duplicate_upload")
         with self.cond:
             cur = self._current(job_id, round_)
+            if site in cur.uploads:
+                raise UpdateRejected(f"{site} already uploaded in round {round_}", code="duplicate_upload")
             if cur.phase != "upload" or cur.roster is None or header.get("attempt") != cur.attempt:
                 raise UpdateRejected(f"round {round_} is not accepting uploads now", code="late")
             if site not in cur.roster["weights"]:

@@ -64,3 +64,42 @@ def test_he_federation_equals_plain_fedavg_and_aggregator_holds_no_secret(
         assert secret[-4096:] not in agg_files
     finally:
         run.stop()
+
+
+def test_restarted_aggregator_resumes_at_the_round_it_was_in(tmp_path: Path, workspace: Path) -> None:
+    import time
+
+    from secagg.aggregator.service import AggregatorServer
+    from secagg.provision.kit import load_kit
+
+    job = make_tiny_job(tmp_path / "job", workspace, mode="plain", rounds=3)
+    run = start(tmp_path, workspace, job)
+    try:
+        fed = run.server.fed
+        job_id = fed.job.job_id  # type: ignore[union-attr]
+        deadline = time.monotonic() + 60
+        while not fed.store.rounds(job_id) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        port = run.server.port
+        run.server.stop(grace=0)  # the aggregator dies mid-job
+        restarted = AggregatorServer(
+            load_kit(tmp_path / "ws" / "aggregator"),
+            tmp_path / "state" / "aggregator",
+            port=port,
+            host="127.0.0.1",
+        )
+        assert restarted.fed.job is not None and restarted.fed.job.job_id == job_id
+        assert restarted.fed.job.completed >= 1
+        restarted.start()
+        run.server = restarted
+        run.join(timeout=120)
+        assert not run.errors, run.errors
+        want = expected_global(3, ["site-1", "site-2", "site-3"])
+        got = run.final("site-2")
+        assert max(float(np.max(np.abs(got[k] - want[k]))) for k in want) < 1e-6
+        assert [r.round for r in restarted.fed.store.rounds(job_id)] == [1, 2, 3]
+    finally:
+        run.stop()
+    audit = (tmp_path / "state" / "aggregator" / "audit.jsonl").read_text()
+    assert '"event":"job_resumed"' in audit
+    verify_log(tmp_path / "state" / "aggregator" / "audit.jsonl")
