@@ -188,6 +188,9 @@ class SiteAgent:
         try:
             job, decision = admit_job(pkg, policy, self.kit.ca_cert, dest=dest)
             decision.raise_if_refused()
+            if policy.privacy.budget is not None:
+                # what this data set has already spent counts too, not only this job's worst case
+                self._ledger_for(policy).admission_check(decision.spends)
         except SecaggError as exc:
             shutil.rmtree(dest, ignore_errors=True)
             self.audit.append("job_refused", job=job_id, code=exc.code, reason=str(exc))
@@ -223,7 +226,7 @@ class SiteAgent:
         if stamp == adm.policy_stamp:
             return adm
         try:
-            decision = decide(self._load_policy(), adm.job.spec, list(adm.job.signers))
+            decision = decide(self._load_policy(), adm.job.spec, list(adm.job.signers), job_root=adm.job.root)
         except SecaggError as exc:
             raise PolicyRefusal(
                 f"site policy {self.policy_path} no longer loads: {exc}", code="policy_invalid"
@@ -485,11 +488,22 @@ class SiteAgent:
             if any(sp.epsilon > 0 for sp in spends):
                 self.audit.append("spend_without_budget", job=job_id, round=round_)
             return Release(filtered, spends, "")
-        if self._ledger is None:
+        return prepare_release(self._ledger_for(policy), chain, update, rng, job_id, round_)
+
+    def _ledger_for(self, policy: SitePolicy) -> Ledger:
+        """The data set's durable ledger, with the budget the current policy declares."""
+        budget = policy.privacy.budget
+        assert budget is not None
+        if self._ledger is None or (self._ledger.budget_epsilon, self._ledger.budget_delta) != (
+            budget.epsilon,
+            budget.delta,
+        ):
+            if self._ledger is not None:
+                self._ledger.close()
             self._ledger = Ledger(
                 self.state.root / "privacy-ledger.sqlite", self.data_dir.name, budget.epsilon, budget.delta
             )
-        return prepare_release(self._ledger, chain, update, rng, job_id, round_)
+        return self._ledger
 
     def _roster(self, job_id: str, round_: int) -> dict[str, Any] | None:
         while True:

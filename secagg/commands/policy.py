@@ -54,6 +54,7 @@ def run_explain(args: argparse.Namespace) -> int:
     if args.kit is None:
         spec = load_job(args.job, policy.limits.max_package_bytes).spec
         print("Signature: not checked (give --kit to verify it against your project CA)")
+        decision = decide(policy, spec, signers, job_root=args.job if args.job.is_dir() else None)
     else:
         try:
             job, _ = admit_job(args.job, policy, load_kit(args.kit).ca_cert)
@@ -62,11 +63,13 @@ def run_explain(args: argparse.Namespace) -> int:
             for failure in exc.failures:
                 print(f"  FAIL {failure}")
             raise
-        if job.root != args.job:
-            shutil.rmtree(job.root, ignore_errors=True)
         spec, signers = job.spec, list(job.signers)
         print(f"Signature and integrity: verified ({len(job.manifest.files)} files)")
-    decision = decide(policy, spec, signers)
+        try:
+            decision = decide(policy, spec, signers, job_root=job.root)
+        finally:
+            if job.root != args.job:
+                shutil.rmtree(job.root, ignore_errors=True)
     for line in render_decision(decision, f"job {spec.name!r}"):
         print(line)
     if not decision.accept:
