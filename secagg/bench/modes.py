@@ -1,0 +1,482 @@
+"""The four secagg protection modes, each split into the three parts a round has.
+
+* ``protect_all`` runs every site's client side (timed per site) and writes what each site uploads
+  to ``WORK/up-<i>*``: exactly the bytes that would go to the transport.
+* an :class:`AggregatorStep` (run by :mod:`secagg.bench.child` in its own process, so its peak RSS is
+  the aggregator's alone) reads the spooled uploads, combines them and writes each site's download
+  to ``WORK/down-<i>``.
+* ``unprotect`` turns site 1's download back into the weighted average, timed.
+
+Keys are made in ``setup`` (not timed: once per job, not per round). The code paths are the library's
+own: :mod:`secagg.he.codec`, :mod:`secagg.mask`, :mod:`secagg.bundle`, :mod:`secagg.framing`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
+from secagg.framing import frame, unframe
+from secagg.mask.config import SUM_LIMIT
+
+from .workload import Workload
+
+#: clip for ``mask``: far above any gaussian(0.05) value, so clipping never changes the update
+MASK_CLIP = 1.0
+
+
+def up_path(work: Path, site: int, part: str = "") -> Path:
+    return work / f"up-{site}{part}"
+
+
+def down_path(work: Path, site: int) -> Path:
+    return work / f"down-{site}"
+
+
+def _frames_bytes(records: Any) -> bytes:
+    return b"".join(frame(records))
+
+
+def _read_frames(path: Path) -> list[bytes]:
+    with path.open("rb") as fh:
+        return list(unframe(fh))
+
+
+class Mode(Protocol):
+    name: str
+
+    def setup(self, work: Path, wl: Workload) -> dict[str, Any]: ...
+
+    def protect_all(self, work: Path, wl: Workload) -> list[float]: ...
+
+    def uplink_bytes(self, work: Path, site: int) -> int: ...
+
+    def downlink_bytes(self, work: Path, site: int) -> int: ...
+
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[float, np.ndarray]: ...
+
+
+class AggregatorStep(Protocol):
+    def prepare(self, work: Path, sites: int) -> None: ...
+
+    def run(self) -> None: ...
+
+
+def _write_spec(work: Path, spec: BundleSpec) -> None:
+    (work / "spec.json").write_text(spec.to_json())
+
+
+def _read_spec(work: Path) -> BundleSpec:
+    return BundleSpec.from_json((work / "spec.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------- plain ----
+class PlainMode:
+    """Safetensors of the site's weighted update, float32; the aggregator sums in float64."""
+
+    name = "plain"
+
+    def setup(self, work: Path, wl: Workload) -> dict[str, Any]:
+        _write_spec(work, wl.spec)
+        return {}
+
+    def _payload(self, wl: Workload, site: int, update: np.ndarray) -> bytes:
+        weighted = update.astype(np.float64) * wl.weights[site]
+        return to_safetensors(wl.spec.unflatten(weighted), order=wl.spec.names)
+
+    def protect_all(self, work: Path, wl: Workload) -> list[float]:
+        times = []
+        for i in range(wl.sites):
+            update = wl.update(i)
+            t0 = time.perf_counter()
+            data = self._payload(wl, i, update)
+            times.append(time.perf_counter() - t0)
+            up_path(work, i).write_bytes(data)
+        return times
+
+    def uplink_bytes(self, work: Path, site: int) -> int:
+        return up_path(work, site).stat().st_size
+
+    def downlink_bytes(self, work: Path, site: int) -> int:
+        return down_path(work, 0).stat().st_size
+
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[float, np.ndarray]:
+        data = down_path(work, 0).read_bytes()
+        t0 = time.perf_counter()
+        out = wl.spec.flatten(from_safetensors(data))
+        return time.perf_counter() - t0, out
+
+
+def _sum_plain(spec: BundleSpec, payloads: Any) -> bytes:
+    total = np.zeros(spec.size, dtype=np.float64)
+    for data in payloads:
+        total += spec.flatten(from_safetensors(data))
+    return to_safetensors(spec.unflatten(total), order=spec.names)
+
+
+class PlainAggregator:
+    def prepare(self, work: Path, sites: int) -> None:
+        self.work, self.sites, self.spec = work, sites, _read_spec(work)
+
+    def run(self) -> None:
+        payloads = (up_path(self.work, i).read_bytes() for i in range(self.sites))
+        # every site downloads the same result: write it once
+        down_path(self.work, 0).write_bytes(_sum_plain(self.spec, payloads))
+
+
+# ------------------------------------------------------------------------------------------- he ----
+class HEMode:
+    """secagg's CKKS path: one flat slot stream per site, pre-weighted, framed ciphertexts."""
+
+    name = "he"
+
+    def __init__(self, preset: str = "secagg-default") -> None:
+        self.preset = preset
+
+    def setup(self, work: Path, wl: Workload) -> dict[str, Any]:
+        from secagg.he import PRESETS, make_secret_context
+
+        self.secret = make_secret_context(PRESETS[self.preset])
+        (work / "he-public.ctx").write_bytes(self.secret.serialize_public())
+        _write_spec(work, wl.spec)
+        return {"he_params": self.secret.params.describe()}
+
+    def protect_all(self, work: Path, wl: Workload) -> list[float]:
+        from secagg.he import encrypt_vector
+
+        times = []
+        for i in range(wl.sites):
+            update = wl.update(i)
+            t0 = time.perf_counter()
+            data = _frames_bytes(encrypt_vector(self.secret, update, float(wl.weights[i])))
+            times.append(time.perf_counter() - t0)
+            up_path(work, i).write_bytes(data)
+            del data
+        return times
+
+    def uplink_bytes(self, work: Path, site: int) -> int:
+        return up_path(work, site).stat().st_size
+
+    def downlink_bytes(self, work: Path, site: int) -> int:
+        return down_path(work, 0).stat().st_size
+
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[float, np.ndarray]:
+        from secagg.he import decrypt_vector
+
+        data = down_path(work, 0).read_bytes()
+        t0 = time.perf_counter()
+        out = decrypt_vector(self.secret, unframe(io.BytesIO(data)), wl.size)
+        return time.perf_counter() - t0, out
+
+
+class HEAggregator:
+    """In-time accumulation: each ciphertext is added as it is read; one running sum per index."""
+
+    def prepare(self, work: Path, sites: int) -> None:
+        from secagg.he import load_public_context, n_ciphertexts
+
+        self.work, self.sites = work, sites
+        self.ctx = load_public_context((work / "he-public.ctx").read_bytes())
+        self.n = n_ciphertexts(_read_spec(work).size, self.ctx.params)
+
+    def run(self) -> None:
+        from secagg.he import CiphertextAccumulator
+
+        acc = CiphertextAccumulator(self.ctx, self.n)
+        for i in range(self.sites):
+            with up_path(self.work, i).open("rb") as fh:
+                for index, record in enumerate(unframe(fh)):
+                    acc.add(index, record)
+        # every site downloads the same summed stream: write it once
+        with down_path(self.work, 0).open("wb") as fh:
+            for piece in frame(acc.result()):
+                fh.write(piece)
+
+
+# ----------------------------------------------------------------------------------------- mask ----
+def mask_frac_bits(sites: int, clip: float = MASK_CLIP) -> int:
+    """The finest fixed point whose ``sites``-fold sum still fits in signed 32 bits."""
+    return min(30, math.floor(math.log2(SUM_LIMIT / (max(clip, 1.0) * sites))))
+
+
+class MaskMode:
+    """SecAgg+ pairwise masking: every client phase (keys, shares, masked input, unmask) is timed."""
+
+    name = "mask"
+    job, round = "bench", 1
+
+    def setup(self, work: Path, wl: Workload) -> dict[str, Any]:
+        from secagg.mask import MaskConfig
+        from secagg.mask.sim import make_participants
+
+        self.config = MaskConfig.recommended(wl.sites, clip=MASK_CLIP, frac_bits=mask_frac_bits(wl.sites))
+        self.ca, self.participants = make_participants(wl.sites, project="bench")
+        cfg = {
+            "threshold": self.config.threshold,
+            "neighbours": self.config.neighbours,
+            "clip": self.config.clip,
+            "frac_bits": self.config.frac_bits,
+            "sites": wl.names,
+            "length": wl.size,
+        }
+        (work / "mask.json").write_text(json.dumps(cfg))
+        _write_spec(work, wl.spec)
+        return {
+            "mask_params": f"t={self.config.threshold} k={self.config.neighbours} "
+            f"frac_bits={self.config.frac_bits} clip={MASK_CLIP}"
+        }
+
+    def protect_all(self, work: Path, wl: Workload) -> list[float]:
+        from secagg.mask import AdvertiseKeys, EncryptedShare, MaskClient, MaskServer, UnmaskRequest
+
+        names = wl.names
+        times = [0.0] * wl.sites
+        self._down = [0] * wl.sites
+        # the router only relays keys and shares here; the measured aggregator replays them in its child
+        router = MaskServer(self.config, names, self.job, self.round, wl.size)
+        clients = [
+            MaskClient(p.name, p.key, p.cert, self.ca, self.config, self.job, self.round, sites=names)
+            for p in self.participants
+        ]
+        for i, c in enumerate(clients):
+            t0 = time.perf_counter()
+            data = c.advertise().to_bytes()
+            times[i] += time.perf_counter() - t0
+            up_path(work, i, ".keys").write_bytes(data)
+            router.collect_keys(AdvertiseKeys.from_bytes(data))
+        roster = [m.to_bytes() for m in router.roster()]
+        for i, c in enumerate(clients):
+            t0 = time.perf_counter()
+            shares = c.share_keys([AdvertiseKeys.from_bytes(b) for b in roster])
+            records = [sh.to_bytes() for sh in shares.values()]
+            times[i] += time.perf_counter() - t0
+            self._down[i] += sum(len(b) for b in roster)
+            up_path(work, i, ".shares").write_bytes(_frames_bytes(records))
+            router.collect_shares(
+                c.name, {sh.recipient: sh for sh in map(EncryptedShare.from_bytes, records)}
+            )
+        routed = router.route_shares()
+        for i, c in enumerate(clients):
+            mine = [sh.to_bytes() for sh in routed[c.name]]
+            update = wl.update(i)
+            w = float(wl.weights[i])
+            t0 = time.perf_counter()
+            weighted = update.astype(np.float64) * w
+            msg = c.masked_input(weighted, w, [EncryptedShare.from_bytes(b) for b in mine]).to_bytes()
+            times[i] += time.perf_counter() - t0
+            self._down[i] += sum(len(b) for b in mine)
+            up_path(work, i, ".masked").write_bytes(msg)
+            del msg, weighted
+        request = UnmaskRequest(self.job, self.round, tuple(sorted(names)), ()).to_bytes()
+        for i, c in enumerate(clients):
+            t0 = time.perf_counter()
+            resp = c.unmask(UnmaskRequest.from_bytes(request)).to_bytes()
+            times[i] += time.perf_counter() - t0
+            self._down[i] += len(request)
+            up_path(work, i, ".unmask").write_bytes(resp)
+        return times
+
+    def uplink_bytes(self, work: Path, site: int) -> int:
+        return sum(up_path(work, site, p).stat().st_size for p in (".keys", ".shares", ".masked", ".unmask"))
+
+    def downlink_bytes(self, work: Path, site: int) -> int:
+        return self._down[site] + down_path(work, 0).stat().st_size
+
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[float, np.ndarray]:
+        data = down_path(work, 0).read_bytes()
+        t0 = time.perf_counter()
+        out = wl.spec.flatten(from_safetensors(data))
+        return time.perf_counter() - t0, out
+
+
+class MaskAggregator:
+    """Replays the sites' messages into a fresh MaskServer: relay, sum masked inputs, unmask, serialise."""
+
+    def prepare(self, work: Path, sites: int) -> None:
+        from secagg.mask import MaskConfig
+
+        self.work, self.sites = work, sites
+        cfg = json.loads((work / "mask.json").read_text())
+        self.names: list[str] = cfg["sites"]
+        self.length: int = cfg["length"]
+        self.config = MaskConfig(cfg["threshold"], cfg["neighbours"], cfg["clip"], cfg["frac_bits"])
+        self.spec = _read_spec(work)
+
+    def run(self) -> None:
+        from secagg.mask import AdvertiseKeys, EncryptedShare, MaskedInput, MaskServer, UnmaskResponse
+
+        server = MaskServer(self.config, self.names, MaskMode.job, MaskMode.round, self.length)
+        for i in range(self.sites):
+            server.collect_keys(AdvertiseKeys.from_bytes(up_path(self.work, i, ".keys").read_bytes()))
+        for m in server.roster():
+            m.to_bytes()
+        for i, name in enumerate(self.names):
+            shares = [EncryptedShare.from_bytes(b) for b in _read_frames(up_path(self.work, i, ".shares"))]
+            server.collect_shares(name, {sh.recipient: sh for sh in shares})
+        for lst in server.route_shares().values():
+            for sh in lst:
+                sh.to_bytes()
+        for i in range(self.sites):
+            server.collect_masked(MaskedInput.from_bytes(up_path(self.work, i, ".masked").read_bytes()))
+        server.unmask_request().to_bytes()
+        responses = [
+            UnmaskResponse.from_bytes(up_path(self.work, i, ".unmask").read_bytes())
+            for i in range(self.sites)
+        ]
+        total, _weight = server.finish(responses)
+        # the aggregator learns the sum (that is the protocol's output) and sends it as the new model
+        down_path(self.work, 0).write_bytes(to_safetensors(self.spec.unflatten(total), order=self.spec.names))
+
+
+# ------------------------------------------------------------------------------------------ tee ----
+_TEE_JOB, _TEE_ROUND = "bench", 1
+
+
+def _tee_key(seed: bytes) -> Any:
+    """The enclave's HPKE key (ML-KEM-768 + X25519) from a 96-byte seed, so the child can rebuild it."""
+    from cryptography.hazmat.primitives import hpke
+    from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+
+    return hpke.MLKEM768X25519PrivateKey(
+        mlkem.MLKEM768PrivateKey.from_seed_bytes(seed[:64]),
+        x25519.X25519PrivateKey.from_private_bytes(seed[64:96]),
+    )
+
+
+def _tee_context(site: str, keys_sha256: bytes) -> Any:
+    from secagg.tee.sealing import Context
+
+    return Context(_TEE_JOB, _TEE_ROUND, site, keys_sha256)
+
+
+class TEEMode:
+    """secagg.tee's sealing: the plain payload in 4 MiB HPKE chunks (ML-KEM-768+X25519, HKDF-SHA256,
+    AES-256-GCM) to the enclave's key; the enclave sends back the model with its P-384 signature over
+    the model's fingerprint (:mod:`secagg.tee.modelsig`), which the site verifies."""
+
+    name = "tee"
+
+    def setup(self, work: Path, wl: Workload) -> dict[str, Any]:
+        import hashlib
+        import os
+
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        seed = os.urandom(96)
+        self.public = _tee_key(seed).public_key()
+        self.keys_sha256 = hashlib.sha256(b"bench key announcement").digest()
+        sig_key = ec.generate_private_key(ec.SECP384R1())
+        self.sig_spki = sig_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        # benchmark-only keys, in the scratch folder so the aggregator child can load them
+        (work / "tee-agg.seed").write_bytes(seed)
+        (work / "tee-keys.sha256").write_bytes(self.keys_sha256)
+        (work / "tee-sig.pem").write_bytes(
+            sig_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        _write_spec(work, wl.spec)
+        return {"tee": "secagg.tee.sealing, mlkem768-x25519 (HPKE, 4 MiB chunks); result signed (P-384)"}
+
+    def protect_all(self, work: Path, wl: Workload) -> list[float]:
+        from secagg.tee import suites
+        from secagg.tee.sealing import seal_chunks
+
+        times = []
+        for i, name in enumerate(wl.names):
+            update = wl.update(i)
+            t0 = time.perf_counter()
+            weighted = update.astype(np.float64) * wl.weights[i]
+            plain = to_safetensors(wl.spec.unflatten(weighted), order=wl.spec.names)
+            ctx = _tee_context(name, self.keys_sha256)
+            data = _frames_bytes(seal_chunks(plain, self.public, suites.MLKEM768_X25519, ctx))
+            times.append(time.perf_counter() - t0)
+            up_path(work, i).write_bytes(data)
+        return times
+
+    def uplink_bytes(self, work: Path, site: int) -> int:
+        return up_path(work, site).stat().st_size
+
+    def downlink_bytes(self, work: Path, site: int) -> int:
+        return down_path(work, 0).stat().st_size
+
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[float, np.ndarray]:
+        from secagg.bundle import fingerprint
+        from secagg.tee import modelsig
+
+        data = down_path(work, 0).read_bytes()
+        t0 = time.perf_counter()
+        signature, model = _read_frames_bytes(data)
+        bundle = from_safetensors(model)
+        modelsig.verify(self.sig_spki, signature, fingerprint(bundle), _TEE_JOB, _TEE_ROUND)
+        out = wl.spec.flatten(bundle)
+        return time.perf_counter() - t0, out
+
+
+def _read_frames_bytes(data: bytes) -> list[bytes]:
+    return list(unframe(io.BytesIO(data)))
+
+
+class TEEAggregator:
+    """Inside the enclave: open each site's chunks, sum in float64, sign the new model's fingerprint."""
+
+    def prepare(self, work: Path, sites: int) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        self.work, self.sites, self.spec = work, sites, _read_spec(work)
+        self.key = _tee_key((work / "tee-agg.seed").read_bytes())
+        self.keys_sha256 = (work / "tee-keys.sha256").read_bytes()
+        self.sig_key = serialization.load_pem_private_key((work / "tee-sig.pem").read_bytes(), None)
+        self.names = [f"site-{i + 1}" for i in range(sites)]
+
+    def run(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        from secagg.bundle import fingerprint
+        from secagg.tee import modelsig, suites
+        from secagg.tee.sealing import open_chunks
+
+        keys = {suites.MLKEM768_X25519: self.key}
+        payloads = (
+            open_chunks(_read_frames(up_path(self.work, i)), keys, _tee_context(name, self.keys_sha256))
+            for i, name in enumerate(self.names)
+        )
+        result = _sum_plain(self.spec, payloads)
+        assert isinstance(self.sig_key, ec.EllipticCurvePrivateKey)
+        bundle = from_safetensors(result)
+        signature = modelsig.sign(self.sig_key, fingerprint(bundle), _TEE_JOB, _TEE_ROUND)
+        # every site downloads the same signed model: write it once
+        down_path(self.work, 0).write_bytes(_frames_bytes([signature, result]))
+
+
+def make_mode(name: str) -> Mode:
+    if name == "nvflare-he":
+        from .nvflare_he import NVFlareHEMode
+
+        return NVFlareHEMode()
+    modes: dict[str, type[Mode]] = {"plain": PlainMode, "he": HEMode, "mask": MaskMode, "tee": TEEMode}
+    return modes[name]()
+
+
+def make_aggregator(name: str) -> AggregatorStep:
+    if name == "nvflare-he":
+        from .nvflare_he import NVFlareHEAggregator
+
+        return NVFlareHEAggregator()
+    steps: dict[str, type[AggregatorStep]] = {
+        "plain": PlainAggregator,
+        "he": HEAggregator,
+        "mask": MaskAggregator,
+        "tee": TEEAggregator,
+    }
+    return steps[name]()

@@ -1,0 +1,79 @@
+"""results.json, a markdown table and a PNG chart from a list of :class:`ModeResult`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from .runner import ModeResult
+
+_MB = 1024 * 1024
+
+
+def _fmt_s(x: float) -> str:
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+def markdown_table(results: Sequence[ModeResult]) -> str:
+    head = (
+        "| layout | sites | mode | uplink/site MiB | x raw | downlink MiB | protect s | aggregate s "
+        "| unprotect s | round s | max abs err | agg peak RSS MiB | agg baseline RSS MiB |"
+    )
+    rule = "|" + "---|" * 13
+    rows = [head, rule]
+    for r in results:
+        rows.append(
+            f"| {r.layout} | {r.sites} | {r.mode} | {r.uplink_bytes / _MB:.1f} | {r.uplink_ratio:.2f} "
+            f"| {r.downlink_bytes / _MB:.1f} | {_fmt_s(r.protect_s)} | {_fmt_s(r.aggregate_s)} "
+            f"| {_fmt_s(r.unprotect_s)} | {_fmt_s(r.round_s)} | {r.max_abs_err:.2e} "
+            f"| {r.peak_rss_bytes / _MB:.0f} | {r.baseline_rss_bytes / _MB:.0f} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def chart(results: Sequence[ModeResult], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r.layout, r.sites) for r in results})
+    modes = list(dict.fromkeys(r.mode for r in results))
+    metrics = [
+        ("uplink_ratio", "uplink per site / raw float32"),
+        ("protect_s", "client protect s (per site)"),
+        ("aggregate_s", "aggregator s (all sites)"),
+        ("peak_rss_bytes", "aggregator peak RSS MiB"),
+    ]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8))
+    width = 0.8 / max(1, len(groups))
+    for ax, (key, label) in zip(axes, metrics, strict=True):
+        for g, (layout, sites) in enumerate(groups):
+            values = []
+            for m in modes:
+                match = [r for r in results if r.mode == m and r.layout == layout and r.sites == sites]
+                v = float(getattr(match[0], key)) if match else 0.0
+                values.append(v / _MB if key == "peak_rss_bytes" else v)
+            xs = [i + (g - (len(groups) - 1) / 2) * width for i in range(len(modes))]
+            ax.bar(xs, values, width, label=f"{layout}, {sites} sites")
+        ax.set_xticks(range(len(modes)))
+        ax.set_xticklabels(modes, rotation=30, ha="right")
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(results: Sequence[ModeResult], out: Path, title: str) -> tuple[Path, Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    js = out / "results.json"
+    js.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    md = out / "results.md"
+    md.write_text(f"# {title}\n\n" + markdown_table(results))
+    png = out / "results.png"
+    chart(results, png, title)
+    return js, md, png

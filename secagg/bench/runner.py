@@ -1,0 +1,217 @@
+"""Run the benchmark: per mode, per site count, ``repeats`` rounds; report medians.
+
+Timing rules (the same for every mode):
+
+* ``protect_s``: one site's client work for one round, from its float32 update to the bytes it hands
+  the transport (weighting, encryption / masking / sealing, serialisation); mean over sites.
+* ``aggregate_s``: the aggregator's work for all sites, from spooled uploads to the bytes it sends back
+  (deserialisation, checks, combination, serialisation), in a child process (:mod:`.child`).
+* ``unprotect_s``: site 1 turning its download into the weighted average.
+* ``round_s`` = protect + aggregate + unprotect: sites work in parallel, so one site's times count once.
+  Network transfer is not included; bytes are reported instead.
+
+Medians over repeats for times; the worst repeat for error and peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from secagg.errors import ConfigError
+
+from .layouts import LAYOUTS, layout_spec
+from .modes import make_mode
+from .workload import Workload
+
+MODES = ("plain", "he", "mask", "tee")
+ALL_MODES = (*MODES, "nvflare-he")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    params: int = 1_000_000
+    layout: str = "flat"
+    sites: tuple[int, ...] = (8,)
+    modes: tuple[str, ...] = MODES
+    compare_nvflare: bool = False
+    repeats: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"unknown layout {self.layout!r}; known: {', '.join(LAYOUTS)}")
+        unknown = [m for m in self.modes if m not in ALL_MODES]
+        if unknown or not self.modes:
+            raise ConfigError(f"unknown modes {unknown}; known: {', '.join(ALL_MODES)}")
+        if not self.sites or any(n < 2 for n in self.sites):
+            raise ConfigError(f"every site count must be >= 2 (mask mode needs two), got {list(self.sites)}")
+        if self.repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
+
+    @property
+    def all_modes(self) -> tuple[str, ...]:
+        extra = ("nvflare-he",) if self.compare_nvflare and "nvflare-he" not in self.modes else ()
+        return (*self.modes, *extra)
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    layout: str
+    params: int
+    tensors: int
+    sites: int
+    repeats: int
+    raw_bytes: int
+    uplink_bytes: int
+    uplink_ratio: float
+    downlink_bytes: int
+    protect_s: float
+    aggregate_s: float
+    unprotect_s: float
+    round_s: float
+    max_abs_err: float
+    peak_rss_bytes: int
+    baseline_rss_bytes: int
+    runs: list[dict[str, float]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: progress callback: (description, advance) -- the CLI draws it with rich
+Progress = Callable[[str, int], None]
+
+
+def _no_progress(_desc: str, _advance: int) -> None:
+    return None
+
+
+def run_aggregator_child(mode: str, work: Path, sites: int) -> dict[str, Any]:
+    out = work / "child-result.json"
+    cmd = [sys.executable, "-m", "secagg.bench.child", mode, str(work), str(sites), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ConfigError(f"the {mode} aggregator step failed: {tail[0]}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    out.unlink()
+    return result
+
+
+def measure_mode(
+    mode_name: str, wl: Workload, repeats: int, scratch: Path, progress: Progress = _no_progress
+) -> ModeResult:
+    """Set up keys once, then ``repeats`` full rounds of ``mode_name`` on ``wl``."""
+    expected = wl.expected()
+    work = Path(tempfile.mkdtemp(prefix=f"{mode_name}-{wl.sites}-", dir=scratch))
+    try:
+        mode = make_mode(mode_name)
+        info = mode.setup(work, wl)
+        runs: list[dict[str, float]] = []
+        for r in range(repeats):
+            progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: protect", 0)
+            site_times = mode.protect_all(work, wl)
+            progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: aggregate", 1)
+            agg = run_aggregator_child(mode_name, work, wl.sites)
+            progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: unprotect", 1)
+            unprotect_s, out = mode.unprotect(work, wl, 0)
+            err = float(np.max(np.abs(out - expected)))
+            runs.append(
+                {
+                    "protect_s": float(np.mean(site_times)),
+                    "protect_s_max": float(np.max(site_times)),
+                    "aggregate_s": float(agg["aggregate_s"]),
+                    "unprotect_s": unprotect_s,
+                    "max_abs_err": err,
+                    "peak_rss_bytes": int(agg["peak_rss_bytes"]),
+                    "baseline_rss_bytes": int(agg["baseline_rss_bytes"]),
+                    "uplink_bytes": mode.uplink_bytes(work, 0),
+                    "downlink_bytes": mode.downlink_bytes(work, 0),
+                }
+            )
+            progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: done", 1)
+        med = {
+            k: statistics.median(run[k] for run in runs) for k in ("protect_s", "aggregate_s", "unprotect_s")
+        }
+        raw = 4 * wl.size
+        uplink = int(max(run["uplink_bytes"] for run in runs))
+        return ModeResult(
+            mode=mode_name,
+            layout="",
+            params=wl.size,
+            tensors=len(wl.spec.tensors),
+            sites=wl.sites,
+            repeats=repeats,
+            raw_bytes=raw,
+            uplink_bytes=uplink,
+            uplink_ratio=uplink / raw,
+            downlink_bytes=int(max(run["downlink_bytes"] for run in runs)),
+            protect_s=med["protect_s"],
+            aggregate_s=med["aggregate_s"],
+            unprotect_s=med["unprotect_s"],
+            round_s=med["protect_s"] + med["aggregate_s"] + med["unprotect_s"],
+            max_abs_err=max(run["max_abs_err"] for run in runs),
+            peak_rss_bytes=int(max(run["peak_rss_bytes"] for run in runs)),
+            baseline_rss_bytes=int(max(run["baseline_rss_bytes"] for run in runs)),
+            runs=runs,
+            info=info,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def steps(config: BenchConfig) -> int:
+    """Progress steps of a whole run (3 per repeat per mode per site count)."""
+    return 3 * config.repeats * len(config.all_modes) * len(config.sites)
+
+
+def run_bench(config: BenchConfig, scratch: Path, progress: Progress = _no_progress) -> list[ModeResult]:
+    if config.compare_nvflare or "nvflare-he" in config.modes:
+        from .nvflare_he import require_nvflare
+
+        require_nvflare()
+    spec = layout_spec(config.layout, config.params)
+    scratch.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n in config.sites:
+        wl = Workload(spec, n, seed=config.seed)
+        for name in config.all_modes:
+            res = measure_mode(name, wl, config.repeats, scratch, progress)
+            res.layout = config.layout
+            results.append(res)
+    return results
+
+
+def parse_sites(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--sites takes a number or a comma-separated list, got {text!r}") from None
+    if not values:
+        raise ConfigError("--sites is empty")
+    return values
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in values if v not in ALL_MODES]
+    if unknown or not values:
+        raise ConfigError(f"unknown modes {unknown}; known: {', '.join(ALL_MODES)}")
+    return values
+
+
+def sequence_str(values: Sequence[object]) -> str:
+    return ",".join(str(v) for v in values)

@@ -1,0 +1,99 @@
+"""``secagg bench [--params N] [--layout flat|segresnet] [--sites N[,N...]] [--modes LIST]
+[--compare nvflare] [--repeats N] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from secagg.errors import ConfigError
+
+
+def _sites(text: str) -> tuple[int, ...]:
+    from secagg.bench.runner import parse_sites
+
+    try:
+        return parse_sites(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    from secagg.bench.runner import parse_modes
+
+    try:
+        return parse_modes(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "bench",
+        help="measure per-mode overhead (bytes, seconds, error, aggregator RSS), optionally vs NVFlare HE",
+    )
+    p.add_argument(
+        "--params", type=_positive, default=1_000_000, help="flat layout size (default: %(default)s)"
+    )
+    p.add_argument(
+        "--layout",
+        choices=("flat", "segresnet"),
+        default="flat",
+        help="one flat tensor, or MONAI SegResNet's 83 tensors (4.70M parameters; ignores --params)",
+    )
+    p.add_argument("--sites", type=_sites, default=(8,), help="site count, or a list to sweep: 4,8,16")
+    p.add_argument("--modes", type=_modes, default=("plain", "he", "mask", "tee"), help="comma-separated")
+    p.add_argument("--compare", choices=("nvflare",), help="also run NVIDIA FLARE 2.9's HE path (nvflare-he)")
+    p.add_argument("--repeats", type=_positive, default=3, help="rounds per mode; medians are reported")
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help="output folder (default: a new folder under ./bench-out/)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from secagg.bench.report import markdown_table, write_outputs
+    from secagg.bench.runner import BenchConfig, run_bench, steps
+
+    config = BenchConfig(
+        params=args.params,
+        layout=args.layout,
+        sites=args.sites,
+        modes=args.modes,
+        compare_nvflare=args.compare == "nvflare",
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+    out: Path = args.out or Path("bench-out") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
+    ) as bar:
+        task = bar.add_task("starting", total=steps(config))
+
+        def progress(desc: str, advance: int) -> None:
+            bar.update(task, description=desc, advance=advance)
+
+        results = run_bench(config, out / "scratch", progress)
+    (out / "scratch").rmdir()
+    size = "SegResNet" if config.layout == "segresnet" else f"{results[0].params:,} params"
+    title = f"secagg bench: {config.layout} ({size}), median of {config.repeats}"
+    js, md, png = write_outputs(results, out, title)
+    sys.stdout.write(markdown_table(results))
+    console.print(f"wrote {js}, {md}, {png}")
+    return 0

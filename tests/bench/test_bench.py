@@ -1,0 +1,176 @@
+"""`secagg bench` runs every mode on a tiny round and reports every field with sane values.
+
+No timing assertions: speed goals live in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from secagg.bench import BenchConfig, Workload, layout_spec, run_bench, segresnet_shapes
+from secagg.bench.modes import mask_frac_bits
+from secagg.errors import ConfigError
+
+HAVE_NVFLARE = importlib.util.find_spec("nvflare") is not None
+REQUIRED = {
+    "mode",
+    "params",
+    "sites",
+    "raw_bytes",
+    "uplink_bytes",
+    "protect_s",
+    "aggregate_s",
+    "unprotect_s",
+    "max_abs_err",
+    "peak_rss_bytes",
+    "downlink_bytes",
+    "uplink_ratio",
+    "layout",
+    "repeats",
+}
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "secagg.cli", "bench", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = _cli("--params", "5000", "--sites", "3", "--repeats", "1", "--out", str(out / "o"), cwd=out)
+    return out / "o", proc
+
+
+def test_cli_writes_results_table_and_chart(tiny_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr
+    assert "| mode |" in proc.stdout and "| tee |" in proc.stdout  # the table is printed
+    results = json.loads((out / "results.json").read_text())
+    assert [r["mode"] for r in results] == ["plain", "he", "mask", "tee"]
+    assert (out / "results.md").read_text().count("| flat | 3 |") == 4
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "scratch").exists()  # spooled uploads are cleaned up
+
+
+def test_results_have_every_field_with_sane_values(
+    tiny_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    out, proc = tiny_run
+    assert proc.returncode == 0, proc.stderr
+    by_mode = {r["mode"]: r for r in json.loads((out / "results.json").read_text())}
+    for mode, r in by_mode.items():
+        assert set(r) >= REQUIRED, f"{mode} lacks {REQUIRED - set(r)}"
+        assert (r["params"], r["sites"], r["repeats"], r["layout"]) == (5000, 3, 1, "flat")
+        assert r["raw_bytes"] == 4 * 5000
+        assert r["uplink_ratio"] == pytest.approx(r["uplink_bytes"] / r["raw_bytes"])
+        assert r["downlink_bytes"] > 0
+        for key in ("protect_s", "aggregate_s", "unprotect_s"):
+            assert 0 < r[key] < 60, (mode, key, r[key])
+        assert 0 <= r["max_abs_err"] < 1e-6, (mode, r["max_abs_err"])
+        assert r["peak_rss_bytes"] >= r["baseline_rss_bytes"] > 1_000_000
+    assert by_mode["he"]["uplink_ratio"] > 1  # ciphertexts are bigger than float32
+    assert by_mode["mask"]["uplink_ratio"] < 1.2  # masked uint32 plus small key and share messages
+    assert by_mode["plain"]["uplink_ratio"] < 1.05
+    assert 1 < by_mode["tee"]["uplink_ratio"] < 1.2  # sealing adds per-chunk overhead only
+
+
+def test_sweep_over_site_counts_and_layout(tmp_path: Path) -> None:
+    """Site counts are swept in one run; each result carries its own count and its own error."""
+    spec = layout_spec("flat", 3000)
+    results = run_bench(BenchConfig(params=3000, sites=(2, 4), modes=("he", "mask"), repeats=1), tmp_path)
+    assert [(r.mode, r.sites) for r in results] == [("he", 2), ("mask", 2), ("he", 4), ("mask", 4)]
+    assert all(r.params == spec.size and r.max_abs_err < 1e-6 for r in results)
+
+
+def test_per_tensor_layout_round_trips(tmp_path: Path) -> None:
+    """A many-tensor layout (scaled-down SegResNet) goes through every mode with the right shapes."""
+    from secagg.bench.runner import measure_mode
+    from secagg.bundle import BundleSpec, TensorSpec
+
+    shapes = segresnet_shapes(init_filters=2, in_channels=1, out_channels=2)
+    spec = BundleSpec(tuple(TensorSpec(n, s) for n, s in shapes))
+    wl = Workload(spec, 3)
+    for mode in ("plain", "he", "mask", "tee"):
+        r = measure_mode(mode, wl, 1, tmp_path)
+        assert r.tensors == 83 and r.params == spec.size
+        assert r.max_abs_err < 1e-6, mode
+
+
+def test_segresnet_layout_is_monai_brats_segresnet() -> None:
+    shapes = segresnet_shapes()
+    assert len(shapes) == 83
+    assert sum(int(np.prod(s)) for _, s in shapes) == 4_702_227
+    assert len({n for n, _ in shapes}) == 83
+    assert shapes[0] == ("convInit.conv.weight", (16, 4, 3, 3, 3))
+    assert shapes[-1] == ("conv_final.2.conv.bias", (3,))
+    assert layout_spec("segresnet", 1).size == 4_702_227  # --params does not resize SegResNet
+
+
+def test_workload_truth_is_the_weighted_average() -> None:
+    wl = Workload(layout_spec("flat", 1000), 4, seed=3)
+    assert wl.weights.sum() == pytest.approx(1.0)
+    manual = sum(wl.weights[i] * wl.update(i).astype(np.float64) for i in range(4))
+    assert np.allclose(wl.expected(), manual, rtol=0, atol=1e-15)
+    assert np.array_equal(wl.update(2), wl.update(2))  # regenerated identically
+    assert 0.04 < float(np.std(wl.update(0))) < 0.06
+
+
+def test_mask_fixed_point_fits_the_sum() -> None:
+    from secagg.mask.config import SUM_LIMIT
+
+    for n in (2, 3, 8, 16, 100):
+        f = mask_frac_bits(n)
+        assert n * 2**f <= SUM_LIMIT < n * 2 ** (f + 1)
+
+
+def test_bad_arguments_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="layout"):
+        BenchConfig(layout="resnet")
+    with pytest.raises(ConfigError, match="modes"):
+        BenchConfig(modes=("rot13",))
+    with pytest.raises(ConfigError, match="site count"):
+        BenchConfig(sites=(1,))
+    proc = _cli("--modes", "plain,rot13", cwd=tmp_path)
+    assert proc.returncode == 2 and "rot13" in proc.stderr
+
+
+@pytest.mark.skipif(not HAVE_NVFLARE, reason="nvflare not installed: pip install 'secagg[bench]'")
+def test_nvflare_comparison_runs_nvflares_he_path(tmp_path: Path) -> None:
+    config = BenchConfig(params=5000, sites=(3,), modes=("he",), compare_nvflare=True, repeats=1)
+    by_mode = {r.mode: r.to_dict() for r in run_bench(config, tmp_path)}
+    assert set(by_mode) == {"he", "nvflare-he"}
+    nv = by_mode["nvflare-he"]
+    assert set(nv) >= REQUIRED
+    assert nv["max_abs_err"] < 1e-6
+    # a serialised context rides with every encrypted layer: far bigger than secagg's stream
+    assert nv["uplink_bytes"] > 2 * by_mode["he"]["uplink_bytes"]
+    assert nv["info"]["nvflare_version"].startswith("2.9")
+
+
+def test_compare_nvflare_without_nvflare_exits_1_with_install_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With nvflare unimportable the command exits 1 and says how to install the extra."""
+    from secagg.cli import main
+
+    for name in [m for m in sys.modules if m == "nvflare" or m.startswith("nvflare.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "nvflare", None)  # makes `import nvflare` raise ImportError
+    argv = ["bench", "--params", "100", "--sites", "2", "--repeats", "1", "--compare", "nvflare"]
+    code = main([*argv, "--out", str(tmp_path / "o")])
+    assert code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("secagg:") and "secagg[bench]" in line and "nvflare==2.9.0" in line
