@@ -1,0 +1,86 @@
+"""Metric objects: one registry each, loopback by default, the site's budget gauges, refusals counted
+from audit events."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from secagg.aggregator.federation import Federation
+from secagg.metrics import AggregatorMetrics, SiteMetrics
+from secagg.provision.kit import load_kit
+
+
+def _get(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
+        return resp.read().decode()
+
+
+def test_site_metrics_serve_on_loopback_with_their_own_registry() -> None:
+    a, b = SiteMetrics(), SiteMetrics()  # a shared global registry would refuse the second
+    try:
+        port = a.serve(0)
+        assert port is not None
+        assert a._server.server_address[0] == "127.0.0.1"
+        a.round_done("he", 2.5)
+        a.sent("he", 1000)
+        a.received("he", 4000)
+        a.refused("budget_exhausted")
+        a.budget(epsilon_spent=1.5, epsilon_left=6.5, delta_spent=1e-6, delta_left=9e-6)
+        b.round_done("he", 1.0)
+        text = _get(port)
+    finally:
+        a.close()
+    assert 'secagg_site_rounds_completed_total{mode="he"} 1.0' in text
+    assert 'secagg_site_bytes_sent_total{mode="he"} 1000.0' in text
+    assert 'secagg_site_refusals_total{code="budget_exhausted"} 1.0' in text
+    assert 'secagg_privacy_budget_spent{quantity="epsilon"} 1.5' in text
+    assert 'secagg_privacy_budget_left{quantity="epsilon"} 6.5' in text
+    assert b.registry.get_sample_value("secagg_site_rounds_completed_total", {"mode": "he"}) == 1.0
+    assert a.registry.get_sample_value("secagg_site_rounds_completed_total", {"mode": "he"}) == 1.0
+
+
+def test_metrics_host_can_be_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECAGG_METRICS_HOST", "0.0.0.0")  # noqa: S104
+    m = SiteMetrics()
+    try:
+        m.serve(0)
+        assert m._server.server_address[0] == "0.0.0.0"  # noqa: S104
+    finally:
+        m.close()
+
+
+def test_aggregator_counts_refusals_and_heartbeats_from_its_audit_log(
+    tmp_path: Path, workspace: Path
+) -> None:
+    fed = Federation(load_kit(workspace / "aggregator"), tmp_path / "state")
+    try:
+        m = AggregatorMetrics(fed)
+        fed.audit.append("refused", site="site-2", code="duplicate_upload", reason="x")
+        fed.audit.append(
+            "task_declined", job="j", round=1, site="site-3", code="mode_not_allowed", reason="y"
+        )
+        fed.audit.append("admin_refused", admin="member@org-2", code="forbidden", reason="z")
+        fed.audit.append("refused", site="site-2", code="duplicate_upload", reason="x")
+        fed.heartbeat("site-1")
+        fed.heartbeat("site-2")
+        r = m.registry
+        assert (
+            r.get_sample_value("secagg_refusals_total", {"code": "duplicate_upload", "event": "refused"}) == 2
+        )
+        assert (
+            r.get_sample_value("secagg_refusals_total", {"code": "forbidden", "event": "admin_refused"}) == 1
+        )
+        assert (
+            r.get_sample_value(
+                "secagg_refusals_total", {"code": "mode_not_allowed", "event": "task_declined"}
+            )
+            == 1
+        )
+        assert r.get_sample_value("secagg_connected_sites") == 2
+        # a second set of metrics on another federation in the same process does not collide
+        assert AggregatorMetrics(fed).registry.get_sample_value("secagg_connected_sites") == 2
+    finally:
+        fed.store.close()
