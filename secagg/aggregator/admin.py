@@ -121,10 +121,14 @@ class AdminConsole:
     def __init__(self, fed: Federation) -> None:
         self.fed = fed
         self.table = Authorization.model_validate(fed.kit.config.authorization or {})
+        #: whether the caller is still there; a follower of an idle log must notice a disconnect
+        #: between lines, since a cancelled stream only stops the generator at its next yield
+        self._active: Callable[[], bool] = lambda: True
 
     # ------------------------------------------------------------------ gRPC entry points
     def handle(self, request: pb.AdminRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         ident = self._identity(context)
+        self._active = context.is_active
         command, job_id = request.command, request.job_id
         try:
             handler = self._COMMANDS.get(command)
@@ -353,7 +357,7 @@ class AdminConsole:
                 ended = ended or record.get("event") in _TERMINAL_EVENTS
                 yield raw
             deadline = time.monotonic() + follow
-            while follow > 0 and not ended and not self.fed.stopping:
+            while follow > 0 and not ended and not self.fed.stopping and self._active():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

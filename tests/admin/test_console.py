@@ -180,3 +180,25 @@ def test_provisioning_copies_the_table_into_the_aggregator_kit_only(console: Con
     assert agg["authorization"]["lead"]["abort"] == "own"
     site = yaml.safe_load((console.ws / "site-1" / "kit.yaml").read_text())
     assert site.get("authorization") is None
+
+
+def test_a_follower_that_goes_away_releases_its_listener(console: Console) -> None:
+    import time
+
+    import grpc
+
+    from secagg.transport.generated import secagg_pb2 as pb
+
+    job_id = console.fresh_job()
+    listeners = console.server.fed.audit.listeners
+    before = len(listeners)
+    with console.client("admin@lead") as client:
+        request = pb.AdminRequest(command="logs", job_id=job_id, payload=b'{"follow": 300}')
+        with pytest.raises(grpc.RpcError) as err:
+            for _ in client._stub.Admin(request, timeout=1.5):
+                pass
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 20
+    while len(listeners) > before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(listeners) == before  # the server thread noticed and left, long before 300 s
