@@ -287,14 +287,16 @@ class AdminConsole:
             raise ConfigError(f"job {job_id} has no completed round to download yet")
         files: list[tuple[str, Path | bytes]] = []
         if mode == "he":
-            # The global model is the initial model plus each round's scaled encrypted aggregate;
-            # only a site kit holds the key to decrypt them.
+            # Rounds are incremental: a site rebuilds the global model from the job's initial model by
+            # applying the job's strategy to scale * decrypt(aggregate) of each round in order, so every
+            # round is needed, not only the last. Only a site kit holds the key to decrypt them.
             for r in rounds:
                 files.append((f"round-{r.round}.ckks", Path(r.result_path)))
             meta = {
                 "job_id": job_id,
                 "mode": mode,
-                "global_model": "initial model + sum over rounds of scale * decrypt(round-N.ckks)",
+                "global_model": "from the job's initial model, apply the job's strategy to "
+                "scale * decrypt(round-N.ckks) for each round in order (a site kit holds the key)",
                 "rounds": [
                     {"round": r.round, "scale": r.scale, "file": f"round-{r.round}.ckks"} for r in rounds
                 ],
