@@ -202,3 +202,24 @@ def test_a_follower_that_goes_away_releases_its_listener(console: Console) -> No
     while len(listeners) > before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(listeners) == before  # the server thread noticed and left, long before 300 s
+
+
+def test_submit_streams_a_package_larger_than_one_grpc_message(console: Console, tmp_path: Path) -> None:
+    """A job with a 10 MiB file does not fit the 8 MiB message limit; AdminUpload chunks it."""
+    import os
+
+    from secagg.jobs.sign import sign_job
+
+    fed = console.server.fed
+    big = tmp_path / "bigjob"
+    shutil.copytree(console.job_dir, big)
+    for name in ("manifest.json", "manifest.sig"):
+        (big / name).unlink(missing_ok=True)
+    (big / "weights.bin").write_bytes(os.urandom(10 << 20))
+    sign_job(big, load_kit(console.ws / "submitter@org-1"))
+    if fed.job is not None and fed.job.state == "running":
+        fed.abort(fed.job.job_id, by="test")
+    with console.client("submitter@org-1") as client:
+        job_id = client.submit(big)
+    assert fed.job is not None and fed.job.job_id == job_id
+    assert fed.job.package.stat().st_size > 10 << 20
