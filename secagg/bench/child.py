@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import resource
 import sys
-import time
 from pathlib import Path
 
 import psutil
+
+from secagg.bench.clock import clock, lap
 
 
 def peak_rss_bytes() -> int:
@@ -37,11 +38,16 @@ def measure(mode: str, work: Path, sites: int) -> dict[str, float | int]:
     step = make_aggregator(mode)
     step.prepare(work, sites)
     baseline = psutil.Process().memory_info().rss
-    t0 = time.perf_counter()
+    t0 = clock()
     step.run()
-    seconds = time.perf_counter() - t0
+    took = lap(t0)
     peak = peak_rss_bytes()
-    return {"aggregate_s": seconds, "baseline_rss_bytes": baseline, "peak_rss_bytes": peak}
+    return {
+        "aggregate_s": took.wall,
+        "aggregate_cpu_s": took.cpu,
+        "baseline_rss_bytes": baseline,
+        "peak_rss_bytes": peak,
+    }
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +25,7 @@ from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
 from secagg.framing import frame, unframe
 from secagg.mask.config import SUM_LIMIT
 
+from .clock import Lap, clock, lap
 from .workload import Workload
 
 #: clip for ``mask``: far above any gaussian(0.05) value, so clipping never changes the update
@@ -54,13 +54,13 @@ class Mode(Protocol):
 
     def setup(self, work: Path, wl: Workload) -> dict[str, Any]: ...
 
-    def protect_all(self, work: Path, wl: Workload) -> list[float]: ...
+    def protect_all(self, work: Path, wl: Workload) -> list[Lap]: ...
 
     def uplink_bytes(self, work: Path, site: int) -> int: ...
 
     def downlink_bytes(self, work: Path, site: int) -> int: ...
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[float, np.ndarray]: ...
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]: ...
 
 
 class AggregatorStep(Protocol):
@@ -91,13 +91,13 @@ class PlainMode:
         weighted = update.astype(np.float64) * wl.weights[site]
         return to_safetensors(wl.spec.unflatten(weighted), order=wl.spec.names)
 
-    def protect_all(self, work: Path, wl: Workload) -> list[float]:
-        times = []
+    def protect_all(self, work: Path, wl: Workload) -> list[Lap]:
+        times: list[Lap] = []
         for i in range(wl.sites):
             update = wl.update(i)
-            t0 = time.perf_counter()
+            t0 = clock()
             data = self._payload(wl, i, update)
-            times.append(time.perf_counter() - t0)
+            times.append(lap(t0))
             up_path(work, i).write_bytes(data)
         return times
 
@@ -107,11 +107,11 @@ class PlainMode:
     def downlink_bytes(self, work: Path, site: int) -> int:
         return down_path(work, 0).stat().st_size
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[float, np.ndarray]:
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
         data = down_path(work, 0).read_bytes()
-        t0 = time.perf_counter()
+        t0 = clock()
         out = wl.spec.flatten(from_safetensors(data))
-        return time.perf_counter() - t0, out
+        return lap(t0), out
 
 
 def _sum_plain(spec: BundleSpec, payloads: Any) -> bytes:
@@ -148,15 +148,15 @@ class HEMode:
         _write_spec(work, wl.spec)
         return {"he_params": self.secret.params.describe()}
 
-    def protect_all(self, work: Path, wl: Workload) -> list[float]:
+    def protect_all(self, work: Path, wl: Workload) -> list[Lap]:
         from secagg.he import encrypt_vector
 
-        times = []
+        times: list[Lap] = []
         for i in range(wl.sites):
             update = wl.update(i)
-            t0 = time.perf_counter()
+            t0 = clock()
             data = _frames_bytes(encrypt_vector(self.secret, update, float(wl.weights[i])))
-            times.append(time.perf_counter() - t0)
+            times.append(lap(t0))
             up_path(work, i).write_bytes(data)
             del data
         return times
@@ -167,13 +167,13 @@ class HEMode:
     def downlink_bytes(self, work: Path, site: int) -> int:
         return down_path(work, 0).stat().st_size
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[float, np.ndarray]:
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
         from secagg.he import decrypt_vector
 
         data = down_path(work, 0).read_bytes()
-        t0 = time.perf_counter()
+        t0 = clock()
         out = decrypt_vector(self.secret, unframe(io.BytesIO(data)), wl.size)
-        return time.perf_counter() - t0, out
+        return lap(t0), out
 
 
 class HEAggregator:
@@ -233,11 +233,11 @@ class MaskMode:
             f"frac_bits={self.config.frac_bits} clip={MASK_CLIP}"
         }
 
-    def protect_all(self, work: Path, wl: Workload) -> list[float]:
+    def protect_all(self, work: Path, wl: Workload) -> list[Lap]:
         from secagg.mask import AdvertiseKeys, EncryptedShare, MaskClient, MaskServer, UnmaskRequest
 
         names = wl.names
-        times = [0.0] * wl.sites
+        times = [Lap()] * wl.sites
         self._down = [0] * wl.sites
         # the router only relays keys and shares here; the measured aggregator replays them in its child
         router = MaskServer(self.config, names, self.job, self.round, wl.size)
@@ -246,17 +246,17 @@ class MaskMode:
             for p in self.participants
         ]
         for i, c in enumerate(clients):
-            t0 = time.perf_counter()
+            t0 = clock()
             data = c.advertise().to_bytes()
-            times[i] += time.perf_counter() - t0
+            times[i] += lap(t0)
             up_path(work, i, ".keys").write_bytes(data)
             router.collect_keys(AdvertiseKeys.from_bytes(data))
         roster = [m.to_bytes() for m in router.roster()]
         for i, c in enumerate(clients):
-            t0 = time.perf_counter()
+            t0 = clock()
             shares = c.share_keys([AdvertiseKeys.from_bytes(b) for b in roster])
             records = [sh.to_bytes() for sh in shares.values()]
-            times[i] += time.perf_counter() - t0
+            times[i] += lap(t0)
             self._down[i] += sum(len(b) for b in roster)
             up_path(work, i, ".shares").write_bytes(_frames_bytes(records))
             router.collect_shares(
@@ -267,18 +267,18 @@ class MaskMode:
             mine = [sh.to_bytes() for sh in routed[c.name]]
             update = wl.update(i)
             w = float(wl.weights[i])
-            t0 = time.perf_counter()
+            t0 = clock()
             weighted = update.astype(np.float64) * w
             msg = c.masked_input(weighted, w, [EncryptedShare.from_bytes(b) for b in mine]).to_bytes()
-            times[i] += time.perf_counter() - t0
+            times[i] += lap(t0)
             self._down[i] += sum(len(b) for b in mine)
             up_path(work, i, ".masked").write_bytes(msg)
             del msg, weighted
         request = UnmaskRequest(self.job, self.round, tuple(sorted(names)), ()).to_bytes()
         for i, c in enumerate(clients):
-            t0 = time.perf_counter()
+            t0 = clock()
             resp = c.unmask(UnmaskRequest.from_bytes(request)).to_bytes()
-            times[i] += time.perf_counter() - t0
+            times[i] += lap(t0)
             self._down[i] += len(request)
             up_path(work, i, ".unmask").write_bytes(resp)
         return times
@@ -289,11 +289,11 @@ class MaskMode:
     def downlink_bytes(self, work: Path, site: int) -> int:
         return self._down[site] + down_path(work, 0).stat().st_size
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[float, np.ndarray]:
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
         data = down_path(work, 0).read_bytes()
-        t0 = time.perf_counter()
+        t0 = clock()
         out = wl.spec.flatten(from_safetensors(data))
-        return time.perf_counter() - t0, out
+        return lap(t0), out
 
 
 class MaskAggregator:
@@ -388,19 +388,19 @@ class TEEMode:
         _write_spec(work, wl.spec)
         return {"tee": "secagg.tee.sealing, mlkem768-x25519 (HPKE, 4 MiB chunks); result signed (P-384)"}
 
-    def protect_all(self, work: Path, wl: Workload) -> list[float]:
+    def protect_all(self, work: Path, wl: Workload) -> list[Lap]:
         from secagg.tee import suites
         from secagg.tee.sealing import seal_chunks
 
-        times = []
+        times: list[Lap] = []
         for i, name in enumerate(wl.names):
             update = wl.update(i)
-            t0 = time.perf_counter()
+            t0 = clock()
             weighted = update.astype(np.float64) * wl.weights[i]
             plain = to_safetensors(wl.spec.unflatten(weighted), order=wl.spec.names)
             ctx = _tee_context(name, self.keys_sha256)
             data = _frames_bytes(seal_chunks(plain, self.public, suites.MLKEM768_X25519, ctx))
-            times.append(time.perf_counter() - t0)
+            times.append(lap(t0))
             up_path(work, i).write_bytes(data)
         return times
 
@@ -410,17 +410,17 @@ class TEEMode:
     def downlink_bytes(self, work: Path, site: int) -> int:
         return down_path(work, 0).stat().st_size
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[float, np.ndarray]:
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
         from secagg.bundle import fingerprint
         from secagg.tee import modelsig
 
         data = down_path(work, 0).read_bytes()
-        t0 = time.perf_counter()
+        t0 = clock()
         signature, model = _read_frames_bytes(data)
         bundle = from_safetensors(model)
         modelsig.verify(self.sig_spki, signature, fingerprint(bundle), _TEE_JOB, _TEE_ROUND)
         out = wl.spec.flatten(bundle)
-        return time.perf_counter() - t0, out
+        return lap(t0), out
 
 
 def _read_frames_bytes(data: bytes) -> list[bytes]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 
 from secagg.errors import ConfigError
 
+from .clock import Lap, clock, lap
 from .workload import Workload
 
 INSTALL_HINT = "pip install 'secagg[bench]' (or: pip install nvflare==2.9.0)"
@@ -114,19 +114,19 @@ class NVFlareHEMode:
         enc.encrypt_layers = [True]  # what its START_RUN handler sets when no layer list is given
         return enc
 
-    def protect_all(self, work: Path, wl: Workload) -> list[float]:
+    def protect_all(self, work: Path, wl: Workload) -> list[Lap]:
         from nvflare.apis.dxo import DXO, DataKind, MetaKey
         from nvflare.apis.fl_constant import ReservedKey
         from nvflare.app_common.app_constant import AppConstants
         from nvflare.fuel.utils import fobs
 
-        times = []
+        times: list[Lap] = []
         for i, name in enumerate(wl.names):
             bundle = wl.spec.unflatten(wl.update(i))
             enc = self._encryptor()
             fl_ctx = _fl_ctx(peer="server")
             fl_ctx.get_peer_context().set_prop(ReservedKey.IDENTITY_NAME, name, private=False, sticky=False)
-            t0 = time.perf_counter()
+            t0 = clock()
             dxo = DXO(
                 data_kind=DataKind.WEIGHT_DIFF,
                 data=dict(bundle),
@@ -138,7 +138,7 @@ class NVFlareHEMode:
             out.set_peer_props({ReservedKey.IDENTITY_NAME: name})
             out.add_cookie(AppConstants.CONTRIBUTION_ROUND, _ROUND)
             data = fobs.dumps(out)
-            times.append(time.perf_counter() - t0)
+            times.append(lap(t0))
             (work / f"up-{i}").write_bytes(data)
             del data, out, shareable, dxo, bundle
         return times
@@ -149,7 +149,7 @@ class NVFlareHEMode:
     def downlink_bytes(self, work: Path, site: int) -> int:
         return (work / "down-0").stat().st_size
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[float, np.ndarray]:
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
         from nvflare.apis.dxo import from_shareable
         from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
         from nvflare.fuel.utils import fobs
@@ -158,7 +158,7 @@ class NVFlareHEMode:
         dec.tenseal_context = self.ts_client
         data = (work / "down-0").read_bytes()
         fl_ctx = _fl_ctx(identity=wl.names[site], peer="server")
-        t0 = time.perf_counter()
+        t0 = clock()
         shareable = fobs.loads(data)
         dxo = from_shareable(shareable)
         plain = dec.process_dxo(dxo, shareable, fl_ctx)
@@ -167,7 +167,7 @@ class NVFlareHEMode:
         out = np.concatenate(
             [np.asarray(plain.data[t.name], dtype=np.float64)[: t.size] for t in wl.spec.tensors]
         )
-        return time.perf_counter() - t0, out
+        return lap(t0), out
 
 
 class NVFlareHEAggregator:

@@ -15,18 +15,24 @@ def _fmt_s(x: float) -> str:
     return f"{x:.3f}" if x < 10 else f"{x:.1f}"
 
 
+def _pair(wall: float, cpu: float) -> str:
+    return f"{_fmt_s(wall)} ({_fmt_s(cpu)})"
+
+
 def markdown_table(results: Sequence[ModeResult]) -> str:
     head = (
-        "| layout | sites | mode | uplink/site MiB | x raw | downlink MiB | protect s | aggregate s "
-        "| unprotect s | round s | max abs err | agg peak RSS MiB | agg baseline RSS MiB |"
+        "| layout | sites | mode | uplink/site MiB | x raw | downlink MiB | protect s (cpu) "
+        "| aggregate s (cpu) | unprotect s (cpu) | round s (cpu) | max abs err | agg peak RSS MiB "
+        "| agg baseline RSS MiB |"
     )
     rule = "|" + "---|" * 13
     rows = [head, rule]
     for r in results:
         rows.append(
             f"| {r.layout} | {r.sites} | {r.mode} | {r.uplink_bytes / _MB:.1f} | {r.uplink_ratio:.2f} "
-            f"| {r.downlink_bytes / _MB:.1f} | {_fmt_s(r.protect_s)} | {_fmt_s(r.aggregate_s)} "
-            f"| {_fmt_s(r.unprotect_s)} | {_fmt_s(r.round_s)} | {r.max_abs_err:.2e} "
+            f"| {r.downlink_bytes / _MB:.1f} | {_pair(r.protect_s, r.protect_cpu_s)} "
+            f"| {_pair(r.aggregate_s, r.aggregate_cpu_s)} | {_pair(r.unprotect_s, r.unprotect_cpu_s)} "
+            f"| {_pair(r.round_s, r.round_cpu_s)} | {r.max_abs_err:.2e} "
             f"| {r.peak_rss_bytes / _MB:.0f} | {r.baseline_rss_bytes / _MB:.0f} |"
         )
     return "\n".join(rows) + "\n"
@@ -42,8 +48,8 @@ def chart(results: Sequence[ModeResult], path: Path, title: str) -> None:
     modes = list(dict.fromkeys(r.mode for r in results))
     metrics = [
         ("uplink_ratio", "uplink per site / raw float32"),
-        ("protect_s", "client protect s (per site)"),
-        ("aggregate_s", "aggregator s (all sites)"),
+        ("protect_cpu_s", "client protect CPU s (per site)"),
+        ("aggregate_cpu_s", "aggregator CPU s (all sites)"),
         ("peak_rss_bytes", "aggregator peak RSS MiB"),
     ]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8))

@@ -9,6 +9,7 @@ Timing rules (the same for every mode):
 * ``unprotect_s``: site 1 turning its download into the weighted average.
 * ``round_s`` = protect + aggregate + unprotect: sites work in parallel, so one site's times count once.
   Network transfer is not included; bytes are reported instead.
+* each also as ``*_cpu_s``: CPU seconds of the process, all threads (see :mod:`.clock`).
 
 Medians over repeats for times; the worst repeat for error and peak RSS.
 """
@@ -36,6 +37,7 @@ from .workload import Workload
 
 MODES = ("plain", "he", "mask", "tee")
 ALL_MODES = (*MODES, "nvflare-he")
+_TIMES = ("protect_s", "aggregate_s", "unprotect_s", "protect_cpu_s", "aggregate_cpu_s", "unprotect_cpu_s")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,10 @@ class ModeResult:
     aggregate_s: float
     unprotect_s: float
     round_s: float
+    protect_cpu_s: float
+    aggregate_cpu_s: float
+    unprotect_cpu_s: float
+    round_cpu_s: float
     max_abs_err: float
     peak_rss_bytes: int
     baseline_rss_bytes: int
@@ -127,14 +133,17 @@ def measure_mode(
             progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: aggregate", 1)
             agg = run_aggregator_child(mode_name, work, wl.sites)
             progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: unprotect", 1)
-            unprotect_s, out = mode.unprotect(work, wl, 0)
+            unprotect, out = mode.unprotect(work, wl, 0)
             err = float(np.max(np.abs(out - expected)))
             runs.append(
                 {
-                    "protect_s": float(np.mean(site_times)),
-                    "protect_s_max": float(np.max(site_times)),
+                    "protect_s": float(np.mean([t.wall for t in site_times])),
+                    "protect_s_max": float(np.max([t.wall for t in site_times])),
+                    "protect_cpu_s": float(np.mean([t.cpu for t in site_times])),
                     "aggregate_s": float(agg["aggregate_s"]),
-                    "unprotect_s": unprotect_s,
+                    "aggregate_cpu_s": float(agg["aggregate_cpu_s"]),
+                    "unprotect_s": unprotect.wall,
+                    "unprotect_cpu_s": unprotect.cpu,
                     "max_abs_err": err,
                     "peak_rss_bytes": int(agg["peak_rss_bytes"]),
                     "baseline_rss_bytes": int(agg["baseline_rss_bytes"]),
@@ -143,9 +152,7 @@ def measure_mode(
                 }
             )
             progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: done", 1)
-        med = {
-            k: statistics.median(run[k] for run in runs) for k in ("protect_s", "aggregate_s", "unprotect_s")
-        }
+        med = {k: statistics.median(run[k] for run in runs) for k in _TIMES}
         raw = 4 * wl.size
         uplink = int(max(run["uplink_bytes"] for run in runs))
         return ModeResult(
@@ -163,6 +170,10 @@ def measure_mode(
             aggregate_s=med["aggregate_s"],
             unprotect_s=med["unprotect_s"],
             round_s=med["protect_s"] + med["aggregate_s"] + med["unprotect_s"],
+            protect_cpu_s=med["protect_cpu_s"],
+            aggregate_cpu_s=med["aggregate_cpu_s"],
+            unprotect_cpu_s=med["unprotect_cpu_s"],
+            round_cpu_s=med["protect_cpu_s"] + med["aggregate_cpu_s"] + med["unprotect_cpu_s"],
             max_abs_err=max(run["max_abs_err"] for run in runs),
             peak_rss_bytes=int(max(run["peak_rss_bytes"] for run in runs)),
             baseline_rss_bytes=int(max(run["baseline_rss_bytes"] for run in runs)),

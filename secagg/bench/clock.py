@@ -1,0 +1,31 @@
+"""Wall-clock and CPU seconds together.
+
+This machine is shared, so wall time swings with whatever else runs; CPU time (all threads of the
+process) is the steadier measure of work done. Both are reported. CPU time also exposes threading:
+TenSEAL contexts made with its default thread count (NVFlare's) encrypt a multi-ciphertext vector on
+every core, so their wall time can be below their CPU time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Lap:
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def __add__(self, other: Lap) -> Lap:
+        return Lap(self.wall + other.wall, self.cpu + other.cpu)
+
+
+def clock() -> Lap:
+    """A start mark, to hand to :func:`lap`."""
+    return Lap(time.perf_counter(), time.process_time())
+
+
+def lap(start: Lap) -> Lap:
+    """Seconds since ``start``."""
+    return Lap(time.perf_counter() - start.wall, time.process_time() - start.cpu)
