@@ -438,6 +438,9 @@ class TEEAggregator:
         self.keys_sha256 = (work / "tee-keys.sha256").read_bytes()
         self.sig_key = serialization.load_pem_private_key((work / "tee-sig.pem").read_bytes(), None)
         self.names = [f"site-{i + 1}" for i in range(sites)]
+        # imported here, not in run(): module loading is start-up cost, not round cost
+        import secagg.tee.modelsig
+        import secagg.tee.sealing  # noqa: F401
 
     def run(self) -> None:
         from cryptography.hazmat.primitives.asymmetric import ec
