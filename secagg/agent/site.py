@@ -7,9 +7,14 @@ admitted by the site policy before anything from it is extracted or run.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
 import shutil
+import socket
+import ssl
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -28,8 +33,8 @@ from secagg.agent.state import SiteState
 from secagg.aggregator.store import atomic_write
 from secagg.auditlog import AuditLog
 from secagg.bundle import BundleSpec, fingerprint, from_safetensors, to_safetensors
-from secagg.errors import ConfigError, IntegrityError, PolicyRefusal, SecaggError
-from secagg.framing import unframe
+from secagg.errors import ConfigError, IdentityError, IntegrityError, PolicyRefusal, SecaggError
+from secagg.framing import frame, unframe
 from secagg.jobs.job import VerifiedJob
 from secagg.policy.admit import admit_job
 from secagg.policy.check import load_policy
@@ -40,6 +45,7 @@ from secagg.privacy.release import Release, prepare_release
 from secagg.privacy.specs import apply_chain, build_chain
 from secagg.provision.kit import Kit
 from secagg.strategy import StrategyState, make_strategy
+from secagg.tee.site import KeyPin, TrustedAggregator, verify_aggregator
 from secagg.transport.chunks import encode_stream, read_all
 from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.generated import secagg_pb2_grpc as rpc
@@ -80,6 +86,7 @@ class SiteAgent:
         self.audit = AuditLog(state_dir / "audit.jsonl")
         self.policy_path = policy_path
         self.max_payload = max_payload
+        self.target = target or kit.target
         self.channel = channel(kit, target)
         self.stub = rpc.FederationStub(self.channel)
         self._secret_ctx: Any = None
@@ -409,6 +416,7 @@ class SiteAgent:
         global_bytes = self._global(adm, header, payload, job_id)
         bundle = from_safetensors(global_bytes)
         bspec = BundleSpec.of(bundle)
+        trusted = self._attest_and_check_model(job_id, header, bundle) if spec.mode == "tee" else None
         result = self._run_script(adm, job_id, "train", round_, global_bytes)
         assert result.local is not None and result.num_samples is not None
         bspec.check(result.local)
@@ -451,6 +459,10 @@ class SiteAgent:
         stream: Iterator[bytes]
         if spec.mode == "he":
             stream = protect_he(self.he_context(), weighted)
+        elif spec.mode == "tee":
+            assert trusted is not None
+            sealed = trusted.seal_update(b"".join(protect_plain(bspec, weighted)), job_id, round_, self.name)
+            stream = frame(sealed)
         else:
             stream = protect_plain(bspec, weighted)
         body = b"".join(stream)
@@ -505,6 +517,73 @@ class SiteAgent:
             )
         return self._ledger
 
+    def _attest_and_check_model(
+        self, job_id: str, header: dict[str, Any], bundle: OrderedDict[str, np.ndarray]
+    ) -> TrustedAggregator:
+        """Invariant 4: fresh evidence for our own nonce, bound to the keys we will seal to and to the
+        TLS certificate we see, accepted by our policy; and the global model signed by the bound key."""
+        policy = self._load_policy()
+        if policy.attestation is None:
+            raise PolicyRefusal(
+                "this site's policy has no attestation section: it accepts no TEE", code="attestation_missing"
+            )
+        nonce = os.urandom(32)
+        reply = self.stub.Attest(pb.AttestRequest(job_id=job_id, nonce=nonce), timeout=60)
+        pin_file = self.state.root / "tee-key-pins.json"
+        pin = KeyPin.from_json(pin_file.read_text()) if pin_file.is_file() else KeyPin()
+        try:
+            trusted = verify_aggregator(
+                reply.evidence_message,
+                nonce,
+                self._server_cert_der(),
+                policy.attestation.validation_options(),
+                allow_insecure_dev_tee=policy.attestation.allow_insecure_dev_tee,
+                key_pin=pin,
+                job=job_id,
+            )
+        except PolicyRefusal as exc:
+            self.audit.append("aggregator_refused", job=job_id, code=exc.code, reason=str(exc))
+            raise
+        atomic_write(pin_file, pin.to_json().encode())
+        if policy.attestation.allow_insecure_dev_tee:
+            log.warning(
+                "INSECURE dev TEE accepted by this site's policy: the aggregator is NOT hardware-isolated"
+            )
+        self.audit.append(
+            "aggregator_attested",
+            job=job_id,
+            round=header.get("round"),
+            insecure_dev_tee=policy.attestation.allow_insecure_dev_tee or None,
+        )
+        sig = header.get("model_signature")
+        if not isinstance(sig, str):
+            raise IntegrityError("the aggregator sent a tee-mode model without a signature")
+        trusted.verify_model(base64.b64decode(sig), fingerprint(bundle), job_id, int(header["base_round"]))
+        return trusted
+
+    def _server_cert_der(self) -> bytes:
+        """The certificate the aggregator presents on our TLS path (gRPC Python does not expose the
+        channel's peer certificate, so a TLS probe to the same address reads it, verified the same way:
+        project CA, our client certificate)."""
+        host, _, port = self.target.rpartition(":")
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.kit.ca_pem.decode())
+        ctx.set_alpn_protocols(["h2"])
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
+            cert.write_bytes(self.kit.cert_pem)
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.kit.key_pem)
+            ctx.load_cert_chain(cert, key)
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        if not der:
+            raise IdentityError("the aggregator presented no certificate")
+        return der
+
     def _roster(self, job_id: str, round_: int) -> dict[str, Any] | None:
         while True:
             for msg in self.stub.Collect(
@@ -520,6 +599,8 @@ class SiteAgent:
         job_id = header["job_id"]
         adm = self.admit(job_id)
         global_bytes = self._global(adm, header, payload, job_id)
+        if adm.job.spec.mode == "tee":
+            self._attest_and_check_model(job_id, header, from_safetensors(global_bytes))
         atomic_write(self.state.job_dir(job_id) / "final.safetensors", global_bytes)
         result = self._run_script(adm, job_id, "evaluate", int(header["round"]), global_bytes)
         self.stub.Post(

@@ -12,6 +12,7 @@ than ``min_sites`` uploads is run again as a new attempt; nothing of it is kept.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import shutil
@@ -26,10 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from secagg.aggregator.combine import BadUpload, Combiner, HECombiner, PlainCombiner, plain_result_bundle
+from secagg.aggregator.combine import (
+    BadUpload,
+    Combiner,
+    HECombiner,
+    PlainCombiner,
+    TeeCombiner,
+    plain_result_bundle,
+)
 from secagg.aggregator.store import StateStore, atomic_write
 from secagg.auditlog import AuditLog
-from secagg.bundle import BundleSpec, from_safetensors
+from secagg.bundle import BundleSpec, fingerprint, from_safetensors
 from secagg.errors import ConfigError, SecaggError, UpdateRejected
 from secagg.jobs.spec import JobSpec
 from secagg.provision.kit import Kit
@@ -62,6 +70,7 @@ class JobRun:
     current: RoundRun | None = None
     state: str = "running"  # running -> finalizing -> finished | aborted | failed
     final_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    declined: set[str] = field(default_factory=set)  # sites that refused the job: not waited for
     finalize_started: float = 0.0
 
 
@@ -82,8 +91,12 @@ def package_bytes(job_dir: Path) -> bytes:
 class Federation:
     """The aggregator's whole mutable state, guarded by one condition variable."""
 
-    def __init__(self, kit: Kit, state_dir: Path, *, max_upload_bytes: int = 64 << 30) -> None:
+    def __init__(
+        self, kit: Kit, state_dir: Path, *, max_upload_bytes: int = 64 << 30, enclave: Any = None
+    ) -> None:
         self.kit = kit
+        #: tee mode: the in-enclave keys and attester (``secagg.tee.enclave.Enclave``); None outside a TEE
+        self.enclave = enclave
         self.sites = list(kit.config.sites)
         self.state_dir = state_dir
         self.store = StateStore(state_dir)
@@ -111,6 +124,7 @@ class Federation:
             if self.job is not None and self.job.state in ("running", "finalizing"):
                 raise ConfigError(f"job {self.job.job_id} is still running; abort it first")
         spec = JobSpec.model_validate(_load_yaml(job_dir / "job.yaml"))
+        self._require_mode(spec.mode)
         job_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         job_root = self.state_dir / "jobs" / job_id
         job_root.mkdir(parents=True)
@@ -146,6 +160,9 @@ class Federation:
             combiner = _LazyHE(bspec, self) if release is None else _he_combiner(bspec, release)
         elif spec.mode == "plain":
             combiner = PlainCombiner(bspec)
+        elif spec.mode == "tee":
+            self._require_mode(spec.mode)
+            combiner = TeeCombiner(bspec, self.enclave, job_id, round_of=_spool_round)
         else:
             raise ConfigError(f"mode {spec.mode!r} is not supported by this aggregator yet")
         with self.cond:
@@ -161,6 +178,26 @@ class Federation:
         self.audit.append(
             "job_resumed" if resumed else "job_started", job=job_id, round=self.job.completed + 1
         )
+
+    def _require_mode(self, mode: str) -> None:
+        """Refuse, before anything is written, a job this aggregator cannot run."""
+        if mode == "tee" and self.enclave is None:
+            raise ConfigError(
+                "a tee job needs an aggregator started in a TEE (aggregator serve --tee configfs, "
+                "or --insecure-dev-tee for demos)"
+            )
+        if mode not in ("plain", "he", "tee"):
+            raise ConfigError(f"mode {mode!r} is not supported by this aggregator yet")
+
+    def attest(self, site: str, job_id: str, nonce: bytes) -> bytes:
+        """Evidence for ``site``'s fresh nonce, bound to the enclave keys and our TLS certificate."""
+        if self.enclave is None:
+            raise UpdateRejected("this aggregator does not run in a TEE", code="no_tee")
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        msg = self.enclave.answer_challenge(nonce, self.kit.cert.public_bytes(Encoding.DER))
+        self.audit.append("attested", site=site, job=job_id)
+        return bytes(msg.to_bytes())
 
     def abort(self, job_id: str, by: str) -> None:
         with self.cond:
@@ -243,7 +280,16 @@ class Federation:
                     for r in needed
                 ],
             }
-        return {"base_round": job.completed, "global_bytes": len(self._plain_global_bytes())}
+        header: dict[str, Any] = {
+            "base_round": job.completed,
+            "global_bytes": len(self._plain_global_bytes()),
+        }
+        if job.spec.mode == "tee" and self.enclave is not None and job.global_model is not None:
+            # sites check this signature, by a key bound into the evidence, before using the model
+            fp = fingerprint(job.bundle_spec.unflatten(job.global_model))
+            sig = self.enclave.sign_model(fp, job.job_id, job.completed)
+            header["model_signature"] = base64.b64encode(sig).decode()
+        return header
 
     def payload(self, header: dict[str, Any]) -> Any:
         """Yield the payload bytes for a task header made by ``_task_for``."""
@@ -289,6 +335,10 @@ class Federation:
 
     def decline(self, site: str, job_id: str, round_: int, code: str, message: str) -> None:
         self.store.add_declined(job_id, round_, site, code, message)
+        with self.cond:
+            if self.job is not None and self.job.job_id == job_id:
+                self.job.declined.add(site)
+                self.cond.notify_all()
         self.audit.append("task_declined", job=job_id, round=round_, site=site, code=code, reason=message)
 
     def roster(self, job_id: str, round_: int, wait_s: float) -> dict[str, Any] | None:
@@ -369,7 +419,7 @@ class Federation:
                 self.cond.wait(timeout=0.5)
                 return
             if job.state == "finalizing":
-                done = len(job.final_metrics) >= len(self.sites) or (
+                done = len(job.final_metrics) >= len(self.sites) - len(job.declined) or (
                     time.monotonic() - job.finalize_started > job.spec.round_timeout
                     and len(job.final_metrics) >= 1
                 )
@@ -396,7 +446,7 @@ class Federation:
             now = time.monotonic()
             timeout = job.spec.round_timeout
             if cur.phase == "ready":
-                everyone = len(cur.ready) >= len(self.sites)
+                everyone = len(cur.ready) >= len(set(self.sites) - job.declined)
                 enough = len(cur.ready) >= job.spec.min_sites and now - cur.phase_started > timeout
                 if not (everyone or enough):
                     self.cond.wait(timeout=0.5)
@@ -470,7 +520,7 @@ class Federation:
         weight = sum(cur.roster["weights"][s] for s in uploads)
         scale = 1.0 / weight
         if job.spec.mode != "he":
-            assert isinstance(self.combiner, PlainCombiner) and job.global_model is not None
+            assert isinstance(self.combiner, PlainCombiner | TeeCombiner) and job.global_model is not None
             avg = self.combiner.load_sum(tmp) * scale
             strategy = make_strategy(job.spec.strategy)
             state = job.strategy_state or strategy.init_state(job.global_model)
@@ -588,6 +638,11 @@ def _he_combiner(spec: BundleSpec, release_blob: bytes) -> HECombiner:
     from secagg.he.custody import KeyRelease
 
     return HECombiner(spec, KeyRelease.from_bytes(release_blob).public_context)
+
+
+def _spool_round(path: Path) -> int:
+    """Spool files live in ``spool/<job>/<round>-<attempt>/<site>.upload``."""
+    return int(path.parent.name.split("-")[0])
 
 
 def _load_yaml(path: Path) -> Any:

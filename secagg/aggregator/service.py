@@ -125,6 +125,14 @@ class FederationService(rpc.FederationServicer):
         )
         return pb.UploadReply(accepted=True, code="ok", message="accepted")
 
+    def Attest(self, request: pb.AttestRequest, context: grpc.ServicerContext) -> pb.AttestReply:
+        site = self._site(context)
+        try:
+            return pb.AttestReply(evidence_message=self.fed.attest(site.name, request.job_id, request.nonce))
+        except SecaggError as exc:
+            self._refuse(context, site.name, exc, job=request.job_id)
+            raise  # unreachable: abort raises
+
     def Post(self, request: pb.Message, context: grpc.ServicerContext) -> pb.Ack:
         site = self._site(context)
         try:
@@ -196,8 +204,9 @@ class AggregatorServer:
         *,
         port: int | None = None,
         host: str = "0.0.0.0",  # noqa: S104
+        enclave: Any = None,
     ) -> None:
-        self.fed = Federation(kit, state_dir)
+        self.fed = Federation(kit, state_dir, enclave=enclave)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
         rpc.add_FederationServicer_to_server(FederationService(self.fed), self.server)
         bind = f"{host}:{port if port is not None else kit.config.aggregator_port}"
@@ -223,4 +232,5 @@ class AggregatorServer:
             self.fed.cond.notify_all()
         self.server.stop(grace).wait()
         self._driver.join(timeout=5)
+        self.metrics.close()
         self.fed.store.close()

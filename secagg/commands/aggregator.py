@@ -19,6 +19,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--job", type=Path, help="start this job (a job folder) if none is running")
     serve.add_argument("--port", type=int, help="override the kit's port (0: any free port)")
     serve.add_argument("--host", default="0.0.0.0", help="address to bind (default: all)")  # noqa: S104
+    tee = serve.add_mutually_exclusive_group()
+    tee.add_argument(
+        "--tee",
+        choices=["configfs"],
+        help="run tee jobs with hardware evidence (SEV-SNP/TDX via configfs-tsm)",
+    )
+    tee.add_argument(
+        "--insecure-dev-tee",
+        action="store_true",
+        help="INSECURE: answer tee challenges with software-signed dev-TEE evidence (demos and tests only)",
+    )
     serve.add_argument("--exit-when-done", action="store_true", help="stop once the job has finished")
     serve.set_defaults(func=run_serve)
 
@@ -29,7 +40,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     kit = load_kit(args.kit, kind="aggregator")
     state = args.state or Path("state") / kit.name
-    server = AggregatorServer(kit, state, port=args.port, host=args.host)
+    server = AggregatorServer(kit, state, port=args.port, host=args.host, enclave=_enclave(args, state))
     if args.job is not None and server.fed.job is None:
         submit_verified(server.fed, args.job, kit)
     stop = threading.Event()
@@ -46,3 +57,25 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return 0
+
+
+def _enclave(args: argparse.Namespace, state: Path) -> object | None:
+    """The in-TEE keys and attester, or None when this aggregator serves no tee jobs."""
+    if not (args.tee or args.insecure_dev_tee):
+        return None
+    from secagg.tee.enclave import Enclave
+
+    if args.tee == "configfs":
+        from secagg.tee.attester import ConfigfsTsmAttester
+
+        return Enclave(ConfigfsTsmAttester())
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    import secagg
+    from secagg.tee.attester import DevTeeAttester
+
+    print("WARNING: INSECURE dev TEE: evidence is signed by a software key, not a hardware TEE", flush=True)
+    measurement = hashlib.sha384(f"secagg-aggregator {secagg.__version__}".encode()).digest()
+    return Enclave(DevTeeAttester(ec.generate_private_key(ec.SECP384R1()), measurement))

@@ -111,13 +111,16 @@ def start(
     *,
     sites: list[str] | None = None,
     policies: dict[str, Path] | None = None,
+    enclave: Any = None,
 ) -> Run:
     sites = sites or list(SAMPLES)
     ws = tmp / "ws"
     if not ws.exists():
         shutil.copytree(workspace, ws)
     agg_kit = load_kit(ws / "aggregator")
-    server = AggregatorServer(agg_kit, tmp / "state" / "aggregator", port=0, host="127.0.0.1")
+    server = AggregatorServer(
+        agg_kit, tmp / "state" / "aggregator", port=0, host="127.0.0.1", enclave=enclave
+    )
     submit_verified(server.fed, job, agg_kit)
     server.start()
     run = Run(server, {}, {})

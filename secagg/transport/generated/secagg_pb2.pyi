@@ -123,3 +123,17 @@ class AdminRequest(_message.Message):
     job_id: str
     payload: bytes
     def __init__(self, command: _Optional[str] = ..., job_id: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class AttestRequest(_message.Message):
+    __slots__ = ("job_id", "nonce")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    nonce: bytes
+    def __init__(self, job_id: _Optional[str] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class AttestReply(_message.Message):
+    __slots__ = ("evidence_message",)
+    EVIDENCE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    evidence_message: bytes
+    def __init__(self, evidence_message: _Optional[bytes] = ...) -> None: ...

@@ -69,6 +69,11 @@ class FederationStub:
                 request_serializer=secagg__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=secagg__pb2.HeartbeatReply.FromString,
                 _registered_method=True)
+        self.Attest = channel.unary_unary(
+                '/secagg.v1.Federation/Attest',
+                request_serializer=secagg__pb2.AttestRequest.SerializeToString,
+                response_deserializer=secagg__pb2.AttestReply.FromString,
+                _registered_method=True)
         self.Admin = channel.unary_stream(
                 '/secagg.v1.Federation/Admin',
                 request_serializer=secagg__pb2.AdminRequest.SerializeToString,
@@ -133,6 +138,13 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attest(self, request, context):
+        """tee mode: the site's fresh nonce in, evidence bound to it, the enclave keys and the TLS cert out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Admin(self, request, context):
         """Admin console (role from the admin certificate).
         """
@@ -185,6 +197,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=secagg__pb2.HeartbeatRequest.FromString,
                     response_serializer=secagg__pb2.HeartbeatReply.SerializeToString,
+            ),
+            'Attest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attest,
+                    request_deserializer=secagg__pb2.AttestRequest.FromString,
+                    response_serializer=secagg__pb2.AttestReply.SerializeToString,
             ),
             'Admin': grpc.unary_stream_rpc_method_handler(
                     servicer.Admin,
@@ -386,6 +403,33 @@ class Federation:
             '/secagg.v1.Federation/Heartbeat',
             secagg__pb2.HeartbeatRequest.SerializeToString,
             secagg__pb2.HeartbeatReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/secagg.v1.Federation/Attest',
+            secagg__pb2.AttestRequest.SerializeToString,
+            secagg__pb2.AttestReply.FromString,
             options,
             channel_credentials,
             insecure,
