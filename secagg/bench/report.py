@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from .runner import ModeResult
+from .targets import evaluate, markdown
 
 _MB = 1024 * 1024
 
@@ -79,7 +81,26 @@ def write_outputs(results: Sequence[ModeResult], out: Path, title: str) -> tuple
     js = out / "results.json"
     js.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     md = out / "results.md"
-    md.write_text(f"# {title}\n\n" + markdown_table(results))
+    md.write_text(f"# {title}\n\n" + markdown_table(results) + "\n## Goals\n\n" + markdown(evaluate(results)))
     png = out / "results.png"
     chart(results, png, title)
     return js, md, png
+
+
+def load_results(path: Path) -> list[ModeResult]:
+    return [ModeResult(**obj) for obj in json.loads(path.read_text())]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m secagg.bench.report RESULTS.json...``: one table and the goals over several runs."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("results", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    results = [r for path in args.results for r in load_results(path)]
+    print(markdown_table(results))
+    print(markdown(evaluate(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

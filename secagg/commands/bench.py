@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from secagg.bench.report import markdown_table, write_outputs
     from secagg.bench.runner import BenchConfig, run_bench, steps
+    from secagg.bench.targets import evaluate, markdown
 
     config = BenchConfig(
         params=args.params,
@@ -94,6 +95,6 @@ def run(args: argparse.Namespace) -> int:
     size = "SegResNet" if config.layout == "segresnet" else f"{results[0].params:,} params"
     title = f"secagg bench: {config.layout} ({size}), median of {config.repeats}"
     js, md, png = write_outputs(results, out, title)
-    sys.stdout.write(markdown_table(results))
+    sys.stdout.write(markdown_table(results) + "\n" + markdown(evaluate(results)))
     console.print(f"wrote {js}, {md}, {png}")
     return 0
