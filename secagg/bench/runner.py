@@ -118,9 +118,19 @@ def run_aggregator_child(mode: str, work: Path, sites: int) -> dict[str, Any]:
 
 
 def measure_mode(
-    mode_name: str, wl: Workload, repeats: int, scratch: Path, progress: Progress = _no_progress
+    mode_name: str,
+    wl: Workload,
+    repeats: int,
+    scratch: Path,
+    progress: Progress = _no_progress,
+    *,
+    isolate: bool = True,
 ) -> ModeResult:
-    """Set up keys once, then ``repeats`` full rounds of ``mode_name`` on ``wl``."""
+    """Set up keys once, then ``repeats`` full rounds of ``mode_name`` on ``wl``.
+
+    ``isolate=False`` runs the aggregator step in this process (quicker; its RSS figures are then
+    this process's, not the aggregator's own).
+    """
     expected = wl.expected()
     work = Path(tempfile.mkdtemp(prefix=f"{mode_name}-{wl.sites}-", dir=scratch))
     try:
@@ -131,7 +141,12 @@ def measure_mode(
             progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: protect", 0)
             site_times = mode.protect_all(work, wl)
             progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: aggregate", 1)
-            agg = run_aggregator_child(mode_name, work, wl.sites)
+            if isolate:
+                agg = run_aggregator_child(mode_name, work, wl.sites)
+            else:
+                from .child import measure
+
+                agg = measure(mode_name, work, wl.sites)
             progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: unprotect", 1)
             unprotect, out = mode.unprotect(work, wl, 0)
             err = float(np.max(np.abs(out - expected)))
@@ -189,7 +204,9 @@ def steps(config: BenchConfig) -> int:
     return 3 * config.repeats * len(config.all_modes) * len(config.sites)
 
 
-def run_bench(config: BenchConfig, scratch: Path, progress: Progress = _no_progress) -> list[ModeResult]:
+def run_bench(
+    config: BenchConfig, scratch: Path, progress: Progress = _no_progress, *, isolate: bool = True
+) -> list[ModeResult]:
     if config.compare_nvflare or "nvflare-he" in config.modes:
         from .nvflare_he import require_nvflare
 
@@ -200,7 +217,7 @@ def run_bench(config: BenchConfig, scratch: Path, progress: Progress = _no_progr
     for n in config.sites:
         wl = Workload(spec, n, seed=config.seed)
         for name in config.all_modes:
-            res = measure_mode(name, wl, config.repeats, scratch, progress)
+            res = measure_mode(name, wl, config.repeats, scratch, progress, isolate=isolate)
             res.layout = config.layout
             results.append(res)
     return results

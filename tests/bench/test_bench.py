@@ -5,10 +5,12 @@ No timing assertions: speed goals live in BENCHMARKS.md.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
-import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,24 +39,26 @@ REQUIRED = {
 }
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "secagg.cli", "bench", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+@dataclass
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    out = tmp_path_factory.mktemp("bench")
-    proc = _cli("--params", "5000", "--sites", "3", "--repeats", "1", "--out", str(out / "o"), cwd=out)
-    return out / "o", proc
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CliRun]:
+    """The CLI in-process (its start-up imports are shared with the other tests); children still spawn."""
+    from secagg.cli import main
+
+    out = tmp_path_factory.mktemp("bench") / "o"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["bench", "--params", "5000", "--sites", "3", "--repeats", "1", "--out", str(out)])
+    return out, CliRun(code, stdout.getvalue(), stderr.getvalue())
 
 
-def test_cli_writes_results_table_and_chart(tiny_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_cli_writes_results_table_and_chart(tiny_run: tuple[Path, CliRun]) -> None:
     out, proc = tiny_run
     assert proc.returncode == 0, proc.stderr
     assert "| mode |" in proc.stdout and "| tee |" in proc.stdout  # the table is printed
@@ -66,7 +70,7 @@ def test_cli_writes_results_table_and_chart(tiny_run: tuple[Path, subprocess.Com
 
 
 def test_results_have_every_field_with_sane_values(
-    tiny_run: tuple[Path, subprocess.CompletedProcess[str]],
+    tiny_run: tuple[Path, CliRun],
 ) -> None:
     out, proc = tiny_run
     assert proc.returncode == 0, proc.stderr
@@ -90,7 +94,8 @@ def test_results_have_every_field_with_sane_values(
 def test_sweep_over_site_counts_and_layout(tmp_path: Path) -> None:
     """Site counts are swept in one run; each result carries its own count and its own error."""
     spec = layout_spec("flat", 3000)
-    results = run_bench(BenchConfig(params=3000, sites=(2, 4), modes=("he", "mask"), repeats=1), tmp_path)
+    config = BenchConfig(params=3000, sites=(2, 4), modes=("he", "mask"), repeats=1)
+    results = run_bench(config, tmp_path, isolate=False)
     assert [(r.mode, r.sites) for r in results] == [("he", 2), ("mask", 2), ("he", 4), ("mask", 4)]
     assert all(r.params == spec.size and r.max_abs_err < 1e-6 for r in results)
 
@@ -104,7 +109,7 @@ def test_per_tensor_layout_round_trips(tmp_path: Path) -> None:
     spec = BundleSpec(tuple(TensorSpec(n, s) for n, s in shapes))
     wl = Workload(spec, 3)
     for mode in ("plain", "he", "mask", "tee"):
-        r = measure_mode(mode, wl, 1, tmp_path)
+        r = measure_mode(mode, wl, 1, tmp_path, isolate=False)
         assert r.tensors == 83 and r.params == spec.size
         assert r.max_abs_err < 1e-6, mode
 
@@ -136,15 +141,19 @@ def test_mask_fixed_point_fits_the_sum() -> None:
         assert n * 2**f <= SUM_LIMIT < n * 2 ** (f + 1)
 
 
-def test_bad_arguments_are_refused(tmp_path: Path) -> None:
+def test_bad_arguments_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ConfigError, match="layout"):
         BenchConfig(layout="resnet")
     with pytest.raises(ConfigError, match="modes"):
         BenchConfig(modes=("rot13",))
     with pytest.raises(ConfigError, match="site count"):
         BenchConfig(sites=(1,))
-    proc = _cli("--modes", "plain,rot13", cwd=tmp_path)
-    assert proc.returncode == 2 and "rot13" in proc.stderr
+    from secagg.cli import main
+
+    with pytest.raises(SystemExit) as exc:  # argparse: usage error
+        main(["bench", "--modes", "plain,rot13", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert "rot13" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not HAVE_NVFLARE, reason="nvflare not installed: pip install 'secagg[bench]'")
