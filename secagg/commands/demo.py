@@ -1,61 +1,169 @@
-"""``secagg demo [--mode he|plain] [--rounds N] [--sites N] [--out DIR]``."""
+"""``secagg demo [--mode he|mask|tee|plain] [--strategy NAME] [--rounds N] [--sites N] [--out DIR]``,
+plus ``--policy SITE=FILE``, ``--compare-strategies`` and ``--privacy-sweep``."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 from secagg.errors import UsageError
 
 DEMO_PARAMS = {"lr": 0.05, "epochs": 2, "batch_size": 32, "seed": 0}
+MODES = ("he", "mask", "tee", "plain")
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
+
+_POLICY_HELP = (
+    "give SITE (site-1 ... site-N) its own site policy instead of the demo's (repeatable). The demo "
+    "signs its job as submitter@demo, so the policy must list submitter@demo in signers.submitters "
+    "and allow the chosen mode, or the demo refuses to start"
+)
+
+
+def _policy_option(text: str) -> tuple[str, Path]:
+    from secagg.demo.policies import policy_option
+
+    return policy_option(text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("demo", help="run a whole federation on this machine and write a report")
-    p.add_argument("--mode", choices=["he", "plain"], default="he")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--sites", type=int, default=3)
+    p = sub.add_parser(
+        "demo",
+        help="run a whole federation on this machine and write a report",
+        description="Run a federation on the Wisconsin breast-cancer data (label-skewed split): the "
+        "aggregator and each site as separate processes on 127.0.0.1 over mTLS. Writes report.md, "
+        "plots and summary.json to --out.",
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        help="aggregation mode (default: he; plain for --compare-strategies and --privacy-sweep). "
+        "tee uses the INSECURE software dev-TEE; mask is not runnable yet",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGY_NAMES,
+        default="fedavg",
+        help="server strategy, with settings tuned for the demo model (default: fedavg)",
+    )
+    p.add_argument("--rounds", type=int, help="rounds (default: 5; 3 for --privacy-sweep)")
+    p.add_argument("--sites", type=int, default=3, help="number of sites, 2-16 (default: 3)")
     p.add_argument("--out", type=Path, help="output folder (default: a new folder under ./demo-out/)")
+    p.add_argument(
+        "--policy",
+        type=_policy_option,
+        action="append",
+        default=[],
+        metavar="SITE=FILE",
+        help=_POLICY_HELP,
+    )
     p.add_argument("--no-compare", action="store_true", help="skip the plain reference run")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--compare-strategies",
+        action="store_true",
+        help="run all six strategies on the same split; one plot (AUC per round per strategy) and a table",
+    )
+    what.add_argument(
+        "--privacy-sweep",
+        action="store_true",
+        help="final AUC against epsilon for SVT and Gaussian filters (several federations); "
+        "a table and a plot",
+    )
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from secagg.demo import report
-    from secagg.demo.data import skewed_split
-    from secagg.demo.run import cross_site_matrix, run_federation
+def _out(args: argparse.Namespace, kind: str) -> Path:
+    out: Path = args.out or Path("demo-out") / dt.datetime.now().strftime(f"%Y%m%d-%H%M%S-{kind}")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} is not empty; name a new --out folder")
+    return out
 
-    if not 1 <= args.rounds <= 100:
+
+def run(args: argparse.Namespace) -> int:
+    from secagg.demo.data import skewed_split
+    from secagg.demo.policies import check_site_policy, site_policies
+    from secagg.demo.run import RUNNABLE_MODES, DemoFailed
+
+    if args.compare_strategies and args.strategy != "fedavg":
+        raise UsageError(
+            "--strategy and --compare-strategies exclude each other (the comparison runs all six)"
+        )
+    mode = args.mode or ("plain" if args.compare_strategies or args.privacy_sweep else "he")
+    if mode not in RUNNABLE_MODES:
+        raise DemoFailed(f"mode {mode} cannot run in the demo yet: the aggregator does not support it")
+    rounds = args.rounds if args.rounds is not None else (3 if args.privacy_sweep else 5)
+    if not 1 <= rounds <= 100:
         raise UsageError("--rounds must be between 1 and 100")
     if not 2 <= args.sites <= 16:
         raise UsageError("--sites must be between 2 and 16")
-    out = args.out or Path("demo-out") / dt.datetime.now().strftime(f"%Y%m%d-%H%M%S-{args.mode}")
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} is not empty; name a new --out folder")
     sites = skewed_split(args.sites)
+    names = [s.name for s in sites]
+    policies = site_policies(args.policy, names)
+    for site, path in policies.items():
+        check_site_policy(site, path, mode)
+    kind = "strategies" if args.compare_strategies else "privacy-sweep" if args.privacy_sweep else mode
+    out = _out(args, kind)
     print(
-        f"secagg demo: {args.mode} mode, {args.sites} sites ({', '.join(s.name for s in sites)}), "
-        f"{args.rounds} rounds; output in {out}"
+        f"secagg demo: {mode} mode, {args.sites} sites ({', '.join(names)}), {rounds} rounds; output in {out}"
     )
     for s in sites:
+        own = f"; own policy {policies[s.name]}" if s.name in policies else ""
         print(
             f"  {s.name}: {len(s.y_train)} training patients ({s.y_train.mean():.0%} malignant), "
-            f"{len(s.y_val)} held out"
+            f"{len(s.y_val)} held out{own}"
         )
+    common: dict[str, Any] = {"mode": mode, "rounds": rounds, "sites": sites, "policies": policies}
+    if args.compare_strategies:
+        return _compare(out, **common)
+    if args.privacy_sweep:
+        return _sweep(out, strategy=args.strategy, **common)
+    return _single(out, strategy=args.strategy, no_compare=args.no_compare, **common)
+
+
+def _single(
+    out: Path,
+    *,
+    mode: str,
+    rounds: int,
+    sites: list[Any],
+    policies: dict[str, Path],
+    strategy: str,
+    no_compare: bool,
+) -> int:
+    from secagg.demo import report
+    from secagg.demo.run import cross_site_matrix, run_federation
+    from secagg.demo.strategies import describe, preset
+
+    spec = preset(strategy)
+    print(f"strategy: {describe(strategy)}")
     main = run_federation(
-        out / args.mode, mode=args.mode, rounds=args.rounds, sites=sites, params=DEMO_PARAMS
+        out / mode,
+        mode=mode,
+        rounds=rounds,
+        sites=sites,
+        params=DEMO_PARAMS,
+        strategy=spec,
+        policies=policies,
     )
     for row in main.per_round:
         print(f"  round {row['round']}: global validation AUC {row['auc']:.4f}")
     reference = None
-    if args.mode != "plain" and not args.no_compare:
+    if mode != "plain" and not no_compare:
         print("reference run in plain mode (same data, same seeds) ...")
         reference = run_federation(
-            out / "plain", mode="plain", rounds=args.rounds, sites=sites, params=DEMO_PARAMS
+            out / "plain",
+            mode="plain",
+            rounds=rounds,
+            sites=sites,
+            params=DEMO_PARAMS,
+            strategy=spec,
+            policies=_plain_ok(policies),
         )
-    matrix = cross_site_matrix(main.final_model, sites, DEMO_PARAMS, args.rounds)
-    report.write(out, main, reference, matrix, [s.name for s in sites], {})
+    matrix = cross_site_matrix(main.final_model, sites, DEMO_PARAMS, rounds)
+    extra = {"strategy": spec, "policies": {k: str(v) for k, v in policies.items()}}
+    report.write(out, main, reference, matrix, [s.name for s in sites], extra)
     print("\ncross-site validation AUC (rows: model, columns: held-out split of each site)")
     names = [s.name for s in sites]
     print(f"  {'model':<22}" + "".join(f"{n:>10}" for n in names))
@@ -63,8 +171,94 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:<22}" + "".join(f"{row[n]:>10.4f}" for n in names))
     if reference is not None:
         print(
-            f"\n{args.mode} final AUC {main.final_auc:.4f} vs plain {reference.final_auc:.4f}; "
+            f"\n{mode} final AUC {main.final_auc:.4f} vs plain {reference.final_auc:.4f}; "
             f"max abs parameter difference {report.max_abs_diff(main.final_model, reference.final_model):.2e}"
         )
     print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _plain_ok(policies: dict[str, Path]) -> dict[str, Path]:
+    """A user's policy that forbids plain would refuse the reference run: those sites get the demo's."""
+    from secagg.policy import load_policy
+
+    return {site: path for site, path in policies.items() if "plain" in load_policy(path).modes}
+
+
+def _compare(out: Path, *, mode: str, rounds: int, sites: list[Any], policies: dict[str, Path]) -> int:
+    from secagg.demo import compare, report
+    from secagg.demo.run import RunResult, cross_site_matrix, run_federation
+    from secagg.demo.strategies import NAMES
+
+    def runner(name: str, spec: dict[str, Any], folder: Path) -> RunResult:
+        return run_federation(
+            folder,
+            mode=mode,
+            rounds=rounds,
+            sites=sites,
+            params=DEMO_PARAMS,
+            strategy=spec,
+            policies=policies,
+            log=lambda line: print("  " + line),
+        )
+
+    names = [s.name for s in sites]
+    runs = compare.run_all(
+        NAMES, runner, out, on_run=lambda so_far: compare.write(out, so_far, mode=mode, sites=names)
+    )
+    compare.write(out, runs, mode=mode, sites=names)
+    main = runs["fedavg"]
+    matrix = cross_site_matrix(main.final_model, sites, DEMO_PARAMS, rounds)
+    extra = {"strategies": {n: {"final_auc": r.final_auc, "per_round": r.per_round} for n, r in runs.items()}}
+    section = ["## Strategy comparison", "", *compare.table(runs), "", "![strategies](strategies.png)", ""]
+    report.write(out, main, None, matrix, names, extra, sections=section)
+    print("\nfinal global validation AUC per strategy")
+    for n, r in runs.items():
+        print(f"  {n:<12}{r.final_auc:.4f}")
+    print(f"report: {out / 'report.md'} and {out / 'strategies.md'}")
+    return 0
+
+
+def _sweep(
+    out: Path, *, mode: str, rounds: int, sites: list[Any], policies: dict[str, Path], strategy: str
+) -> int:
+    from secagg.demo import report, sweep
+    from secagg.demo.run import RunResult
+    from secagg.demo.strategies import preset
+
+    n_params = sweep.model_size()
+    runner = sweep.federation_runner(
+        sites, mode=mode, rounds=rounds, params=DEMO_PARAMS, strategy=preset(strategy), policies=policies
+    )
+    names = [s.name for s in sites]
+    rows = sweep.run_sweep(
+        sweep.SETTINGS,
+        runner,
+        out,
+        n_params=n_params,
+        rounds=rounds,
+        on_row=lambda so_far: sweep.write(out, so_far, rounds=rounds, sites=names, mode=mode),
+    )
+    base = next((r for r in rows if r.mechanism == "none"), rows[0])
+    main = RunResult(
+        mode=mode,
+        rounds=rounds,
+        per_round=base.per_round,
+        final_auc=base.final_auc,
+        final_model={},
+        seconds=base.seconds,
+    )
+    extra = {"privacy_sweep": [r.to_dict() for r in rows], "model_parameters": n_params}
+    section = [
+        "## Privacy sweep",
+        "",
+        *sweep.table(rows),
+        "",
+        "![AUC against epsilon](privacy-sweep.png)",
+        "",
+    ]
+    report.write(out, main, None, None, names, extra, sections=section)
+    print("\nfinal AUC against epsilon")
+    print("\n".join("  " + line for line in sweep.table(rows)))
+    print(f"report: {out / 'report.md'} and {out / 'privacy-sweep.md'}")
     return 0

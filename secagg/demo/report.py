@@ -40,10 +40,12 @@ def write(
     out: Path,
     main: RunResult,
     reference: RunResult | None,
-    matrix: dict[str, dict[str, float]],
+    matrix: dict[str, dict[str, float]] | None,
     sites: list[str],
     extra: dict[str, Any],
+    sections: list[str] | None = None,
 ) -> None:
+    """``sections``: more markdown lines (a strategy comparison, a privacy sweep) after the AUC table."""
     runs = [main] + ([reference] if reference else [])
     plot(runs, out / "auc.png")
     summary: dict[str, Any] = {
@@ -53,7 +55,7 @@ def write(
         "final_auc": main.final_auc,
         "per_round": main.per_round,
         "seconds": main.seconds,
-        "cross_site": matrix,
+        "cross_site": matrix or {},
         **extra,
     }
     lines = [f"# secagg demo: {main.mode} mode, {len(sites)} sites, {main.rounds} rounds", ""]
@@ -72,6 +74,7 @@ def write(
         cells = [f"{r.per_round[i]['auc']:.4f}" for r in runs]
         lines.append(f"| {row['round']} | " + " | ".join(cells) + f" | {row['seconds']:.2f} |")
     lines += ["", "![AUC per round](auc.png)", ""]
+    lines += sections or []
     if reference is not None:
         diff = max_abs_diff(main.final_model, reference.final_model)
         delta = abs(main.final_auc - reference.final_auc)
@@ -92,7 +95,14 @@ def write(
             f"({reference.mode})",
             "",
         ]
-    lines += [
+    if matrix:
+        lines += _matrix_lines(matrix, sites)
+    (out / "report.md").write_text("\n".join(lines))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+
+
+def _matrix_lines(matrix: dict[str, dict[str, float]], sites: list[str]) -> list[str]:
+    lines = [
         "## Cross-site validation (AUC)",
         "",
         "Rows: each site's local-only model (trained on its own data for as many epochs) and the "
@@ -104,5 +114,4 @@ def write(
     for name, row in matrix.items():
         lines.append(f"| {name} | " + " | ".join(f"{row[s]:.4f}" for s in sites) + " |")
     lines.append("")
-    (out / "report.md").write_text("\n".join(lines))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return lines

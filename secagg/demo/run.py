@@ -35,17 +35,25 @@ TEMPLATE = Path(__file__).parent / "job_template"
 SUBMITTER = "submitter@demo"
 
 
-#: the demo's site policy: trusts the demo submitter, allows every mode this demo runs. Real sites
-#: write their own (see policies/); ``--policy`` overrides it per site.
+#: the demo's site policy: trusts the demo submitter, allows every mode this demo runs (the dev-TEE is a
+#: software stand-in that protects nothing: demo only). Real sites write their own (see policies/);
+#: ``--policy`` overrides it per site, and such a policy must list ``submitter@demo`` as a submitter.
 DEMO_POLICY = f"""\
 version: 1
 signers:
   submitters: [{SUBMITTER}]
-modes: [plain, he]
+modes: [plain, he, tee]
+attestation:
+  types: [dev-tee]
+  allow_insecure_dev_tee: true
+  max_age_s: 3600
 limits:
   max_rounds: 100
   min_sites_per_round: 2
 """
+
+#: the modes the demo can run end to end (``mask`` has no aggregator support yet)
+RUNNABLE_MODES = ("plain", "he", "tee")
 
 
 class DemoFailed(SecaggError):
@@ -85,7 +93,10 @@ def make_job(
     min_sites: int,
     params: dict[str, Any],
     strategy: dict[str, Any] | None = None,
+    privacy: list[dict[str, Any]] | None = None,
 ) -> Path:
+    """A job folder (unsigned): the template script, its initial model and job.yaml; ``privacy`` is the
+    job's own filter requests (a site adds what its policy requires on top)."""
     tmpl = _template()
     folder.mkdir(parents=True)
     shutil.copy(TEMPLATE / "train.py", folder / "train.py")
@@ -103,6 +114,8 @@ def make_job(
         "strategy": strategy or {"name": "fedavg"},
         "params": params,
     }
+    if privacy:
+        spec["privacy"] = privacy
     (folder / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return folder
 
@@ -116,8 +129,13 @@ def run_federation(
     params: dict[str, Any],
     strategy: dict[str, Any] | None = None,
     policies: dict[str, Path] | None = None,
+    privacy: list[dict[str, Any]] | None = None,
+    default_policy: str = DEMO_POLICY,
     log=print,
 ) -> RunResult:  # noqa: ANN001
+    """``policies`` gives a site its own policy file; the others get ``default_policy``."""
+    if mode not in RUNNABLE_MODES:
+        raise DemoFailed(f"mode {mode} cannot run in the demo yet (runnable: {', '.join(RUNNABLE_MODES)})")
     from secagg.jobs.sign import sign_job
     from secagg.provision.kit import load_kit
 
@@ -135,7 +153,13 @@ def run_federation(
     for s in sites:
         write_site(s, out / "data" / s.name)
     job = make_job(
-        out / "job", mode=mode, rounds=rounds, min_sites=len(sites), params=params, strategy=strategy
+        out / "job",
+        mode=mode,
+        rounds=rounds,
+        min_sites=len(sites),
+        params=params,
+        strategy=strategy,
+        privacy=privacy,
     )
     sign_job(job, load_kit(ws / SUBMITTER))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -163,6 +187,7 @@ def run_federation(
                         "--host",
                         "127.0.0.1",
                         "--exit-when-done",
+                        *(["--insecure-dev-tee"] if mode == "tee" else []),
                     ],
                     stdout=(logs / "aggregator.log").open("wb"),
                     stderr=subprocess.STDOUT,
@@ -175,7 +200,7 @@ def run_federation(
             if policy is None:
                 policy = out / "policies" / f"{s.name}.yaml"
                 policy.parent.mkdir(exist_ok=True)
-                policy.write_text(DEMO_POLICY)
+                policy.write_text(default_policy)
             procs.append(
                 (
                     s.name,
