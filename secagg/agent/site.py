@@ -62,6 +62,18 @@ class JobStopped(SecaggError):
     code = "job_stopped"
 
 
+class RoundMovedOn(SecaggError):
+    """The aggregator closed the round this site was in; the next task redoes what is needed."""
+
+    code = "round_moved_on"
+
+
+class SimulatedDropout(SecaggError):
+    """Demos and tests only: the agent vanishes mid-round as a crashed site would."""
+
+    code = "simulated_dropout"
+
+
 class SiteAgent:
     def __init__(
         self,
@@ -87,6 +99,8 @@ class SiteAgent:
         self.policy_path = policy_path
         self.max_payload = max_payload
         self.target = target or kit.target
+        #: demos and tests: (round, phase) at which this agent vanishes, as a crashed site would
+        self.simulate_dropout: tuple[int, str] | None = None
         self.channel = channel(kit, target)
         self.stub = rpc.FederationStub(self.channel)
         self._secret_ctx: Any = None
@@ -322,6 +336,8 @@ class SiteAgent:
                 self._finalize(header, payload)
                 self.audit.append("job_done", job=job_id)
                 return job_id, stop_after_job
+        except RoundMovedOn as exc:
+            self.audit.append("round_abandoned", job=job_id, round=header.get("round"), reason=str(exc))
         except grpc.RpcError as exc:
             # the round moved on without us (aggregator restarted it, or it closed): redo what comes next
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or not str(exc.details()).startswith(_STALE):
@@ -455,7 +471,17 @@ class SiteAgent:
         # the policy may have changed while we trained; no budget is spent for a round not uploaded
         adm = self._recheck_policy(job_id, round_)
         release = self._release(adm, job_id, round_, update)
-        weighted = bspec.flatten(release.update) * float(roster["weights"][self.name])
+        weight = float(roster["weights"][self.name])
+        weighted = bspec.flatten(release.update) * weight
+        if spec.mode == "mask":
+            sent = self._mask_round(job_id, round_, sorted(roster["weights"]), weighted, weight, attempt)
+            if release.debit_id and self._ledger is not None:
+                self._ledger.mark_released(release.debit_id)
+            self.state.set_progress(job_id, round=round_, attempt=attempt)
+            self.audit.append(
+                "uploaded", job=job_id, round=round_, attempt=attempt, bytes=sent, accepted=True
+            )
+            return
         stream: Iterator[bytes]
         if spec.mode == "he":
             stream = protect_he(self.he_context(), weighted)
@@ -516,6 +542,71 @@ class SiteAgent:
                 self.state.root / "privacy-ledger.sqlite", self.data_dir.name, budget.epsilon, budget.delta
             )
         return self._ledger
+
+    def _mask_round(
+        self, job_id: str, round_: int, sites: list[str], weighted: np.ndarray, weight: float, attempt: int
+    ) -> int:
+        """The site's side of the masking protocol; returns the bytes sent. The client object refuses
+        substituted keys, tampered shares and any request for both shares of one site."""
+        from secagg.mask.client import MaskClient
+        from secagg.mask.job import mask_config, unpack
+        from secagg.mask.messages import AdvertiseKeys, EncryptedShare, UnmaskRequest
+
+        adm = self._jobs[job_id]
+        cfg = mask_config(adm.job.spec.mask, len(sites))
+        client = MaskClient(
+            self.name, self.kit.private_key, self.kit.cert, self.kit.ca_cert, cfg, job_id, round_, sites=sites
+        )
+        sent = 0
+
+        def post(topic: str, payload: bytes) -> None:
+            nonlocal sent
+            sent += len(payload)
+            self.stub.Post(pb.Message(topic=topic, job_id=job_id, round=round_, payload=payload), timeout=60)
+
+        post("mask-keys", client.advertise().to_bytes())
+        keyroster = [
+            AdvertiseKeys.from_bytes(b)
+            for b in unpack(self._collect(job_id, round_, attempt, "mask-keyroster"))
+        ]
+        shares = client.share_keys(keyroster)
+        post(
+            "mask-shares",
+            json.dumps({k: base64.b64encode(v.to_bytes()).decode() for k, v in shares.items()}).encode(),
+        )
+        self._maybe_drop(round_, "upload")
+        mine = [
+            EncryptedShare.from_bytes(b)
+            for b in unpack(self._collect(job_id, round_, attempt, "mask-myshares"))
+        ]
+        masked = client.masked_input(weighted, weight, mine).to_bytes()
+        header = {"job_id": job_id, "round": round_, "attempt": attempt, "bytes": len(masked), "mode": "mask"}
+        self.stub.UploadResult(encode_stream(header, [masked]), timeout=600)
+        sent += len(masked)
+        self._maybe_drop(round_, "unmask")
+        request = UnmaskRequest.from_bytes(self._collect(job_id, round_, attempt, "mask-unmask"))
+        post("mask-unmask-resp", client.unmask(request).to_bytes())
+        return sent
+
+    def _maybe_drop(self, round_: int, phase: str) -> None:
+        if self.simulate_dropout == (round_, phase):
+            self.audit.append("simulated_dropout", round=round_, phase=phase)
+            raise SimulatedDropout(f"{self.name}: simulated dropout in round {round_} before {phase}")
+
+    def _collect(self, job_id: str, round_: int, attempt: int, topic: str) -> bytes:
+        """Wait for what the aggregator publishes for this site in the current phase."""
+        while True:
+            for msg in self.stub.Collect(
+                pb.CollectRequest(
+                    topic=topic, job_id=job_id, round=round_, attempt=attempt, timeout_seconds=POLL_S
+                ),
+                timeout=POLL_S + 30,
+            ):
+                if msg.payload.startswith(b"{") and b'"cancelled"' in msg.payload[:32]:
+                    raise RoundMovedOn(f"round {round_} of {job_id} was closed during {topic}")
+                if msg.payload.startswith(b"{") and b'"not_for_you"' in msg.payload[:32]:
+                    raise RoundMovedOn(f"the aggregator left this site out of {topic} in round {round_}")
+                return bytes(msg.payload)
 
     def _attest_and_check_model(
         self, job_id: str, header: dict[str, Any], bundle: OrderedDict[str, np.ndarray]

@@ -35,6 +35,7 @@ from secagg.aggregator.combine import (
     TeeCombiner,
     plain_result_bundle,
 )
+from secagg.aggregator.masking import MaskRun
 from secagg.aggregator.store import StateStore, atomic_write
 from secagg.auditlog import AuditLog
 from secagg.bundle import BundleSpec, fingerprint, from_safetensors
@@ -56,6 +57,7 @@ class RoundRun:
     roster: dict[str, Any] | None = None
     uploads: dict[str, Path] = field(default_factory=dict)
     phase_started: float = field(default_factory=time.monotonic)
+    mask: MaskRun | None = None  # mask mode: the masking phases after the roster
 
 
 @dataclass
@@ -158,8 +160,8 @@ class Federation:
         if spec.mode == "he":
             release = self.store.get_blob(HE_KEY_BLOB)
             combiner = _LazyHE(bspec, self) if release is None else _he_combiner(bspec, release)
-        elif spec.mode == "plain":
-            combiner = PlainCombiner(bspec)
+        elif spec.mode in ("plain", "mask"):
+            combiner = PlainCombiner(bspec)  # mask: the masked sum lives in the round's MaskRun
         elif spec.mode == "tee":
             self._require_mode(spec.mode)
             combiner = TeeCombiner(bspec, self.enclave, job_id, round_of=_spool_round)
@@ -186,7 +188,7 @@ class Federation:
                 "a tee job needs an aggregator started in a TEE (aggregator serve --tee configfs, "
                 "or --insecure-dev-tee for demos)"
             )
-        if mode not in ("plain", "he", "tee"):
+        if mode not in ("plain", "he", "tee", "mask"):
             raise ConfigError(f"mode {mode!r} is not supported by this aggregator yet")
 
     def attest(self, site: str, job_id: str, nonce: bytes) -> bytes:
@@ -387,6 +389,14 @@ class Federation:
 
     def finish_upload(self, site: str, cur: RoundRun, spooled: Path) -> None:
         assert self.combiner is not None
+        if cur.mask is not None:
+            with self.cond:
+                if cur.phase != "upload":
+                    raise UpdateRejected("the round is not accepting masked inputs now", code="late")
+                cur.mask.upload(site, spooled)
+                cur.uploads[site] = spooled
+                self.cond.notify_all()
+            return
         self.combiner.check(spooled)
         with self.cond:
             if self.job is None or self.job.current is not cur or cur.phase != "upload":
@@ -445,6 +455,7 @@ class Federation:
                 return
             now = time.monotonic()
             timeout = job.spec.round_timeout
+            mask_step = False
             if cur.phase == "ready":
                 everyone = len(cur.ready) >= len(set(self.sites) - job.declined)
                 enough = len(cur.ready) >= job.spec.min_sites and now - cur.phase_started > timeout
@@ -459,8 +470,17 @@ class Federation:
                     "ready": {s: m.get("fingerprint") for s, m in sorted(cur.ready.items())},
                 }
                 cur.phase, cur.phase_started = "upload", now
+                if job.spec.mode == "mask":
+                    sites = sorted(cur.roster["weights"])
+                    cur.mask = MaskRun.start(
+                        job.spec.mask, sites, job.job_id, cur.round, job.bundle_spec.size
+                    )
+                    cur.phase = "mask"
                 self.cond.notify_all()
                 roster = cur.roster
+            elif cur.mask is not None and cur.phase in ("mask", "upload"):
+                roster = None
+                mask_step = True
             elif cur.phase == "upload":
                 assert cur.roster is not None
                 everyone = len(cur.uploads) >= len(cur.roster["weights"])
@@ -472,6 +492,9 @@ class Federation:
                 roster = None
             else:
                 return
+        if mask_step:
+            self._step_mask(job, cur)
+            return
         if roster is not None:
             self.audit.append(
                 "roster",
@@ -487,8 +510,8 @@ class Federation:
         assert cur.roster is not None and self.combiner is not None
         uploads = dict(cur.uploads)
         result = self.state_dir / "jobs" / job.job_id / f"round-{cur.round}.bin"
+        tmp = result.with_suffix(".partial")
         while len(uploads) >= job.spec.min_sites:
-            tmp = result.with_suffix(".partial")
             try:
                 self.combiner.combine([uploads[s] for s in sorted(uploads)], tmp)
                 break
@@ -504,34 +527,39 @@ class Federation:
                     reason=str(bad.reason),
                 )
         if len(uploads) < job.spec.min_sites:
-            self.audit.append(
-                "round_retry",
-                job=job.job_id,
-                round=cur.round,
-                attempt=cur.attempt,
-                uploads=len(uploads),
-                min_sites=job.spec.min_sites,
-            )
-            self._discard_spool(job, cur)
-            with self.cond:
-                job.current = RoundRun(cur.round, cur.attempt + 1)
-                self.cond.notify_all()
+            self._retry(job, cur, f"{len(uploads)} valid uploads, the job needs {job.spec.min_sites}")
             return
-        weight = sum(cur.roster["weights"][s] for s in uploads)
-        scale = 1.0 / weight
-        if job.spec.mode != "he":
-            assert isinstance(self.combiner, PlainCombiner | TeeCombiner) and job.global_model is not None
-            avg = self.combiner.load_sum(tmp) * scale
+        scale = 1.0 / sum(cur.roster["weights"][s] for s in uploads)
+        if job.spec.mode == "he":
+            atomic_write(result, source=tmp)
+            self._complete(job, cur, result, scale, sorted(uploads), None)
+            return
+        assert isinstance(self.combiner, PlainCombiner | TeeCombiner)
+        avg = self.combiner.load_sum(tmp) * scale
+        tmp.unlink()
+        self._complete(job, cur, result, scale, sorted(uploads), avg)
+
+    def _retry(self, job: JobRun, cur: RoundRun, why: str) -> None:
+        """Nothing of a failed round is kept; it runs again as a new attempt."""
+        self.audit.append("round_retry", job=job.job_id, round=cur.round, attempt=cur.attempt, reason=why)
+        self._discard_spool(job, cur)
+        with self.cond:
+            job.current = RoundRun(cur.round, cur.attempt + 1)
+            self.cond.notify_all()
+
+    def _complete(
+        self, job: JobRun, cur: RoundRun, result: Path, scale: float, sites: list[str], avg: np.ndarray | None
+    ) -> None:
+        """Apply the strategy to the average update (where this aggregator may see it) and commit."""
+        new_global = None
+        if avg is not None:
+            assert job.global_model is not None
             strategy = make_strategy(job.spec.strategy)
             state = job.strategy_state or strategy.init_state(job.global_model)
             new_global, state = strategy.apply(job.global_model, avg, state)
             atomic_write(result.with_name(f"strategy-{cur.round}.bin"), state.to_bytes())
             atomic_write(result, plain_result_bundle(job.bundle_spec, new_global))
             job.strategy_state = state
-            tmp.unlink()
-        else:
-            atomic_write(result, source=tmp)
-            new_global = None
         seconds = time.monotonic() - cur.started
         self.store.add_round(
             job.job_id,
@@ -539,7 +567,7 @@ class Federation:
             cur.attempt,
             str(result),
             scale,
-            sorted(uploads),
+            sites,
             self._round_metrics(cur.round - 1, cur),
             seconds,
         )
@@ -549,7 +577,7 @@ class Federation:
             job=job.job_id,
             round=cur.round,
             attempt=cur.attempt,
-            sites=sorted(uploads),
+            sites=sites,
             seconds=round(seconds, 3),
         )
         with self.cond:
@@ -563,6 +591,74 @@ class Federation:
             else:
                 job.current = RoundRun(cur.round + 1, 1)
             self.cond.notify_all()
+
+    # ---------------------------------------------------------------- mask mode
+    def _step_mask(self, job: JobRun, cur: RoundRun) -> None:
+        """Advance the masking phases: every site of the phase, or the timeout with at least t."""
+        m = cur.mask
+        assert m is not None
+        with self.cond:
+            arrived, expected = m.arrived(), m.expected()
+            expired = time.monotonic() - m.phase_started > job.spec.round_timeout
+            if not (arrived >= expected or expired):
+                self.cond.wait(timeout=0.5)
+                return
+            phase = m.phase
+            try:
+                if len(arrived) < m.config.threshold:
+                    raise UpdateRejected(
+                        f"only {len(arrived)} sites in phase {phase}, threshold {m.config.threshold}"
+                    )
+                outcome = m.advance()
+            except SecaggError as exc:
+                cur.phase = "combining"
+                failed: str | None = f"{phase}: {exc}"
+            else:
+                failed = None
+                if outcome is None:
+                    cur.phase = "upload" if m.phase == "upload" else "mask"
+                else:
+                    cur.phase = "combining"
+            self.cond.notify_all()
+        self.audit.append("mask_phase", job=job.job_id, round=cur.round, phase=phase, sites=sorted(arrived))
+        if failed is not None:
+            self._retry(job, cur, failed)
+            return
+        if outcome is not None:
+            total, weight = outcome
+            if not weight > 0:
+                self._retry(job, cur, "total weight of the survivors is zero")
+                return
+            result = self.state_dir / "jobs" / job.job_id / f"round-{cur.round}.bin"
+            self._complete(job, cur, result, 1.0 / weight, sorted(m.uploaded), total / weight)
+
+    def mask_post(self, site: str, topic: str, job_id: str, round_: int, payload: bytes) -> None:
+        with self.cond:
+            cur = self._current(job_id, round_)
+            if cur.mask is None:
+                raise UpdateRejected(f"round {round_} is not in a masking phase", code="late")
+            cur.mask.post(site, topic, payload)
+            self.cond.notify_all()
+
+    def mask_collect(
+        self, site: str, topic: str, job_id: str, round_: int, attempt: int, wait_s: float
+    ) -> bytes | None:
+        deadline = time.monotonic() + wait_s
+        with self.cond:
+            while True:
+                cur = self._current(job_id, round_, strict=False)
+                if cur is None or cur.mask is None or cur.attempt != attempt:
+                    # the caller's attempt of this round is over (retried, or finished without it)
+                    return json.dumps({"cancelled": True}).encode()
+                box = cur.mask.published.get(topic)
+                if box is not None and (site in box or "*" in box):
+                    return box.get(site, box.get("*"))
+                if box is not None:
+                    return json.dumps({"not_for_you": True}).encode()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(timeout=min(left, 1.0))
 
     def _round_metrics(self, of_round: int, cur: RoundRun | None = None) -> dict[str, Any]:
         """Site-reported validation metrics of the global model after ``of_round``."""

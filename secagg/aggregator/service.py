@@ -151,6 +151,8 @@ class FederationService(rpc.FederationServicer):
                 self.fed.post_final(site.name, request.job_id, request.payload)
             elif request.topic == "he-key":
                 self.fed.accept_key_release(site.name, request.payload)
+            elif request.topic in ("mask-keys", "mask-shares", "mask-unmask-resp"):
+                self.fed.mask_post(site.name, request.topic, request.job_id, request.round, request.payload)
             else:
                 raise UpdateRejected(f"unknown topic {request.topic!r}", code="malformed")
         except SecaggError as exc:
@@ -176,6 +178,19 @@ class FederationService(rpc.FederationServicer):
             blob = self.fed.key_release(wait)
             if blob is not None:
                 yield pb.Message(topic="he-key", sender=self.kit.config.key_holder, payload=blob)
+        elif request.topic in ("mask-keyroster", "mask-myshares", "mask-unmask"):
+            site_name = self._site(context).name
+            data = self.fed.mask_collect(
+                site_name, request.topic, request.job_id, request.round, request.attempt, wait
+            )
+            if data is not None:
+                yield pb.Message(
+                    topic=request.topic,
+                    job_id=request.job_id,
+                    round=request.round,
+                    sender=self.kit.name,
+                    payload=data,
+                )
         else:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown topic {request.topic!r}")
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from secagg.errors import UsageError
 from secagg.provision.kit import load_kit
 
 
@@ -18,19 +19,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--policy", type=Path, required=True, help="this site's policy (YAML, see policies/)")
     run.add_argument("--state", type=Path, help="state folder (default: ./state/<kit name>)")
     run.add_argument("--target", help="override the aggregator address host:port")
+    run.add_argument(
+        "--simulate-dropout",
+        metavar="ROUND:PHASE",
+        help="demos only: vanish in ROUND before PHASE (upload or unmask), as a crashed site would",
+    )
     run.add_argument("--forever", action="store_true", help="keep serving jobs after one finishes")
     run.set_defaults(func=run_agent)
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    from secagg.agent.site import SiteAgent
+    from secagg.agent.site import SimulatedDropout, SiteAgent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     kit = load_kit(args.kit, kind="site")
     state = args.state or Path("state") / kit.name
     agent = SiteAgent(kit, args.data, state, policy_path=args.policy, target=args.target)
+    if args.simulate_dropout:
+        round_text, _, phase = args.simulate_dropout.partition(":")
+        if not round_text.isdigit() or phase not in ("upload", "unmask"):
+            raise UsageError("--simulate-dropout takes ROUND:PHASE with PHASE upload or unmask, e.g. 2:upload")
+        agent.simulate_dropout = (int(round_text), phase)
     try:
         agent.run(stop_after_job=not args.forever)
+    except SimulatedDropout as exc:
+        print(f"site {kit.name}: {exc}", flush=True)
+        return 0
     finally:
         agent.close()
     print(f"site {kit.name}: done", flush=True)

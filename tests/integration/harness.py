@@ -50,6 +50,7 @@ def make_tiny_job(
     min_sites: int = 3,
     round_timeout: float = 30,
     signer: str = "submitter@org-1",
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     folder.mkdir(parents=True)
     shutil.copy(HERE / "tinyjob_train.py", folder / "train.py")
@@ -63,6 +64,7 @@ def make_tiny_job(
         "entry": "train.py",
         "round_timeout": round_timeout,
     }
+    spec.update(extra or {})
     (folder / "job.yaml").write_text(yaml.safe_dump(spec))
     sign_job(folder, load_kit(workspace / signer))
     return folder

@@ -85,16 +85,18 @@ class Ack(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class CollectRequest(_message.Message):
-    __slots__ = ("topic", "job_id", "round", "timeout_seconds")
+    __slots__ = ("topic", "job_id", "round", "timeout_seconds", "attempt")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     topic: str
     job_id: str
     round: int
     timeout_seconds: float
-    def __init__(self, topic: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    attempt: int
+    def __init__(self, topic: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("job_id", "round", "status")
