@@ -38,7 +38,7 @@ def run_agent(args: argparse.Namespace) -> int:
     if args.simulate_dropout:
         round_text, _, phase = args.simulate_dropout.partition(":")
         if not round_text.isdigit() or phase not in ("upload", "unmask"):
-            raise UsageError("--simulate-dropout takes ROUND:PHASE with PHASE upload or unmask, e.g. 2:upload")
+            raise UsageError("--simulate-dropout takes ROUND:PHASE, PHASE upload or unmask (e.g. 2:upload)")
         agent.simulate_dropout = (int(round_text), phase)
     try:
         agent.run(stop_after_job=not args.forever)
