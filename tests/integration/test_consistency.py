@@ -20,7 +20,8 @@ import pytest
 from secagg.agent.consistency import ModelInconsistent, sign_fingerprint
 from secagg.aggregator.federation import Federation
 from secagg.bundle import from_safetensors, to_safetensors
-from tests.integration.harness import Run, make_tiny_job, start
+from tests.integration.harness import Run, start
+from tests.integration.test_strategies import fast_job
 
 pytestmark = pytest.mark.slow
 
@@ -53,45 +54,54 @@ def _audit(tmp: Path, who: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _uploaded(tmp: Path, site: str) -> list[dict[str, Any]]:
-    return [r for r in _audit(tmp, site) if r["event"] == "uploaded"]
+def _uploaded(tmp: Path, site: str, round_: int | None = None) -> list[dict[str, Any]]:
+    return [
+        r for r in _audit(tmp, site) if r["event"] == "uploaded" and (round_ is None or r["round"] == round_)
+    ]
 
 
-def _settle(tmp: Path, run: Run, timeout: float = 120) -> None:
-    """Until every site has either stopped or uploaded (whichever the code under test does)."""
+def _settle(tmp: Path, run: Run, round_: int = 1, timeout: float = 120) -> None:
+    """Until every site has either stopped or uploaded ``round_`` (whichever the code under test does)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(not t.is_alive() or _uploaded(tmp, s) for s, t in run.threads.items()):
+        if all(not t.is_alive() or _uploaded(tmp, s, round_) for s, t in run.threads.items()):
             return
         time.sleep(0.1)
     raise AssertionError(f"sites neither stopped nor uploaded; errors: {run.errors}")
 
 
-def _assert_every_site_stopped(tmp: Path, run: Run, differing: dict[str, list[str]]) -> None:
-    """``differing[site]``: the sites the error of ``site`` must name."""
+def _assert_every_site_stopped(tmp: Path, run: Run, differing: dict[str, list[str]], round_: int = 1) -> None:
+    """Every site stopped in ``round_`` before uploading it; ``differing[site]``: the sites the
+    error of ``site`` must name."""
     job = run.server.fed.job
     assert job is not None
     for site in ALL:
-        assert not _uploaded(tmp, site), f"{site} uploaded in spite of an inconsistent roster"
+        assert not _uploaded(tmp, site, round_), f"{site} uploaded in spite of an inconsistent model"
         err = run.errors.get(site)
         assert isinstance(err, ModelInconsistent), (site, run.errors)
         assert err.code == "model_inconsistent"
-        assert "round 1 " in str(err), str(err)
+        assert f"round {round_} " in str(err), str(err)
         for other in differing[site]:
             assert other in str(err), (site, other, str(err))
         events = _audit(tmp, site)
-        assert not any(r["event"] == "model_consistent" for r in events)
-        assert any(r["event"] == "round_declined" and r["code"] == "model_inconsistent" for r in events)
-    # nothing reached the aggregator: no upload accepted, no round combined, every site said why
+        assert not any(r["event"] == "model_consistent" and r["round"] == round_ for r in events)
+        assert any(
+            r["event"] == "round_declined" and r["code"] == "model_inconsistent" and r["round"] == round_
+            for r in events
+        )
+    # nothing of the round reached the aggregator: no upload accepted, no result, every site said why
     agg = _audit(tmp, "aggregator")
-    assert not any(r["event"] in ("upload_accepted", "round_completed") for r in agg)
-    assert run.server.fed.store.rounds(job.job_id) == []
+    assert not any(
+        r["event"] in ("upload_accepted", "round_completed") and r.get("round") == round_ for r in agg
+    )
+    assert [r.round for r in run.server.fed.store.rounds(job.job_id)] == list(range(1, round_))
     declined = run.server.fed.store.declined(job.job_id)
     assert sorted(d["site"] for d in declined if d["code"] == "model_inconsistent") == ALL
+    assert all(d["round"] == round_ for d in declined)
 
 
-def _run(tmp: Path, workspace: Path, *, min_sites: int = 3) -> Run:
-    job = make_tiny_job(tmp / "job", workspace, mode="plain", rounds=1, min_sites=min_sites, round_timeout=60)
+def _run(tmp: Path, workspace: Path, *, min_sites: int = 3, mode: str = "plain", rounds: int = 1) -> Run:
+    job = fast_job(tmp / "job", workspace, mode=mode, rounds=rounds, min_sites=min_sites, round_timeout=60)
     return start(tmp, workspace, job, policies=_policies(tmp))
 
 
@@ -132,6 +142,37 @@ def test_a_site_given_its_own_global_model_is_caught_by_every_site(
         run.stop()
 
 
+def test_he_a_site_told_another_scale_for_the_encrypted_average_is_caught(
+    tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In ``he`` the aggregator cannot pick a site's model, but it can lie about how to read it: it
+    tells site-3 another scale for round 1's encrypted sum, so site-3 computes another global model."""
+    next_task = Federation.next_task
+
+    def lying(self: Federation, site: str, *args: Any, **kw: Any) -> dict[str, Any]:
+        header = next_task(self, site, *args, **kw)
+        if site == "site-3" and header.get("kind") == "train" and header.get("updates"):
+            header = copy.deepcopy(header)
+            for u in header["updates"]:
+                u["scale"] = float(u["scale"]) * 1.5
+        return header
+
+    monkeypatch.setattr(Federation, "next_task", lying)
+    run = _run(tmp_path, workspace, mode="he", rounds=2)
+    try:
+        _settle(tmp_path, run, round_=2)
+        _assert_every_site_stopped(
+            tmp_path,
+            run,
+            {"site-1": ["site-3"], "site-2": ["site-3"], "site-3": ["site-1", "site-2"]},
+            round_=2,
+        )
+        for site in ALL:  # round 1, with one model everywhere, went through
+            assert [r["round"] for r in _uploaded(tmp_path, site)] == [1]
+    finally:
+        run.stop()
+
+
 def _patch_roster(monkeypatch: pytest.MonkeyPatch, change: Any) -> None:
     roster = Federation.roster
 
@@ -153,6 +194,7 @@ def test_a_forged_fingerprint_in_the_roster_stops_every_site(
     only key it has): site-2 sees its own fingerprint replaced, the others a signature that fails."""
 
     def forge(fed: Federation, roster: dict[str, Any]) -> None:
+        assert fed.job is not None
         fake_fp = "ab" * 32
         roster["ready"]["site-2"] = sign_fingerprint(
             fed.kit.private_key, fake_fp, fed.job.job_id, roster["round"], roster["attempt"], "site-2"

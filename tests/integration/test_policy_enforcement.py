@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import yaml
 
 from secagg.privacy.ledger import Ledger
 from secagg.privacy.spend import Spend
-from tests.integration.harness import INIT, SAMPLES, Run, make_tiny_job, start
+from tests.integration.harness import INIT, SAMPLES, Run, start
+from tests.integration.test_strategies import fast_job
 from tests.integration.tinyjob_train import delta
 
 pytestmark = pytest.mark.slow
@@ -122,7 +124,7 @@ def _assert_finished_without(run: Run, site: str, rounds: int) -> None:
 def test_site_refuses_a_job_its_policy_does_not_allow_and_the_others_finish(
     tmp_path: Path, workspace: Path, code: str, policy_kw: dict[str, Any]
 ) -> None:
-    job = make_tiny_job(tmp_path / "job", workspace, mode="plain", rounds=1, min_sites=2, round_timeout=8)
+    job = fast_job(tmp_path / "job", workspace, mode="plain", rounds=1, min_sites=2, round_timeout=8)
     policies = _policies(tmp_path, site_3=_policy(tmp_path, "site-3", **policy_kw))
     run = start(tmp_path, workspace, job, policies=policies)
     try:
@@ -137,7 +139,7 @@ def test_site_refuses_a_job_its_policy_does_not_allow_and_the_others_finish(
 def test_sites_with_different_policies_aggregate_correctly(tmp_path: Path, workspace: Path) -> None:
     """site-1 requires that ``head`` never leaves; the others are relaxed. The job does not ask for
     the filter: site-1 adds it itself, and the global model shows exactly site-1's zeroed head."""
-    job = make_tiny_job(tmp_path / "job", workspace, mode="plain", rounds=2, round_timeout=30)
+    job = fast_job(tmp_path / "job", workspace, mode="plain", rounds=2, round_timeout=30)
     strict = _policy(tmp_path, "site-1", privacy={"required": [{"name": "exclude", "tensors": ["head"]}]})
     run = start(tmp_path, workspace, job, policies=_policies(tmp_path, site_1=strict))
     try:
@@ -164,7 +166,7 @@ def test_sites_with_different_policies_aggregate_correctly(tmp_path: Path, works
 
 
 def test_policy_changed_mid_job_stops_the_site_at_the_next_round(tmp_path: Path, workspace: Path) -> None:
-    job = make_tiny_job(tmp_path / "job", workspace, mode="plain", rounds=3, min_sites=2, round_timeout=20)
+    job = fast_job(tmp_path / "job", workspace, mode="plain", rounds=3, min_sites=2, round_timeout=20)
     policy = _policy(tmp_path, "site-3")
     run = start(tmp_path, workspace, job, policies=_policies(tmp_path, site_3=policy))
     try:
@@ -209,9 +211,7 @@ def test_privacy_budget_is_debited_per_round_and_an_exhausted_site_declines(
     tmp_path: Path, workspace: Path
 ) -> None:
     rounds = 2
-    job = make_tiny_job(
-        tmp_path / "job", workspace, mode="plain", rounds=rounds, min_sites=2, round_timeout=8
-    )
+    job = fast_job(tmp_path / "job", workspace, mode="plain", rounds=rounds, min_sites=2, round_timeout=8)
     privacy = {"required": [GAUSSIAN], "budget": BUDGET}
     policies = _policies(
         tmp_path,
@@ -232,6 +232,9 @@ def test_privacy_budget_is_debited_per_round_and_an_exhausted_site_declines(
         job_id = _job_id(run)
         rows = run.server.fed.store.rounds(job_id)
         assert [r.participants for r in rows] == [["site-1", "site-3"]] * rounds
+        # the noise really went out with site-1's update (std 2 per entry, weight 100/350)
+        noiseless = _expected([["site-1", "site-3"]] * rounds)
+        assert _max_err(run.final("site-3"), noiseless) > 0.1
     finally:
         run.stop()
 
@@ -244,6 +247,14 @@ def test_privacy_budget_is_debited_per_round_and_an_exhausted_site_declines(
         assert all(e.spend.noise_multiplier == GAUSSIAN["noise_multiplier"] for e in entries)
         eps, _, _ = ledger.total()
         assert 0 < eps <= BUDGET["epsilon"]
+    # invariant 3: each round's debit was durable before the aggregator had the upload
+    accepted = {
+        r["round"]: datetime.fromisoformat(r["time"])
+        for r in _audit(tmp_path, "aggregator")
+        if r["event"] == "upload_accepted" and r.get("site") == "site-1"
+    }
+    for e in entries:
+        assert datetime.fromisoformat(e.time) <= accepted[e.round] + timedelta(milliseconds=1)
     uploaded = [r for r in _audit(tmp_path, "site-1") if r["event"] == "uploaded"]
     assert [r["round"] for r in uploaded] == list(range(1, rounds + 1))
     assert all(r["epsilon"] and r["epsilon"] > 0 for r in uploaded)

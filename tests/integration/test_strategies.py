@@ -112,7 +112,9 @@ def _reference(strategy: dict[str, Any]) -> OrderedDict[str, np.ndarray]:
     x = spec.flatten(INIT).astype(np.float64)
     st = opt.init_state(x)
     for r in range(1, ROUNDS + 1):
-        avg = sum(SAMPLES[s] / total * spec.flatten(delta(s, r, shapes)).astype(np.float64) for s in ALL)
+        avg = np.sum(
+            [SAMPLES[s] / total * spec.flatten(delta(s, r, shapes)).astype(np.float64) for s in ALL], axis=0
+        )
         x, st = opt.apply(x, avg, st)
     return spec.unflatten(x, dtype=np.float64)
 
