@@ -5,8 +5,8 @@ other sites of the job carry on."""
 from __future__ import annotations
 
 import json
-import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from secagg.aggregator.store import StateStore
 from secagg.privacy.ledger import Ledger
 from secagg.privacy.spend import Spend
 from tests.integration.harness import INIT, SAMPLES, Run, start
@@ -124,7 +125,7 @@ def _assert_finished_without(run: Run, site: str, rounds: int) -> None:
 def test_site_refuses_a_job_its_policy_does_not_allow_and_the_others_finish(
     tmp_path: Path, workspace: Path, code: str, policy_kw: dict[str, Any]
 ) -> None:
-    job = fast_job(tmp_path / "job", workspace, mode="plain", rounds=1, min_sites=2, round_timeout=8)
+    job = fast_job(tmp_path / "job", workspace, mode="plain", rounds=1, min_sites=2, round_timeout=15)
     policies = _policies(tmp_path, site_3=_policy(tmp_path, "site-3", **policy_kw))
     run = start(tmp_path, workspace, job, policies=policies)
     try:
@@ -165,20 +166,32 @@ def test_sites_with_different_policies_aggregate_correctly(tmp_path: Path, works
         run.stop()
 
 
-def test_policy_changed_mid_job_stops_the_site_at_the_next_round(tmp_path: Path, workspace: Path) -> None:
+def _when_round_1_is_recorded(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
+    """Run ``action`` in the aggregator's driver thread right after round 1 is stored and before
+    round 2 exists, so no site can have fetched round 2 yet: "between the rounds", deterministically
+    (polling from the test thread would race the sites' next fetch)."""
+    add_round = StateStore.add_round
+
+    def hooked(self: StateStore, job_id: str, round_: int, *args: Any, **kw: Any) -> None:
+        add_round(self, job_id, round_, *args, **kw)
+        if round_ == 1:
+            action()
+
+    monkeypatch.setattr(StateStore, "add_round", hooked)
+
+
+def test_policy_changed_mid_job_stops_the_site_at_the_next_round(
+    tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job = fast_job(tmp_path / "job", workspace, mode="plain", rounds=3, min_sites=2, round_timeout=20)
     policy = _policy(tmp_path, "site-3")
+    # the security officer removes plain from the allowed modes (the size changes too, so the agent's
+    # (mtime, size) stamp sees it even on a coarse-mtime file system)
+    _when_round_1_is_recorded(monkeypatch, lambda: _policy(tmp_path, "site-3", modes=("he",)))
     run = start(tmp_path, workspace, job, policies=_policies(tmp_path, site_3=policy))
     try:
         fed = run.server.fed
         job_id = _job_id(run)
-        deadline = time.monotonic() + 90
-        while not fed.store.rounds(job_id) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert fed.store.rounds(job_id), "round 1 never completed"
-        # the security officer removes plain from the allowed modes (the size changes too, so the
-        # agent's (mtime, size) stamp sees it even on a coarse-mtime file system)
-        _policy(tmp_path, "site-3", modes=("he",))
         run.join()
         assert set(run.errors) == {"site-3"}, run.errors
         assert getattr(run.errors["site-3"], "code", None) == "mode_not_allowed"
@@ -211,7 +224,7 @@ def test_privacy_budget_is_debited_per_round_and_an_exhausted_site_declines(
     tmp_path: Path, workspace: Path
 ) -> None:
     rounds = 2
-    job = fast_job(tmp_path / "job", workspace, mode="plain", rounds=rounds, min_sites=2, round_timeout=8)
+    job = fast_job(tmp_path / "job", workspace, mode="plain", rounds=rounds, min_sites=2, round_timeout=15)
     privacy = {"required": [GAUSSIAN], "budget": BUDGET}
     policies = _policies(
         tmp_path,
@@ -263,3 +276,82 @@ def test_privacy_budget_is_debited_per_round_and_an_exhausted_site_declines(
         assert [(e.job, e.spend.epsilon) for e in ledger.entries()] == [("earlier-job", 9.5)]
     # the relaxed site (no budget) keeps no ledger at all
     assert not (tmp_path / "state" / "site-3" / "privacy-ledger.sqlite").exists()
+
+
+def test_a_filter_added_to_the_policy_mid_job_applies_from_the_next_round(
+    tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stricter policy takes effect too, not only a refusing one: site-1's head stops leaving it
+    from round 2 on, and the job goes on with it."""
+    job = fast_job(tmp_path / "job", workspace, mode="plain", rounds=2, round_timeout=30)
+    strict = {"required": [{"name": "exclude", "tensors": ["head"]}]}
+    _when_round_1_is_recorded(monkeypatch, lambda: _policy(tmp_path, "site-1", privacy=strict))
+    run = start(tmp_path, workspace, job, policies=_policies(tmp_path))
+    try:
+        run.join()
+        assert not run.errors, run.errors
+        # round 1 as it was, round 2 with site-1's head zeroed: two rounds of FedAvg computed apart
+        shapes = {k: v.shape for k, v in INIT.items()}
+        total = sum(SAMPLES.values())
+        want = OrderedDict((k, v.astype(np.float64)) for k, v in INIT.items())
+        for r in (1, 2):
+            for s in ALL:
+                d = delta(s, r, shapes)
+                if r == 2 and s == "site-1":
+                    d["head"] = np.zeros_like(d["head"])
+                for k in want:
+                    want[k] = want[k] + SAMPLES[s] / total * d[k].astype(np.float64)
+        for s in ALL:
+            assert _max_err(run.final(s), want) < 1e-6
+        reload = [r for r in _audit(tmp_path, "site-1") if r["event"] == "policy_reloaded"]
+        assert reload and reload[0]["round"] == 2 and reload[0]["accept"] is True
+    finally:
+        run.stop()
+
+
+def test_a_round_the_ledger_cannot_pay_for_is_not_uploaded(
+    tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission passed, then another job spent from the same data set: the debit before round 2's
+    upload is refused, nothing is recorded for it, and nothing is uploaded (invariant 3)."""
+    from secagg.privacy.accounting import compose
+    from secagg.privacy.specs import GaussianSpec, spend_of
+
+    # (computed first: the RDP accountant's first import is slow, and the round clock runs from submit)
+    one = spend_of(GaussianSpec(clip=GAUSSIAN["clip"], noise_multiplier=GAUSSIAN["noise_multiplier"]), 39)
+    assert one is not None
+    e1 = compose([one], BUDGET["delta"]).epsilon
+    e2 = compose([one, one], BUDGET["delta"]).epsilon
+    # fits next to round 1, not next to rounds 1 and 2
+    other = Spend("laplace", BUDGET["epsilon"] - (e1 + e2) / 2, 0.0)
+    privacy = {"required": [GAUSSIAN], "budget": BUDGET}
+    job = fast_job(tmp_path / "job", workspace, mode="plain", rounds=2, min_sites=2, round_timeout=15)
+    ledger_path = tmp_path / "state" / "site-1" / "privacy-ledger.sqlite"
+
+    def other_job_spends() -> None:
+        with Ledger(ledger_path, "site-1") as ledger:
+            ledger.debit("other-job", 1, [other])
+
+    _when_round_1_is_recorded(monkeypatch, other_job_spends)
+    run = start(
+        tmp_path,
+        workspace,
+        job,
+        policies=_policies(tmp_path, site_1=_policy(tmp_path, "site-1", privacy=privacy)),
+    )
+    try:
+        run.join()
+        assert set(run.errors) == {"site-1"}, run.errors
+        assert getattr(run.errors["site-1"], "code", None) == "budget_exhausted"
+        job_id = _job_id(run)
+        rows = run.server.fed.store.rounds(job_id)
+        assert [r.participants for r in rows] == [ALL, ["site-2", "site-3"]]
+        declined = run.server.fed.store.declined(job_id)
+        assert [(d["site"], d["round"], d["code"]) for d in declined] == [("site-1", 2, "budget_exhausted")]
+    finally:
+        run.stop()
+    with Ledger(ledger_path, "site-1") as ledger:
+        assert [(e.job, e.round) for e in ledger.entries()] == [(job_id, 1), ("other-job", 1)]
+        eps, _, _ = ledger.total()
+        assert eps <= BUDGET["epsilon"]
+    assert [r["round"] for r in _audit(tmp_path, "site-1") if r["event"] == "uploaded"] == [1]
