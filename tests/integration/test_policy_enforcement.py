@@ -166,7 +166,7 @@ def test_sites_with_different_policies_aggregate_correctly(tmp_path: Path, works
         run.stop()
 
 
-def _when_round_1_is_recorded(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
+def _when_round_1_is_recorded(monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> None:
     """Run ``action`` in the aggregator's driver thread right after round 1 is stored and before
     round 2 exists, so no site can have fetched round 2 yet: "between the rounds", deterministically
     (polling from the test thread would race the sites' next fetch)."""
@@ -318,7 +318,7 @@ def test_a_round_the_ledger_cannot_pay_for_is_not_uploaded(
     from secagg.privacy.specs import GaussianSpec, spend_of
 
     # (computed first: the RDP accountant's first import is slow, and the round clock runs from submit)
-    one = spend_of(GaussianSpec(clip=GAUSSIAN["clip"], noise_multiplier=GAUSSIAN["noise_multiplier"]), 39)
+    one = spend_of(GaussianSpec.model_validate(GAUSSIAN), 39)
     assert one is not None
     e1 = compose([one], BUDGET["delta"]).epsilon
     e2 = compose([one, one], BUDGET["delta"]).epsilon
