@@ -68,8 +68,12 @@ def receive() -> OrderedDict[str, Any]:
     """The global model of this round as an ordered state_dict of torch tensors."""
     import torch
 
-    bundle = from_safetensors((_io() / "global.safetensors").read_bytes())
-    return OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in bundle.items())
+    return OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in receive_numpy().items())
+
+
+def receive_numpy() -> OrderedDict[str, np.ndarray]:
+    """The same model as numpy arrays, for training code that does not use torch."""
+    return from_safetensors((_io() / "global.safetensors").read_bytes())
 
 
 def _to_numpy(state: Mapping[str, Any]) -> OrderedDict[str, np.ndarray]:

@@ -10,7 +10,7 @@ that site's update, Pasquini et al., CCS 2022) is caught before any update leave
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cryptography import x509
@@ -53,9 +53,17 @@ def check_roster(
     peers: Mapping[str, x509.Certificate],
     ca_cert: x509.Certificate,
     min_sites: int,
+    roster_sites: Iterable[str] = (),
 ) -> None:
-    """Raise :class:`ModelInconsistent` naming the round and every site that differs or fails."""
-    bad: list[str] = []
+    """Raise :class:`ModelInconsistent` naming the round and every site that differs or fails.
+
+    ``roster_sites`` are the sites whose updates the round will combine: each must have proved the
+    same model, or an aggregator could withhold one site's proof and feed that site a model of its own.
+    """
+    bad: list[str] = [
+        f"{site} (in the roster without a signed fingerprint)"
+        for site in sorted(set(roster_sites) - set(signed))
+    ]
     agreeing: set[str] = set()
     for site, entry in sorted(signed.items()):
         if site == me:

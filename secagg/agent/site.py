@@ -443,7 +443,6 @@ class SiteAgent:
         ready = {
             "attempt": attempt,
             "n_samples": result.num_samples,
-            "metrics": result.metrics,
             "fingerprint": sign_fingerprint(self.kit.private_key, fp, job_id, round_, attempt, self.name),
         }
         self.stub.Post(
@@ -464,6 +463,7 @@ class SiteAgent:
             peers=self.kit.peer_certs(),
             ca_cert=self.kit.ca_cert,
             min_sites=spec.min_sites,
+            roster_sites=roster["weights"],
         )
         self.audit.append(
             "model_consistent", job=job_id, round=round_, fingerprint=fp, sites=sorted(roster["ready"])
@@ -474,7 +474,9 @@ class SiteAgent:
         weight = float(roster["weights"][self.name])
         weighted = bspec.flatten(release.update) * weight
         if spec.mode == "mask":
-            sent = self._mask_round(job_id, round_, sorted(roster["weights"]), weighted, weight, attempt)
+            sent = self._mask_round(
+                job_id, round_, sorted(roster["weights"]), weighted, weight, attempt, result.metrics
+            )
             if release.debit_id and self._ledger is not None:
                 self._ledger.mark_released(release.debit_id)
             self.state.set_progress(job_id, round=round_, attempt=attempt)
@@ -498,6 +500,8 @@ class SiteAgent:
             "attempt": attempt,
             "bytes": len(body),
             "mode": spec.mode,
+            # metrics of the model as received leave only after every site proved it is the same model
+            "metrics": result.metrics,
         }
         reply = self.stub.UploadResult(encode_stream(up_header, [body]), timeout=600)
         if release.debit_id and self._ledger is not None:
@@ -544,7 +548,14 @@ class SiteAgent:
         return self._ledger
 
     def _mask_round(
-        self, job_id: str, round_: int, sites: list[str], weighted: np.ndarray, weight: float, attempt: int
+        self,
+        job_id: str,
+        round_: int,
+        sites: list[str],
+        weighted: np.ndarray,
+        weight: float,
+        attempt: int,
+        metrics: dict[str, float],
     ) -> int:
         """The site's side of the masking protocol; returns the bytes sent. The client object refuses
         substituted keys, tampered shares and any request for both shares of one site."""
@@ -580,7 +591,14 @@ class SiteAgent:
             for b in unpack(self._collect(job_id, round_, attempt, "mask-myshares"))
         ]
         masked = client.masked_input(weighted, weight, mine).to_bytes()
-        header = {"job_id": job_id, "round": round_, "attempt": attempt, "bytes": len(masked), "mode": "mask"}
+        header = {
+            "job_id": job_id,
+            "round": round_,
+            "attempt": attempt,
+            "bytes": len(masked),
+            "mode": "mask",
+            "metrics": metrics,
+        }
         self.stub.UploadResult(encode_stream(header, [masked]), timeout=600)
         sent += len(masked)
         self._maybe_drop(round_, "unmask")

@@ -58,6 +58,7 @@ class RoundRun:
     uploads: dict[str, Path] = field(default_factory=dict)
     phase_started: float = field(default_factory=time.monotonic)
     mask: MaskRun | None = None  # mask mode: the masking phases after the roster
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per site, sent with the upload
 
 
 @dataclass
@@ -387,8 +388,12 @@ class Federation:
                 raise UpdateRejected(f"{site} already uploaded in round {round_}", code="duplicate_upload")
             return cur
 
-    def finish_upload(self, site: str, cur: RoundRun, spooled: Path) -> None:
+    def finish_upload(
+        self, site: str, cur: RoundRun, spooled: Path, metrics: dict[str, Any] | None = None
+    ) -> None:
         assert self.combiner is not None
+        if isinstance(metrics, dict):
+            cur.metrics[site] = {str(k): float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         if cur.mask is not None:
             with self.cond:
                 if cur.phase != "upload":
@@ -664,7 +669,7 @@ class Federation:
         """Site-reported validation metrics of the global model after ``of_round``."""
         if cur is None:
             return {}
-        return {"evaluated_round": of_round, "sites": {s: m.get("metrics", {}) for s, m in cur.ready.items()}}
+        return {"evaluated_round": of_round, "sites": dict(cur.metrics)}
 
     def _discard_spool(self, job: JobRun, cur: RoundRun) -> None:
         shutil.rmtree(self.spool_dir(job.job_id, cur.round, cur.attempt), ignore_errors=True)

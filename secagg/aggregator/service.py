@@ -110,7 +110,7 @@ class FederationService(rpc.FederationServicer):
                     )
                 final = spool / f"{site.name}.upload"
                 tmp.rename(final)
-                self.fed.finish_upload(site.name, cur, final)
+                self.fed.finish_upload(site.name, cur, final, header.get("metrics"))
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise

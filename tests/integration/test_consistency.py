@@ -146,16 +146,6 @@ def test_a_site_given_its_own_global_model_is_caught_by_every_site(
         run.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "SiteAgent._train (secagg/agent/site.py) posts the training script's metrics (computed on "
-        "site data with the global model as received) in the 'ready' message, before check_roster "
-        "has proved that model: an aggregator that hands one site a model of its choosing still gets "
-        "that site's data-dependent metrics for it. Send metrics only after the check (e.g. with the "
-        "upload), or only a fingerprint and sample count in 'ready'"
-    ),
-)
 def test_a_site_given_its_own_global_model_sends_nothing_computed_from_it(
     tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -276,20 +266,11 @@ def test_a_dropped_fingerprint_stops_every_site_when_all_sites_are_needed(
     try:
         _settle(tmp_path, run)
         _assert_every_site_stopped(tmp_path, run, {"site-1": [], "site-2": [], "site-3": ["site-3"]})
-        assert "only 2 sites proved the same model" in str(run.errors["site-1"])
+        assert "site-3 (in the roster without a signed fingerprint)" in str(run.errors["site-1"])
     finally:
         run.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "check_roster (secagg/agent/consistency.py) only checks the sites present in roster['ready'] "
-        "and never sees roster['weights']: a site in the weights whose signed fingerprint the "
-        "aggregator withholds is not noticed once min_sites other proofs agree, so site-1 and site-2 "
-        "upload next to an unproven site-3 (invariant 7)"
-    ),
-)
 def test_a_dropped_fingerprint_of_a_weighted_site_stops_every_site(
     tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

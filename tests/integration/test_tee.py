@@ -19,8 +19,9 @@ from tests.integration.harness import TEST_POLICY, expected_global, make_tiny_jo
 pytestmark = pytest.mark.slow
 
 MEASUREMENT = hashlib.sha384(b"aggregator image").digest()
+TEE_BASE = TEST_POLICY.replace("modes: [plain, he]", "modes: [plain, he, tee]")
 DEV_TEE = (
-    TEST_POLICY
+    TEE_BASE
     + f"""attestation:
   types: [dev-tee]
   measurements: [{MEASUREMENT.hex()}]
@@ -29,7 +30,7 @@ DEV_TEE = (
 """
 )
 PRODUCTION = (
-    TEST_POLICY
+    TEE_BASE
     + f"""attestation:
   types: [sev-snp, tdx]
   measurements: [{MEASUREMENT.hex()}]
