@@ -107,9 +107,35 @@ class SiteAgent:
         self._jobs: dict[str, Admitted] = {}
         self._ledger: Ledger | None = None
         self._load_policy()  # a site never runs without a policy that loads
+        from secagg.metrics import SiteMetrics
+
+        #: Prometheus metrics (rounds, bytes, refusals, privacy budget): never values or data
+        self.metrics = SiteMetrics()
+        self.audit.listeners.append(self._observe)
+        self._round_started = time.monotonic()
+        self._mode = ""
 
     def close(self) -> None:
         self.channel.close()
+        self.metrics.close()
+
+    def _observe(self, record: dict[str, Any]) -> None:
+        """Metrics follow the audit trail, so they can never say more than the audit log does."""
+        event = record["event"]
+        if event == "uploaded":
+            self.metrics.sent(self._mode, int(record.get("bytes") or 0))
+            self.metrics.round_done(self._mode, time.monotonic() - self._round_started)
+        elif event in ("round_declined", "job_refused", "aggregator_refused"):
+            self.metrics.refused(str(record.get("code", "refused")))
+
+    def _observe_budget(self) -> None:
+        if self._ledger is None:
+            return
+        eps, delta, _ = self._ledger.total()
+        eps_left, delta_left = self._ledger.remaining()
+        self.metrics.budget(
+            epsilon_spent=eps, epsilon_left=eps_left, delta_spent=delta, delta_left=delta_left
+        )
 
     # ------------------------------------------------------------ connection
     def register(self, wait_s: float = 60.0) -> pb.RegisterReply:
@@ -424,7 +450,10 @@ class SiteAgent:
 
     def _train(self, header: dict[str, Any], payload: bytes) -> None:
         job_id, round_, attempt = header["job_id"], int(header["round"]), int(header["attempt"])
+        self._round_started = time.monotonic()
         adm = self.admit(job_id)
+        self._mode = adm.job.spec.mode
+        self.metrics.received(self._mode, len(payload))
         adm = self._recheck_policy(job_id, round_)
         spec = adm.job.spec
         if spec.mode == "he":
@@ -530,7 +559,9 @@ class SiteAgent:
             if any(sp.epsilon > 0 for sp in spends):
                 self.audit.append("spend_without_budget", job=job_id, round=round_)
             return Release(filtered, spends, "")
-        return prepare_release(self._ledger_for(policy), chain, update, rng, job_id, round_)
+        release = prepare_release(self._ledger_for(policy), chain, update, rng, job_id, round_)
+        self._observe_budget()
+        return release
 
     def _ledger_for(self, policy: SitePolicy) -> Ledger:
         """The data set's durable ledger, with the budget the current policy declares."""

@@ -488,7 +488,7 @@ class Federation:
                 mask_step = True
             elif cur.phase == "upload":
                 assert cur.roster is not None
-                everyone = len(cur.uploads) >= len(cur.roster["weights"])
+                everyone = len(cur.uploads) >= len(set(cur.roster["weights"]) - job.declined)
                 expired = now - cur.phase_started > timeout
                 if not (everyone or expired):
                     self.cond.wait(timeout=0.5)

@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="ROUND:PHASE",
         help="demos only: vanish in ROUND before PHASE (upload or unmask), as a crashed site would",
     )
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (loopback)")
     run.add_argument("--forever", action="store_true", help="keep serving jobs after one finishes")
     run.set_defaults(func=run_agent)
 
@@ -40,6 +41,8 @@ def run_agent(args: argparse.Namespace) -> int:
         if not round_text.isdigit() or phase not in ("upload", "unmask"):
             raise UsageError("--simulate-dropout takes ROUND:PHASE, PHASE upload or unmask (e.g. 2:upload)")
         agent.simulate_dropout = (int(round_text), phase)
+    if args.metrics_port:
+        agent.metrics.serve(args.metrics_port)
     try:
         agent.run(stop_after_job=not args.forever)
     except SimulatedDropout as exc:

@@ -25,6 +25,10 @@ def test_plain_federation_three_sites_matches_weighted_fedavg(tmp_path: Path, wo
         assert [r.round for r in rounds] == [1, 2]
         assert all(r.participants == ["site-1", "site-2", "site-3"] for r in rounds)
         assert run.server.fed.job.state == "finished"  # type: ignore[union-attr]
+        from prometheus_client import generate_latest
+
+        site_metrics = generate_latest(run.agents["site-1"].metrics.registry).decode()
+        assert 'secagg_site_rounds_completed_total{mode="plain"} 2.0' in site_metrics
     finally:
         run.stop()
     n = verify_log(tmp_path / "state" / "aggregator" / "audit.jsonl")
