@@ -58,11 +58,11 @@ def test_mask_tee_and_error_goals() -> None:
 def test_rss_sweep_is_judged_at_the_largest_site_count() -> None:
     sweep = [
         _r("he", sites=4, uplink_bytes=100, peak_rss_bytes=250),
-        _r("he", sites=16, uplink_bytes=100, peak_rss_bytes=260),
+        _r("he", sites=16, uplink_bytes=100, peak_rss_bytes=290),
     ]
     checks = evaluate(sweep)
-    assert _met(checks, "he aggregator peak RSS <= 3x")  # 260 <= 300
-    assert _met(checks, "he aggregator peak RSS flat")  # 1.04x
-    grown = evaluate([sweep[0], _r("he", sites=16, uplink_bytes=100, peak_rss_bytes=400)])
+    assert _met(checks, "he aggregator peak RSS <= 3x")  # 290 <= 300
+    assert _met(checks, "he aggregator peak RSS flat")  # +40 < 50
+    grown = evaluate([sweep[0], _r("he", sites=16, uplink_bytes=100, peak_rss_bytes=310)])
     assert not _met(grown, "he aggregator peak RSS <= 3x")
     assert not _met(grown, "he aggregator peak RSS flat")
