@@ -499,6 +499,10 @@ class SiteAgent:
         )
         # the policy may have changed while we trained; no budget is spent for a round not uploaded
         adm = self._recheck_policy(job_id, round_)
+        state = self.stub.Heartbeat(pb.HeartbeatRequest(job_id=job_id, round=round_), timeout=30).job_state
+        if state != "running":
+            self.audit.append("round_abandoned", job=job_id, round=round_, reason=f"job is {state}")
+            return
         release = self._release(adm, job_id, round_, update)
         weight = float(roster["weights"][self.name])
         weighted = bspec.flatten(release.update) * weight
