@@ -1,9 +1,9 @@
 """Wall-clock and CPU seconds together.
 
 This machine is shared, so wall time swings with whatever else runs; CPU time (all threads of the
-process) is the steadier measure of work done. Both are reported. CPU time also exposes threading:
-TenSEAL contexts made with its default thread count (NVFlare's) encrypt a multi-ciphertext vector on
-every core, so their wall time can be below their CPU time.
+process) is the steadier measure of work done. Both are reported. CPU time counts every thread, so
+a library that spreads work over cores (TenSEAL contexts made with its default thread count, as
+NVFlare's are) would show wall time below CPU time.
 """
 
 from __future__ import annotations
