@@ -54,10 +54,17 @@ def plot(runs: Mapping[str, RunResult], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, r in runs.items():
-        ax.plot([x["round"] for x in r.per_round], [x["auc"] for x in r.per_round], marker="o", label=name)
+    # FedAdam and FedYogi often coincide for the first rounds (v starts at tau^2, far below the
+    # squared update, so both move v the same way): distinct markers and dashes keep both visible
+    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("x", "--")]
+    for i, (name, r) in enumerate(runs.items()):
+        marker, line = styles[i % len(styles)]
+        xs = [x["round"] for x in r.per_round]
+        ax.plot(xs, [x["auc"] for x in r.per_round], marker=marker, linestyle=line, label=name, alpha=0.85)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("global validation AUC")
     ax.set_title("Strategies on a label-skewed split")
