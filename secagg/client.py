@@ -79,6 +79,7 @@ def receive_numpy() -> OrderedDict[str, np.ndarray]:
 def _to_numpy(state: Mapping[str, Any]) -> OrderedDict[str, np.ndarray]:
     out: OrderedDict[str, np.ndarray] = OrderedDict()
     for k, v in state.items():
+        k = k.removeprefix("_module.")  # Opacus' GradSampleModule wraps the model
         arr = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
         out[k] = arr.astype(np.float32)
     return out
@@ -104,9 +105,42 @@ def send(
         tmp.write_bytes(to_safetensors(bundle))
         tmp.replace(io / "local.safetensors")
         result["num_samples"] = int(num_samples)
+        if _engine is not None:
+            from dataclasses import asdict
+
+            from secagg.privacy.dpsgd import spends
+
+            spec = _task()["dpsgd"]
+            result["training_spends"] = [asdict(sp) for sp in spends(_engine, float(spec["target_delta"]))]
     tmp = io / ".result.json.tmp"
     tmp.write_text(json.dumps(result))
     tmp.replace(io / "result.json")
+
+
+_engine: Any = None
+
+
+def privatize(model: Any, optimizer: Any, data_loader: Any, *, epochs: int = 1) -> tuple[Any, Any, Any]:
+    """Record-level DP when this site's policy requires it: wraps the model, optimizer and data loader
+    with Opacus' PrivacyEngine (target epsilon and delta from the policy, per round) and reports the
+    epsilon Opacus' accountant spent with :func:`send`. Returns them unchanged where the policy does not
+    ask for DP-SGD. A site whose policy requires it refuses to upload an update trained without it."""
+    global _engine
+    spec = _task().get("dpsgd")
+    if not spec:
+        return model, optimizer, data_loader
+    from secagg.privacy.dpsgd import make_private
+
+    model, optimizer, data_loader, _engine = make_private(
+        model,
+        optimizer,
+        data_loader,
+        float(spec["target_epsilon"]),
+        float(spec["target_delta"]),
+        epochs,
+        float(spec["max_grad_norm"]),
+    )
+    return model, optimizer, data_loader
 
 
 def proximal_term(model: Any) -> Any:

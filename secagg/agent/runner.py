@@ -42,6 +42,8 @@ class RunResult:
     local: dict[str, Any] | None
     num_samples: int | None
     metrics: dict[str, float]
+    #: what DP-SGD inside training spent, as the script's Opacus accountant reported it
+    training_spends: tuple[dict[str, Any], ...] = ()
 
 
 def run_entry(
@@ -81,4 +83,9 @@ def run_entry(
     local = None
     if task["task"] == "train":
         local = from_safetensors((io_dir / "local.safetensors").read_bytes())
-    return RunResult(local=local, num_samples=result.get("num_samples"), metrics=result.get("metrics", {}))
+    return RunResult(
+        local=local,
+        num_samples=result.get("num_samples"),
+        metrics=result.get("metrics", {}),
+        training_spends=tuple(result.get("training_spends") or ()),
+    )

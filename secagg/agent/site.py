@@ -43,6 +43,7 @@ from secagg.policy.model import SitePolicy
 from secagg.privacy.ledger import Ledger
 from secagg.privacy.release import Release, prepare_release
 from secagg.privacy.specs import apply_chain, build_chain
+from secagg.privacy.spend import Spend
 from secagg.provision.kit import Kit
 from secagg.strategy import StrategyState, make_strategy
 from secagg.tee.site import KeyPin, TrustedAggregator, verify_aggregator
@@ -438,6 +439,9 @@ class SiteAgent:
             "data_dir": str(self.data_dir),
             "params": adm.job.spec.params,
             "strategy": make_strategy(adm.job.spec.strategy).client_config(),
+            "dpsgd": next(
+                (f.model_dump() for f in adm.decision.effective_privacy if f.name == "dpsgd"), None
+            ),
         }
         return run_entry(
             adm.job.root,
@@ -503,7 +507,7 @@ class SiteAgent:
         if state != "running":
             self.audit.append("round_abandoned", job=job_id, round=round_, reason=f"job is {state}")
             return
-        release = self._release(adm, job_id, round_, update)
+        release = self._release(adm, job_id, round_, update, self._training_spends(adm, result))
         weight = float(roster["weights"][self.name])
         weighted = bspec.flatten(release.update) * weight
         if spec.mode == "mask":
@@ -550,8 +554,25 @@ class SiteAgent:
             epsilon=sum(sp.epsilon for sp in release.spends) or None,
         )
 
+    def _training_spends(self, adm: Admitted, result: Any) -> list[Spend]:
+        """DP-SGD is the one filter a site cannot add after training: refuse an update without it."""
+        required = any(f.name == "dpsgd" for f in adm.decision.effective_privacy)
+        spends = [Spend(**sp) for sp in result.training_spends]
+        if required and not any(sp.mechanism == "dpsgd" and sp.steps for sp in spends):
+            raise PolicyRefusal(
+                "this site's policy requires DP-SGD, but the training script did not train with it "
+                "(call client.privatize(model, optimizer, data_loader))",
+                code="dpsgd_not_applied",
+            )
+        return spends
+
     def _release(
-        self, adm: Admitted, job_id: str, round_: int, update: OrderedDict[str, np.ndarray]
+        self,
+        adm: Admitted,
+        job_id: str,
+        round_: int,
+        update: OrderedDict[str, np.ndarray],
+        training_spends: list[Spend] | None = None,
     ) -> Release:
         """Apply every filter the policy requires, then debit the budget durably (invariant 3)."""
         chain = build_chain(adm.decision.effective_privacy)
@@ -560,10 +581,13 @@ class SiteAgent:
         budget = policy.privacy.budget
         if budget is None:
             filtered, spends = apply_chain(chain, update, rng)
+            spends = [*(training_spends or []), *spends]
             if any(sp.epsilon > 0 for sp in spends):
                 self.audit.append("spend_without_budget", job=job_id, round=round_)
             return Release(filtered, spends, "")
-        release = prepare_release(self._ledger_for(policy), chain, update, rng, job_id, round_)
+        release = prepare_release(
+            self._ledger_for(policy), chain, update, rng, job_id, round_, training_spends or ()
+        )
         self._observe_budget()
         return release
 
