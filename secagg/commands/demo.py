@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--mode",
         choices=MODES,
         help="aggregation mode (default: he; plain for --compare-strategies and --privacy-sweep). "
-        "tee uses the INSECURE software dev-TEE; mask is not runnable yet",
+        "tee uses the INSECURE software dev-TEE",
     )
     p.add_argument(
         "--strategy",
@@ -59,6 +59,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help=_POLICY_HELP,
     )
     p.add_argument("--no-compare", action="store_true", help="skip the plain reference run")
+    p.add_argument(
+        "--drop-site",
+        action="append",
+        default=[],
+        metavar="NAME@ROUND",
+        help="mask mode: NAME vanishes in ROUND after sharing its keys, before uploading; the round "
+        "recovers its masks from the neighbours' shares (repeatable)",
+    )
     what = p.add_mutually_exclusive_group()
     what.add_argument(
         "--compare-strategies",
@@ -119,7 +127,23 @@ def run(args: argparse.Namespace) -> int:
         return _compare(out, **common)
     if args.privacy_sweep:
         return _sweep(out, strategy=args.strategy, **common)
-    return _single(out, strategy=args.strategy, no_compare=args.no_compare, **common)
+    return _single(out, strategy=args.strategy, no_compare=args.no_compare, drop=_drops(args, mode), **common)
+
+
+def _drops(args: argparse.Namespace, mode: str) -> dict[str, int]:
+    drops: dict[str, int] = {}
+    for item in args.drop_site:
+        name, _, round_text = item.partition("@")
+        if not round_text.isdigit() or int(round_text) < 1:
+            raise UsageError(f"--drop-site takes NAME@ROUND, e.g. site-2@2; got {item!r}")
+        if name not in {f"site-{i}" for i in range(1, args.sites + 1)}:
+            raise UsageError(f"--drop-site: no site {name!r} (sites are site-1 ... site-{args.sites})")
+        drops[name] = int(round_text)
+    if drops and mode != "mask":
+        raise UsageError("--drop-site shows mask mode's dropout recovery: use it with --mode mask")
+    if drops and args.sites - len(drops) < 2:
+        raise UsageError("--drop-site: at least 2 sites must stay")
+    return drops
 
 
 def _single(
@@ -131,6 +155,7 @@ def _single(
     policies: dict[str, Path],
     strategy: str,
     no_compare: bool,
+    drop: dict[str, int] | None = None,
 ) -> int:
     from secagg.demo import report
     from secagg.demo.run import cross_site_matrix, run_federation
@@ -146,11 +171,12 @@ def _single(
         params=DEMO_PARAMS,
         strategy=spec,
         policies=policies,
+        drop=drop,
     )
     for row in main.per_round:
         print(f"  round {row['round']}: global validation AUC {row['auc']:.4f}")
     reference = None
-    if mode != "plain" and not no_compare:
+    if mode != "plain" and not no_compare and not drop:
         print("reference run in plain mode (same data, same seeds) ...")
         reference = run_federation(
             out / "plain",

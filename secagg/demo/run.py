@@ -42,7 +42,7 @@ DEMO_POLICY = f"""\
 version: 1
 signers:
   submitters: [{SUBMITTER}]
-modes: [plain, he, tee]
+modes: [plain, he, mask, tee]
 attestation:
   types: [dev-tee]
   allow_insecure_dev_tee: true
@@ -52,8 +52,8 @@ limits:
   min_sites_per_round: 2
 """
 
-#: the modes the demo can run end to end (``mask`` has no aggregator support yet)
-RUNNABLE_MODES = ("plain", "he", "tee")
+#: the modes the demo can run end to end
+RUNNABLE_MODES = ("plain", "he", "mask", "tee")
 
 
 class DemoFailed(SecaggError):
@@ -94,6 +94,8 @@ def make_job(
     params: dict[str, Any],
     strategy: dict[str, Any] | None = None,
     privacy: list[dict[str, Any]] | None = None,
+    n_sites: int | None = None,
+    round_timeout: float | None = None,
 ) -> Path:
     """A job folder (unsigned): the template script, its initial model and job.yaml; ``privacy`` is the
     job's own filter requests (a site adds what its policy requires on top)."""
@@ -116,6 +118,13 @@ def make_job(
     }
     if privacy:
         spec["privacy"] = privacy
+    if mode == "mask":
+        from secagg.mask.job import mask_config
+
+        cfg = mask_config(None, n_sites or min_sites)
+        spec["mask"] = {"threshold": cfg.threshold, "neighbours": cfg.neighbours, "clip": 1.0}
+    if round_timeout is not None:
+        spec["round_timeout"] = round_timeout
     (folder / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return folder
 
@@ -131,6 +140,7 @@ def run_federation(
     policies: dict[str, Path] | None = None,
     privacy: list[dict[str, Any]] | None = None,
     default_policy: str = DEMO_POLICY,
+    drop: dict[str, int] | None = None,
     log=print,
 ) -> RunResult:  # noqa: ANN001
     """``policies`` gives a site its own policy file; the others get ``default_policy``."""
@@ -152,11 +162,15 @@ def run_federation(
     provision(project, ws, force=True)
     for s in sites:
         write_site(s, out / "data" / s.name)
+    drop = drop or {}
     job = make_job(
         out / "job",
         mode=mode,
         rounds=rounds,
-        min_sites=len(sites),
+        # a dropped site must not stall the round for long: the others go on without it
+        min_sites=len(sites) - len(drop),
+        n_sites=len(sites),
+        round_timeout=20 if drop else None,
         params=params,
         strategy=strategy,
         privacy=privacy,
@@ -213,6 +227,7 @@ def run_federation(
                             str(ws / s.name),
                             "--data",
                             str(out / "data" / s.name),
+                            *(["--simulate-dropout", f"{drop[s.name]}:upload"] if s.name in drop else []),
                             "--state",
                             str(out / "state" / s.name),
                             "--policy",
@@ -235,7 +250,7 @@ def run_federation(
             except subprocess.TimeoutExpired:
                 p.kill()
     seconds = time.monotonic() - started
-    return _collect(out, mode, rounds, sites, agg_state, seconds)
+    return _collect(out, mode, rounds, sites, agg_state, seconds, exclude=set(drop))
 
 
 def _watch(
@@ -282,14 +297,21 @@ def _rounds(agg_state: Path) -> list[dict[str, Any]]:
 
 
 def _collect(
-    out: Path, mode: str, rounds: int, sites: list[SiteData], agg_state: Path, seconds: float
+    out: Path,
+    mode: str,
+    rounds: int,
+    sites: list[SiteData],
+    agg_state: Path,
+    seconds: float,
+    exclude: set[str] | None = None,
 ) -> RunResult:
     tmpl = _template()
     import torch
 
     xv = torch.from_numpy(np.concatenate([s.x_val for s in sites]))
     yv = torch.from_numpy(np.concatenate([s.y_val for s in sites]))
-    jobs_dir = out / "state" / sites[0].name / "jobs"
+    holder = next(s for s in sites if s.name not in (exclude or set()))  # a site that saw every round
+    jobs_dir = out / "state" / holder.name / "jobs"
     job_dir = next(jobs_dir.iterdir())
     per_round = []
     timing = {r["round"]: r["seconds"] for r in _rounds(agg_state)}

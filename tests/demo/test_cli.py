@@ -102,8 +102,19 @@ def test_comparison_and_sweep_exclude_each_other(capsys: pytest.CaptureFixture[s
     assert "not allowed with argument" in err
 
 
-def test_mask_mode_is_refused_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, err = _run(capsys, "--mode", "mask", "--out", str(tmp_path / "o"))
-    assert rc == 1
-    assert err.startswith("secagg: demo_failed: mode mask cannot run")
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--mode", "mask", "--drop-site", "site-2"], "takes NAME@ROUND"),
+        (["--mode", "mask", "--drop-site", "site-9@1"], "no site 'site-9'"),
+        (["--mode", "he", "--drop-site", "site-2@1"], "use it with --mode mask"),
+        (["--mode", "mask", "--sites", "2", "--drop-site", "site-2@1"], "at least 2 sites must stay"),
+    ],
+)
+def test_drop_site_is_checked_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    rc, err = _run(capsys, *argv, "--out", str(tmp_path / "o"))
+    assert rc == 2
+    assert message in err
     assert not (tmp_path / "o").exists()
