@@ -53,8 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default="flat",
         help="one flat tensor, or MONAI SegResNet's 83 tensors (4.70M parameters; ignores --params)",
     )
-    p.add_argument("--sites", type=_sites, default=(8,), help="site count, or a list to sweep: 4,8,16")
-    p.add_argument("--modes", type=_modes, default=("plain", "he", "mask", "tee"), help="comma-separated")
+    p.add_argument(
+        "--sites", type=_sites, default=(8,), help="site count, or a list to sweep: 4,8,16 (default: 8)"
+    )
+    p.add_argument(
+        "--modes",
+        type=_modes,
+        default=("plain", "he", "mask", "tee"),
+        help="comma-separated, from plain,he,mask,tee,nvflare-he (default: plain,he,mask,tee)",
+    )
     p.add_argument("--compare", choices=("nvflare",), help="also run NVIDIA FLARE 2.9's HE path (nvflare-he)")
     p.add_argument("--repeats", type=_positive, default=3, help="rounds per mode; medians are reported")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -79,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         seed=args.seed,
     )
+    if "nvflare-he" in config.all_modes:
+        from secagg.bench.nvflare_he import require_nvflare
+
+        require_nvflare()  # before anything is written
     out: Path = args.out or Path("bench-out") / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)

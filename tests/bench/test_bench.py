@@ -183,3 +183,4 @@ def test_compare_nvflare_without_nvflare_exits_1_with_install_hint(
     assert code == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("secagg:") and "secagg[bench]" in line and "nvflare==2.9.0" in line
+    assert not (tmp_path / "o").exists()  # refused before writing anything
