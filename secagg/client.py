@@ -9,9 +9,10 @@
     train(model, client.data_dir, client.params)     # unchanged training code
     client.send(model.state_dict(), num_samples=n_train, metrics=metrics)
 
-The script runs in a subprocess of the site agent, which owns the keys, the policy and the network;
-the script sees only its input folder, so nothing it does can reach the aggregator except through
-``send`` and the filters and protection the agent applies after it.
+The script runs in a subprocess of the site agent, which owns the aggregator channel, the policy and
+the protection: what the script hands to ``send`` is filtered and protected by the agent before it
+leaves. The subprocess gets a reduced environment but no OS-level sandbox: deploy the agent under the
+hardened systemd unit or container (deploy/) so the job code cannot reach the network or the kit.
 """
 
 from __future__ import annotations

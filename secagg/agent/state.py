@@ -14,7 +14,8 @@ from secagg.aggregator.store import atomic_write
 
 class SiteState:
     def __init__(self, root: Path) -> None:
-        self.root = root
+        # absolute: the training subprocess runs in the job folder and gets paths below this root
+        self.root = root.resolve()
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def last_job(self) -> str:
