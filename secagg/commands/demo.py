@@ -201,6 +201,7 @@ def _single(
             f"max abs parameter difference {report.max_abs_diff(main.final_model, reference.final_model):.2e}"
         )
     print(f"report: {out / 'report.md'}")
+    print(f"per-round scalars: tensorboard --logdir {out / mode / 'state' / 'aggregator' / 'jobs'}")
     return 0
 
 
