@@ -103,6 +103,7 @@ def verify_and_validate(
     data: bytes,
     *,
     certs: Sequence[bytes] = (),
+    crls: Sequence[bytes] = (),
     collateral_dir: str | Path | None = None,
     options: ValidationOptions | None = None,
     expected_report_data: bytes | None = None,
@@ -113,7 +114,8 @@ def verify_and_validate(
     """Verify authenticity always; validate fields when ``options`` or ``expected_report_data`` is given.
 
     ``certs``: certificate blobs (PEM/DER/GUID table) for SEV-SNP; PEM public keys or certificates
-    pinning the dev-TEE key. ``expected_report_data`` (a nonce or key binding, at most 64 bytes,
+    pinning the dev-TEE key. ``crls``: PEM/DER CRLs by the AMD ARK, SEV-SNP only (from files, no network).
+    ``expected_report_data`` (a nonce or key binding, at most 64 bytes,
     zero-padded; ``nonce`` is an alias) takes precedence over ``options.report_data``. Never raises
     for bad evidence: every failure is in ``errors`` and the decision is ``refuse``.
     """
@@ -151,7 +153,7 @@ def verify_and_validate(
     do_validate = options is not None or expected is not None
     try:
         if kind == "sev-snp":
-            _snp(result, data, certs, opts, expected, do_validate, now)
+            _snp(result, data, certs, crls, opts, expected, do_validate, now)
         elif kind == "tdx":
             _tdx(result, data, collateral_dir, opts, expected, do_validate, now)
         else:
@@ -165,6 +167,7 @@ def _snp(
     result: AttestationResult,
     data: bytes,
     certs: Sequence[bytes],
+    crls: Sequence[bytes],
     opts: ValidationOptions,
     expected: bytes | None,
     do_validate: bool,
@@ -175,6 +178,9 @@ def _snp(
     report = snp.parse_report(raw)
     if table is not None:
         certs = [table, *certs]
+        carried = snp.parse_cert_table(table).get("crl")
+        if carried is not None:  # a CRL the host put in the extended report counts like one from a file
+            crls = [*crls, carried]
     result.measurement, result.report_data = report.measurement.hex(), report.report_data.hex()
     result.details.update(
         version=report.version,
@@ -183,7 +189,7 @@ def _snp(
         debug=report.debug,
         chip_id=report.chip_id.hex(),
     )
-    ver = snp_verify.verify_report(report, snp_verify.load_certificates(certs), now=now)
+    ver = snp_verify.verify_report(report, snp_verify.load_certificates(certs), crls=crls, now=now)
     result.checked.extend(ver.checks)
     result.verified = True
     result.details.update(product=str(ver.product), signing_key=ver.key_kind, reported_tcb=ver.tcb.as_dict())

@@ -66,27 +66,91 @@ def load_certificates(blobs: Iterable[bytes]) -> list[x509.Certificate]:
     return out
 
 
+def _name_cn(name: x509.Name) -> str:
+    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else name.rfc4514_string()
+
+
 def _cn(cert: x509.Certificate) -> str:
     attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(attrs[0].value) if attrs else ""
 
 
-def _verify_pss(issuer: x509.Certificate, cert: x509.Certificate) -> None:
-    """One RSASSA-PSS SHA-384 link; raises InvalidSignature or VerificationError."""
-    if cert.issuer != issuer.subject:
-        raise VerificationError(f"{_cn(cert)} is not issued by {_cn(issuer)}")
-    if cert.signature_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS:
-        raise VerificationError(f"{_cn(cert)} is not signed with RSASSA-PSS")
-    if not isinstance(cert.signature_hash_algorithm, hashes.SHA384):
-        raise VerificationError(f"{_cn(cert)} is not signed with SHA-384")
+def _verify_pss(issuer: x509.Certificate, signed: x509.Certificate | x509.CertificateRevocationList) -> None:
+    """One RSASSA-PSS SHA-384 (salt 48) signature by ``issuer``, as AMD's ARK/ASK sign certificates and
+    CRLs; raises InvalidSignature or VerificationError."""
+    if isinstance(signed, x509.Certificate):
+        name, tbs = _cn(signed), signed.tbs_certificate_bytes
+    else:
+        name, tbs = f"CRL of {_name_cn(signed.issuer)}", signed.tbs_certlist_bytes
+    if signed.issuer != issuer.subject:
+        raise VerificationError(f"{name} is not issued by {_cn(issuer)}")
+    if signed.signature_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS:
+        raise VerificationError(f"{name} is not signed with RSASSA-PSS")
+    if not isinstance(signed.signature_hash_algorithm, hashes.SHA384):
+        raise VerificationError(f"{name} is not signed with SHA-384")
     key = issuer.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         raise VerificationError(f"{_cn(issuer)} does not hold an RSA key")
     key.verify(
-        cert.signature,
-        cert.tbs_certificate_bytes,
+        signed.signature,
+        tbs,
         padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48),
         hashes.SHA384(),
+    )
+
+
+def load_crls(blobs: Iterable[bytes]) -> list[x509.CertificateRevocationList]:
+    """CRLs from PEM or DER (AMD KDS serves ``/vcek/v1/<product>/crl`` as DER)."""
+    out: list[x509.CertificateRevocationList] = []
+    for blob in blobs:
+        data = bytes(blob)
+        try:
+            if data.lstrip().startswith(b"-----BEGIN"):
+                out.append(x509.load_pem_x509_crl(data))
+            else:
+                out.append(x509.load_der_x509_crl(data))
+        except ValueError as exc:
+            raise ParseError(f"cannot read CRL data: {exc}") from exc
+    return out
+
+
+def check_crls(
+    crls: Sequence[x509.CertificateRevocationList],
+    ark: x509.Certificate,
+    certs: Sequence[x509.Certificate],
+    now: dt.datetime,
+) -> str:
+    """Check ``certs`` (ASK/ASVK, VCEK/VLEK) against ``crls``; returns the audit detail.
+
+    Every supplied CRL must be the ARK's, correctly signed and current: a caller that hands over a
+    CRL expects revocation to be checked, so a CRL that cannot be used is an error, not a no-op.
+    Raises :class:`VerificationError` naming the first problem.
+    """
+    if not crls:
+        return "no CRL supplied: revocation not checked"
+    for crl in crls:
+        if crl.issuer != ark.subject:
+            raise VerificationError(f"CRL issued by {_name_cn(crl.issuer)!r}, not by the chain's {_cn(ark)}")
+        try:
+            _verify_pss(ark, crl)
+        except InvalidSignature:
+            raise VerificationError(f"CRL is not signed by the chain's {_cn(ark)}") from None
+        next_update = crl.next_update_utc
+        if next_update is None or next_update < now:
+            when = f"{next_update:%Y-%m-%dT%H:%M:%SZ}" if next_update else "never"
+            raise VerificationError(f"stale CRL: next update {when}, before {now:%Y-%m-%dT%H:%M:%SZ}")
+        # A CRL speaks only for its issuer's certificates (RFC 5280 5.3): a VCEK (issued by the ASK,
+        # serial 0) looked up in the ARK's CRL could collide with an unrelated serial.
+        for cert in (c for c in certs if c.issuer == crl.issuer):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # VCEK serial 0
+                serial = cert.serial_number
+            if crl.get_revoked_certificate_by_serial_number(serial) is not None:
+                raise VerificationError(f"{_cn(cert)} (serial {serial:#x}) is revoked by the {_cn(ark)} CRL")
+    names = ", ".join(_cn(c) for c in certs if c.issuer == ark.subject) or "no certificate of its issuer"
+    return (
+        f"{len(crls)} CRL(s) by {_cn(ark)} checked, current at {now:%Y-%m-%dT%H:%M:%SZ}: {names} not revoked"
     )
 
 
@@ -160,9 +224,13 @@ def verify_report(
     certs: Sequence[x509.Certificate] = (),
     *,
     product: Product | None = None,
+    crls: Sequence[bytes] = (),
     now: dt.datetime | None = None,
 ) -> SnpVerification:
     """Verify ``report`` with the VCEK/VLEK among ``certs`` (and ASK/ARK there, else the pinned ones).
+
+    ``crls`` (PEM or DER, e.g. AMD KDS's per-product CRL, from a file: nothing is fetched) must each be
+    the chain ARK's, validly signed and current; the ASK/ASVK and the VCEK/VLEK must not be on them.
 
     Raises :class:`VerificationError` (its ``checks`` say how far it got) on the first failure: later
     checks mean nothing once an earlier link is broken.
@@ -218,6 +286,10 @@ def verify_report(
                 f"not at {now:%Y-%m-%dT%H:%M:%SZ}",
             )
     checks.append(Check("cert_validity", True, f"chain valid at {now:%Y-%m-%dT%H:%M:%SZ}"))
+    try:
+        checks.append(Check("crl", True, check_crls(load_crls(crls), ark, [inter, leaf], now)))
+    except (ParseError, VerificationError) as exc:
+        raise fail("crl", str(exc)) from None
 
     hint = report.product_hint()
     if hint is not None and hint is not chain_product:

@@ -33,6 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="VCEK/VLEK and ASK/ARK (PEM or DER) where the evidence does not carry them; "
         "for dev-TEE, PEM public keys that pin its signing key",
     )
+    v.add_argument(
+        "--crl",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="SEV-SNP: the AMD ARK's CRL (PEM or DER, from KDS) to check the ASK/ASVK for revocation",
+    )
     v.add_argument("--collateral", type=Path, metavar="DIR", help="Intel TDX collateral folder (offline)")
     v.add_argument("--policy", type=Path, metavar="FILE", help="YAML validation options")
     v.add_argument("--nonce", metavar="HEX", help="expected REPORT_DATA (<= 64 bytes, zero-padded)")
@@ -70,6 +78,7 @@ def run_verify(args: argparse.Namespace) -> int:
     result = verify_and_validate(
         _read(args.evidence, "evidence"),
         certs=[_read(c, "certificate file") for c in args.certs],
+        crls=[_read(c, "CRL file") for c in args.crl],
         collateral_dir=args.collateral,
         options=options,
         expected_report_data=nonce,

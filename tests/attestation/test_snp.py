@@ -59,6 +59,7 @@ def test_real_reports_verify_with_pinned_and_supplied_chain(snp_gsg, snp_virtee,
         assert [c.field for c in res.checks] == [
             "cert_chain",
             "cert_validity",
+            "crl",
             "product",
             "report_signature",
             "vcek_hwid",
