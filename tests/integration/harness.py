@@ -32,6 +32,20 @@ limits:
   max_rounds: 50
   min_sites_per_round: 2
 """
+
+
+def write_policies(tmp: Path, text: str | dict[str, str], sites: list[str] | None = None) -> dict[str, Path]:
+    """One policy file per site (the same ``text`` for all, or per site), for ``start(policies=...)``."""
+    texts = text if isinstance(text, dict) else {s: text for s in (sites or list(SAMPLES))}
+    out = {}
+    for site, body in texts.items():
+        p = tmp / "policies" / f"{site}.yaml"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(body)
+        out[site] = p
+    return out
+
+
 INIT = OrderedDict(
     [
         ("layer.weight", np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6)),

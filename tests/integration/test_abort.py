@@ -12,7 +12,7 @@ import yaml
 
 from secagg.privacy.ledger import Ledger
 from secagg.transport.generated import secagg_pb2 as pb
-from tests.integration.harness import TEST_POLICY, make_tiny_job, start
+from tests.integration.harness import TEST_POLICY, make_tiny_job, start, write_policies
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +28,7 @@ POLICY = TEST_POLICY + yaml.safe_dump(
 
 def test_abort_leaves_no_upload_and_no_spent_budget(tmp_path: Path, workspace: Path) -> None:
     job = make_tiny_job(tmp_path / "job", workspace, mode="plain", rounds=4)
-    pols = {}
-    for s in ("site-1", "site-2", "site-3"):
-        p = tmp_path / "pol" / f"{s}.yaml"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(POLICY)
-        pols[s] = p
+    pols = write_policies(tmp_path, POLICY)
     run = start(tmp_path, workspace, job, policies=pols)
     fed = run.server.fed
     job_id = fed.job.job_id  # type: ignore[union-attr]

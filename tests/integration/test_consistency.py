@@ -20,31 +20,17 @@ import pytest
 from secagg.agent.consistency import ModelInconsistent, sign_fingerprint
 from secagg.aggregator.federation import Federation
 from secagg.bundle import from_safetensors, to_safetensors
-from tests.integration.harness import Run, start
+from tests.integration.harness import TEST_POLICY, Run, start, write_policies
 from tests.integration.test_strategies import fast_job
 
 pytestmark = pytest.mark.slow
 
 ALL = ["site-1", "site-2", "site-3"]
-POLICY = """\
-version: 1
-signers:
-  submitters: [submitter@org-1, admin@lead]
-modes: [plain, he]
-limits:
-  max_rounds: 50
-  min_sites_per_round: 2
-"""
+POLICY = TEST_POLICY
 
 
 def _policies(tmp: Path) -> dict[str, Path]:
-    out = {}
-    for s in ALL:
-        p = tmp / "policies" / f"{s}.yaml"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(POLICY)
-        out[s] = p
-    return out
+    return write_policies(tmp, POLICY, ALL)
 
 
 def _audit(tmp: Path, who: str) -> list[dict[str, Any]]:

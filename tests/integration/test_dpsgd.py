@@ -14,7 +14,7 @@ from secagg.bundle import to_safetensors
 from secagg.jobs.sign import sign_job
 from secagg.privacy.ledger import Ledger
 from secagg.provision.kit import load_kit
-from tests.integration.harness import TEST_POLICY, start
+from tests.integration.harness import TEST_POLICY, start, write_policies
 
 pytestmark = pytest.mark.slow
 
@@ -69,13 +69,7 @@ def _job(folder: Path, workspace: Path, *, privatize: bool) -> Path:
 
 
 def _policies(tmp: Path) -> dict[str, Path]:
-    out = {}
-    for s in ("site-1", "site-2"):
-        p = tmp / "pol" / f"{s}.yaml"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(POLICY)
-        out[s] = p
-    return out
+    return write_policies(tmp, POLICY, ["site-1", "site-2"])
 
 
 def test_dpsgd_required_by_policy_is_applied_and_debited(tmp_path: Path, workspace: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from secagg.agent.site import SimulatedDropout
-from tests.integration.harness import TEST_POLICY, expected_global, make_tiny_job, start
+from tests.integration.harness import TEST_POLICY, expected_global, make_tiny_job, start, write_policies
 
 pytestmark = pytest.mark.slow
 
@@ -19,13 +19,7 @@ MASK_JOB = {"mask": {"threshold": 2, "clip": 1.0}}
 
 
 def _policies(tmp: Path) -> dict[str, Path]:
-    out = {}
-    for s in ("site-1", "site-2", "site-3"):
-        p = tmp / "pol" / f"{s}.yaml"
-        p.parent.mkdir(exist_ok=True)
-        p.write_text(MASK_POLICY)
-        out[s] = p
-    return out
+    return write_policies(tmp, MASK_POLICY)
 
 
 def test_mask_federation_matches_weighted_fedavg(tmp_path: Path, workspace: Path) -> None:

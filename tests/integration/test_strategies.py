@@ -20,22 +20,14 @@ from secagg.bundle import BundleSpec, fingerprint, from_safetensors, to_safetens
 from secagg.jobs.sign import sign_job
 from secagg.provision.kit import load_kit
 from secagg.strategy import make_strategy
-from tests.integration.harness import HERE, INIT, SAMPLES, Run, start
+from tests.integration.harness import HERE, INIT, SAMPLES, TEST_POLICY, Run, start, write_policies
 from tests.integration.tinyjob_train import delta
 
 pytestmark = pytest.mark.slow
 
 ALL = ["site-1", "site-2", "site-3"]
 ROUNDS = 5
-POLICY = """\
-version: 1
-signers:
-  submitters: [submitter@org-1, admin@lead]
-modes: [plain, he]
-limits:
-  max_rounds: 50
-  min_sites_per_round: 2
-"""
+POLICY = TEST_POLICY
 
 
 #: tinyjob_train.py's update, with the global model read as numpy: ``client.receive()`` imports
@@ -96,13 +88,7 @@ def fast_job(
 
 
 def _policies(tmp: Path) -> dict[str, Path]:
-    out = {}
-    for s in ALL:
-        p = tmp / "policies" / f"{s}.yaml"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(POLICY)
-        out[s] = p
-    return out
+    return write_policies(tmp, POLICY, ALL)
 
 
 def _reference(strategy: dict[str, Any]) -> OrderedDict[str, np.ndarray]:

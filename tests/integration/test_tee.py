@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from secagg.errors import PolicyRefusal
 from secagg.tee.attester import DevTeeAttester
 from secagg.tee.enclave import Enclave
-from tests.integration.harness import TEST_POLICY, expected_global, make_tiny_job, start
+from tests.integration.harness import TEST_POLICY, expected_global, make_tiny_job, start, write_policies
 
 pytestmark = pytest.mark.slow
 
@@ -39,13 +39,7 @@ PRODUCTION = (
 
 
 def _policies(tmp: Path, text_by_site: dict[str, str]) -> dict[str, Path]:
-    out = {}
-    for site, text in text_by_site.items():
-        p = tmp / "pol" / f"{site}.yaml"
-        p.parent.mkdir(exist_ok=True)
-        p.write_text(text)
-        out[site] = p
-    return out
+    return write_policies(tmp, text_by_site)
 
 
 def _enclave() -> Enclave:
