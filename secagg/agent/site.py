@@ -30,11 +30,11 @@ from secagg.agent.consistency import check_roster, sign_fingerprint
 from secagg.agent.protect import protect_he, protect_plain
 from secagg.agent.runner import run_entry
 from secagg.agent.state import SiteState
-from secagg.aggregator.store import atomic_write
 from secagg.auditlog import AuditLog
 from secagg.bundle import BundleSpec, fingerprint, from_safetensors, to_safetensors
 from secagg.errors import ConfigError, IdentityError, IntegrityError, PolicyRefusal, SecaggError
 from secagg.framing import frame, unframe
+from secagg.fsio import atomic_write
 from secagg.jobs.job import VerifiedJob
 from secagg.policy.admit import admit_job
 from secagg.policy.check import load_policy
@@ -482,8 +482,8 @@ class SiteAgent:
             pb.Message(topic="ready", job_id=job_id, round=round_, payload=json.dumps(ready).encode()),
             timeout=60,
         )
-        roster = self._roster(job_id, round_)
-        if roster is None or roster.get("attempt") != attempt or self.name not in roster["weights"]:
+        roster: dict[str, Any] = json.loads(self._collect(job_id, round_, attempt, "roster"))
+        if roster.get("attempt") != attempt or self.name not in roster["weights"]:
             self.audit.append("not_in_roster", job=job_id, round=round_)
             return
         check_roster(
@@ -751,17 +751,6 @@ class SiteAgent:
         if not der:
             raise IdentityError("the aggregator presented no certificate")
         return der
-
-    def _roster(self, job_id: str, round_: int) -> dict[str, Any] | None:
-        while True:
-            for msg in self.stub.Collect(
-                pb.CollectRequest(topic="roster", job_id=job_id, round=round_, timeout_seconds=POLL_S),
-                timeout=POLL_S + 30,
-            ):
-                roster: dict[str, Any] = json.loads(msg.payload)
-                if roster.get("cancelled"):
-                    return None
-                return roster
 
     def _finalize(self, header: dict[str, Any], payload: bytes) -> None:
         job_id = header["job_id"]

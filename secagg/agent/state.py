@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from secagg.aggregator.store import atomic_write
+from secagg.fsio import atomic_write
 
 
 class SiteState:

@@ -45,15 +45,18 @@ class PlainCombiner:
     def __init__(self, spec: BundleSpec) -> None:
         self.spec = spec
 
+    def _read(self, path: Path) -> bytes:
+        return path.read_bytes()
+
     def check(self, path: Path) -> None:
-        self.spec.check(from_safetensors(path.read_bytes()))
+        self.spec.check(from_safetensors(self._read(path)))
 
     def combine(self, uploads: Sequence[Path], out: Path) -> None:
         total = np.zeros(self.spec.size, dtype=np.float64)
         for p in uploads:
             try:
-                total += self.spec.flatten(from_safetensors(p.read_bytes()))
-            except UpdateRejected as exc:
+                total += self.spec.flatten(from_safetensors(self._read(p)))
+            except SecaggError as exc:
                 raise BadUpload(p, exc) from exc
         out.write_bytes(total.astype("<f8").tobytes())
 
@@ -102,34 +105,19 @@ def plain_result_bundle(spec: BundleSpec, vec: np.ndarray) -> bytes:
     return to_safetensors(spec.unflatten(vec), order=spec.names)
 
 
-class TeeCombiner:
+class TeeCombiner(PlainCombiner):
     """Uploads are framed HPKE-sealed chunks of safetensors(w_i * update_i), sealed to keys that only
     this (attested) aggregator holds; they are opened in memory, one at a time, and summed."""
 
     mode = "tee"
 
     def __init__(self, spec: BundleSpec, enclave: Any, job_id: str, round_of: Callable[[Path], int]) -> None:
-        self.spec = spec
+        super().__init__(spec)
         self.enclave = enclave
         self.job_id = job_id
         self.round_of = round_of
 
-    def _open(self, path: Path) -> bytes:
+    def _read(self, path: Path) -> bytes:
         site = path.name.removesuffix(".upload")  # the spool file is named by the mTLS identity
         with path.open("rb") as fh:
             return bytes(self.enclave.open_update(unframe(fh), self.job_id, self.round_of(path), site))
-
-    def check(self, path: Path) -> None:
-        self.spec.check(from_safetensors(self._open(path)))
-
-    def combine(self, uploads: Sequence[Path], out: Path) -> None:
-        total = np.zeros(self.spec.size, dtype=np.float64)
-        for p in uploads:
-            try:
-                total += self.spec.flatten(from_safetensors(self._open(p)))
-            except SecaggError as exc:
-                raise BadUpload(p, exc) from exc
-        out.write_bytes(total.astype("<f8").tobytes())
-
-    def load_sum(self, path: Path) -> np.ndarray:
-        return np.frombuffer(path.read_bytes(), dtype="<f8").copy()

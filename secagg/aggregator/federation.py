@@ -36,10 +36,11 @@ from secagg.aggregator.combine import (
     plain_result_bundle,
 )
 from secagg.aggregator.masking import MaskRun
-from secagg.aggregator.store import StateStore, atomic_write
+from secagg.aggregator.store import StateStore
 from secagg.auditlog import AuditLog
 from secagg.bundle import BundleSpec, fingerprint, from_safetensors
 from secagg.errors import ConfigError, SecaggError, UpdateRejected
+from secagg.fsio import atomic_write
 from secagg.jobs.spec import JobSpec
 from secagg.provision.kit import Kit
 from secagg.strategy import StrategyState, make_strategy
@@ -539,7 +540,7 @@ class Federation:
             atomic_write(result, source=tmp)
             self._complete(job, cur, result, scale, sorted(uploads), None)
             return
-        assert isinstance(self.combiner, PlainCombiner | TeeCombiner)
+        assert isinstance(self.combiner, PlainCombiner)
         avg = self.combiner.load_sum(tmp) * scale
         tmp.unlink()
         self._complete(job, cur, result, scale, sorted(uploads), avg)

@@ -7,13 +7,14 @@ rename) and referenced from the ``rounds`` table only once complete; the table r
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from secagg.fsio import atomic_write
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -60,25 +61,6 @@ class RoundRow:
     metrics: dict[str, Any]
     seconds: float
     finished: float
-
-
-def atomic_write(path: Path, data: bytes | None = None, *, source: Path | None = None) -> None:
-    """Write ``data`` (or move ``source``) to ``path`` so that a crash leaves the old file or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if source is not None:
-        os.replace(source, tmp)
-    else:
-        with open(tmp, "wb") as fh:
-            fh.write(data or b"")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class StateStore:

@@ -78,7 +78,17 @@ def _read_spec(work: Path) -> BundleSpec:
 
 
 # ---------------------------------------------------------------------------------------- plain ----
-class PlainMode:
+class _OneFileEachWay:
+    """Modes whose site sends one upload file and receives the one broadcast result file."""
+
+    def uplink_bytes(self, work: Path, site: int) -> int:
+        return up_path(work, site).stat().st_size
+
+    def downlink_bytes(self, work: Path, site: int) -> int:
+        return down_path(work, 0).stat().st_size
+
+
+class PlainMode(_OneFileEachWay):
     """Safetensors of the site's weighted update, float32; the aggregator sums in float64."""
 
     name = "plain"
@@ -100,12 +110,6 @@ class PlainMode:
             times.append(lap(t0))
             up_path(work, i).write_bytes(data)
         return times
-
-    def uplink_bytes(self, work: Path, site: int) -> int:
-        return up_path(work, site).stat().st_size
-
-    def downlink_bytes(self, work: Path, site: int) -> int:
-        return down_path(work, 0).stat().st_size
 
     def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
         data = down_path(work, 0).read_bytes()
@@ -132,7 +136,7 @@ class PlainAggregator:
 
 
 # ------------------------------------------------------------------------------------------- he ----
-class HEMode:
+class HEMode(_OneFileEachWay):
     """secagg's CKKS path: one flat slot stream per site, pre-weighted, framed ciphertexts."""
 
     name = "he"
@@ -160,12 +164,6 @@ class HEMode:
             up_path(work, i).write_bytes(data)
             del data
         return times
-
-    def uplink_bytes(self, work: Path, site: int) -> int:
-        return up_path(work, site).stat().st_size
-
-    def downlink_bytes(self, work: Path, site: int) -> int:
-        return down_path(work, 0).stat().st_size
 
     def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
         from secagg.he import decrypt_vector
@@ -356,7 +354,7 @@ def _tee_context(site: str, keys_sha256: bytes) -> Any:
     return Context(_TEE_JOB, _TEE_ROUND, site, keys_sha256)
 
 
-class TEEMode:
+class TEEMode(_OneFileEachWay):
     """secagg.tee's sealing: the plain payload in 4 MiB HPKE chunks (ML-KEM-768+X25519, HKDF-SHA256,
     AES-256-GCM) to the enclave's key; the enclave sends back the model with its P-384 signature over
     the model's fingerprint (:mod:`secagg.tee.modelsig`), which the site verifies."""
@@ -403,12 +401,6 @@ class TEEMode:
             times.append(lap(t0))
             up_path(work, i).write_bytes(data)
         return times
-
-    def uplink_bytes(self, work: Path, site: int) -> int:
-        return up_path(work, site).stat().st_size
-
-    def downlink_bytes(self, work: Path, site: int) -> int:
-        return down_path(work, 0).stat().st_size
 
     def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
         from secagg.bundle import fingerprint

@@ -7,44 +7,18 @@ moment the file exists (created with that mode, not chmod-ed afterwards), so no 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 from pathlib import Path
 
 from secagg.errors import ConfigError
+from secagg.fsio import atomic_write
 from secagg.he.context import SecretContext, load_secret_context
 
 
 def save_secret_context(path: Path | str, ctx: SecretContext) -> Path:
     path = Path(path)
-    data = ctx.serialize_secret()
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(folder)
+    atomic_write(path, ctx.serialize_secret(), mode=0o600)
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def load_secret_context_file(path: Path | str) -> SecretContext:

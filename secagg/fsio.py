@@ -1,0 +1,48 @@
+"""Durable file writes shared by every layer (aggregator state, site state, key stores).
+
+A crash must leave either the old file or the new one, never a torn one: write a uniquely named
+temporary file in the same folder (created exclusively, never following a link), fsync it, rename it
+over the target, fsync the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+
+def fsync_dir(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(
+    path: Path, data: bytes | None = None, *, source: Path | None = None, mode: int = 0o644
+) -> None:
+    """Write ``data`` (or move the file ``source``) to ``path`` atomically; ``mode`` for new data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        if source is not None:
+            os.replace(source, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        else:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data or b"")
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
