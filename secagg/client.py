@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -65,11 +67,16 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def receive() -> OrderedDict[str, Any]:
+class GlobalModel(OrderedDict[str, Any]):
+    """The round's global weights. Its own type so that, where the site requires DP-SGD, the module they
+    are loaded into is recognised as the model being trained (:mod:`secagg.privacy.dpsgd_runtime`)."""
+
+
+def receive() -> GlobalModel:
     """The global model of this round as an ordered state_dict of torch tensors."""
     import torch
 
-    return OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in receive_numpy().items())
+    return GlobalModel((k, torch.from_numpy(np.array(v))) for k, v in receive_numpy().items())
 
 
 def receive_numpy() -> OrderedDict[str, np.ndarray]:
@@ -101,47 +108,18 @@ def send(
     if _task()["task"] == "train":
         if state_dict is None or num_samples is None or num_samples <= 0:
             raise ClientError("a training task must send a state_dict and a positive num_samples")
+        dpsgd = sys.modules.get("secagg.privacy.dpsgd_runtime")
+        run = dpsgd.active() if dpsgd is not None else None
+        if run is not None:  # the agent runs this script under DP-SGD: what did training spend?
+            result["training_spends"] = [asdict(sp) for sp in run.receipt(state_dict)]
         bundle = _to_numpy(state_dict)
         tmp = io / ".local.safetensors.tmp"
         tmp.write_bytes(to_safetensors(bundle))
         tmp.replace(io / "local.safetensors")
         result["num_samples"] = int(num_samples)
-        if _engine is not None:
-            from dataclasses import asdict
-
-            from secagg.privacy.dpsgd import spends
-
-            spec = _task()["dpsgd"]
-            result["training_spends"] = [asdict(sp) for sp in spends(_engine, float(spec["target_delta"]))]
     tmp = io / ".result.json.tmp"
     tmp.write_text(json.dumps(result))
     tmp.replace(io / "result.json")
-
-
-_engine: Any = None
-
-
-def privatize(model: Any, optimizer: Any, data_loader: Any, *, epochs: int = 1) -> tuple[Any, Any, Any]:
-    """Record-level DP when this site's policy requires it: wraps the model, optimizer and data loader
-    with Opacus' PrivacyEngine (target epsilon and delta from the policy, per round) and reports the
-    epsilon Opacus' accountant spent with :func:`send`. Returns them unchanged where the policy does not
-    ask for DP-SGD. A site whose policy requires it refuses to upload an update trained without it."""
-    global _engine
-    spec = _task().get("dpsgd")
-    if not spec:
-        return model, optimizer, data_loader
-    from secagg.privacy.dpsgd import make_private
-
-    model, optimizer, data_loader, _engine = make_private(
-        model,
-        optimizer,
-        data_loader,
-        float(spec["target_epsilon"]),
-        float(spec["target_delta"]),
-        epochs,
-        float(spec["max_grad_norm"]),
-    )
-    return model, optimizer, data_loader
 
 
 def proximal_term(model: Any) -> Any:

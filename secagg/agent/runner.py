@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from secagg.agent.launch import REFUSAL_FILE, REFUSED
 from secagg.bundle import from_safetensors
 from secagg.client import IO_ENV
-from secagg.errors import SecaggError
+from secagg.errors import PolicyRefusal, SecaggError
 
 _KEEP_ENV = (
     "PATH",
@@ -51,7 +52,7 @@ def run_entry(
 ) -> RunResult:
     io_dir.mkdir(parents=True, exist_ok=True)
     (io_dir / "task.json").write_text(json.dumps(task))
-    for stale in ("local.safetensors", "result.json"):
+    for stale in ("local.safetensors", "result.json", REFUSAL_FILE):
         (io_dir / stale).unlink(missing_ok=True)
     env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -64,7 +65,7 @@ def run_entry(
     with log.open("ab") as out:
         try:
             proc = subprocess.run(
-                [sys.executable, str(script)],
+                [sys.executable, "-m", "secagg.agent.launch", str(script)],
                 cwd=job_root,
                 env=env,
                 stdout=out,
@@ -74,6 +75,10 @@ def run_entry(
             )
         except subprocess.TimeoutExpired:
             raise TrainingFailed(f"training script ran past {timeout:.0f} s") from None
+    refusal = io_dir / REFUSAL_FILE
+    if proc.returncode == REFUSED and refusal.is_file():
+        why = json.loads(refusal.read_text())
+        raise PolicyRefusal(str(why["reason"]), code=str(why["code"]))
     if proc.returncode != 0:
         raise TrainingFailed(f"training script exited with {proc.returncode}; see {log}")
     result_file = io_dir / "result.json"

@@ -35,6 +35,7 @@ from secagg.bundle import BundleSpec, fingerprint, from_safetensors, to_safetens
 from secagg.errors import ConfigError, IdentityError, IntegrityError, PolicyRefusal, SecaggError
 from secagg.framing import frame, unframe
 from secagg.fsio import atomic_write
+from secagg.jobs.filters import DpsgdFilter
 from secagg.jobs.job import VerifiedJob
 from secagg.policy.admit import admit_job
 from secagg.policy.check import load_policy
@@ -560,9 +561,17 @@ class SiteAgent:
         spends = [Spend(**sp) for sp in result.training_spends]
         if required and not any(sp.mechanism == "dpsgd" and sp.steps for sp in spends):
             raise PolicyRefusal(
-                "this site's policy requires DP-SGD, but the training script did not train with it "
-                "(call client.privatize(model, optimizer, data_loader))",
+                "this site's policy requires DP-SGD, but the training script took no optimizer step "
+                "under it (train with a torch optimizer over batches from a DataLoader)",
                 code="dpsgd_not_applied",
+            )
+        target = next((f for f in adm.decision.effective_privacy if isinstance(f, DpsgdFilter)), None)
+        spent = sum(sp.epsilon for sp in spends if sp.mechanism == "dpsgd")
+        # Opacus calibrates to within 0.01 of the target; more than that was not admitted
+        if target is not None and spent > target.target_epsilon + 0.011:
+            raise PolicyRefusal(
+                f"DP-SGD spent epsilon {spent:.4g} this round, over the {target.target_epsilon} admitted",
+                code="dpsgd_overspent",
             )
         return spends
 

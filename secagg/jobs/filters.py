@@ -62,6 +62,9 @@ class DpsgdFilter(_Filter):
     target_epsilon: float = Field(gt=0, allow_inf_nan=False)
     target_delta: float = Field(gt=0, lt=1)
     max_grad_norm: float = Field(gt=0, allow_inf_nan=False)
+    #: local epochs per round the noise is calibrated for (steps = epochs x batches per epoch); not a
+    #: privacy knob: more epochs at the same target epsilon means more noise per step
+    epochs: int = Field(1, ge=1, le=10_000)
 
 
 AnyFilter = SvtFilter | PercentileFilter | ExcludeFilter | GaussianFilter | DpsgdFilter

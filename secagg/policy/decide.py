@@ -121,27 +121,20 @@ def _privacy_rules(policy: SitePolicy, job: JobSpec) -> tuple[list[Reason], list
         rule = f"privacy.{site_f.name}"
         same = [f for f in job.privacy if f.name == site_f.name]
         if not same:
-            if site_f.name in TRAINING_TIME_FILTERS:
-                reasons.append(
-                    Reason(
-                        rule,
-                        False,
-                        "required_filter_missing",
-                        f"The site requires {site_f.name} during training and the job does not "
-                        "use it; it cannot be added after training.",
-                    )
+            chain.append(site_f)
+            how = (
+                "trains the job's unchanged code with it"
+                if site_f.name in TRAINING_TIME_FILTERS
+                else "adds it to every update"
+            )
+            reasons.append(
+                Reason(
+                    rule,
+                    True,
+                    OK,
+                    f"The job does not request {site_f.name}; the site {how}, at its own settings.",
                 )
-            else:
-                chain.append(site_f)
-                reasons.append(
-                    Reason(
-                        rule,
-                        True,
-                        OK,
-                        f"The job does not request {site_f.name}; the site "
-                        "adds it with its own settings to every update.",
-                    )
-                )
+            )
             continue
         problems = [p for f in same for p in _compare(f, site_f)]
         if problems:

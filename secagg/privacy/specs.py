@@ -100,14 +100,15 @@ class GaussianSpec(_Spec):
 
 
 class DpsgdSpec(_Spec):
-    """DP-SGD inside local training (:mod:`secagg.privacy.dpsgd`); not an update filter, so
-    :func:`build_chain` leaves it out: the runner applies it with :func:`~secagg.privacy.dpsgd.make_private`.
+    """DP-SGD inside local training (:mod:`secagg.privacy.dpsgd_runtime`); not an update filter, so
+    :func:`build_chain` leaves it out: the agent installs it in the training subprocess.
     """
 
     name: Literal["dpsgd"] = "dpsgd"
     target_epsilon: float = Field(gt=0, allow_inf_nan=False)
     target_delta: float = Field(gt=0, lt=1)
     max_grad_norm: float = Field(gt=0, allow_inf_nan=False)
+    epochs: int = Field(1, ge=1, le=10_000)
 
 
 FilterSpec = Annotated[
@@ -151,7 +152,7 @@ def _as_spec(spec: FilterSpec | Mapping[str, Any] | BaseModel) -> FilterSpec:
 
 def build_filter(spec: FilterSpec) -> Filter:
     if isinstance(spec, DpsgdSpec):
-        raise ConfigError("dpsgd runs inside training (secagg.privacy.dpsgd.make_private), not on the update")
+        raise ConfigError("dpsgd runs inside training (secagg.privacy.dpsgd_runtime), not on the update")
     params = spec.model_dump(exclude={"name"})
     if isinstance(spec, SvtSpec):
         return functools.partial(svt, **params)

@@ -1,5 +1,5 @@
-"""Record-level DP: a site whose policy requires DP-SGD gets its training wrapped by Opacus through
-``client.privatize`` and debits what Opacus' accountant spent; a script that skips it is refused."""
+"""Record-level DP: a site whose policy requires DP-SGD trains the job's unchanged script under Opacus
+and debits what Opacus' accountant spent; a script DP-SGD cannot account for is declined, not debited."""
 
 from __future__ import annotations
 
@@ -34,8 +34,7 @@ x = torch.tensor(rng.standard_normal((64, 4)), dtype=torch.float32)
 y = (x.sum(1, keepdim=True) > 0).float()
 loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
-PRIVATIZE
-for xb, yb in loader:
+for xb, yb in BATCHES:
     opt.zero_grad()
     torch.nn.functional.binary_cross_entropy_with_logits(model(xb), yb).backward()
     opt.step()
@@ -47,10 +46,9 @@ POLICY = TEST_POLICY + yaml.safe_dump(
 )
 
 
-def _job(folder: Path, workspace: Path, *, privatize: bool) -> Path:
+def _job(folder: Path, workspace: Path, *, batches: str, declare: bool) -> Path:
     folder.mkdir(parents=True)
-    line = "model, opt, loader = client.privatize(model, opt, loader)" if privatize else ""
-    (folder / "train.py").write_text(SCRIPT.replace("PRIVATIZE", line))
+    (folder / "train.py").write_text(SCRIPT.replace("BATCHES", batches))
     init = OrderedDict([("weight", np.zeros((1, 4), np.float32)), ("bias", np.zeros(1, np.float32))])
     (folder / "model.safetensors").write_bytes(to_safetensors(init))
     spec = {
@@ -61,7 +59,7 @@ def _job(folder: Path, workspace: Path, *, privatize: bool) -> Path:
         "model": "model.safetensors",
         "entry": "train.py",
         "round_timeout": 60,
-        "privacy": [DPSGD],
+        "privacy": [DPSGD] if declare else [],
     }
     (folder / "job.yaml").write_text(yaml.safe_dump(spec))
     sign_job(folder, load_kit(workspace / "submitter@org-1"))
@@ -72,8 +70,12 @@ def _policies(tmp: Path) -> dict[str, Path]:
     return write_policies(tmp, POLICY, ["site-1", "site-2"])
 
 
-def test_dpsgd_required_by_policy_is_applied_and_debited(tmp_path: Path, workspace: Path) -> None:
-    job = _job(tmp_path / "job", workspace, privatize=True)
+@pytest.mark.parametrize("declare", [False, True], ids=["site-adds-dpsgd", "job-declares-dpsgd"])
+def test_dpsgd_required_by_policy_is_applied_and_debited(
+    tmp_path: Path, workspace: Path, declare: bool
+) -> None:
+    """The script has no DP code at all: the agent trains it under Opacus, whether or not the job asked."""
+    job = _job(tmp_path / "job", workspace, batches="loader", declare=declare)
     run = start(tmp_path, workspace, job, sites=["site-1", "site-2"], policies=_policies(tmp_path))
     try:
         run.join(timeout=240)
@@ -85,15 +87,25 @@ def test_dpsgd_required_by_policy_is_applied_and_debited(tmp_path: Path, workspa
     assert [e.spend.mechanism for e in entries] == ["dpsgd"]
     assert 0 < entries[0].spend.epsilon <= DPSGD["target_epsilon"] * 1.05
     assert entries[0].spend.steps == 4  # 64 records / batch 16, one epoch: what Opacus' accountant counted
+    assert entries[0].spend.sample_rate == 0.25  # Poisson sampling at 1 / len(loader)
 
 
-def test_update_trained_without_dpsgd_is_refused(tmp_path: Path, workspace: Path) -> None:
-    job = _job(tmp_path / "job", workspace, privatize=False)
+def test_training_dpsgd_cannot_account_for_is_declined_and_not_debited(
+    tmp_path: Path, workspace: Path
+) -> None:
+    """Fixed batches sliced by hand are not Poisson-sampled: Opacus' accounting would not hold."""
+    job = _job(
+        tmp_path / "job",
+        workspace,
+        batches="[(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]",
+        declare=True,
+    )
     run = start(tmp_path, workspace, job, sites=["site-1", "site-2"], policies=_policies(tmp_path))
     try:
         run.join(timeout=240)
         codes = {getattr(e, "code", None) for e in run.errors.values()}
-        assert codes == {"dpsgd_not_applied"}, run.errors
+        assert codes == {"dpsgd_refused"}, run.errors
+        assert all("did not come from the training DataLoader" in str(e) for e in run.errors.values())
     finally:
         run.stop()
     assert (

@@ -155,11 +155,15 @@ def test_stronger_job_request_accepted_and_used() -> None:
     assert d.effective_privacy[0].epsilon == 0.005  # type: ignore[union-attr]
 
 
-def test_dpsgd_cannot_be_added_by_site() -> None:
+def test_dpsgd_is_added_by_the_site_and_a_job_may_ask_for_more_epochs() -> None:
     dp = {"name": "dpsgd", "target_epsilon": 0.1, "target_delta": 1e-7, "max_grad_norm": 1.0}
     p = policy(privacy={"required": [dp], "budget": {"epsilon": 1.0, "delta": 1e-5}})
-    assert codes(decide(p, job(), LEAD)) == ["required_filter_missing"]
-    assert decide(p, job(privacy=[dp]), LEAD).accept
+    added = decide(p, job(), LEAD)
+    assert added.accept
+    assert [(f.name, f.epochs) for f in added.effective_privacy] == [("dpsgd", 1)]  # type: ignore[union-attr]
+    own = decide(p, job(privacy=[{**dp, "epochs": 3}]), LEAD)
+    assert own.accept and own.effective_privacy[0].epochs == 3  # type: ignore[union-attr]
+    assert codes(decide(p, job(privacy=[{**dp, "target_epsilon": 0.2}]), LEAD)) == ["privacy_weaker"]
 
 
 def test_budget_exceeded() -> None:
