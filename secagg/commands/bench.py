@@ -1,5 +1,6 @@
 """``secagg bench [--params N] [--layout flat|segresnet] [--sites N[,N...]] [--modes LIST]
-[--compare nvflare] [--repeats N] [--out DIR]``."""
+[--compare nvflare] [--repeats N] [--out DIR]``, or ``secagg bench --training [--volume V] [--steps N]
+[--batch B] [--device auto|cpu|cuda] [--repeats N] [--out DIR]`` for the training-overhead table."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from secagg.errors import ConfigError
+from secagg.errors import ConfigError, UsageError
 
 
 def _sites(text: str) -> tuple[int, ...]:
@@ -39,6 +40,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _volume(text: str) -> int:
+    value = _positive(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 8 (SegResNet halves it three times), got {text!r}")
+    return value
+
+
+#: flags that only apply with --training (None: not given)
+_TRAINING_ONLY = ("volume", "steps", "batch", "device")
+#: flags of the per-mode table that --training does not use
+_TABLE_ONLY = ("params", "layout", "sites", "modes", "compare")
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "bench",
@@ -66,10 +80,36 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--repeats", type=_positive, default=3, help="rounds per mode; medians are reported")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help="output folder (default: a new folder under ./bench-out/)")
+    t = p.add_argument_group(
+        "training overhead",
+        "--training trains a SegResNet-shaped torch model and protects each round's update raw, with HE "
+        "(all tensors) and with HE on a subset (for comparison only; secagg does not ship it), instead "
+        "of the per-mode table; it uses CUDA when torch sees a GPU",
+    )
+    t.add_argument("--training", action="store_true", help="run the training-overhead measurement")
+    t.add_argument(
+        "--volume", type=_volume, help="input edge V of (batch, 4, V, V, V), a multiple of 8 (default: 32 CPU, 128 GPU)"
+    )
+    t.add_argument("--steps", type=_positive, help="optimizer steps per round (default: 20)")
+    t.add_argument("--batch", type=_positive, help="batch size (default: 1)")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: auto)")
     p.set_defaults(func=run)
 
 
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    defaults = {"params": 1_000_000, "layout": "flat", "sites": (8,), "modes": ("plain", "he", "mask", "tee")}
+    return [f"--{n}" for n in names if getattr(args, n) is not None and getattr(args, n) != defaults.get(n)]
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.training:
+        extra = _given(args, _TABLE_ONLY)
+        if extra:
+            raise UsageError(f"{', '.join(extra)} do not apply to --training")
+        return run_training(args)
+    extra = _given(args, _TRAINING_ONLY)
+    if extra:
+        raise UsageError(f"{', '.join(extra)} only apply with --training")
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -107,5 +147,45 @@ def run(args: argparse.Namespace) -> int:
     title = f"secagg bench: {config.layout} ({size}), median of {config.repeats}"
     js, md, png = write_outputs(results, out, title)
     sys.stdout.write(markdown_table(results) + "\n" + markdown(evaluate(results)))
+    console.print(f"wrote {js}, {md}, {png}")
+    return 0
+
+
+def run_training(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from secagg.bench.training import (
+        TrainingConfig,
+        describe,
+        markdown_table,
+        progress_steps,
+        run_training,
+        write_outputs,
+    )
+
+    config = TrainingConfig(
+        volume=args.volume,
+        steps=args.steps or TrainingConfig.steps,
+        batch=args.batch or TrainingConfig.batch,
+        repeats=args.repeats,
+        device=args.device or "auto",
+        seed=args.seed,
+    )
+    config.resolve_device()  # --device cuda without CUDA: refused before anything is written
+    out: Path = args.out or Path("bench-out") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
+    ) as bar:
+        task = bar.add_task("starting", total=progress_steps(config))
+
+        def progress(desc: str, advance: int) -> None:
+            bar.update(task, description=desc, advance=advance)
+
+        result = run_training(config, progress)
+    js, md, png = write_outputs(result, out)
+    sys.stdout.write(describe(result) + "\n" + markdown_table(result))
     console.print(f"wrote {js}, {md}, {png}")
     return 0

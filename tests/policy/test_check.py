@@ -11,7 +11,7 @@ from secagg.errors import ConfigError
 from secagg.policy import check_policy_file, check_policy_text, load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ["hospital-strict", "research-consortium", "development"]
+EXAMPLES = ["hospital-strict", "research-consortium", "development", "record-level-dp"]
 
 
 def issues(text: str) -> list[tuple[int, str, str]]:

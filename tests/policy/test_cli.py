@@ -56,7 +56,7 @@ def policy(tmp_path: Path) -> Path:
     return p
 
 
-@pytest.mark.parametrize("name", ["hospital-strict", "research-consortium", "development"])
+@pytest.mark.parametrize("name", ["hospital-strict", "research-consortium", "development", "record-level-dp"])
 def test_check_examples(capsys, name: str) -> None:
     code, out, _ = run(capsys, "policy", "check", ROOT / "policies" / f"{name}.yaml")
     assert code == 0 and out.strip().endswith(": ok")

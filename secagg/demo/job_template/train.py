@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+from torch.utils.data import DataLoader, TensorDataset
 
 FEATURES = 30
 
@@ -32,13 +33,12 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict
     torch.manual_seed(int(params.get("seed", 0)))
     opt = torch.optim.SGD(model.parameters(), lr=float(params.get("lr", 0.05)))
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    batch = int(params.get("batch_size", 32))
+    loader = DataLoader(TensorDataset(x, y), batch_size=int(params.get("batch_size", 32)), shuffle=True)
+    model.train()
     for _ in range(int(params.get("epochs", 2))):
-        order = torch.randperm(len(y))
-        for start in range(0, len(y), batch):
-            idx = order[start : start + batch]
+        for xb, yb in loader:
             opt.zero_grad()
-            loss = loss_fn(model(x[idx]).squeeze(1), y[idx])
+            loss = loss_fn(model(xb).squeeze(1), yb)
             if extra_loss is not None:
                 loss = loss + extra_loss(model)
             loss.backward()
