@@ -531,17 +531,18 @@ class SiteAgent:
             stream = frame(sealed)
         else:
             stream = protect_plain(bspec, weighted)
-        body = b"".join(stream)
+        parts = list(stream)  # frames as made: no second copy of the whole upload
+        size = sum(len(p) for p in parts)
         up_header = {
             "job_id": job_id,
             "round": round_,
             "attempt": attempt,
-            "bytes": len(body),
+            "bytes": size,
             "mode": spec.mode,
             # metrics of the model as received leave only after every site proved it is the same model
             "metrics": result.metrics,
         }
-        reply = self.stub.UploadResult(encode_stream(up_header, [body]), timeout=600)
+        reply = self.stub.UploadResult(encode_stream(up_header, parts), timeout=600)
         if release.debit_id and self._ledger is not None:
             self._ledger.mark_released(release.debit_id)
         self.state.set_progress(job_id, round=round_, attempt=attempt)
@@ -550,7 +551,7 @@ class SiteAgent:
             job=job_id,
             round=round_,
             attempt=attempt,
-            bytes=len(body),
+            bytes=size,
             accepted=reply.accepted,
             epsilon=sum(sp.epsilon for sp in release.spends) or None,
         )

@@ -354,6 +354,12 @@ def _tee_context(site: str, keys_sha256: bytes) -> Any:
     return Context(_TEE_JOB, _TEE_ROUND, site, keys_sha256)
 
 
+def _tee_sig_path(work: Path) -> Path:
+    """The model signature, which travels beside the model (the agent sends it in the download's
+    header), so the model itself is the same bytes as ``plain``'s."""
+    return work / "down-0.sig"
+
+
 class TEEMode(_OneFileEachWay):
     """secagg.tee's sealing: the plain payload in 4 MiB HPKE chunks (ML-KEM-768+X25519, HKDF-SHA256,
     AES-256-GCM) to the enclave's key; the enclave sends back the model with its P-384 signature over
@@ -397,26 +403,27 @@ class TEEMode(_OneFileEachWay):
             weighted = update.astype(np.float64) * wl.weights[i]
             plain = to_safetensors(wl.spec.unflatten(weighted), order=wl.spec.names)
             ctx = _tee_context(name, self.keys_sha256)
-            data = _frames_bytes(seal_chunks(plain, self.public, suites.MLKEM768_X25519, ctx))
+            # the framed sealed chunks (each at most 4 MiB) are what the transport carries, one by one
+            pieces = list(frame(seal_chunks(plain, self.public, suites.MLKEM768_X25519, ctx)))
             times.append(lap(t0))
-            up_path(work, i).write_bytes(data)
+            with up_path(work, i).open("wb") as fh:
+                fh.writelines(pieces)
         return times
+
+    def downlink_bytes(self, work: Path, site: int) -> int:
+        return down_path(work, 0).stat().st_size + _tee_sig_path(work).stat().st_size
 
     def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
         from secagg.bundle import fingerprint
         from secagg.tee import modelsig
 
-        data = down_path(work, 0).read_bytes()
+        model = down_path(work, 0).read_bytes()
+        signature = _tee_sig_path(work).read_bytes()
         t0 = clock()
-        signature, model = _read_frames_bytes(data)
         bundle = from_safetensors(model)
         modelsig.verify(self.sig_spki, signature, fingerprint(bundle), _TEE_JOB, _TEE_ROUND)
         out = wl.spec.flatten(bundle)
         return lap(t0), out
-
-
-def _read_frames_bytes(data: bytes) -> list[bytes]:
-    return list(unframe(io.BytesIO(data)))
 
 
 class TEEAggregator:
@@ -442,16 +449,23 @@ class TEEAggregator:
         from secagg.tee.sealing import open_chunks
 
         keys = {suites.MLKEM768_X25519: self.key}
-        payloads = (
-            open_chunks(_read_frames(up_path(self.work, i)), keys, _tee_context(name, self.keys_sha256))
-            for i, name in enumerate(self.names)
-        )
-        result = _sum_plain(self.spec, payloads)
+        spec = self.spec
+        # the same parse and sum as plain's aggregator (_sum_plain); each upload is opened as it is
+        # read, chunk by chunk, as the aggregator service's TeeCombiner does
+        total = np.zeros(spec.size, dtype=np.float64)
+        for i, name in enumerate(self.names):
+            with up_path(self.work, i).open("rb") as fh:
+                payload = open_chunks(unframe(fh), keys, _tee_context(name, self.keys_sha256))
+            total += spec.flatten(from_safetensors(payload))
+        model = spec.unflatten(total)
+        result = to_safetensors(model, order=spec.names)
         assert isinstance(self.sig_key, ec.EllipticCurvePrivateKey)
-        bundle = from_safetensors(result)
-        signature = modelsig.sign(self.sig_key, fingerprint(bundle), _TEE_JOB, _TEE_ROUND)
+        # the fingerprint of the float32 tensors just serialised (not of a re-parse of the bytes):
+        # the aggregator service signs it the same way, and the site checks it against what it parses
+        signature = modelsig.sign(self.sig_key, fingerprint(model), _TEE_JOB, _TEE_ROUND)
         # every site downloads the same signed model: write it once
-        down_path(self.work, 0).write_bytes(_frames_bytes([signature, result]))
+        down_path(self.work, 0).write_bytes(result)
+        _tee_sig_path(self.work).write_bytes(signature)
 
 
 def make_mode(name: str) -> Mode:

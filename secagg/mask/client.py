@@ -35,7 +35,7 @@ from secagg.mask.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from secagg.mask.prg import expand
+from secagg.mask.prg import apply_masks
 from secagg.mask.quantize import quantize
 from secagg.provision.identity import verify_cert
 
@@ -215,25 +215,25 @@ class MaskClient:
         cfg = self.config
         # the weight rides as one more element, so it is masked like the update and only the
         # survivors' total is ever revealed
-        y = np.concatenate(
-            [quantize(vec, cfg.clip, cfg.frac_bits), quantize(np.array([w]), cfg.max_weight, cfg.frac_bits)]
-        )
-        n = y.size
+        size = int(np.size(vec))
+        y = np.empty(size + 1, dtype=np.uint32)
+        quantize(vec, cfg.clip, cfg.frac_bits, out=y[:size])
+        quantize(np.array([w]), cfg.max_weight, cfg.frac_bits, out=y[size:])
         assert self._self_seed is not None
-        y += expand(self._self_seed, n)
+        plus: list[bytes] = [self._self_seed]
+        minus: list[bytes] = []
         for peer in sorted(held):
             seed = keys.pair_seed(
                 keys.agree(self._c, self._peer_mask_pk[peer]), self.job, self.round, self.name, peer
             )
-            if self.name < peer:
-                y += expand(seed, n)
-            else:
-                y -= expand(seed, n)
+            # the pair's two sites add and subtract the same vector, so it cancels in the sum
+            (plus if self.name < peer else minus).append(seed)
+        apply_masks(y, plus, minus)
         self._held = held
         self._masked_with = sorted(held)
         self._self_seed = None  # only its shares may outlive the upload
         self._phase = _Phase.UPLOADED
-        return MaskedInput(self.name, self.job, self.round, y.astype("<u4").tobytes())
+        return MaskedInput(self.name, self.job, self.round, y.astype("<u4", copy=False).tobytes())
 
     # -- phase 4 -------------------------------------------------------------------------------------
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:

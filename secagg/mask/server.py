@@ -27,7 +27,7 @@ from secagg.mask.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from secagg.mask.prg import expand
+from secagg.mask.prg import apply_masks
 from secagg.mask.quantize import dequantize
 
 
@@ -170,12 +170,13 @@ class MaskServer:
                 raise ProtocolViolation(f"two unmask responses from {r.site!r}")
             got[r.site] = r
         self._need(len(got), "answered the unmask request")
-        n = self.length + 1
-        correction = np.zeros(n, dtype=np.uint32)
+        # seeds of the masks still on the sum: every survivor's self mask, and the pairwise masks
+        # between survivors and the dropped sites they masked with
+        added: list[bytes] = []
+        subtracted: list[bytes] = []
         for owner in self._request.survivors:
             shares = [r.self_mask_shares[owner] for r in got.values() if owner in r.self_mask_shares]
-            b = self._rebuild(owner, shares, "self-mask seed")
-            correction += expand(b, n)
+            added.append(self._rebuild(owner, shares, "self-mask seed"))
         for owner in self._request.dropped:
             peers = [p for p in sorted(self._uploaded) if owner in self._masked_pairs[p]]
             if not peers:
@@ -190,11 +191,9 @@ class MaskServer:
                     keys.agree(c, self._keys[peer].mask_pk), self.job, self.round, peer, owner
                 )
                 # the survivor added +PRG if its name sorts first, else -PRG
-                if peer < owner:
-                    correction += expand(seed, n)
-                else:
-                    correction -= expand(seed, n)
-        total = self._acc - correction
+                (added if peer < owner else subtracted).append(seed)
+        # strip them: subtract what was added and add back what was subtracted
+        total = apply_masks(self._acc.copy(), add=subtracted, subtract=added)
         k = len(self._uploaded)
         vec = dequantize(total[:-1], k, self.config.clip, self.config.frac_bits)
         weight = float(dequantize(total[-1:], k, self.config.max_weight, self.config.frac_bits)[0])

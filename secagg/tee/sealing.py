@@ -127,12 +127,14 @@ def seal_chunks(
     buffering, otherwise the pieces are held in memory first. An empty payload is one empty chunk.
     """
     per = plaintext_per_chunk(suite, chunk_size)
-    pieces: Iterator[bytes]
+    pieces: Iterator[bytes | memoryview]
     if isinstance(payload, bytes | bytearray | memoryview):
-        data = bytes(payload)
-        if size is not None and size != len(data):
-            raise ValueError(f"size {size} differs from the payload's {len(data)} bytes")
-        size, pieces = len(data), (data[i : i + per] for i in range(0, len(data), per))
+        # pieces are views into the payload (sealing copies each into its ciphertext anyway); a
+        # mutable payload is copied first so that the pieces cannot change while they are sealed
+        data = memoryview(payload if isinstance(payload, bytes) else bytes(payload)).cast("B")
+        if size is not None and size != data.nbytes:
+            raise ValueError(f"size {size} differs from the payload's {data.nbytes} bytes")
+        size, pieces = data.nbytes, (data[i : i + per] for i in range(0, data.nbytes, per))
     elif size is None:
         held = list(_recut(payload, per))
         size, pieces = sum(len(p) for p in held), iter(held)

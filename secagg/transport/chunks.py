@@ -19,11 +19,24 @@ MAX_CHUNK = 4 * 1024 * 1024
 
 
 def _pieces(payload: Iterable[bytes]) -> Iterator[bytes]:
-    """Re-cut arbitrary byte pieces into chunks of at most MAX_CHUNK."""
+    """Re-cut arbitrary byte pieces into chunks of MAX_CHUNK (the last may be shorter): many small
+    pieces (one HE frame each) are joined rather than sent as thousands of tiny messages."""
+    buf = bytearray()
     for piece in payload:
         view = memoryview(piece)
-        for start in range(0, len(view), MAX_CHUNK):
-            yield bytes(view[start : start + MAX_CHUNK])
+        while len(view):
+            if not buf and len(view) >= MAX_CHUNK:
+                yield bytes(view[:MAX_CHUNK])
+                view = view[MAX_CHUNK:]
+                continue
+            take = MAX_CHUNK - len(buf)
+            buf += view[:take]
+            view = view[take:]
+            if len(buf) == MAX_CHUNK:
+                yield bytes(buf)
+                buf.clear()
+    if buf:
+        yield bytes(buf)
 
 
 def encode_stream(header: dict[str, Any], payload: Iterable[bytes]) -> Iterator[pb.Chunk]:

@@ -102,3 +102,20 @@ def test_size_limit(enclave: Enclave, chunks: list[bytes]) -> None:
 def test_suite_not_offered(make_enclave, trusted: TrustedAggregator, chunks: list[bytes]) -> None:  # type: ignore[no-untyped-def]
     p384_only = make_enclave(enclave_keys=EnclaveKeys.generate(["p384"]))
     assert rejected(p384_only, chunks).code == "tee_chunk_mixed"
+
+
+def test_bytes_like_payloads_seal_the_same_bytes(trusted: TrustedAggregator, enclave: Enclave) -> None:
+    """bytearray and memoryview payloads (of any item size) are sealed as their raw bytes; a mutable
+    payload changed after sealing starts does not change what was sealed."""
+    import numpy as np
+
+    words = np.frombuffer(UPDATE, dtype="<u4")
+    for payload in (bytearray(UPDATE), memoryview(UPDATE), memoryview(words)):
+        sealed = list(trusted.seal_update(payload, "job-1", 2, "site-1", chunk_size=CHUNK))
+        assert len(sealed) == 4
+        assert enclave.open_update(sealed, "job-1", 2, "site-1") == UPDATE
+    mutable = bytearray(UPDATE)
+    stream = trusted.seal_update(mutable, "job-1", 2, "site-1", chunk_size=CHUNK)
+    first = next(stream)
+    mutable[:] = bytes(len(mutable))
+    assert enclave.open_update([first, *stream], "job-1", 2, "site-1") == UPDATE
