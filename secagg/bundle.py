@@ -135,5 +135,5 @@ def fingerprint(bundle: Mapping[str, np.ndarray]) -> str:
         a = np.ascontiguousarray(arr, dtype="<f4")
         h.update(struct.pack("<I", len(name.encode())) + name.encode())
         h.update(struct.pack("<I", a.ndim) + b"".join(struct.pack("<Q", d) for d in a.shape))
-        h.update(memoryview(a.reshape(-1)))  # the buffer itself: same bytes as tobytes(), without a model-sized copy
+        h.update(a.reshape(-1).data)  # same bytes as tobytes(), without a model-sized copy
     return h.hexdigest()
