@@ -20,7 +20,8 @@ Timing (wall and CPU seconds of the process, all threads, :mod:`.clock`):
 
 * ``train_s``: ``steps`` Adam steps on a fixed synthetic batch (input ``(batch, 4, V, V, V)``, random
   binary targets for 3 channels, soft Dice loss), plus taking the update (new minus old weights) to
-  the host as float32 numpy. On CUDA the device is synchronised before the clock stops.
+  the host as float32 numpy. On CUDA the device is synchronised before the clock stops (and CPU
+  seconds then count the host side only).
 * ``protect_s``: from that update to the bytes handed to the transport: flatten, weighting,
   encryption, serialisation, framing.
 * ``round_s`` = ``train_s`` + ``protect_s``. Each round trains once and protects its update all three
@@ -34,6 +35,7 @@ decryption error of the last round is reported as a check that the bytes hold th
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import platform
@@ -146,7 +148,9 @@ class SegResNetLike(nn.Module):
                     _Conv(c, c // 2, k=1), nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False)
                 )
             )
-        self.conv_final = nn.Sequential(_norm(f), nn.ReLU(inplace=True), _Conv(f, out_channels, k=1, bias=True))
+        self.conv_final = nn.Sequential(
+            _norm(f), nn.ReLU(inplace=True), _Conv(f, out_channels, k=1, bias=True)
+        )
         self.levels = len(blocks_down)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,8 +219,10 @@ class Protector:
         if mode == "he-full":
             return b"".join(protect_he(self.secret, self.spec.flatten(update) * w))
         if mode == "he-subset":
-            clear = b"".join(protect_plain(self.rest, self.rest.flatten(update) * w))
-            return b"".join(frame([clear])) + b"".join(protect_he(self.secret, self.subset.flatten(update) * w))
+            rest = {n: update[n] for n in self.rest.names}
+            clear = b"".join(protect_plain(self.rest, self.rest.flatten(rest) * w))
+            enc = {n: update[n] for n in self.subset.names}
+            return b"".join(frame([clear])) + b"".join(protect_he(self.secret, self.subset.flatten(enc) * w))
         raise ConfigError(f"unknown training mode {mode!r}; known: {', '.join(TRAINING_MODES)}")
 
     def max_abs_err(self, mode: str, update: dict[str, np.ndarray], data: bytes) -> float:
@@ -343,6 +349,8 @@ def _machine(device: str) -> dict[str, Any]:
     }
     if device == "cuda":
         out["gpu"] = torch.cuda.get_device_name(0)
+    with contextlib.suppress(OSError):  # a shared machine: say how busy it was
+        out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
 
@@ -367,6 +375,7 @@ def _iter_rounds(n: int) -> Iterator[tuple[int, bool]]:
 
 def run_training(config: TrainingConfig, progress: Progress = _no_progress) -> TrainingResult:
     device = config.resolve_device()
+    load_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
     volume = config.volume or DEFAULT_VOLUME[device]
     torch.manual_seed(config.seed)
     model = SegResNetLike(init_filters=config.init_filters).to(device)
@@ -396,7 +405,8 @@ def run_training(config: TrainingConfig, progress: Progress = _no_progress) -> T
             loss.backward()
             opt.step()
         update = {
-            k: (v.detach() - before[k]).to("cpu", torch.float32).numpy() for k, v in model.state_dict().items()
+            k: (v.detach() - before[k]).to("cpu", torch.float32).numpy()
+            for k, v in model.state_dict().items()
         }
         _sync(device)
         train = lap(t0)
@@ -450,6 +460,8 @@ def run_training(config: TrainingConfig, progress: Progress = _no_progress) -> T
             )
         )
     machine = _machine(device)
+    if load_start:
+        machine["loadavg_start"] = load_start
     return TrainingResult(
         device=device,
         device_name=machine.get("gpu", machine["cpu"]),
@@ -493,8 +505,8 @@ def markdown_table(result: TrainingResult) -> str:
         rows.append(
             f"| {m.mode} | {share} | {m.bytes_sent / _MB:.1f} | {m.bytes_ratio:.2f} "
             f"| {_s(m.train_s)} ({_s(m.train_cpu_s)}) | {_s(m.protect_s)} ({_s(m.protect_cpu_s)}) "
-            f"| {_s(m.round_s)} ({_s(m.round_cpu_s)}) | {m.overhead_pct:+.1f} % ({m.overhead_cpu_pct:+.1f} %) "
-            f"| {m.max_abs_err:.1e} |"
+            f"| {_s(m.round_s)} ({_s(m.round_cpu_s)}) "
+            f"| {m.overhead_pct:+.1f} % ({m.overhead_cpu_pct:+.1f} %) | {m.max_abs_err:.1e} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -505,9 +517,10 @@ def describe(result: TrainingResult) -> str:
         f"SegResNet-shaped model (init_filters={result.init_filters}): {result.params:,} parameters in "
         f"{result.tensors} tensors; device {result.device} ({result.device_name}, torch "
         f"{result.machine['torch']}, {result.machine['torch_threads']} threads); input "
-        f"({result.batch}, 4, {result.volume}, {result.volume}, {result.volume}), {result.steps} Adam steps "
-        f"per round, soft Dice loss ({result.loss_first:.4f} after the warm-up round, "
-        f"{result.loss_last:.4f} after the last); median of {result.repeats} rounds after one warm-up. "
+        f"({result.batch}, 4, {result.volume}, {result.volume}, {result.volume}), {result.steps} Adam "
+        f"step{'s' if result.steps > 1 else ''} per round, soft Dice loss ({result.loss_first:.4f} "
+        f"after the warm-up round, {result.loss_last:.4f} after the last); median of {result.repeats} "
+        f"rounds after one warm-up. "
         f"HE: {result.he_params}, update pre-weighted by {result.site_weight:g}. he-subset encrypts "
         f"{len(result.subset)} tensors ({', '.join(result.subset)}): {result.subset_params:,} parameters, "
         f"{100 * result.subset_fraction:.1f} %; the rest goes in clear.\n"

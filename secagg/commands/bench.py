@@ -43,14 +43,22 @@ def _positive(text: str) -> int:
 def _volume(text: str) -> int:
     value = _positive(text)
     if value % 8:
-        raise argparse.ArgumentTypeError(f"expected a multiple of 8 (SegResNet halves it three times), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a multiple of 8 (SegResNet halves it 3 times), got {text!r}"
+        )
     return value
 
 
-#: flags that only apply with --training (None: not given)
-_TRAINING_ONLY = ("volume", "steps", "batch", "device")
-#: flags of the per-mode table that --training does not use
-_TABLE_ONLY = ("params", "layout", "sites", "modes", "compare")
+#: the per-mode table's own flags and their defaults; --training refuses them when set otherwise
+_TABLE_DEFAULTS: dict[str, object] = {
+    "params": 1_000_000,
+    "layout": "flat",
+    "sites": (8,),
+    "modes": ("plain", "he", "mask", "tee"),
+    "compare": None,
+}
+#: flags that only apply with --training (default None: not given)
+_TRAINING_ONLY = ("volume", "steps", "batch", "device", "init_filters")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -59,21 +67,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="measure per-mode overhead (bytes, seconds, error, aggregator RSS), optionally vs NVFlare HE",
     )
     p.add_argument(
-        "--params", type=_positive, default=1_000_000, help="flat layout size (default: %(default)s)"
+        "--params",
+        type=_positive,
+        default=_TABLE_DEFAULTS["params"],
+        help="flat layout size (default: %(default)s)",
     )
     p.add_argument(
         "--layout",
         choices=("flat", "segresnet"),
-        default="flat",
+        default=_TABLE_DEFAULTS["layout"],
         help="one flat tensor, or MONAI SegResNet's 83 tensors (4.70M parameters; ignores --params)",
     )
     p.add_argument(
-        "--sites", type=_sites, default=(8,), help="site count, or a list to sweep: 4,8,16 (default: 8)"
+        "--sites",
+        type=_sites,
+        default=_TABLE_DEFAULTS["sites"],
+        help="site count, or a list to sweep: 4,8,16 (default: 8)",
     )
     p.add_argument(
         "--modes",
         type=_modes,
-        default=("plain", "he", "mask", "tee"),
+        default=_TABLE_DEFAULTS["modes"],
         help="comma-separated, from plain,he,mask,tee,nvflare-he (default: plain,he,mask,tee)",
     )
     p.add_argument("--compare", choices=("nvflare",), help="also run NVIDIA FLARE 2.9's HE path (nvflare-he)")
@@ -88,28 +102,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     t.add_argument("--training", action="store_true", help="run the training-overhead measurement")
     t.add_argument(
-        "--volume", type=_volume, help="input edge V of (batch, 4, V, V, V), a multiple of 8 (default: 32 CPU, 128 GPU)"
+        "--volume",
+        type=_volume,
+        help="input edge V of (batch, 4, V, V, V), a multiple of 8 (default: 32 on CPU, 128 on GPU)",
     )
     t.add_argument("--steps", type=_positive, help="optimizer steps per round (default: 20)")
     t.add_argument("--batch", type=_positive, help="batch size (default: 1)")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: auto)")
+    # the model's width: 16 is the real SegResNet; smaller only makes tests quick
+    t.add_argument("--init-filters", type=_positive, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
-
-
-def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
-    defaults = {"params": 1_000_000, "layout": "flat", "sites": (8,), "modes": ("plain", "he", "mask", "tee")}
-    return [f"--{n}" for n in names if getattr(args, n) is not None and getattr(args, n) != defaults.get(n)]
 
 
 def run(args: argparse.Namespace) -> int:
     if args.training:
-        extra = _given(args, _TABLE_ONLY)
+        extra = [f"--{n}" for n, default in _TABLE_DEFAULTS.items() if getattr(args, n) != default]
         if extra:
-            raise UsageError(f"{', '.join(extra)} do not apply to --training")
-        return run_training(args)
-    extra = _given(args, _TRAINING_ONLY)
+            raise UsageError(f"{', '.join(extra)}: not used with --training")
+        return _run_training(args)
+    extra = [f"--{n.replace('_', '-')}" for n in _TRAINING_ONLY if getattr(args, n) is not None]
     if extra:
-        raise UsageError(f"{', '.join(extra)} only apply with --training")
+        raise UsageError(f"{', '.join(extra)}: only used with --training")
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -151,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_training(args: argparse.Namespace) -> int:
+def _run_training(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -170,6 +183,7 @@ def run_training(args: argparse.Namespace) -> int:
         batch=args.batch or TrainingConfig.batch,
         repeats=args.repeats,
         device=args.device or "auto",
+        init_filters=args.init_filters or TrainingConfig.init_filters,
         seed=args.seed,
     )
     config.resolve_device()  # --device cuda without CUDA: refused before anything is written
