@@ -7,9 +7,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from secagg.errors import ConfigError, UsageError
+
+T = TypeVar("T")
 
 
 def _sites(text: str) -> tuple[int, ...]:
@@ -124,7 +128,6 @@ def run(args: argparse.Namespace) -> int:
     if extra:
         raise UsageError(f"{', '.join(extra)}: only used with --training")
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from secagg.bench.report import markdown_table, write_outputs
     from secagg.bench.runner import BenchConfig, run_bench, steps
@@ -143,18 +146,11 @@ def run(args: argparse.Namespace) -> int:
         from secagg.bench.nvflare_he import require_nvflare
 
         require_nvflare()  # before anything is written
-    out: Path = args.out or Path("bench-out") / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(args)
     console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
-    ) as bar:
-        task = bar.add_task("starting", total=steps(config))
-
-        def progress(desc: str, advance: int) -> None:
-            bar.update(task, description=desc, advance=advance)
-
-        results = run_bench(config, out / "scratch", progress)
+    results = _with_progress(
+        console, steps(config), lambda progress: run_bench(config, out / "scratch", progress)
+    )
     (out / "scratch").rmdir()
     size = "SegResNet" if config.layout == "segresnet" else f"{results[0].params:,} params"
     title = f"secagg bench: {config.layout} ({size}), median of {config.repeats}"
@@ -166,7 +162,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_training(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from secagg.bench.training import (
         TrainingConfig,
@@ -187,19 +182,31 @@ def _run_training(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     config.resolve_device()  # --device cuda without CUDA: refused before anything is written
-    out: Path = args.out or Path("bench-out") / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(args)
     console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
-    ) as bar:
-        task = bar.add_task("starting", total=progress_steps(config))
-
-        def progress(desc: str, advance: int) -> None:
-            bar.update(task, description=desc, advance=advance)
-
-        result = run_training(config, progress)
+    result = _with_progress(console, progress_steps(config), lambda progress: run_training(config, progress))
     js, md, png = write_outputs(result, out)
     sys.stdout.write(describe(result) + "\n" + markdown_table(result))
     console.print(f"wrote {js}, {md}, {png}")
     return 0
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    out: Path = args.out or Path("bench-out") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _with_progress(console: Any, total: int, work: Callable[[Callable[[str, int], None]], T]) -> T:
+    """Run ``work(progress)`` under a transient progress bar on stderr (stdout keeps only the table)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
+    ) as bar:
+        task = bar.add_task("starting", total=total)
+
+        def progress(desc: str, advance: int) -> None:
+            bar.update(task, description=desc, advance=advance)
+
+        return work(progress)

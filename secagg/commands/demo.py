@@ -200,6 +200,11 @@ def _single(
             f"\n{mode} final AUC {main.final_auc:.4f} vs plain {reference.final_auc:.4f}; "
             f"max abs parameter difference {report.max_abs_diff(main.final_model, reference.final_model):.2e}"
         )
+        mine, theirs = report.median_round_seconds(main), report.median_round_seconds(reference)
+        print(
+            f"median round time {mine:.2f} s ({mode}) vs {theirs:.2f} s (plain): {mine / theirs:.2f}x; "
+            f"whole run {main.seconds:.1f} s vs {reference.seconds:.1f} s"
+        )
     print(f"report: {out / 'report.md'}")
     print(f"per-round scalars: tensorboard --logdir {out / mode / 'state' / 'aggregator' / 'jobs'}")
     return 0

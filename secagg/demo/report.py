@@ -15,6 +15,11 @@ def max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return max(float(np.max(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)))) for k in a)
 
 
+def median_round_seconds(run: RunResult) -> float:
+    """Aggregation-to-aggregation time of a round; the median, as the first round also starts processes."""
+    return float(np.median([r["seconds"] for r in run.per_round]))
+
+
 def plot(runs: list[RunResult], path: Path) -> None:
     import matplotlib
 
@@ -55,6 +60,7 @@ def write(
         "final_auc": main.final_auc,
         "per_round": main.per_round,
         "seconds": main.seconds,
+        "median_round_seconds": median_round_seconds(main),
         "cross_site": matrix or {},
         **extra,
     }
@@ -84,6 +90,7 @@ def write(
             "max_abs_param_diff": diff,
             "auc_delta": delta,
             "seconds": reference.seconds,
+            "median_round_seconds": median_round_seconds(reference),
         }
         lines += [
             f"## {main.mode} against {reference.mode}",
@@ -93,6 +100,9 @@ def write(
             f"- final global model, max abs parameter difference: {diff:.2e}",
             f"- wall time: {main.seconds:.1f} s ({main.mode}) vs {reference.seconds:.1f} s "
             f"({reference.mode})",
+            f"- median round time: {median_round_seconds(main):.2f} s ({main.mode}) vs "
+            f"{median_round_seconds(reference):.2f} s ({reference.mode}): "
+            f"{median_round_seconds(main) / median_round_seconds(reference):.2f}x",
             "",
         ]
     if matrix:

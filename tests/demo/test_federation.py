@@ -58,6 +58,8 @@ def test_summary_has_the_contract_fields(demo: Path) -> None:
     for row in summary["per_round"]:
         assert 0.5 < row["auc"] <= 1.0 and row["seconds"] > 0
     assert summary["final_auc"] == summary["per_round"][-1]["auc"]
+    times = sorted(r["seconds"] for r in summary["per_round"])
+    assert summary["median_round_seconds"] == pytest.approx((times[0] + times[1]) / 2)
     assert summary["strategy"] == {"name": "fedavg"}
     assert summary["policies"]["site-2"].endswith("site-2.yaml") and "site-1" not in summary["policies"]
     assert (demo / "auc.png").stat().st_size > 0
