@@ -48,7 +48,7 @@ from secagg.privacy.spend import Spend
 from secagg.provision.kit import Kit
 from secagg.strategy import StrategyState, make_strategy
 from secagg.tee.site import KeyPin, TrustedAggregator, verify_aggregator
-from secagg.transport.chunks import encode_stream, read_all
+from secagg.transport.chunks import coalesce, encode_stream, read_all
 from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.generated import secagg_pb2_grpc as rpc
 from secagg.transport.tls import channel
@@ -542,7 +542,7 @@ class SiteAgent:
             # metrics of the model as received leave only after every site proved it is the same model
             "metrics": result.metrics,
         }
-        reply = self.stub.UploadResult(encode_stream(up_header, parts), timeout=600)
+        reply = self.stub.UploadResult(encode_stream(up_header, coalesce(parts)), timeout=600)
         if release.debit_id and self._ledger is not None:
             self._ledger.mark_released(release.debit_id)
         self.state.set_progress(job_id, round=round_, attempt=attempt)

@@ -19,8 +19,17 @@ MAX_CHUNK = 4 * 1024 * 1024
 
 
 def _pieces(payload: Iterable[bytes]) -> Iterator[bytes]:
-    """Re-cut arbitrary byte pieces into chunks of MAX_CHUNK (the last may be shorter): many small
-    pieces (one HE frame each) are joined rather than sent as thousands of tiny messages."""
+    """Cut pieces longer than MAX_CHUNK; each piece goes out as soon as it is produced (log follow)."""
+    for piece in payload:
+        view = memoryview(piece)
+        for start in range(0, len(view), MAX_CHUNK):
+            yield bytes(view[start : start + MAX_CHUNK])
+
+
+def coalesce(payload: Iterable[bytes]) -> Iterator[bytes]:
+    """Join many small pieces (one HE frame each) into MAX_CHUNK pieces (the last may be shorter), so an
+    upload is a few large messages rather than thousands of tiny ones. Holds pieces back until a chunk
+    is full: only for payloads that are complete, never for a live stream."""
     buf = bytearray()
     for piece in payload:
         view = memoryview(piece)
