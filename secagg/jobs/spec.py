@@ -23,7 +23,11 @@ class _Strict(BaseModel):
 
 
 class HESpec(_Strict):
-    preset: str = "secagg-default"
+    """The project's HE key is made once, by the key holder, with ``secagg-default`` (CKKS N=4096,
+    q=[40, 20], scale 2^36): a job cannot pick other parameters for it, so any other preset is refused
+    here rather than silently ignored (``secagg.he.params`` keeps the others for measurements)."""
+
+    preset: Literal["secagg-default"] = "secagg-default"
 
 
 class MaskSpec(_Strict):
