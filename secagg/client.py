@@ -39,6 +39,14 @@ class ClientError(RuntimeError):
     """The script was not started by a site agent, or sent something unusable."""
 
 
+class TrainingRefused(RuntimeError):
+    """What the script did cannot be released under the site's policy (e.g. DP-SGD could not account
+    for it): the agent declines the round with ``code`` and the message. Defined here, not beside the
+    DP-SGD runtime, so that the launcher can catch it without importing torch."""
+
+    code = "refused"
+
+
 @lru_cache(maxsize=1)
 def _io() -> Path:
     value = os.environ.get(IO_ENV)

@@ -558,15 +558,14 @@ class SiteAgent:
 
     def _training_spends(self, adm: Admitted, result: Any) -> list[Spend]:
         """DP-SGD is the one filter a site cannot add after training: refuse an update without it."""
-        required = any(f.name == "dpsgd" for f in adm.decision.effective_privacy)
+        target = next((f for f in adm.decision.effective_privacy if isinstance(f, DpsgdFilter)), None)
         spends = [Spend(**sp) for sp in result.training_spends]
-        if required and not any(sp.mechanism == "dpsgd" and sp.steps for sp in spends):
+        if target is not None and not any(sp.mechanism == "dpsgd" and sp.steps for sp in spends):
             raise PolicyRefusal(
                 "this site's policy requires DP-SGD, but the training script took no optimizer step "
                 "under it (train with a torch optimizer over batches from a DataLoader)",
                 code="dpsgd_not_applied",
             )
-        target = next((f for f in adm.decision.effective_privacy if isinstance(f, DpsgdFilter)), None)
         spent = sum(sp.epsilon for sp in spends if sp.mechanism == "dpsgd")
         # Opacus calibrates to within 0.01 of the target; more than that was not admitted
         if target is not None and spent > target.target_epsilon + 0.011:

@@ -100,9 +100,9 @@ def write(
             f"- final global model, max abs parameter difference: {diff:.2e}",
             f"- wall time: {main.seconds:.1f} s ({main.mode}) vs {reference.seconds:.1f} s "
             f"({reference.mode})",
-            f"- median round time: {median_round_seconds(main):.2f} s ({main.mode}) vs "
-            f"{median_round_seconds(reference):.2f} s ({reference.mode}): "
-            f"{median_round_seconds(main) / median_round_seconds(reference):.2f}x",
+            f"- median round time: {summary['median_round_seconds']:.2f} s ({main.mode}) vs "
+            f"{summary['reference']['median_round_seconds']:.2f} s ({reference.mode}): "
+            f"{summary['median_round_seconds'] / summary['reference']['median_round_seconds']:.2f}x",
             "",
         ]
     if matrix:

@@ -53,6 +53,7 @@ from opacus.validators import ModuleValidator
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.data import DataLoader
 
+from secagg.client import TrainingRefused
 from secagg.privacy.accounting import rdp_epsilon
 from secagg.privacy.spend import Spend
 
@@ -63,7 +64,7 @@ _NOT_FROM_LOADER = (
 )
 
 
-class DpSgdRefused(RuntimeError):
+class DpSgdRefused(TrainingRefused):
     """The training script did something DP-SGD cannot account for; the round must not be uploaded."""
 
     code = "dpsgd_refused"
@@ -96,6 +97,7 @@ def _private_generator() -> torch.Generator:
 class _Run:
     settings: DpSgdSettings
     model: torch.nn.Module | None = None
+    param_ids: frozenset[int] = frozenset()
     hooks: Any = None
     loader: DataLoader[Any] | None = None
     dp_loader: DPDataLoader | None = None
@@ -133,6 +135,7 @@ class _Run:
         if self.hooks is not None:
             self.hooks.remove_hooks()
         self.model = model
+        self.param_ids = frozenset(id(p) for p in model.parameters())
         self.hooks = prepare_module(
             model, "hooks", wrap_model=False, batch_first=True, loss_reduction="mean", strict=False
         )
@@ -170,10 +173,9 @@ class _Run:
                 "an optimizer stepped before the global model was loaded with "
                 "model.load_state_dict(client.receive())"
             )
-        own = {id(p) for p in self.model.parameters()}
-        if not stepped & own:
+        if not stepped & self.param_ids:
             return  # an optimizer for something else; it cannot change the update
-        if not stepped <= own:
+        if not stepped <= self.param_ids:
             raise self.refuse("an optimizer steps parameters outside the model the global weights went into")
         if self.optimizer is None:
             self._calibrate(optimizer)

@@ -21,6 +21,9 @@ MAX_CHUNK = 4 * 1024 * 1024
 def _pieces(payload: Iterable[bytes]) -> Iterator[bytes]:
     """Cut pieces longer than MAX_CHUNK; each piece goes out as soon as it is produced (log follow)."""
     for piece in payload:
+        if isinstance(piece, bytes) and len(piece) <= MAX_CHUNK:
+            yield piece  # already a chunk (e.g. from coalesce): no copy
+            continue
         view = memoryview(piece)
         for start in range(0, len(view), MAX_CHUNK):
             yield bytes(view[start : start + MAX_CHUNK])
