@@ -9,6 +9,7 @@ under a public context that holds no secret key.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,6 +65,10 @@ class PlainCombiner:
         return np.frombuffer(path.read_bytes(), dtype="<f8").copy()
 
 
+#: spooled uploads summed in one pass; more are summed in groups (file descriptors are finite)
+MAX_OPEN_UPLOADS = 256
+
+
 class HECombiner:
     """Uploads are framed CKKS ciphertexts of w_i * update_i (one flat slot stream)."""
 
@@ -86,19 +91,39 @@ class HECombiner:
             )
 
     def combine(self, uploads: Sequence[Path], out: Path) -> None:
-        from secagg.he.codec import CiphertextAccumulator
+        """Sum index-major over the spooled uploads (memory: one ciphertext, not one sum stream).
 
-        acc = CiphertextAccumulator(self.ctx, self.n)
-        for p in uploads:
+        More uploads than can be open at once are summed in groups into partial sum files beside
+        ``out``, which are then summed the same way and removed.
+        """
+        if len(uploads) <= MAX_OPEN_UPLOADS:
+            self._sum_files(uploads, out, blame=True)
+            return
+        partials: list[Path] = []
+        try:
+            for start in range(0, len(uploads), MAX_OPEN_UPLOADS):
+                part = out.with_name(f".{out.name}.part{len(partials)}")
+                partials.append(part)
+                self._sum_files(uploads[start : start + MAX_OPEN_UPLOADS], part, blame=True)
+            self._sum_files(partials, out, blame=False)
+        finally:
+            for part in partials:
+                part.unlink(missing_ok=True)
+
+    def _sum_files(self, paths: Sequence[Path], out: Path, blame: bool) -> None:
+        from secagg.he.codec import StreamRejected, sum_streams
+
+        with ExitStack() as files:
+            streams = [unframe(files.enter_context(p.open("rb"))) for p in paths]
             try:
-                with p.open("rb") as fh:
-                    for i, rec in enumerate(unframe(fh)):
-                        acc.add(i, rec)
-            except SecaggError as exc:
-                raise BadUpload(p, exc) from exc
-        with out.open("wb") as fh:
-            for piece in frame(acc.result()):
-                fh.write(piece)
+                with out.open("wb") as fh:
+                    for piece in frame(sum_streams(self.ctx, streams, self.n)):
+                        fh.write(piece)
+            except StreamRejected as exc:
+                out.unlink(missing_ok=True)
+                if not blame:  # a partial sum we wrote ourselves: not a site's fault
+                    raise
+                raise BadUpload(paths[exc.stream], exc) from exc
 
 
 def plain_result_bundle(spec: BundleSpec, vec: np.ndarray) -> bytes:

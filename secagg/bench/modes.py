@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -175,7 +176,8 @@ class HEMode(_OneFileEachWay):
 
 
 class HEAggregator:
-    """In-time accumulation: each ciphertext is added as it is read; one running sum per index."""
+    """Index-major over the spooled uploads, as the aggregator service's HECombiner does: the i-th
+    ciphertext of every site is added, the sum written, then the next; one ciphertext in memory."""
 
     def prepare(self, work: Path, sites: int) -> None:
         from secagg.he import load_public_context, n_ciphertexts
@@ -185,17 +187,16 @@ class HEAggregator:
         self.n = n_ciphertexts(_read_spec(work).size, self.ctx.params)
 
     def run(self) -> None:
-        from secagg.he import CiphertextAccumulator
+        from secagg.he import sum_streams
 
-        acc = CiphertextAccumulator(self.ctx, self.n)
-        for i in range(self.sites):
-            with up_path(self.work, i).open("rb") as fh:
-                for index, record in enumerate(unframe(fh)):
-                    acc.add(index, record)
-        # every site downloads the same summed stream: write it once
-        with down_path(self.work, 0).open("wb") as fh:
-            for piece in frame(acc.result()):
-                fh.write(piece)
+        with ExitStack() as files:
+            streams = [
+                unframe(files.enter_context(up_path(self.work, i).open("rb"))) for i in range(self.sites)
+            ]
+            # every site downloads the same summed stream: write it once
+            with down_path(self.work, 0).open("wb") as fh:
+                for piece in frame(sum_streams(self.ctx, streams, self.n)):
+                    fh.write(piece)
 
 
 # ----------------------------------------------------------------------------------------- mask ----

@@ -5,7 +5,14 @@ Pure library: no gRPC, CLI or agent imports. The aggregator uses :class:`PublicC
 ``decrypt_vector``; the key-holder site makes the key and its :class:`KeyRelease`.
 """
 
-from secagg.he.codec import CiphertextAccumulator, decrypt_vector, encrypt_vector, n_ciphertexts
+from secagg.he.codec import (
+    CiphertextAccumulator,
+    StreamRejected,
+    decrypt_vector,
+    encrypt_vector,
+    n_ciphertexts,
+    sum_streams,
+)
 from secagg.he.context import (
     PublicContext,
     SecretContext,
@@ -26,6 +33,7 @@ __all__ = [
     "KeyRelease",
     "PublicContext",
     "SecretContext",
+    "StreamRejected",
     "decrypt_vector",
     "encrypt_vector",
     "load_public_context",
@@ -36,5 +44,6 @@ __all__ = [
     "n_ciphertexts",
     "open_envelope",
     "save_secret_context",
+    "sum_streams",
     "verify_public_context",
 ]

@@ -1,16 +1,22 @@
 """One flat slot stream of CKKS ciphertexts: encrypt at a site, add at the aggregator, decrypt at a site.
 
 The caller hands over one flat float vector (all tensors of a bundle concatenated, no per-tensor
-padding); it is cut into ``params.slots``-value chunks, the last one zero-padded, one ciphertext each.
+padding); it is cut into chunks of ``params.values_per_ciphertext`` values, the last one zero-padded,
+one ciphertext each, two values per complex CKKS slot (real and imaginary part).
 The site multiplies by its normalised weight *before* encrypting, so the aggregator's whole job is
 ciphertext addition: no plaintext multiply, no rescale, no context per tensor.
 
 Each ciphertext travels as a frame::
 
-    b"SAHC" | version (1 byte) | context id (16 bytes) | index (u32 BE) | TenSEAL CKKSVector bytes
+    b"SAHC" | version (1 byte) | context id (16 bytes) | index (u32 BE) | SEAL ciphertext bytes
 
 The context id and index let the aggregator refuse a ciphertext made under another key, from another
 job, or sent out of place, before it corrupts a running sum it cannot roll back.
+
+Sites encrypt with SEAL's *seeded* symmetric encryption (version 2 frames): the uniform half of each
+fresh ciphertext travels as the 64-byte seed that generates it, which halves the upload; the
+aggregator's SEAL regenerates it when it loads the ciphertext. Sums are not fresh, so the result
+frames carry both halves. SEAL is reached through ``tenseal.sealapi`` (see :mod:`secagg.he.sealio`).
 """
 
 from __future__ import annotations
@@ -18,24 +24,27 @@ from __future__ import annotations
 import math
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
-import tenseal as ts
+import tenseal.sealapi as sealapi
 
 from secagg.errors import ConfigError, UpdateRejected
+from secagg.he import sealio
 from secagg.he.context import CONTEXT_ID_BYTES, PublicContext, SecretContext
 from secagg.he.params import CkksParams
 
 FRAME_MAGIC = b"SAHC"
-FRAME_VERSION = 1
+FRAME_VERSION = 2
 _FRAME = struct.Struct(f">4sB{CONTEXT_ID_BYTES}sI")
 
 
 def n_ciphertexts(length: int, params: CkksParams) -> int:
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise ConfigError(f"an HE vector needs a positive integer length, got {length!r}")
-    return math.ceil(length / params.slots)
+    return math.ceil(length / params.values_per_ciphertext)
 
 
 def max_frame_bytes(params: CkksParams) -> int:
@@ -66,30 +75,73 @@ def _unframe(data: bytes, context_id: bytes, params: CkksParams) -> tuple[int, b
     return index, bytes(data[_FRAME.size :])
 
 
-def _load_vector(ctx: ts.Context, blob: bytes, params: CkksParams) -> ts.CKKSVector:
+@dataclass(frozen=True, eq=False)
+class _Seal:
+    """The SEAL objects one context needs, made once per context (they hold precomputed tables)."""
+
+    context: object
+    first_parms_id: list[int]
+    scale: float
+    data_primes: int
+    encoder: sealapi.CKKSEncoder
+    evaluator: sealapi.Evaluator
+    encryptor: sealapi.Encryptor | None
+    decryptor: sealapi.Decryptor | None
+
+
+_tools: weakref.WeakKeyDictionary[PublicContext | SecretContext, _Seal] = weakref.WeakKeyDictionary()
+_tools_lock = threading.Lock()
+
+
+def _seal(ctx: PublicContext | SecretContext) -> _Seal:
+    with _tools_lock:
+        found = _tools.get(ctx)
+        if found is not None:
+            return found
+        ts_ctx = ctx.ts_context
+        sc = ts_ctx.seal_context().data
+        encryptor = decryptor = None
+        if isinstance(ctx, SecretContext):
+            sk = ts_ctx.secret_key().data
+            key = sk if ctx.params.symmetric else ts_ctx.public_key().data
+            encryptor = sealapi.Encryptor(sc, key)
+            decryptor = sealapi.Decryptor(sc, sk)
+        made = _Seal(
+            context=sc,
+            first_parms_id=list(sc.first_parms_id()),
+            scale=2.0**ctx.params.scale_bits,
+            data_primes=len(ctx.params.coeff_mod_bit_sizes) - 1,
+            encoder=sealapi.CKKSEncoder(sc),
+            evaluator=sealapi.Evaluator(sc),
+            encryptor=encryptor,
+            decryptor=decryptor,
+        )
+        _tools[ctx] = made
+        return made
+
+
+def _load_ciphertext(tools: _Seal, blob: bytes) -> sealapi.Ciphertext:
     """Parse and check a ciphertext against the context: shape, level, scale, not a plaintext in disguise."""
     try:
-        vec = ts.ckks_vector_from(ctx, blob)
-        cts = vec.data.ciphertext()
-    except Exception as exc:  # TenSEAL/SEAL raise bare ValueError/RuntimeError on any bad input
+        ct = sealio.load_ciphertext(tools.context, blob)
+    except Exception as exc:  # SEAL raises bare ValueError/RuntimeError on any bad input
         raise UpdateRejected(
             f"HE ciphertext does not parse under this context: {type(exc).__name__}", code="bad_ciphertext"
         ) from None
-    first = ctx.seal_context().data.first_parms_id()
     ok = (
-        vec.size() == params.slots
-        and len(cts) == 1
-        and cts[0].size() == 2
-        and cts[0].parms_id() == first
-        and cts[0].scale == 2.0**params.scale_bits
-        and not cts[0].is_transparent()
+        ct.size() == 2
+        and list(ct.parms_id()) == tools.first_parms_id
+        and ct.coeff_modulus_size() == tools.data_primes
+        and ct.is_ntt_form()
+        and ct.scale == tools.scale
+        and not ct.is_transparent()
     )
     if not ok:
         raise UpdateRejected(
             "HE ciphertext is not a fresh encryption under these parameters (size, level or scale)",
             code="bad_ciphertext",
         )
-    return vec
+    return ct
 
 
 def encrypt_vector(ctx: SecretContext, vec: np.ndarray, weight: float) -> Iterator[bytes]:
@@ -120,14 +172,90 @@ def encrypt_vector(ctx: SecretContext, vec: np.ndarray, weight: float) -> Iterat
 
 
 def _encrypt_chunks(ctx: SecretContext, scaled: np.ndarray) -> Iterator[bytes]:
-    slots = ctx.params.slots
-    n = n_ciphertexts(scaled.size, ctx.params)
-    for i in range(n):
-        chunk = scaled[i * slots : (i + 1) * slots]
-        if chunk.size < slots:
-            chunk = np.concatenate([chunk, np.zeros(slots - chunk.size)])
-        blob = ts.ckks_vector(ctx.ts_context, chunk).serialize()
+    tools = _seal(ctx)
+    encryptor = tools.encryptor
+    assert encryptor is not None
+    seeded = ctx.params.symmetric
+    per = ctx.params.values_per_ciphertext
+    plain = sealapi.Plaintext()
+    for i in range(n_ciphertexts(scaled.size, ctx.params)):
+        chunk = scaled[i * per : (i + 1) * per]
+        if chunk.size % 2:
+            chunk = np.append(chunk, 0.0)
+        # pairs of values as complex slots; SEAL zero-pads a short last chunk to the full slot count
+        tools.encoder.encode(chunk.view(np.complex128).tolist(), tools.scale, plain)
+        if seeded:
+            blob = sealio.to_bytes(encryptor.encrypt_symmetric(plain))
+        else:
+            ct = sealapi.Ciphertext()
+            encryptor.encrypt(plain, ct)
+            blob = sealio.to_bytes(ct)
         yield _frame(ctx.context_id, i, blob)
+
+
+def _parse_frame(ctx: PublicContext, tools: _Seal, index: int, data: bytes) -> sealapi.Ciphertext:
+    framed_index, blob = _unframe(data, ctx.context_id, ctx.params)
+    if framed_index != index:
+        raise UpdateRejected(
+            f"HE ciphertext frame says index {framed_index}, received as {index}", code="bad_index"
+        )
+    return _load_ciphertext(tools, blob)
+
+
+class StreamRejected(UpdateRejected):
+    """One of the streams given to :func:`sum_streams` is bad; ``stream`` says which."""
+
+    def __init__(self, stream: int, cause: UpdateRejected) -> None:
+        super().__init__(str(cause), code=cause.code)
+        self.stream = stream
+
+
+def sum_streams(
+    ctx: PublicContext, streams: Sequence[Iterator[bytes]], n_ciphertexts: int
+) -> Iterator[bytes]:
+    """Frames of the sum of ``streams``, index-major: ciphertext 0 of every stream, then 1, and so on.
+
+    Why not :class:`CiphertextAccumulator` when every stream is already spooled: a running sum for
+    every index costs one whole sum stream of memory (SEAL keeps both halves in 64-bit words, about
+    2.7x a seeded upload); reading the streams in lockstep needs one ciphertext. Raises
+    :class:`StreamRejected` (naming the stream) on a bad, short or long stream; frames already
+    yielded must then be discarded by the caller.
+    """
+    if not isinstance(ctx, PublicContext):
+        raise ConfigError("summing takes a PublicContext: the aggregator never holds a secret key")
+    if not streams:
+        raise ConfigError("nothing to sum: no streams")
+    tools = _seal(ctx)
+    for index in range(n_ciphertexts):
+        total: sealapi.Ciphertext | None = None
+        for k, stream in enumerate(streams):
+            try:
+                data = next(stream, None)
+                if data is None:
+                    raise UpdateRejected(
+                        f"HE stream is incomplete: {index} of {n_ciphertexts} ciphertexts", code="incomplete"
+                    )
+                ct = _parse_frame(ctx, tools, index, data)
+            except UpdateRejected as exc:
+                raise StreamRejected(k, exc) from exc
+            if total is None:
+                total = ct
+            else:
+                tools.evaluator.add_inplace(total, ct)
+        assert total is not None
+        yield _frame(ctx.context_id, index, sealio.to_bytes(total))
+    for k, stream in enumerate(streams):
+        try:
+            extra = next(stream, None)
+        except UpdateRejected as exc:
+            raise StreamRejected(k, exc) from exc
+        if extra is not None:
+            raise StreamRejected(
+                k,
+                UpdateRejected(
+                    f"HE stream has more than the expected {n_ciphertexts} ciphertexts", "bad_length"
+                ),
+            )
 
 
 class CiphertextAccumulator:
@@ -149,8 +277,9 @@ class CiphertextAccumulator:
                 "the accumulator takes a PublicContext: the aggregator never holds a secret key"
             )
         self._ctx = ctx
+        self._seal = _seal(ctx)
         self._n = n_ciphertexts
-        self._sums: list[ts.CKKSVector | None] = [None] * n_ciphertexts
+        self._sums: list[sealapi.Ciphertext | None] = [None] * n_ciphertexts
         self._counts = [0] * n_ciphertexts
         self._lock = threading.Lock()
 
@@ -171,18 +300,13 @@ class CiphertextAccumulator:
     def add(self, index: int, data: bytes) -> None:
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self._n:
             raise UpdateRejected(f"HE ciphertext index {index!r} is outside 0..{self._n - 1}", "bad_index")
-        framed_index, blob = _unframe(data, self._ctx.context_id, self._ctx.params)
-        if framed_index != index:
-            raise UpdateRejected(
-                f"HE ciphertext frame says index {framed_index}, received as {index}", code="bad_index"
-            )
-        vec = _load_vector(self._ctx.ts_context, blob, self._ctx.params)
+        ct = _parse_frame(self._ctx, self._seal, index, data)
         with self._lock:
             current = self._sums[index]
             if current is None:
-                self._sums[index] = vec
+                self._sums[index] = ct
             else:
-                current.add_(vec)
+                self._seal.evaluator.add_inplace(current, ct)
             self._counts[index] += 1
 
     def merge(self, other: CiphertextAccumulator) -> None:
@@ -201,13 +325,13 @@ class CiphertextAccumulator:
                 code="incomplete",
             )
         with self._lock, other._lock:
-            for i, vec in enumerate(other._sums):
-                assert vec is not None
+            for i, ct in enumerate(other._sums):
+                assert ct is not None
                 current = self._sums[i]
                 if current is None:
-                    self._sums[i] = vec
+                    self._sums[i] = ct
                 else:
-                    current.add_(vec)
+                    self._seal.evaluator.add_inplace(current, ct)
                 self._counts[i] += other._counts[i]
             other._sums = [None] * other._n
             other._counts = [0] * other._n
@@ -222,16 +346,21 @@ class CiphertextAccumulator:
         return self._result_frames()
 
     def _result_frames(self) -> Iterator[bytes]:
-        for i, vec in enumerate(self._sums):
-            assert vec is not None
-            yield _frame(self._ctx.context_id, i, vec.serialize())
+        for i, ct in enumerate(self._sums):
+            assert ct is not None
+            yield _frame(self._ctx.context_id, i, sealio.to_bytes(ct))
 
 
 def decrypt_vector(ctx: SecretContext, ciphertexts: Iterable[bytes], length: int) -> np.ndarray:
     """Decrypt a summed stream back to ``length`` float64 values; refuses a short, long or foreign one."""
     params = ctx.params
+    tools = _seal(ctx)
+    decryptor = tools.decryptor
+    assert decryptor is not None
+    plain = sealapi.Plaintext()
     expected = n_ciphertexts(length, params)
-    out = np.empty(expected * params.slots, dtype=np.float64)
+    per = params.values_per_ciphertext
+    out = np.empty(expected * per, dtype=np.float64)
     received = 0
     for data in ciphertexts:
         if received >= expected:
@@ -239,8 +368,9 @@ def decrypt_vector(ctx: SecretContext, ciphertexts: Iterable[bytes], length: int
         index, blob = _unframe(data, ctx.context_id, params)
         if index != received:
             raise UpdateRejected(f"HE result ciphertext {received} arrived as index {index}", "bad_index")
-        vec = _load_vector(ctx.ts_context, blob, params)
-        out[received * params.slots : (received + 1) * params.slots] = vec.decrypt()
+        decryptor.decrypt(_load_ciphertext(tools, blob), plain)
+        slots = np.array(tools.encoder.decode_complex(plain), dtype=np.complex128)
+        out[received * per : (received + 1) * per] = slots.view(np.float64)
         received += 1
     if received != expected:
         raise UpdateRejected(f"HE result is truncated: {received} of {expected} ciphertexts", "bad_length")

@@ -48,8 +48,17 @@ class CkksParams:
 
     @property
     def slots(self) -> int:
-        """Real values per ciphertext (TenSEAL's CKKS vectors use the N/2 slots for reals)."""
+        """CKKS slots per ciphertext: N/2 complex numbers."""
         return self.poly_modulus_degree // 2
+
+    @property
+    def values_per_ciphertext(self) -> int:
+        """Real values per ciphertext: two per complex slot (real and imaginary part), N in all.
+
+        TenSEAL's vectors leave the imaginary parts empty; filling them halves the ciphertexts, and so
+        the bytes and the time, of every step. Addition acts on both parts independently.
+        """
+        return 2 * self.slots
 
     @property
     def total_bits(self) -> int:
@@ -64,8 +73,10 @@ class CkksParams:
     def max_abs_value(self) -> float:
         """Largest |value| a site may encrypt so that the weighted sum cannot wrap modulo q.
 
-        Conservative: SEAL picks primes just below ``2**bits``, so the true bound is about twice this;
-        the weights sum to 1, so the aggregate is no larger than the largest site value.
+        A slot holds two values, so its modulus is up to sqrt(2) times the largest of them; a plaintext
+        coefficient is at most the largest slot modulus times the scale: sqrt(2) * 2**(data_bits - 2),
+        under the q/2 > 2**(data_bits - 2) at which it would wrap. The weights sum to 1, so the
+        aggregate is no larger than the largest site value.
         """
         return float(2.0 ** (self.data_bits - self.scale_bits - 2))
 
