@@ -45,6 +45,7 @@ def evaluate(results: Sequence[ModeResult]) -> list[Check]:
         if he and nv:
             ratio = he.uplink_bytes / nv.uplink_bytes
             checks.append(Check("he uplink <= 0.5x NVFlare", where, f"{ratio:.2f}x", ratio <= 0.5))
+            checks.append(Check("he uplink <= 0.25x NVFlare (stretch)", where, f"{ratio:.2f}x", ratio <= 0.25))
             checks.append(
                 _ratio_check(
                     "he aggregator <= 0.25x NVFlare",

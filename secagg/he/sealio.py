@@ -67,8 +67,8 @@ def load_ciphertext(context: object, data: bytes | bytearray | memoryview) -> se
     caller turns that into a refusal. A seeded ciphertext comes back with its uniform half regenerated.
     """
     s = _scratch.file
-    os.ftruncate(s.fd, 0)
     os.pwrite(s.fd, data, 0)
+    os.ftruncate(s.fd, len(data))  # after the write: pages are reused, not freed and faulted in again
     ct = sealapi.Ciphertext()
     ct.load(context, s.path)
     return ct
