@@ -466,14 +466,14 @@ class SiteAgent:
         global_bytes = self._global(adm, header, payload, job_id)
         bundle = from_safetensors(global_bytes)
         bspec = BundleSpec.of(bundle)
-        trusted = self._attest_and_check_model(job_id, header, bundle) if spec.mode == "tee" else None
+        fp = fingerprint(bundle)  # hashed once: the tee check and the consistency proof both use it
+        trusted = self._attest_and_check_model(job_id, header, fp) if spec.mode == "tee" else None
         result = self._run_script(adm, job_id, "train", round_, global_bytes)
         assert result.local is not None and result.num_samples is not None
         bspec.check(result.local)
         update = OrderedDict(
             (k, (result.local[k].astype(np.float64) - bundle[k]).astype(np.float32)) for k in bspec.names
         )
-        fp = fingerprint(bundle)
         ready = {
             "attempt": attempt,
             "n_samples": result.num_samples,
@@ -695,7 +695,7 @@ class SiteAgent:
                 return bytes(msg.payload)
 
     def _attest_and_check_model(
-        self, job_id: str, header: dict[str, Any], bundle: OrderedDict[str, np.ndarray]
+        self, job_id: str, header: dict[str, Any], model_fp: str
     ) -> TrustedAggregator:
         """Invariant 4: fresh evidence for our own nonce, bound to the keys we will seal to and to the
         TLS certificate we see, accepted by our policy; and the global model signed by the bound key."""
@@ -735,7 +735,7 @@ class SiteAgent:
         sig = header.get("model_signature")
         if not isinstance(sig, str):
             raise IntegrityError("the aggregator sent a tee-mode model without a signature")
-        trusted.verify_model(base64.b64decode(sig), fingerprint(bundle), job_id, int(header["base_round"]))
+        trusted.verify_model(base64.b64decode(sig), model_fp, job_id, int(header["base_round"]))
         return trusted
 
     def _server_cert_der(self) -> bytes:
@@ -766,7 +766,7 @@ class SiteAgent:
         adm = self.admit(job_id)
         global_bytes = self._global(adm, header, payload, job_id)
         if adm.job.spec.mode == "tee":
-            self._attest_and_check_model(job_id, header, from_safetensors(global_bytes))
+            self._attest_and_check_model(job_id, header, fingerprint(from_safetensors(global_bytes)))
         atomic_write(self.state.job_dir(job_id) / "final.safetensors", global_bytes)
         result = self._run_script(adm, job_id, "evaluate", int(header["round"]), global_bytes)
         self.stub.Post(

@@ -27,16 +27,29 @@ def markdown_table(results: Sequence[ModeResult]) -> str:
         "| aggregate s (cpu) | unprotect s (cpu) | round s (cpu) | max abs err | agg peak RSS MiB "
         "| agg baseline RSS MiB |"
     )
-    rule = "|" + "---|" * 13
+    wired = any(r.transport_s is not None for r in results)
+    if wired:
+        head += " transport s (cpu) | round incl. transport s (cpu) |"
+    rule = "|" + "---|" * (15 if wired else 13)
     rows = [head, rule]
     for r in results:
-        rows.append(
+        row = (
             f"| {r.layout} | {r.sites} | {r.mode} | {r.uplink_bytes / _MB:.1f} | {r.uplink_ratio:.2f} "
             f"| {r.downlink_bytes / _MB:.1f} | {_pair(r.protect_s, r.protect_cpu_s)} "
             f"| {_pair(r.aggregate_s, r.aggregate_cpu_s)} | {_pair(r.unprotect_s, r.unprotect_cpu_s)} "
             f"| {_pair(r.round_s, r.round_cpu_s)} | {r.max_abs_err:.2e} "
             f"| {r.peak_rss_bytes / _MB:.0f} | {r.baseline_rss_bytes / _MB:.0f} |"
         )
+        if wired:
+            if r.transport_s is None or r.transport_cpu_s is None:
+                row += " - | - |"
+            else:
+                assert r.round_transport_s is not None and r.round_transport_cpu_s is not None
+                row += (
+                    f" {_pair(r.transport_s, r.transport_cpu_s)} "
+                    f"| {_pair(r.round_transport_s, r.round_transport_cpu_s)} |"
+                )
+        rows.append(row)
     return "\n".join(rows) + "\n"
 
 

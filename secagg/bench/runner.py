@@ -25,15 +25,19 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from secagg.errors import ConfigError
 
+from .clock import Lap
 from .layouts import LAYOUTS, layout_spec
 from .modes import make_mode
 from .workload import Workload
+
+if TYPE_CHECKING:  # grpc and the provisioning code load only for --transport (the child's RSS baseline)
+    from .wire import Wire
 
 MODES = ("plain", "he", "mask", "tee")
 ALL_MODES = (*MODES, "nvflare-he")
@@ -49,6 +53,8 @@ class BenchConfig:
     compare_nvflare: bool = False
     repeats: int = 3
     seed: int = 0
+    #: also move every upload and download through the mTLS gRPC transport (secagg.bench.wire)
+    transport: bool = False
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -90,6 +96,11 @@ class ModeResult:
     max_abs_err: float
     peak_rss_bytes: int
     baseline_rss_bytes: int
+    #: with ``transport``: both legs (all uploads, then all downloads) and the round including them
+    transport_s: float | None = None
+    transport_cpu_s: float | None = None
+    round_transport_s: float | None = None
+    round_transport_cpu_s: float | None = None
     runs: list[dict[str, float]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -117,6 +128,11 @@ def run_aggregator_child(mode: str, work: Path, sites: int) -> dict[str, Any]:
     return result
 
 
+def site_files(work: Path, site: int) -> list[Path]:
+    """What one site uploads in a round: ``up-N`` and its ``up-N.<part>`` messages, in name order."""
+    return sorted(p for p in work.iterdir() if p.name == f"up-{site}" or p.name.startswith(f"up-{site}."))
+
+
 def measure_mode(
     mode_name: str,
     wl: Workload,
@@ -125,11 +141,13 @@ def measure_mode(
     progress: Progress = _no_progress,
     *,
     isolate: bool = True,
+    wire: Wire | None = None,
 ) -> ModeResult:
     """Set up keys once, then ``repeats`` full rounds of ``mode_name`` on ``wl``.
 
     ``isolate=False`` runs the aggregator step in this process (quicker; its RSS figures are then
-    this process's, not the aggregator's own).
+    this process's, not the aggregator's own). ``wire`` also moves each round's uploads and
+    downloads through the transport.
     """
     expected = wl.expected()
     work = Path(tempfile.mkdtemp(prefix=f"{mode_name}-{wl.sites}-", dir=scratch))
@@ -140,6 +158,9 @@ def measure_mode(
         for r in range(repeats):
             progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: protect", 0)
             site_times = mode.protect_all(work, wl)
+            legs = Lap()
+            if wire is not None:
+                legs += wire.upload([site_files(work, i) for i in range(wl.sites)])
             progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: aggregate", 1)
             if isolate:
                 agg = run_aggregator_child(mode_name, work, wl.sites)
@@ -147,6 +168,8 @@ def measure_mode(
                 from .child import measure
 
                 agg = measure(mode_name, work, wl.sites)
+            if wire is not None:
+                legs += wire.download(work / "down-0")
             progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: unprotect", 1)
             unprotect, out = mode.unprotect(work, wl, 0)
             err = float(np.max(np.abs(out - expected)))
@@ -164,10 +187,26 @@ def measure_mode(
                     "baseline_rss_bytes": int(agg["baseline_rss_bytes"]),
                     "uplink_bytes": mode.uplink_bytes(work, 0),
                     "downlink_bytes": mode.downlink_bytes(work, 0),
+                    "transport_s": legs.wall,
+                    "transport_cpu_s": legs.cpu,
                 }
             )
             progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: done", 1)
         med = {k: statistics.median(run[k] for run in runs) for k in _TIMES}
+        round_s = med["protect_s"] + med["aggregate_s"] + med["unprotect_s"]
+        round_cpu_s = med["protect_cpu_s"] + med["aggregate_cpu_s"] + med["unprotect_cpu_s"]
+        with_wire: dict[str, float | None] = dict.fromkeys(
+            ("transport_s", "transport_cpu_s", "round_transport_s", "round_transport_cpu_s")
+        )
+        if wire is not None:
+            wall = statistics.median(run["transport_s"] for run in runs)
+            cpu = statistics.median(run["transport_cpu_s"] for run in runs)
+            with_wire = {
+                "transport_s": wall,
+                "transport_cpu_s": cpu,
+                "round_transport_s": round_s + wall,
+                "round_transport_cpu_s": round_cpu_s + cpu,
+            }
         raw = 4 * wl.size
         uplink = int(max(run["uplink_bytes"] for run in runs))
         return ModeResult(
@@ -184,16 +223,17 @@ def measure_mode(
             protect_s=med["protect_s"],
             aggregate_s=med["aggregate_s"],
             unprotect_s=med["unprotect_s"],
-            round_s=med["protect_s"] + med["aggregate_s"] + med["unprotect_s"],
+            round_s=round_s,
             protect_cpu_s=med["protect_cpu_s"],
             aggregate_cpu_s=med["aggregate_cpu_s"],
             unprotect_cpu_s=med["unprotect_cpu_s"],
-            round_cpu_s=med["protect_cpu_s"] + med["aggregate_cpu_s"] + med["unprotect_cpu_s"],
+            round_cpu_s=round_cpu_s,
             max_abs_err=max(run["max_abs_err"] for run in runs),
             peak_rss_bytes=int(max(run["peak_rss_bytes"] for run in runs)),
             baseline_rss_bytes=int(max(run["baseline_rss_bytes"] for run in runs)),
             runs=runs,
             info=info,
+            **with_wire,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -216,10 +256,19 @@ def run_bench(
     results = []
     for n in config.sites:
         wl = Workload(spec, n, seed=config.seed)
-        for name in config.all_modes:
-            res = measure_mode(name, wl, config.repeats, scratch, progress, isolate=isolate)
-            res.layout = config.layout
-            results.append(res)
+        wire = None
+        if config.transport:
+            from .wire import Wire
+
+            wire = Wire(n, scratch)
+        try:
+            for name in config.all_modes:
+                res = measure_mode(name, wl, config.repeats, scratch, progress, isolate=isolate, wire=wire)
+                res.layout = config.layout
+                results.append(res)
+        finally:
+            if wire is not None:
+                wire.close()
     return results
 
 

@@ -45,7 +45,9 @@ def evaluate(results: Sequence[ModeResult]) -> list[Check]:
         if he and nv:
             ratio = he.uplink_bytes / nv.uplink_bytes
             checks.append(Check("he uplink <= 0.5x NVFlare", where, f"{ratio:.2f}x", ratio <= 0.5))
-            checks.append(Check("he uplink <= 0.25x NVFlare (stretch)", where, f"{ratio:.2f}x", ratio <= 0.25))
+            checks.append(
+                Check("he uplink <= 0.25x NVFlare (stretch)", where, f"{ratio:.2f}x", ratio <= 0.25)
+            )
             checks.append(
                 _ratio_check(
                     "he aggregator <= 0.25x NVFlare",
@@ -104,6 +106,17 @@ def evaluate(results: Sequence[ModeResult]) -> list[Check]:
                     1.10,
                 )
             )
+            if tee.round_transport_s is not None and plain.round_transport_s is not None:
+                assert tee.round_transport_cpu_s is not None and plain.round_transport_cpu_s is not None
+                checks.append(
+                    _ratio_check(
+                        "tee round incl. transport <= 1.10x plain",
+                        where,
+                        (tee.round_transport_s, tee.round_transport_cpu_s),
+                        (plain.round_transport_s, plain.round_transport_cpu_s),
+                        1.10,
+                    )
+                )
     for layout, params in sorted({(r.layout, r.params) for r in results}):
         sweep = sorted(
             {r.sites: r for r in results if (r.mode, r.layout, r.params) == ("he", layout, params)}.values(),

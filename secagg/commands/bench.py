@@ -60,6 +60,7 @@ _TABLE_DEFAULTS: dict[str, object] = {
     "sites": (8,),
     "modes": ("plain", "he", "mask", "tee"),
     "compare": None,
+    "transport": False,
 }
 #: flags that only apply with --training (default None: not given)
 _TRAINING_ONLY = ("volume", "steps", "batch", "device", "init_filters")
@@ -95,6 +96,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="comma-separated, from plain,he,mask,tee,nvflare-he (default: plain,he,mask,tee)",
     )
     p.add_argument("--compare", choices=("nvflare",), help="also run NVIDIA FLARE 2.9's HE path (nvflare-he)")
+    p.add_argument(
+        "--transport",
+        action="store_true",
+        help="also move every upload and download through secagg's mTLS gRPC transport on 127.0.0.1 "
+        "and report the round including it",
+    )
     p.add_argument("--repeats", type=_positive, default=3, help="rounds per mode; medians are reported")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help="output folder (default: a new folder under ./bench-out/)")
@@ -141,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         compare_nvflare=args.compare == "nvflare",
         repeats=args.repeats,
         seed=args.seed,
+        transport=args.transport,
     )
     if "nvflare-he" in config.all_modes:
         from secagg.bench.nvflare_he import require_nvflare

@@ -9,6 +9,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,3 +185,56 @@ def test_compare_nvflare_without_nvflare_exits_1_with_install_hint(
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("secagg:") and "secagg[bench]" in line and "nvflare==2.9.0" in line
     assert not (tmp_path / "o").exists()  # refused before writing anything
+
+
+def test_transport_legs_go_through_mtls_and_join_the_round(tmp_path: Path) -> None:
+    """--transport moves every site's files (all of mask's messages too) through the gRPC relay."""
+    from secagg.bench.report import markdown_table
+
+    config = BenchConfig(params=3000, sites=(2,), modes=("plain", "mask", "tee"), repeats=1, transport=True)
+    results = run_bench(config, tmp_path, isolate=False)
+    for r in results:
+        assert r.transport_s is not None and r.transport_s > 0 and r.transport_cpu_s is not None
+        assert r.round_transport_s == pytest.approx(r.round_s + r.transport_s)
+        assert r.round_transport_cpu_s == pytest.approx(r.round_cpu_s + r.transport_cpu_s)
+    assert "round incl. transport s (cpu)" in markdown_table(results)
+    assert not list(tmp_path.glob("wire-*"))  # kits, spool and server are gone
+
+
+def test_relay_moves_each_file_intact_and_refuses_strangers(tmp_path: Path) -> None:
+    import grpc
+
+    from secagg.bench.wire import Wire
+    from secagg.provision.kit import load_kit
+    from secagg.provision.project import Project, SiteSpec
+    from secagg.provision.writer import provision
+    from secagg.transport import tls
+    from secagg.transport.chunks import encode_stream
+    from secagg.transport.generated import secagg_pb2_grpc as rpc
+
+    wire = Wire(2, tmp_path)
+    try:
+        files = []
+        for i in range(2):
+            a, b = tmp_path / f"up-{i}", tmp_path / f"up-{i}.x"
+            a.write_bytes(os.urandom(5 * 1024 * 1024 + i))  # more than one 4 MiB chunk
+            b.write_bytes(os.urandom(10))
+            files.append([a, b])
+        wire.upload(files)
+        got = {p.name: p.read_bytes() for p in wire.spool.iterdir()}
+        assert got == {
+            "site-1.0.upload": files[0][0].read_bytes(),
+            "site-1.1.upload": files[0][1].read_bytes(),
+            "site-2.0.upload": files[1][0].read_bytes(),
+            "site-2.1.upload": files[1][1].read_bytes(),
+        }
+        result = tmp_path / "down-0"
+        result.write_bytes(os.urandom(4 * 1024 * 1024 + 3))
+        assert wire.download(result).wall > 0
+        # a client of another project's CA never reaches the relay
+        provision(Project(name="other", sites=[SiteSpec(name="site-1")]), tmp_path / "other")
+        stranger = load_kit(tmp_path / "other" / "site-1")
+        with tls.channel(stranger, wire.target) as ch, pytest.raises(grpc.RpcError):
+            rpc.FederationStub(ch).UploadResult(encode_stream({"bytes": 1}, [b"x"]), timeout=10)
+    finally:
+        wire.close()
