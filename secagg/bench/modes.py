@@ -5,7 +5,9 @@
 * an :class:`AggregatorStep` (run by :mod:`secagg.bench.child` in its own process, so its peak RSS is
   the aggregator's alone) reads the spooled uploads, combines them and writes each site's download
   to ``WORK/down-<i>``.
-* ``unprotect`` turns site 1's download back into the weighted average, timed.
+* ``unprotect`` turns site 1's download back into the weighted average and, as every secagg site does
+  with each new global model in every mode, computes its SHA-256 fingerprint (the agent signs it to
+  prove that all sites hold the same model: :mod:`secagg.agent.consistency`), timed.
 
 Keys are made in ``setup`` (not timed: once per job, not per round). The code paths are the library's
 own: :mod:`secagg.he.codec`, :mod:`secagg.mask`, :mod:`secagg.bundle`, :mod:`secagg.framing`.
@@ -22,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
+from secagg.bundle import BundleSpec, fingerprint, from_safetensors, to_safetensors
 from secagg.framing import frame, unframe
 from secagg.mask.config import SUM_LIMIT
 
@@ -115,7 +117,9 @@ class PlainMode(_OneFileEachWay):
     def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
         data = down_path(work, 0).read_bytes()
         t0 = clock()
-        out = wl.spec.flatten(from_safetensors(data))
+        bundle = from_safetensors(data)
+        fingerprint(bundle)  # the consistency fingerprint (module docstring)
+        out = wl.spec.flatten(bundle)
         return lap(t0), out
 
 
@@ -172,6 +176,7 @@ class HEMode(_OneFileEachWay):
         data = down_path(work, 0).read_bytes()
         t0 = clock()
         out = decrypt_vector(self.secret, unframe(io.BytesIO(data)), wl.size)
+        fingerprint(wl.spec.unflatten(out))  # of the float32 model made from it (module docstring)
         return lap(t0), out
 
 
@@ -291,7 +296,9 @@ class MaskMode:
     def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
         data = down_path(work, 0).read_bytes()
         t0 = clock()
-        out = wl.spec.flatten(from_safetensors(data))
+        bundle = from_safetensors(data)
+        fingerprint(bundle)  # the consistency fingerprint (module docstring)
+        out = wl.spec.flatten(bundle)
         return lap(t0), out
 
 
@@ -415,13 +422,13 @@ class TEEMode(_OneFileEachWay):
         return down_path(work, 0).stat().st_size + _tee_sig_path(work).stat().st_size
 
     def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
-        from secagg.bundle import fingerprint
         from secagg.tee import modelsig
 
         model = down_path(work, 0).read_bytes()
         signature = _tee_sig_path(work).read_bytes()
         t0 = clock()
         bundle = from_safetensors(model)
+        # one hash serves the enclave signature and the consistency proof, as in the agent
         modelsig.verify(self.sig_spki, signature, fingerprint(bundle), _TEE_JOB, _TEE_ROUND)
         out = wl.spec.flatten(bundle)
         return lap(t0), out

@@ -133,72 +133,79 @@ def site_files(work: Path, site: int) -> list[Path]:
     return sorted(p for p in work.iterdir() if p.name == f"up-{site}" or p.name.startswith(f"up-{site}."))
 
 
-def measure_mode(
-    mode_name: str,
-    wl: Workload,
-    repeats: int,
-    scratch: Path,
-    progress: Progress = _no_progress,
-    *,
-    isolate: bool = True,
-    wire: Wire | None = None,
-) -> ModeResult:
-    """Set up keys once, then ``repeats`` full rounds of ``mode_name`` on ``wl``.
+class ModeRun:
+    """One mode's keys and scratch folder, measured one round at a time.
 
-    ``isolate=False`` runs the aggregator step in this process (quicker; its RSS figures are then
-    this process's, not the aggregator's own). ``wire`` also moves each round's uploads and
-    downloads through the transport.
+    Rounds of different modes can then be interleaved (:func:`run_bench` does): load on a shared
+    machine drifts over minutes, and a mode measured in a quiet stretch against one measured in a
+    busy one would show a difference that is the machine's, not the mode's.
     """
-    expected = wl.expected()
-    work = Path(tempfile.mkdtemp(prefix=f"{mode_name}-{wl.sites}-", dir=scratch))
-    try:
-        mode = make_mode(mode_name)
-        info = mode.setup(work, wl)
-        runs: list[dict[str, float]] = []
-        for r in range(repeats):
-            progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: protect", 0)
-            site_times = mode.protect_all(work, wl)
-            legs = Lap()
-            if wire is not None:
-                legs += wire.upload([site_files(work, i) for i in range(wl.sites)])
-            progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: aggregate", 1)
-            if isolate:
-                agg = run_aggregator_child(mode_name, work, wl.sites)
-            else:
-                from .child import measure
 
-                agg = measure(mode_name, work, wl.sites)
-            if wire is not None:
-                legs += wire.download(work / "down-0")
-            progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: unprotect", 1)
-            unprotect, out = mode.unprotect(work, wl, 0)
-            err = float(np.max(np.abs(out - expected)))
-            runs.append(
-                {
-                    "protect_s": float(np.mean([t.wall for t in site_times])),
-                    "protect_s_max": float(np.max([t.wall for t in site_times])),
-                    "protect_cpu_s": float(np.mean([t.cpu for t in site_times])),
-                    "aggregate_s": float(agg["aggregate_s"]),
-                    "aggregate_cpu_s": float(agg["aggregate_cpu_s"]),
-                    "unprotect_s": unprotect.wall,
-                    "unprotect_cpu_s": unprotect.cpu,
-                    "max_abs_err": err,
-                    "peak_rss_bytes": int(agg["peak_rss_bytes"]),
-                    "baseline_rss_bytes": int(agg["baseline_rss_bytes"]),
-                    "uplink_bytes": mode.uplink_bytes(work, 0),
-                    "downlink_bytes": mode.downlink_bytes(work, 0),
-                    "transport_s": legs.wall,
-                    "transport_cpu_s": legs.cpu,
-                }
-            )
-            progress(f"{mode_name} x{wl.sites} sites, run {r + 1}/{repeats}: done", 1)
+    def __init__(self, mode_name: str, wl: Workload, scratch: Path) -> None:
+        self.name, self.wl = mode_name, wl
+        self.expected = wl.expected()
+        self.work = Path(tempfile.mkdtemp(prefix=f"{mode_name}-{wl.sites}-", dir=scratch))
+        self.mode = make_mode(mode_name)
+        self.info = self.mode.setup(self.work, wl)
+        self.runs: list[dict[str, float]] = []
+
+    def round(
+        self,
+        repeats: int,
+        progress: Progress = _no_progress,
+        *,
+        isolate: bool = True,
+        wire: Wire | None = None,
+    ) -> None:
+        """One full round: every site protects, (the uploads travel,) the aggregator combines in a
+        process of its own unless ``isolate`` is False, (the download travels,) site 1 unprotects."""
+        wl, work, mode, name = self.wl, self.work, self.mode, self.name
+        label = f"{name} x{wl.sites} sites, run {len(self.runs) + 1}/{repeats}"
+        progress(f"{label}: protect", 0)
+        site_times = mode.protect_all(work, wl)
+        legs = Lap()
+        if wire is not None:
+            legs += wire.upload([site_files(work, i) for i in range(wl.sites)])
+        progress(f"{label}: aggregate", 1)
+        if isolate:
+            agg = run_aggregator_child(name, work, wl.sites)
+        else:
+            from .child import measure
+
+            agg = measure(name, work, wl.sites)
+        if wire is not None:
+            legs += wire.download(work / "down-0")
+        progress(f"{label}: unprotect", 1)
+        unprotect, out = mode.unprotect(work, wl, 0)
+        self.runs.append(
+            {
+                "protect_s": float(np.mean([t.wall for t in site_times])),
+                "protect_s_max": float(np.max([t.wall for t in site_times])),
+                "protect_cpu_s": float(np.mean([t.cpu for t in site_times])),
+                "aggregate_s": float(agg["aggregate_s"]),
+                "aggregate_cpu_s": float(agg["aggregate_cpu_s"]),
+                "unprotect_s": unprotect.wall,
+                "unprotect_cpu_s": unprotect.cpu,
+                "max_abs_err": float(np.max(np.abs(out - self.expected))),
+                "peak_rss_bytes": int(agg["peak_rss_bytes"]),
+                "baseline_rss_bytes": int(agg["baseline_rss_bytes"]),
+                "uplink_bytes": mode.uplink_bytes(work, 0),
+                "downlink_bytes": mode.downlink_bytes(work, 0),
+                "transport_s": legs.wall,
+                "transport_cpu_s": legs.cpu,
+            }
+        )
+        progress(f"{label}: done", 1)
+
+    def result(self, wired: bool) -> ModeResult:
+        runs, wl = self.runs, self.wl
         med = {k: statistics.median(run[k] for run in runs) for k in _TIMES}
         round_s = med["protect_s"] + med["aggregate_s"] + med["unprotect_s"]
         round_cpu_s = med["protect_cpu_s"] + med["aggregate_cpu_s"] + med["unprotect_cpu_s"]
         with_wire: dict[str, float | None] = dict.fromkeys(
             ("transport_s", "transport_cpu_s", "round_transport_s", "round_transport_cpu_s")
         )
-        if wire is not None:
+        if wired:
             wall = statistics.median(run["transport_s"] for run in runs)
             cpu = statistics.median(run["transport_cpu_s"] for run in runs)
             with_wire = {
@@ -210,12 +217,12 @@ def measure_mode(
         raw = 4 * wl.size
         uplink = int(max(run["uplink_bytes"] for run in runs))
         return ModeResult(
-            mode=mode_name,
+            mode=self.name,
             layout="",
             params=wl.size,
             tensors=len(wl.spec.tensors),
             sites=wl.sites,
-            repeats=repeats,
+            repeats=len(runs),
             raw_bytes=raw,
             uplink_bytes=uplink,
             uplink_ratio=uplink / raw,
@@ -232,11 +239,32 @@ def measure_mode(
             peak_rss_bytes=int(max(run["peak_rss_bytes"] for run in runs)),
             baseline_rss_bytes=int(max(run["baseline_rss_bytes"] for run in runs)),
             runs=runs,
-            info=info,
+            info=self.info,
             **with_wire,
         )
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def measure_mode(
+    mode_name: str,
+    wl: Workload,
+    repeats: int,
+    scratch: Path,
+    progress: Progress = _no_progress,
+    *,
+    isolate: bool = True,
+    wire: Wire | None = None,
+) -> ModeResult:
+    """Set up keys once, then ``repeats`` full rounds of ``mode_name`` on ``wl`` (see :class:`ModeRun`)."""
+    run = ModeRun(mode_name, wl, scratch)
+    try:
+        for _ in range(repeats):
+            run.round(repeats, progress, isolate=isolate, wire=wire)
+        return run.result(wired=wire is not None)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        run.close()
 
 
 def steps(config: BenchConfig) -> int:
@@ -257,16 +285,25 @@ def run_bench(
     for n in config.sites:
         wl = Workload(spec, n, seed=config.seed)
         wire = None
-        if config.transport:
-            from .wire import Wire
-
-            wire = Wire(n, scratch)
+        runs: list[ModeRun] = []
         try:
+            if config.transport:
+                from .wire import Wire
+
+                wire = Wire(n, scratch)
             for name in config.all_modes:
-                res = measure_mode(name, wl, config.repeats, scratch, progress, isolate=isolate, wire=wire)
+                runs.append(ModeRun(name, wl, scratch))
+            # interleaved: round r of every mode, then round r + 1 (see ModeRun)
+            for _ in range(config.repeats):
+                for run in runs:
+                    run.round(config.repeats, progress, isolate=isolate, wire=wire)
+            for run in runs:
+                res = run.result(wired=wire is not None)
                 res.layout = config.layout
                 results.append(res)
         finally:
+            for run in runs:
+                run.close()
             if wire is not None:
                 wire.close()
     return results

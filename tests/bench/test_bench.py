@@ -238,3 +238,22 @@ def test_relay_moves_each_file_intact_and_refuses_strangers(tmp_path: Path) -> N
             rpc.FederationStub(ch).UploadResult(encode_stream({"bytes": 1}, [b"x"]), timeout=10)
     finally:
         wire.close()
+
+
+def test_rounds_of_the_modes_are_interleaved(tmp_path: Path) -> None:
+    """Round r of every mode runs before round r + 1 of any: machine load drift hits all modes alike."""
+    seen: list[str] = []
+
+    def progress(desc: str, _advance: int) -> None:
+        if desc.endswith(": protect"):
+            seen.append(desc.removesuffix(": protect"))
+
+    config = BenchConfig(params=2000, sites=(2,), modes=("plain", "tee"), repeats=2)
+    results = run_bench(config, tmp_path, progress, isolate=False)
+    assert seen == [
+        "plain x2 sites, run 1/2",
+        "tee x2 sites, run 1/2",
+        "plain x2 sites, run 2/2",
+        "tee x2 sites, run 2/2",
+    ]
+    assert [(r.mode, r.repeats, len(r.runs)) for r in results] == [("plain", 2, 2), ("tee", 2, 2)]
