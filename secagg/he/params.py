@@ -6,12 +6,14 @@ ciphertext carries only the data-level prime(s) -- every prime but the last, whi
 the key-switching "special" prime -- so its size is set by ``coeff_mod_bit_sizes[:-1]`` alone. One
 40-bit data prime fits the serialised coefficients in 5 bytes each; ``scale_bits`` trades precision
 (error ~ 2**-scale_bits * sqrt(N)) against headroom (largest encodable |value| ~ q / 2**(scale_bits+1)).
-Measured: N=4096, [40, 20], 2**36 gives max abs error ~4e-8 over 16 sites at ~6.0x the raw float32
-bytes (NVFlare's default: ~14.4x).
+Measured: N=4096, [40, 20], 2**36 gives max abs error ~4e-8 over 16 sites at ~1.5x the raw float32
+bytes (NVFlare's default: ~14.4x), with two values per complex slot and seeded uploads
+(:mod:`secagg.he.codec`).
 
 Symmetric encryption: every encrypting site holds the secret key anyway, and a symmetric context has
 no public key at all, so the aggregator's context cannot encrypt and fresh ciphertexts carry less noise
-(no ``u*e`` term from the public key), which lets us use a smaller scale.
+(no ``u*e`` term from the public key), which lets us use a smaller scale. It also makes SEAL's seeded
+ciphertexts possible: the uniform half of a fresh ciphertext travels as the seed that generates it.
 """
 
 from __future__ import annotations
