@@ -8,6 +8,7 @@ NVFlare's are) would show wall time below CPU time.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -29,3 +30,14 @@ def clock() -> Lap:
 def lap(start: Lap) -> Lap:
     """Seconds since ``start``."""
     return Lap(time.perf_counter() - start.wall, time.process_time() - start.cpu)
+
+
+def settle() -> None:
+    """Write dirty pages back before a timed phase, outside the clock.
+
+    A round writes hundreds of MiB of uploads, spool copies and downloads; left to the kernel, their
+    writeback lands in whichever phase (of whichever mode) runs seconds later and competes with it
+    for this machine's two cores.
+    """
+    if hasattr(os, "sync"):
+        os.sync()

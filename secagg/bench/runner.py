@@ -31,7 +31,7 @@ import numpy as np
 
 from secagg.errors import ConfigError
 
-from .clock import Lap
+from .clock import Lap, settle
 from .layouts import LAYOUTS, layout_spec
 from .modes import make_mode
 from .workload import Workload
@@ -162,11 +162,14 @@ class ModeRun:
         wl, work, mode, name = self.wl, self.work, self.mode, self.name
         label = f"{name} x{wl.sites} sites, run {len(self.runs) + 1}/{repeats}"
         progress(f"{label}: protect", 0)
+        settle()
         site_times = mode.protect_all(work, wl)
         legs = Lap()
         if wire is not None:
+            settle()
             legs += wire.upload([site_files(work, i) for i in range(wl.sites)])
         progress(f"{label}: aggregate", 1)
+        settle()
         if isolate:
             agg = run_aggregator_child(name, work, wl.sites)
         else:
@@ -174,8 +177,10 @@ class ModeRun:
 
             agg = measure(name, work, wl.sites)
         if wire is not None:
+            settle()
             legs += wire.download(work / "down-0")
         progress(f"{label}: unprotect", 1)
+        settle()
         unprotect, out = mode.unprotect(work, wl, 0)
         self.runs.append(
             {

@@ -31,7 +31,7 @@ from secagg.transport.chunks import MAX_CHUNK, copy_payload, encode_stream, read
 from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.generated import secagg_pb2_grpc as rpc
 
-from .clock import Lap, clock, lap
+from .clock import Lap, clock, lap, settle
 
 #: largest payload the relay accepts (the aggregator service's own limit is per job)
 _MAX_BYTES = 4 * 1024**3
@@ -103,6 +103,7 @@ class Wire:
     def download(self, result: Path) -> Lap:
         """Every site fetches ``result`` at once (each into its own file)."""
         shutil.copyfile(result, self._download)  # staged before the clock starts
+        settle()
 
         def fetch(site: int) -> None:
             chunks = iter(self.stubs[site].FetchTask(pb.TaskRequest()))
