@@ -1,6 +1,7 @@
 """``secagg bench [--params N] [--layout flat|segresnet] [--sites N[,N...]] [--modes LIST]
-[--compare nvflare] [--transport] [--repeats N] [--out DIR]``, or ``secagg bench --training [--volume V] [--steps N]
-[--batch B] [--device auto|cpu|cuda] [--repeats N] [--out DIR]`` for the training-overhead table."""
+[--compare nvflare] [--transport] [--repeats N] [--out DIR]``, or ``secagg bench --training
+[--volume V] [--steps N] [--batch B] [--device auto|cpu|cuda] [--repeats N] [--out DIR]`` for the
+training-overhead table."""
 
 from __future__ import annotations
 

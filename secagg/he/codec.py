@@ -57,7 +57,7 @@ def _frame(context_id: bytes, index: int, blob: bytes) -> bytes:
     return _FRAME.pack(FRAME_MAGIC, FRAME_VERSION, context_id, index) + blob
 
 
-def _unframe(data: bytes, context_id: bytes, params: CkksParams) -> tuple[int, bytes]:
+def _unframe(data: bytes, context_id: bytes, params: CkksParams) -> tuple[int, memoryview]:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise UpdateRejected("HE ciphertext must be bytes", code="bad_ciphertext")
     if len(data) < _FRAME.size or len(data) > max_frame_bytes(params):
@@ -72,7 +72,7 @@ def _unframe(data: bytes, context_id: bytes, params: CkksParams) -> tuple[int, b
             f"HE ciphertext was made under another key (context {cid.hex()}, expected {context_id.hex()})",
             code="wrong_context",
         )
-    return index, bytes(data[_FRAME.size :])
+    return index, memoryview(data)[_FRAME.size :]
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,7 +120,7 @@ def _seal(ctx: PublicContext | SecretContext) -> _Seal:
         return made
 
 
-def _load_ciphertext(tools: _Seal, blob: bytes) -> sealapi.Ciphertext:
+def _load_ciphertext(tools: _Seal, blob: memoryview) -> sealapi.Ciphertext:
     """Parse and check a ciphertext against the context: shape, level, scale, not a plaintext in disguise."""
     try:
         ct = sealio.load_ciphertext(tools.context, blob)
@@ -145,7 +145,8 @@ def _load_ciphertext(tools: _Seal, blob: bytes) -> sealapi.Ciphertext:
 
 
 def encrypt_vector(ctx: SecretContext, vec: np.ndarray, weight: float) -> Iterator[bytes]:
-    """Check the update, then return an iterator of frames, one per ``slots`` values, in order.
+    """Check the update, then return an iterator of frames, one per ``values_per_ciphertext``
+    values, in order.
 
     Checks run now, not on the first ``next()``: a bad update is refused before anything is sent.
     """
