@@ -70,38 +70,25 @@ def test_rss_sweep_is_judged_at_the_largest_site_count() -> None:
     assert not _met(grown, "he aggregator peak RSS flat")
 
 
-def test_tee_round_including_transport_is_judged_when_measured() -> None:
+def _wired_pair(tee_transport_cpu_s: float) -> list:
+    """plain and tee rounds of 1.0 s and 1.2 s, each plus 2 s of transport; tee's CPU as given."""
     wired = {"transport_s": 2.0, "transport_cpu_s": 2.0}
-    checks = evaluate(
-        [
-            _r(
-                "plain",
-                round_s=1.0,
-                round_cpu_s=1.0,
-                round_transport_s=3.0,
-                round_transport_cpu_s=3.0,
-                **wired,
-            ),
-            _r(
-                "tee", round_s=1.2, round_cpu_s=1.2, round_transport_s=3.2, round_transport_cpu_s=3.4, **wired
-            ),
-        ]
+    plain = _r(
+        "plain", round_s=1.0, round_cpu_s=1.0, round_transport_s=3.0, round_transport_cpu_s=3.0, **wired
     )
+    tee = _r(
+        "tee",
+        round_s=1.2,
+        round_cpu_s=1.2,
+        round_transport_s=3.2,
+        round_transport_cpu_s=tee_transport_cpu_s,
+        **wired,
+    )
+    return [plain, tee]
+
+
+def test_tee_round_including_transport_is_judged_when_measured() -> None:
+    checks = evaluate(_wired_pair(3.4))
     assert not _met(checks, "tee round <=")  # 1.2x without the transport
     assert not _met(checks, "tee round incl. transport")  # 1.07x wall but 1.13x CPU
-    ok = evaluate(
-        [
-            _r(
-                "plain",
-                round_s=1.0,
-                round_cpu_s=1.0,
-                round_transport_s=3.0,
-                round_transport_cpu_s=3.0,
-                **wired,
-            ),
-            _r(
-                "tee", round_s=1.2, round_cpu_s=1.2, round_transport_s=3.2, round_transport_cpu_s=3.2, **wired
-            ),
-        ]
-    )
-    assert _met(ok, "tee round incl. transport")
+    assert _met(evaluate(_wired_pair(3.2)), "tee round incl. transport")  # 1.07x both
