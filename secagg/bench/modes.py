@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import math
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -181,27 +180,18 @@ class HEMode(_OneFileEachWay):
 
 
 class HEAggregator:
-    """Index-major over the spooled uploads, as the aggregator service's HECombiner does: the i-th
-    ciphertext of every site is added, the sum written, then the next; one ciphertext in memory."""
+    """The aggregator service's own :class:`~secagg.aggregator.combine.HECombiner`: index-major over
+    the spooled uploads (the i-th ciphertext of every site is added, the sum written, then the next)."""
 
     def prepare(self, work: Path, sites: int) -> None:
-        from secagg.he import load_public_context, n_ciphertexts
+        from secagg.aggregator.combine import HECombiner
 
         self.work, self.sites = work, sites
-        self.ctx = load_public_context((work / "he-public.ctx").read_bytes())
-        self.n = n_ciphertexts(_read_spec(work).size, self.ctx.params)
+        self.combiner = HECombiner(_read_spec(work), (work / "he-public.ctx").read_bytes())
 
     def run(self) -> None:
-        from secagg.he import sum_streams
-
-        with ExitStack() as files:
-            streams = [
-                unframe(files.enter_context(up_path(self.work, i).open("rb"))) for i in range(self.sites)
-            ]
-            # every site downloads the same summed stream: write it once
-            with down_path(self.work, 0).open("wb") as fh:
-                for piece in frame(sum_streams(self.ctx, streams, self.n)):
-                    fh.write(piece)
+        # every site downloads the same summed stream: write it once
+        self.combiner.combine([up_path(self.work, i) for i in range(self.sites)], down_path(self.work, 0))
 
 
 # ----------------------------------------------------------------------------------------- mask ----

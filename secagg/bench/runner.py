@@ -177,8 +177,7 @@ class ModeRun:
 
             agg = measure(name, work, wl.sites)
         if wire is not None:
-            settle()
-            legs += wire.download(work / "down-0")
+            legs += wire.download(work / "down-0")  # settles after staging the download
         progress(f"{label}: unprotect", 1)
         settle()
         unprotect, out = mode.unprotect(work, wl, 0)
