@@ -26,9 +26,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from secagg.agent.consistency import check_roster, sign_fingerprint
+from secagg.agent.consistency import BadSampleCount, check_roster, sample_count, sign_fingerprint
 from secagg.agent.protect import protect_he, protect_plain
-from secagg.agent.runner import run_entry
+from secagg.agent.runner import TrainingFailed, run_entry
 from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
 from secagg.bundle import BundleSpec, fingerprint, from_safetensors, to_safetensors
@@ -474,10 +474,16 @@ class SiteAgent:
         update = OrderedDict(
             (k, (result.local[k].astype(np.float64) - bundle[k]).astype(np.float32)) for k in bspec.names
         )
+        try:
+            n_samples = sample_count(result.num_samples)
+        except BadSampleCount as exc:
+            raise TrainingFailed(f"the training script sent an unusable num_samples: {exc}") from None
         ready = {
             "attempt": attempt,
-            "n_samples": result.num_samples,
-            "fingerprint": sign_fingerprint(self.kit.private_key, fp, job_id, round_, attempt, self.name),
+            "n_samples": n_samples,
+            "fingerprint": sign_fingerprint(
+                self.kit.private_key, fp, job_id, round_, attempt, self.name, n_samples=n_samples
+            ),
         }
         self.stub.Post(
             pb.Message(topic="ready", job_id=job_id, round=round_, payload=json.dumps(ready).encode()),
@@ -487,17 +493,19 @@ class SiteAgent:
         if roster.get("attempt") != attempt or self.name not in roster["weights"]:
             self.audit.append("not_in_roster", job=job_id, round=round_)
             return
-        check_roster(
+        weights = check_roster(
             roster["ready"],
             me=self.name,
             own_fingerprint=fp,
+            own_samples=n_samples,
             job=job_id,
             round_=round_,
             attempt=attempt,
             peers=self.kit.peer_certs(),
             ca_cert=self.kit.ca_cert,
             min_sites=spec.min_sites,
-            roster_sites=roster["weights"],
+            weights=roster["weights"],
+            min_weight_share=self._load_policy().limits.min_weight_share,
         )
         self.audit.append(
             "model_consistent", job=job_id, round=round_, fingerprint=fp, sites=sorted(roster["ready"])
@@ -509,11 +517,11 @@ class SiteAgent:
             self.audit.append("round_abandoned", job=job_id, round=round_, reason=f"job is {state}")
             return
         release = self._release(adm, job_id, round_, update, self._training_spends(adm, result))
-        weight = float(roster["weights"][self.name])
+        weight = weights[self.name]  # recomputed from the signed counts, never the aggregator's number
         weighted = bspec.flatten(release.update) * weight
         if spec.mode == "mask":
             sent = self._mask_round(
-                job_id, round_, sorted(roster["weights"]), weighted, weight, attempt, result.metrics
+                job_id, round_, sorted(weights), weighted, weight, attempt, result.metrics
             )
             if release.debit_id and self._ledger is not None:
                 self._ledger.mark_released(release.debit_id)

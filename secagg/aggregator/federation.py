@@ -43,6 +43,7 @@ from secagg.errors import ConfigError, SecaggError, UpdateRejected
 from secagg.fsio import atomic_write
 from secagg.jobs.spec import JobSpec
 from secagg.provision.kit import Kit
+from secagg.roster import BadSampleCount, expected_weights, sample_count
 from secagg.strategy import StrategyState, make_strategy
 
 HE_KEY_BLOB = "he-key-release"
@@ -317,14 +318,22 @@ class Federation:
     def post_ready(self, site: str, job_id: str, round_: int, payload: bytes) -> None:
         try:
             msg = json.loads(payload)
-            n = float(msg["n_samples"])
+            raw_n = msg["n_samples"]
             attempt = int(msg["attempt"])
+            signed = msg["fingerprint"]
         except (ValueError, KeyError, TypeError):
             raise UpdateRejected(
-                "ready message is not valid JSON with n_samples and attempt", code="malformed"
+                "ready message is not valid JSON with n_samples, attempt and fingerprint", code="malformed"
             ) from None
-        if not (n > 0 and np.isfinite(n)):
-            raise UpdateRejected(f"sample count must be a positive number, got {n}", code="bad_weight")
+        try:
+            n = sample_count(raw_n)
+        except BadSampleCount as exc:
+            raise UpdateRejected(str(exc), code="bad_weight") from None
+        if not isinstance(signed, dict) or signed.get("n_samples") != n:
+            # the count sites weigh by is the signed one: a ready message saying another is malformed
+            raise UpdateRejected(
+                "ready message's n_samples differs from its signed sample count", code="malformed"
+            )
         with self.cond:
             cur = self._current(job_id, round_)
             if cur.attempt != attempt or cur.phase != "ready":
@@ -468,12 +477,13 @@ class Federation:
                 if not (everyone or enough):
                     self.cond.wait(timeout=0.5)
                     return
-                total = sum(float(m["n_samples"]) for m in cur.ready.values())
+                signed = {s: m["fingerprint"] for s, m in sorted(cur.ready.items())}
                 cur.roster = {
                     "round": cur.round,
                     "attempt": cur.attempt,
-                    "weights": {s: float(m["n_samples"]) / total for s, m in sorted(cur.ready.items())},
-                    "ready": {s: m.get("fingerprint") for s, m in sorted(cur.ready.items())},
+                    # the same function every site checks these with, over the same signed counts
+                    "weights": expected_weights(signed, signed),
+                    "ready": signed,
                 }
                 cur.phase, cur.phase_started = "upload", now
                 if job.spec.mode == "mask":

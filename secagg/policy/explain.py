@@ -87,6 +87,11 @@ def describe_policy(policy: SitePolicy) -> list[str]:
         f"{'at most ' + str(lim.max_rounds) if lim.max_rounds else 'any number of'} rounds; "
         f"at least {lim.min_sites_per_round} site(s) per round; mask threshold at least "
         f"{lim.mask_min_threshold}"
+        + (
+            f"; every other site must hold at least {lim.min_weight_share:g} of a round's weight"
+            if lim.min_weight_share
+            else ""
+        )
     )
     return lines
 

@@ -98,6 +98,9 @@ class Limits(_Strict):
     max_rounds: int | None = Field(default=None, ge=1)
     min_sites_per_round: int = Field(default=1, ge=1)
     mask_min_threshold: int = Field(default=2, ge=2)
+    #: the smallest share of a round's total weight any other site may hold, so that this site's
+    #: update cannot dominate a sum that is meant to hide it
+    min_weight_share: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)
 
 
 class SitePolicy(_Strict):

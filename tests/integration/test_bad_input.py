@@ -54,7 +54,9 @@ def test_bad_uploads_are_refused_and_the_round_goes_on(tmp_path: Path, workspace
             "attempt": attempt,
             "n_samples": SAMPLES["site-3"],
             "metrics": {},
-            "fingerprint": sign_fingerprint(evil_kit.private_key, fp, job_id, rnd, attempt, "site-3"),
+            "fingerprint": sign_fingerprint(
+                evil_kit.private_key, fp, job_id, rnd, attempt, "site-3", n_samples=SAMPLES["site-3"]
+            ),
         }
         stub.Post(
             pb.Message(topic="ready", job_id=job_id, round=rnd, payload=json.dumps(ready).encode()),

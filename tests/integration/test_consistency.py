@@ -210,7 +210,13 @@ def test_a_forged_fingerprint_in_the_roster_stops_every_site(
         assert fed.job is not None
         fake_fp = "ab" * 32
         roster["ready"]["site-2"] = sign_fingerprint(
-            fed.kit.private_key, fake_fp, fed.job.job_id, roster["round"], roster["attempt"], "site-2"
+            fed.kit.private_key,
+            fake_fp,
+            fed.job.job_id,
+            roster["round"],
+            roster["attempt"],
+            "site-2",
+            n_samples=roster["ready"]["site-2"]["n_samples"],
         )
 
     _patch_roster(monkeypatch, forge)
@@ -291,5 +297,116 @@ def test_an_honest_roster_passes_the_check(tmp_path: Path, workspace: Path) -> N
             ok = [r for r in _audit(tmp_path, site) if r["event"] == "model_consistent"]
             assert ok and ok[0]["sites"] == ALL
             assert [r["round"] for r in _uploaded(tmp_path, site)] == [1]
+    finally:
+        run.stop()
+
+
+# ------------------------------------------------------------------ the aggregator choosing the weights
+MASK_POLICY = POLICY.replace("modes: [plain, he]", "modes: [plain, he, mask]")
+
+
+def _weights_run(tmp: Path, workspace: Path, mode: str, policy: str = MASK_POLICY) -> Run:
+    extra = {"mask": {"threshold": 2}} if mode == "mask" else None
+    job = fast_job(tmp / "job", workspace, mode=mode, rounds=1, min_sites=3, round_timeout=60, extra=extra)
+    return start(tmp, workspace, job, policies=write_policies(tmp, policy, ALL))
+
+
+def _assert_refused_before_upload(tmp: Path, run: Run, code: str, sites: list[str] = ALL) -> None:
+    for site in sites:
+        err = run.errors.get(site)
+        assert getattr(err, "code", None) == code, (site, run.errors)
+        assert not _uploaded(tmp, site), f"{site} uploaded under weights the aggregator chose"
+        events = _audit(tmp, site)
+        assert any(r["event"] == "round_declined" and r["code"] == code for r in events)
+        # refused inside the roster check, before the release (no budget spent, nothing sent)
+        assert not any(r["event"] == "model_consistent" for r in events)
+    agg = _audit(tmp, "aggregator")
+    assert not any(r["event"] in ("upload_accepted", "round_completed") for r in agg)
+
+
+@pytest.mark.parametrize("mode", ["mask", "he"])
+def test_skewed_weights_that_would_unmask_one_site_stop_every_site(
+    tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The attack: weights {site-1: 1, others: 1e-12} make the unmasked sum (mask) or the decrypted
+    average (he) site-1's own update. Every site recomputes the weights from the signed counts."""
+
+    def skew(fed: Federation, roster: dict[str, Any]) -> None:
+        roster["weights"] = {"site-1": 1.0, "site-2": 1e-12, "site-3": 1e-12}
+
+    _patch_roster(monkeypatch, skew)
+    run = _weights_run(tmp_path, workspace, mode)
+    try:
+        _settle(tmp_path, run)
+        _assert_refused_before_upload(tmp_path, run, "weights_mismatch")
+        assert "site-2 (announced 1e-12, signed counts give 0.125)" in str(run.errors["site-1"])
+    finally:
+        run.stop()
+
+
+def test_a_forged_sample_count_fails_its_signature_at_every_other_site(
+    tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The aggregator raises site-1's relayed count (and weighs by it): the count is under site-1's
+    signature, so every other site refuses; site-1 sees its own count changed."""
+
+    def forge(fed: Federation, roster: dict[str, Any]) -> None:
+        roster["ready"]["site-1"]["n_samples"] = 10**9
+        roster["weights"] = {
+            s: w for s, w in zip(ALL, (10**9 / (10**9 + 300), 50 / (10**9 + 300), 250 / (10**9 + 300)))
+        }
+
+    _patch_roster(monkeypatch, forge)
+    run = _weights_run(tmp_path, workspace, "mask")
+    try:
+        _settle(tmp_path, run)
+        _assert_refused_before_upload(tmp_path, run, "model_inconsistent")
+        assert "site-1 (signature does not verify" in str(run.errors["site-2"])
+        assert "another sample count for this site" in str(run.errors["site-1"])
+    finally:
+        run.stop()
+
+
+def test_a_dropped_signed_count_stops_every_site(
+    tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The aggregator relays site-3's proof without its count (as an older agent would send it)."""
+
+    def drop(fed: Federation, roster: dict[str, Any]) -> None:
+        del roster["ready"]["site-3"]["n_samples"]
+
+    _patch_roster(monkeypatch, drop)
+    run = _weights_run(tmp_path, workspace, "he")
+    try:
+        _settle(tmp_path, run)
+        _assert_refused_before_upload(tmp_path, run, "model_inconsistent")
+        assert "site-3 (no signed sample count" in str(run.errors["site-1"])
+    finally:
+        run.stop()
+
+
+def test_a_policy_minimum_share_refuses_a_round_dominated_by_this_site(
+    tmp_path: Path, workspace: Path
+) -> None:
+    """Honest weights, but site-2 holds 50 of 400 samples (0.125): a site that wants every other site
+    to hold at least 0.2 of the sum refuses; the others, without that rule, are not stopped by it."""
+    strict = MASK_POLICY + "  min_weight_share: 0.2\n"
+    policies = write_policies(tmp_path, {"site-1": strict, "site-2": MASK_POLICY, "site-3": MASK_POLICY})
+    job = fast_job(
+        tmp_path / "job",
+        workspace,
+        mode="mask",
+        rounds=1,
+        min_sites=2,
+        round_timeout=20,
+        extra={"mask": {"threshold": 2}},
+    )
+    run = start(tmp_path, workspace, job, policies=policies)
+    try:
+        _settle(tmp_path, run)
+        err = run.errors.get("site-1")
+        assert getattr(err, "code", None) == "weight_share_too_small", run.errors
+        assert "site-2 (0.125)" in str(err)
+        assert not _uploaded(tmp_path, "site-1")
     finally:
         run.stop()
