@@ -2,17 +2,27 @@
 
     from secagg import client
 
-    model.load_state_dict(client.receive())          # the round's global model
-    metrics = {"val_auc": evaluate(model)}            # optional: how good the global model is here
-    if client.task == "evaluate":                     # the final round: report only
-        client.send(metrics=metrics); raise SystemExit
-    train(model, client.data_dir, client.params)     # unchanged training code
-    client.send(model.state_dict(), num_samples=n_train, metrics=metrics)
+    for task in client.tasks():                           # one task per round, in one process
+        model.load_state_dict(client.receive())          # the round's global model
+        metrics = {"val_auc": evaluate(model)}            # optional: how good the global model is here
+        if task.task == "evaluate":                       # the final round: report only
+            client.send(metrics=metrics)
+            continue
+        train(model, task.data_dir, task.params)         # unchanged training code
+        client.send(model.state_dict(), num_samples=n_train, metrics=metrics)
 
-The script runs in a subprocess of the site agent, which owns the aggregator channel, the policy and
-the protection: what the script hands to ``send`` is filtered and protected by the agent before it
-leaves. The subprocess gets a reduced environment but no OS-level sandbox: deploy the agent under the
-hardened systemd unit or container (deploy/) so the job code cannot reach the network or the kit.
+``client.tasks()`` blocks until the agent hands over the next round and ends when the job is over, so
+the interpreter, the imports and the data set stay loaded for the whole job. The one-round form, the
+same body without the loop (module attributes ``client.task``, ``client.round``, ... instead of
+``task.``), still works: such a script handles one task and exits, and the agent starts it again for
+the next round. Inside the loop the module attributes and functions follow the current task too.
+Call ``send`` exactly once per task.
+
+The script runs in the job's training worker, a process the site agent starts and confines before any
+job code runs (:mod:`secagg.agent.sandbox`: no network, no file of the agent, resource limits); the
+agent owns the aggregator channel, the policy and the protection, and what the script hands to
+``send`` is filtered and protected by the agent before it leaves. The model travels by file in the
+worker's I/O folder; :mod:`secagg.agent.worker_main` serves the tasks to this module.
 """
 
 from __future__ import annotations
@@ -22,11 +32,11 @@ import math
 import os
 import sys
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import asdict
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,12 +49,91 @@ class ClientError(RuntimeError):
     """The script was not started by a site agent, or sent something unusable."""
 
 
+class NotSent(ClientError):
+    """The script finished a task (asked for the next one, or ended) without calling ``send``."""
+
+
 class TrainingRefused(RuntimeError):
     """What the script did cannot be released under the site's policy (e.g. DP-SGD could not account
     for it): the agent declines the round with ``code`` and the message. Defined here, not beside the
     DP-SGD runtime, so that the launcher can catch it without importing torch."""
 
     code = "refused"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One round's task, as :func:`tasks` yields it."""
+
+    task: str  #: ``"train"`` or ``"evaluate"`` (the final round: report metrics only)
+    round: int
+    site: str
+    data_dir: Path
+    params: dict[str, Any]
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any]) -> Task:
+        return cls(
+            str(spec["task"]),
+            int(spec["round"]),
+            str(spec["site"]),
+            Path(spec["data_dir"]),
+            dict(spec.get("params") or {}),
+        )
+
+
+class _Driver(Protocol):
+    """Where tasks come from in a training worker (:mod:`secagg.agent.worker_main`)."""
+
+    def next_task(self, finished: _Current) -> dict[str, Any] | None:
+        """Report ``finished`` (sent) to the agent; block for the next task (None: the job is over)."""
+        ...
+
+
+@dataclass
+class _Current:
+    spec: dict[str, Any]
+    #: what ``send`` handed back (metrics, num_samples, training_spends); None until it is called
+    result: dict[str, Any] | None = None
+    #: handed to a ``tasks()`` loop already: the loop's next step finishes it
+    yielded: bool = False
+    #: size of the local.safetensors that send wrote
+    local_bytes: int | None = None
+
+
+#: set by the training worker; None: a single task read from ``task.json`` (``secagg.agent.launch``)
+_driver: _Driver | None = None
+_current: _Current | None = None
+_over = False
+
+
+def _serve(driver: _Driver, first: dict[str, Any]) -> None:
+    """Called by the training worker before it runs the script: tasks come from ``driver``."""
+    global _driver
+    _driver = driver
+    _begin(first)
+
+
+def _begin(spec: dict[str, Any]) -> None:
+    global _current
+    _current = _Current(dict(spec))
+    _global_params.cache_clear()
+
+
+def _now() -> _Current:
+    """The task being served, which every module attribute and function refers to."""
+    if _current is None:
+        if _over:
+            raise ClientError("there is no current task: the job is over")
+        if _driver is not None:
+            raise ClientError("there is no current task")
+        _begin(json.loads((_io() / "task.json").read_text()))  # one task, read once
+    assert _current is not None
+    return _current
+
+
+def _task() -> dict[str, Any]:
+    return _now().spec
 
 
 @lru_cache(maxsize=1)
@@ -55,10 +144,31 @@ def _io() -> Path:
     return Path(value)
 
 
-@lru_cache(maxsize=1)
-def _task() -> dict[str, Any]:
-    task: dict[str, Any] = json.loads((_io() / "task.json").read_text())
-    return task
+def tasks() -> Iterator[Task]:
+    """The job's tasks, one per round, until the job is over: ``for task in client.tasks(): ...``.
+
+    Each task must be answered with exactly one :func:`send` before the loop moves on; the next task
+    is fetched from the agent when the loop asks for it. Without a training worker (a script started
+    by ``secagg.agent.launch``) it yields the one task of ``task.json``."""
+    global _current, _over
+    while True:
+        if _over:
+            return
+        cur = _now()
+        if not cur.yielded:
+            cur.yielded = True
+            yield Task.of(cur.spec)
+            continue
+        if cur.result is None:
+            raise NotSent(
+                f"the loop asked for its next task without calling client.send() for round "
+                f"{cur.spec.get('round')}"
+            )
+        nxt = _driver.next_task(cur) if _driver is not None else None
+        if nxt is None:
+            _current, _over = None, True
+            return
+        _begin(nxt)
 
 
 def __getattr__(name: str) -> Any:
@@ -107,27 +217,36 @@ def send(
     num_samples: int | None = None,
     metrics: Mapping[str, float] | None = None,
 ) -> None:
-    """Hand the trained model (or, for ``evaluate``, only metrics) back to the agent."""
+    """Hand the trained model (or, for ``evaluate``, only metrics) back to the agent: once per task."""
+    cur = _now()
+    if cur.result is not None:
+        raise ClientError(
+            f"client.send() was already called for this task (round {cur.spec.get('round')}): "
+            "send once per task"
+        )
     io = _io()
     clean = {k: float(v) for k, v in (metrics or {}).items()}
     if any(not math.isfinite(v) for v in clean.values()):
         raise ClientError("metrics must be finite numbers")
     result: dict[str, Any] = {"metrics": clean}
-    if _task()["task"] == "train":
+    if cur.spec["task"] == "train":
         if state_dict is None or num_samples is None or num_samples <= 0:
             raise ClientError("a training task must send a state_dict and a positive num_samples")
         dpsgd = sys.modules.get("secagg.privacy.dpsgd_runtime")
         run = dpsgd.active() if dpsgd is not None else None
         if run is not None:  # the agent runs this script under DP-SGD: what did training spend?
             result["training_spends"] = [asdict(sp) for sp in run.receipt(state_dict)]
-        bundle = _to_numpy(state_dict)
+        data = to_safetensors(_to_numpy(state_dict))
         tmp = io / ".local.safetensors.tmp"
-        tmp.write_bytes(to_safetensors(bundle))
+        tmp.write_bytes(data)
         tmp.replace(io / "local.safetensors")
+        cur.local_bytes = len(data)
         result["num_samples"] = int(num_samples)
-    tmp = io / ".result.json.tmp"
-    tmp.write_text(json.dumps(result))
-    tmp.replace(io / "result.json")
+    if _driver is None:  # secagg.agent.launch: the agent reads result.json
+        tmp = io / ".result.json.tmp"
+        tmp.write_text(json.dumps(result))
+        tmp.replace(io / "result.json")
+    cur.result = result
 
 
 def proximal_term(model: Any) -> Any:

@@ -1,0 +1,397 @@
+"""The job's training worker, from the agent's side: one process per job, rounds over a socketpair.
+
+:class:`TrainingWorker` starts ``python -P -m secagg.agent.worker_main`` (:mod:`secagg.agent.worker_main`)
+lazily on the first :meth:`~TrainingWorker.run`, in a session and process group of its own, with a
+cleared environment, the job package as working directory, stdout and stderr to the job's log and the
+child's end of a socketpair as its only channel to the agent. The worker confines itself first
+(:mod:`secagg.agent.sandbox`), then runs the job's script, which keeps running from round to round in
+the loop form (``for task in client.tasks()``) or handles one task and exits in the one-round form, in
+which case the next round starts a fresh worker in the same confinement.
+
+The model travels by file in the I/O folder (``global.safetensors`` in, ``local.safetensors`` out);
+the channel carries only control frames, each checked as untrusted input.
+
+Failures stay contained to one round: a worker that crashes, exits, hangs past the round's time limit,
+is killed by a resource limit or breaks the protocol makes :meth:`~TrainingWorker.run` raise
+:class:`TrainingFailed` (or its :class:`TrainingTimeout` / :class:`TrainingLimitExceeded`), its whole
+process group is killed and reaped, and the next ``run`` starts a fresh worker. A refusal (DP-SGD could
+not account for the round, the kernel cannot confine the worker) is a :class:`PolicyRefusal` with its
+code. Nothing the script does raises anything else in the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from secagg.agent.channel import Channel, ChannelClosed, ChannelError, ChannelTimeout, Frame, socketpair
+from secagg.bundle import from_safetensors
+from secagg.client import IO_ENV
+from secagg.errors import PolicyRefusal, SecaggError
+
+if TYPE_CHECKING:
+    from secagg.agent.sandbox import Confinement
+
+_KEEP_ENV = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "PYTHONHASHSEED",
+)
+#: output files of a round, removed before each task
+_OUTPUTS = ("local.safetensors", "result.json", "refusal.json", ".local.safetensors.tmp", ".result.json.tmp")
+#: a worker killed by one of these ran into a resource limit (RLIMIT_AS/OOM kill, RLIMIT_CPU, RLIMIT_FSIZE)
+_LIMIT_SIGNALS = frozenset({signal.SIGKILL, signal.SIGXCPU, signal.SIGXFSZ})
+#: how long a worker that said it is exiting (or whose channel the agent closed) gets before SIGKILL
+_EXIT_GRACE = 5.0
+
+
+class TrainingFailed(SecaggError):
+    code = "training_failed"
+
+
+class TrainingTimeout(TrainingFailed):
+    code = "training_timeout"
+
+
+class TrainingLimitExceeded(TrainingFailed):
+    code = "training_limit_exceeded"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    local: dict[str, Any] | None
+    num_samples: int | None
+    metrics: dict[str, float]
+    #: what DP-SGD inside training spent, as the script's Opacus accountant reported it
+    training_spends: tuple[dict[str, Any], ...] = ()
+
+
+class _Proc:
+    """A started worker: the process, its channel and a pidfd that becomes readable when it exits."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], chan: Channel) -> None:
+        self.popen, self.chan = popen, chan
+        self.pidfd: int | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self.pidfd = os.pidfd_open(popen.pid)
+        self.killed = False
+        self.retire_by = math.inf
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def exited(self) -> bool:
+        """Whether the process has ended, without reaping it (its pid stays ours until :meth:`reap`)."""
+        if self.popen.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def wait_exited(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.exited():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self.pidfd is not None:
+                select.select([self.pidfd], [], [], left)
+            else:
+                time.sleep(min(left, 0.01))
+        return True
+
+    def reap(self, grace: float = 0.0) -> int:
+        """Give the process ``grace`` seconds to end, kill its whole process group, reap it."""
+        if self.popen.returncode is None:
+            if not (self.wait_exited(grace) if grace > 0 else self.exited()):
+                self.killed = True
+            # the leader is not reaped yet, so its pid (the group id) cannot have been reused
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.popen.wait()
+        self.chan.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        return self.popen.returncode
+
+
+class TrainingWorker:
+    """The training worker of one job at this site (see the module docstring).
+
+    ``confinement`` is applied by the worker before any job code runs; ``None`` skips it and is only
+    for tests of the loop mechanics."""
+
+    def __init__(
+        self,
+        job_root: Path,
+        entry: str,
+        io_dir: Path,
+        scratch_dir: Path,
+        log: Path,
+        confinement: Confinement | None,
+    ) -> None:
+        self.job_root = job_root.resolve()
+        self.script = (job_root / entry).resolve()
+        if self.job_root not in self.script.parents:
+            raise TrainingFailed(f"entry point {entry} is outside the job package")
+        self.io_dir, self.scratch_dir, self.log = io_dir, scratch_dir, log
+        self.confinement = confinement
+        self._proc: _Proc | None = None
+        self._retiring: list[_Proc] = []
+        self._closed = False
+
+    # ------------------------------------------------------------------ state
+    @property
+    def alive(self) -> bool:
+        """Whether a worker process is up and waiting for the next task."""
+        p = self._proc
+        return p is not None and not p.exited() and not p.chan.closed
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def __enter__(self) -> TrainingWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, grace: float = _EXIT_GRACE) -> None:
+        """End the job: close the channel (a loop-form script's ``tasks()`` ends and it exits), give it
+        ``grace`` seconds, then kill its process group and reap it. Idempotent."""
+        self._closed = True
+        procs, self._proc = [*self._retiring, *([self._proc] if self._proc else [])], None
+        self._retiring = []
+        for p in procs:
+            p.chan.close()
+        deadline = time.monotonic() + grace
+        for p in procs:
+            p.reap(grace=max(0.0, min(deadline, p.retire_by) - time.monotonic()))
+
+    # ------------------------------------------------------------------ a round
+    def run(self, task: dict[str, Any], global_bytes: bytes, timeout: float) -> RunResult:
+        """Run one task (``train`` or ``evaluate``) on ``global_bytes`` within ``timeout`` seconds."""
+        if self._closed:
+            raise TrainingFailed("the training worker of this job is closed")
+        deadline = time.monotonic() + timeout
+        self._reap_retiring()
+        self._prepare_io(global_bytes)
+        try:
+            if not self._ready_for_task():
+                self._start(deadline, timeout)
+            proc = self._proc
+            assert proc is not None
+            self._send(proc, {"type": "task", "task": task}, deadline, timeout)
+            reply = self._reply(proc, deadline, timeout)
+            result = self._result(task, reply)
+        except BaseException:
+            self._stop()
+            raise
+        if reply.header.get("last") is not False:
+            self._retire()
+        return result
+
+    def _prepare_io(self, global_bytes: bytes) -> None:
+        self.io_dir.mkdir(parents=True, exist_ok=True)
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        for stale in _OUTPUTS:
+            (self.io_dir / stale).unlink(missing_ok=True)
+        tmp = self.io_dir / ".global.safetensors.tmp"
+        tmp.write_bytes(global_bytes)
+        tmp.replace(self.io_dir / "global.safetensors")
+
+    def _ready_for_task(self) -> bool:
+        """A worker is up, idle and in step (nothing unasked-for waiting on its channel)."""
+        p = self._proc
+        if p is None:
+            return False
+        if p.exited() or p.chan.closed or p.chan.readable(0):
+            self._stop()  # died between rounds, or sent what nobody asked for: start afresh
+            return False
+        return True
+
+    def _start(self, deadline: float, timeout: float) -> None:
+        env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env[IO_ENV] = str(self.io_dir)
+        # the worker imports secagg: make this installation importable without the agent's env
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env["TMPDIR"] = env["HOME"] = str(self.scratch_dir)  # the only place it may write besides io
+        env["PYTHONUNBUFFERED"] = "1"  # the log is current while the worker stays up
+        chan, theirs = socketpair()
+        cmd = [sys.executable, "-P", "-m", "secagg.agent.worker_main", "--fd", str(theirs.fileno())]
+        try:
+            with self.log.open("ab") as out:
+                popen = subprocess.Popen(  # noqa: S603 (our own interpreter and module, no shell)
+                    [*cmd, str(self.script)],
+                    cwd=self.job_root,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(theirs.fileno(),),
+                    start_new_session=True,  # its own process group: killed as a whole
+                )
+        except OSError as exc:
+            chan.close()
+            raise TrainingFailed(f"could not start the training worker: {exc}") from None
+        finally:
+            theirs.close()
+        proc = self._proc = _Proc(popen, chan)
+        confinement = None if self.confinement is None else self.confinement.to_json()
+        self._send(proc, {"type": "confine", "confinement": confinement}, deadline, timeout)
+        reply = self._reply(proc, deadline, timeout)
+        if reply.type == "ready":
+            return
+        if reply.type == "refused":
+            raise self._refusal(reply)
+        raise TrainingFailed(f"training worker did not start: it answered {reply.type!r}; see {self.log}")
+
+    # ------------------------------------------------------------------ the channel
+    def _send(self, proc: _Proc, header: dict[str, Any], deadline: float, timeout: float) -> None:
+        try:
+            proc.chan.send(header, timeout=max(0.001, deadline - time.monotonic()))
+        except ChannelTimeout:
+            raise TrainingTimeout(f"training script ran past {timeout:.0f} s") from None
+        except ChannelClosed:
+            raise self._death(proc) from None
+
+    def _reply(self, proc: _Proc, deadline: float, timeout: float) -> Frame:
+        """The worker's next frame; its death, a timeout or a malformed frame as TrainingFailed."""
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ChannelTimeout("no reply in time")
+                watch: list[Any] = [proc.chan] + ([proc.pidfd] if proc.pidfd is not None else [])
+                ready, _, _ = select.select(watch, [], [], left)
+                if proc.chan in ready:
+                    return proc.chan.recv(timeout=max(0.001, deadline - time.monotonic()))
+                if ready:  # the process ended and left nothing on the channel
+                    raise self._death(proc)
+        except ChannelTimeout:
+            raise TrainingTimeout(f"training script ran past {timeout:.0f} s") from None
+        except ChannelClosed:
+            raise self._death(proc) from None
+        except ChannelError as exc:
+            raise TrainingFailed(f"training worker sent a malformed frame ({exc}); see {self.log}") from None
+
+    def _death(self, proc: _Proc) -> TrainingFailed:
+        """What to report for a worker that went away without answering."""
+        rc = proc.reap(grace=2.0)
+        if proc.killed:
+            return TrainingFailed(f"training worker closed its channel but did not exit; see {self.log}")
+        if rc < 0 and -rc in _LIMIT_SIGNALS:
+            name = signal.Signals(-rc).name
+            return TrainingLimitExceeded(
+                f"training script was killed by {name} (a resource limit); see {self.log}"
+            )
+        return TrainingFailed(f"training script exited with {rc}; see {self.log}")
+
+    # ------------------------------------------------------------------ the answer
+    def _refusal(self, reply: Frame) -> SecaggError:
+        code, reason = reply.header.get("code"), reply.header.get("reason")
+        if not isinstance(code, str) or not isinstance(reason, str):
+            return TrainingFailed(f"training worker sent a malformed refusal; see {self.log}")
+        return PolicyRefusal(reason[:500], code=code[:64])
+
+    def _result(self, task: dict[str, Any], reply: Frame) -> RunResult:
+        h = reply.header
+        if reply.type == "refused":
+            raise self._refusal(reply)
+        if reply.type == "error":
+            raise self._failure(h)
+        if reply.type != "done":
+            raise TrainingFailed(f"training worker answered {reply.type!r} to a task; see {self.log}")
+        if h.get("round") != task["round"] or h.get("task") != task["task"]:
+            raise TrainingFailed(f"training worker answered another task than round {task['round']}'s")
+        result = h.get("result")
+        if not isinstance(result, dict):
+            raise TrainingFailed("training script finished without calling client.send()")
+        metrics = result.get("metrics", {})
+        spends = result.get("training_spends") or []
+        n = result.get("num_samples")
+        if (
+            not isinstance(metrics, dict)
+            or not all(isinstance(k, str) and _finite(v) for k, v in metrics.items())
+            or not isinstance(spends, list)
+            or not all(isinstance(s, dict) for s in spends)
+            or (n is not None and (not isinstance(n, int) or isinstance(n, bool) or n <= 0))
+        ):
+            raise TrainingFailed(f"training worker sent a malformed result; see {self.log}")
+        local = None
+        if task["task"] == "train":
+            path = self.io_dir / "local.safetensors"
+            size = h.get("local_bytes")
+            if n is None or not path.is_file() or not isinstance(size, int) or path.stat().st_size != size:
+                raise TrainingFailed("training script's local.safetensors is missing or not what it sent")
+            local = from_safetensors(path.read_bytes())
+        return RunResult(
+            local=local,
+            num_samples=n,
+            metrics={k: float(v) for k, v in metrics.items()},
+            training_spends=tuple(spends),
+        )
+
+    def _failure(self, h: dict[str, Any]) -> TrainingFailed:
+        code, status = h.get("code"), h.get("status")
+        if code == "no_send":
+            return TrainingFailed("training script finished without calling client.send()")
+        if code == "no_send_loop":
+            return TrainingFailed(
+                f"training script asked for its next task without calling client.send(); see {self.log}"
+            )
+        if code == "limit":
+            return TrainingLimitExceeded(
+                f"training script exceeded a resource limit (MemoryError); see {self.log}"
+            )
+        if not isinstance(status, int) or isinstance(status, bool):
+            status = 1
+        return TrainingFailed(f"training script exited with {status}; see {self.log}")
+
+    # ------------------------------------------------------------------ processes
+    def _stop(self) -> None:
+        """Kill the current worker's process group now and reap it."""
+        p, self._proc = self._proc, None
+        if p is not None:
+            p.reap()
+
+    def _retire(self) -> None:
+        """The worker said it is exiting (one-round script): let it, off the critical path."""
+        p, self._proc = self._proc, None
+        if p is not None:
+            p.retire_by = time.monotonic() + _EXIT_GRACE
+            self._retiring.append(p)
+
+    def _reap_retiring(self) -> None:
+        keep = []
+        for p in self._retiring:
+            if p.exited() or time.monotonic() >= p.retire_by:
+                p.reap()
+            else:
+                keep.append(p)
+        self._retiring = keep
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
