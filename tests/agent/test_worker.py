@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import textwrap
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -105,7 +104,8 @@ class Job:
         self.worker = TrainingWorker(self.root, "train.py", self.io, tmp / "scratch", self.log, None)
 
     def task(self, round_: int, kind: str = "train", **extra: Any) -> dict[str, Any]:
-        return {"task": kind, "round": round_, "site": "site-1", "data_dir": str(self.data), "params": {}} | extra
+        base = {"task": kind, "round": round_, "site": "site-1", "data_dir": str(self.data), "params": {}}
+        return base | extra
 
     def run(
         self, round_: int, kind: str = "train", timeout: float = 30, model: bytes = GLOBAL_BYTES, **extra: Any

@@ -8,8 +8,9 @@ served every round.
 import os
 from collections import OrderedDict
 
-from secagg import client
 from tinyjob_train import delta
+
+from secagg import client
 
 
 def main() -> None:
