@@ -49,17 +49,18 @@ def main() -> None:
     from secagg import client  # secagg
 
     torch.set_num_threads(1)
-    model = make_model()
-    model.load_state_dict(client.receive())  # secagg
-    xv, yv = load(client.data_dir, "val")
-    metrics = {"val_auc": auc(model, xv, yv), "n_val": float(len(yv))}
-    metrics = {k: v for k, v in metrics.items() if v == v}  # drop NaN (a one-class split)
-    if client.task == "evaluate":  # secagg
-        client.send(metrics=metrics)  # secagg
-        return
-    x, y = load(client.data_dir, "train")
-    train(model, x, y, client.params, extra_loss=client.proximal_term)  # secagg: FedProx term
-    client.send(model.state_dict(), num_samples=len(y), metrics=metrics)  # secagg
+    for task in client.tasks():  # secagg: one task per round, in one process for the whole job
+        model = make_model()
+        model.load_state_dict(client.receive())  # secagg
+        xv, yv = load(task.data_dir, "val")
+        metrics = {"val_auc": auc(model, xv, yv), "n_val": float(len(yv))}
+        metrics = {k: v for k, v in metrics.items() if v == v}  # drop NaN (a one-class split)
+        if task.task == "evaluate":  # secagg
+            client.send(metrics=metrics)  # secagg
+            continue
+        x, y = load(task.data_dir, "train")
+        train(model, x, y, task.params, extra_loss=client.proximal_term)  # secagg: FedProx term
+        client.send(model.state_dict(), num_samples=len(y), metrics=metrics)  # secagg
 
 
 if __name__ == "__main__":
