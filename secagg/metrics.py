@@ -5,8 +5,11 @@ data, or key material; labels are only the aggregation mode, reason codes and ev
 process object owns a dedicated ``CollectorRegistry`` (tests create many servers in one process, and a
 global registry would refuse the second set of names).
 
-The aggregator's metrics are driven by its audit log (``AuditLog.listeners``), so federation code
-needs no metric calls: whatever is audited is counted, and nothing counted escapes the audit trail.
+The aggregator's metrics are an observer: driven by its audit log (``AuditLog.listeners``), so
+federation code needs no metric calls (whatever is audited is counted, and nothing counted escapes the
+audit trail), plus :meth:`AggregatorMetrics.sent`, the byte counter the gRPC service calls for every
+piece of a global model or aggregate it sends. This module imports nothing of the aggregator: what it
+observes is anything shaped like :class:`Observed`.
 """
 
 from __future__ import annotations
@@ -14,21 +17,18 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-if TYPE_CHECKING:
-    from secagg.aggregator.federation import Federation
+from secagg.events import JOB_OUTCOMES, REFUSALS, Event
 
 #: a site counts as connected if it polled or sent a heartbeat this recently (agents poll every <= 30 s)
 CONNECTED_WITHIN_S = 90.0
 ROUND_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, float("inf"))
 #: audit events that are refusals; their ``code`` becomes the ``code`` label
-REFUSAL_EVENTS = frozenset(
-    {"refused", "refused_identity", "upload_rejected", "task_declined", "admin_refused"}
-)
+REFUSAL_EVENTS = REFUSALS
 #: set to an address (e.g. 0.0.0.0 in a container) to expose metrics beyond loopback
 HOST_ENV = "SECAGG_METRICS_HOST"
 
@@ -62,10 +62,27 @@ class _Endpoint:
             self._server = None
 
 
+class _Listened(Protocol):
+    listeners: list[Callable[[dict[str, Any]], None]]
+
+
+class Observed(Protocol):
+    """What the aggregator's metrics observe (the aggregator's ``Federation`` is one)."""
+
+    @property
+    def audit(self) -> _Listened: ...
+
+    @property
+    def heartbeats(self) -> Mapping[str, float]: ...
+
+    @property
+    def current_mode(self) -> str: ...
+
+
 class AggregatorMetrics(_Endpoint):
     """Rounds, round time, connected sites, payload bytes per mode, refusals by reason code."""
 
-    def __init__(self, fed: Federation) -> None:
+    def __init__(self, fed: Observed) -> None:
         super().__init__()
         self.fed = fed
         r = self.registry
@@ -92,41 +109,31 @@ class AggregatorMetrics(_Endpoint):
         )
         self.jobs = Counter("secagg_jobs", "Jobs by outcome", ["outcome"], registry=r)
         fed.audit.listeners.append(self.observe)
-        self._count_payloads()
 
     def _mode(self) -> str:
-        job = self.fed.job
-        return job.spec.mode if job is not None else "none"
+        return self.fed.current_mode
 
     def _connected_sites(self) -> float:
         now = time.time()
         return float(sum(1 for t in dict(self.fed.heartbeats).values() if now - t <= CONNECTED_WITHIN_S))
 
-    def _count_payloads(self) -> None:
-        """Count bytes sent by wrapping this federation's payload generator: the one place every global
-        model and aggregate leaves the aggregator, without touching the federation code."""
-        inner = self.fed.payload
-
-        def counted(header: dict[str, Any]) -> Iterator[bytes]:
-            counter = self.bytes_out.labels(mode=str(header.get("mode") or self._mode()))
-            for piece in inner(header):
-                counter.inc(len(piece))
-                yield piece
-
-        self.fed.payload = counted  # type: ignore[method-assign]
+    def sent(self, mode: str, nbytes: int) -> None:
+        """Byte counter: the service calls this for every piece of a task payload (global model or
+        aggregate) it sends to a site, the one place they leave the aggregator."""
+        self.bytes_out.labels(mode=mode).inc(nbytes)
 
     def observe(self, record: dict[str, Any]) -> None:
         """Audit listener."""
         event = record.get("event")
-        if event == "round_completed":
+        if event == Event.ROUND_COMPLETED:
             mode = self._mode()
             self.rounds.labels(mode=mode).inc()
             self.round_seconds.labels(mode=mode).observe(float(record.get("seconds", 0.0)))
-        elif event == "upload_accepted":
+        elif event == Event.UPLOAD_ACCEPTED:
             self.bytes_in.labels(mode=self._mode()).inc(float(record.get("bytes") or 0))
         elif event in REFUSAL_EVENTS:
             self.refusals.labels(code=str(record.get("code", "error")), event=str(event)).inc()
-        elif event in ("job_started", "job_finished", "job_aborted", "job_failed"):
+        elif event in JOB_OUTCOMES:
             self.jobs.labels(outcome=str(event).removeprefix("job_")).inc()
 
 
@@ -184,12 +191,3 @@ class SiteMetrics(_Endpoint):
             self.budget_left.labels(quantity="epsilon").set(epsilon_left)
             self.budget_spent.labels(quantity="delta").set(delta_spent)
             self.budget_left.labels(quantity="delta").set(delta_left)
-
-
-def observe_aggregator(fed: Federation) -> AggregatorMetrics:
-    """Attach every audit-driven observer an aggregator runs: Prometheus metrics and TensorBoard
-    scalars. Returns the metrics; ``serve(kit.config.metrics_port)`` exposes them."""
-    from secagg.tensorboard import RoundScalars
-
-    RoundScalars(fed)
-    return AggregatorMetrics(fed)

@@ -1,7 +1,8 @@
 """TensorBoard scalars per round, written by the aggregator into the job's output folder.
 
-Driven by the audit log (``round_completed``, ``job_finished``) plus the metrics the store keeps for
-each round, so the federation code knows nothing of TensorBoard. What is plotted is only what sites
+An observer, driven by the audit log (``round_completed``, ``job_finished``) plus the metrics the store
+keeps for each round (read through a callable, so this module imports nothing of the aggregator): the
+federation code knows nothing of TensorBoard. What is plotted is only what sites
 chose to report (validation / training metrics of the global model), never update values.
 
 Layout: ``STATE/jobs/<job_id>/tensorboard/`` with tags ``site/<site>/<metric>`` (each site's reported
@@ -18,11 +19,11 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from secagg.aggregator.federation import Federation
+from secagg.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -73,33 +74,57 @@ def _means(sites: dict[str, Any], step: int) -> list[tuple[str, float, int]]:
     return [(f"global/{k}", sum(vs) / len(vs), step) for k, vs in sorted(values.items())]
 
 
-class RoundScalars:
-    """Audit listener that writes one TensorBoard event file per job."""
+class RoundRecord(Protocol):
+    """A completed round as the aggregator's store keeps it."""
 
-    def __init__(self, fed: Federation) -> None:
-        self.fed = fed
+    @property
+    def round(self) -> int: ...
+
+    @property
+    def metrics(self) -> dict[str, Any]: ...
+
+    @property
+    def seconds(self) -> float: ...
+
+    @property
+    def participants(self) -> list[str]: ...
+
+
+class RoundScalars:
+    """Audit listener that writes one TensorBoard event file per job, under ``jobs_dir/<job>``.
+
+    ``rounds(job_id)`` reads the job's completed rounds (the aggregator's ``StateStore.rounds``)."""
+
+    def __init__(
+        self,
+        audit: Any,
+        rounds: Callable[[str], Sequence[RoundRecord]],
+        jobs_dir: Path,
+    ) -> None:
+        self.rounds = rounds
+        self.jobs_dir = jobs_dir
         self._writers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._unavailable = False
-        fed.audit.listeners.append(self.observe)
+        audit.listeners.append(self.observe)
 
     def logdir(self, job_id: str) -> Path:
-        return self.fed.state_dir / "jobs" / job_id / "tensorboard"
+        return self.jobs_dir / job_id / "tensorboard"
 
     def observe(self, record: dict[str, Any]) -> None:
         event, job_id = record.get("event"), record.get("job")
         if not isinstance(job_id, str):
             return
-        if event == "round_completed":
-            row = next((r for r in self.fed.store.rounds(job_id) if r.round == record.get("round")), None)
+        if event == Event.ROUND_COMPLETED:
+            row = next((r for r in self.rounds(job_id) if r.round == record.get("round")), None)
             if row is not None:
                 self._write(job_id, scalars_for_round(row.round, row.metrics, row.seconds, row.participants))
-        elif event == "job_finished":
-            rows = self.fed.store.rounds(job_id)
+        elif event == Event.JOB_FINISHED:
+            rows = self.rounds(job_id)
             if rows:
                 self._write(job_id, scalars_for_final(rows[-1].round, rows[-1].metrics))
             self.close(job_id)
-        elif event in ("job_aborted", "job_failed"):
+        elif event in (Event.JOB_ABORTED, Event.JOB_FAILED):
             self.close(job_id)
 
     def _write(self, job_id: str, scalars: list[tuple[str, float, int]]) -> None:

@@ -8,75 +8,45 @@ are spooled to disk; after all roster sites (or the timeout with at least ``min_
 uploads are combined. Sites that vanish after the roster is fixed do not bias the result: the
 announced scale 1 / (sum of the uploaded weights) renormalises it. A round that ends with fewer
 than ``min_sites`` uploads is run again as a new attempt; nothing of it is kept.
+
+What differs per aggregation mode (what a task carries, how an upload is checked, how a round is
+summed, phases of its own) is the mode object's (:mod:`secagg.aggregator.modes`); this module has no
+branch on the mode. Uploads are spooled by :mod:`secagg.aggregator.spool`.
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import json
-import shutil
+import logging
 import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from secagg.aggregator.combine import (
-    BadUpload,
-    Combiner,
-    HECombiner,
-    PlainCombiner,
-    TeeCombiner,
-    plain_result_bundle,
-)
-from secagg.aggregator.masking import MaskRun
+from secagg.aggregator.modes import BadUpload, ModeBase, ModeContext, Step, mode_class, plain_result_bundle
+from secagg.aggregator.modes.he import HE_KEY_BLOB
+from secagg.aggregator.rounds import JobRun, JobState, Phase, RoundRun, Signal
+from secagg.aggregator.spool import Spool
 from secagg.aggregator.store import StateStore
 from secagg.auditlog import AuditLog
-from secagg.bundle import BundleSpec, fingerprint, from_safetensors
+from secagg.bundle import BundleSpec, from_safetensors
 from secagg.errors import ConfigError, SecaggError, UpdateRejected
+from secagg.events import Event
 from secagg.fsio import atomic_write
 from secagg.jobs.spec import JobSpec
 from secagg.provision.kit import Kit
+from secagg.reasons import Reason
 from secagg.roster import BadSampleCount, expected_weights, sample_count
 from secagg.strategy import StrategyState, make_strategy
+from secagg.transport.chunks import copy_payload
 
-HE_KEY_BLOB = "he-key-release"
-
-
-@dataclass
-class RoundRun:
-    round: int
-    attempt: int
-    started: float = field(default_factory=time.monotonic)
-    phase: str = "ready"  # ready -> upload -> combining
-    ready: dict[str, dict[str, Any]] = field(default_factory=dict)
-    roster: dict[str, Any] | None = None
-    uploads: dict[str, Path] = field(default_factory=dict)
-    phase_started: float = field(default_factory=time.monotonic)
-    mask: MaskRun | None = None  # mask mode: the masking phases after the roster
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per site, sent with the upload
-
-
-@dataclass
-class JobRun:
-    job_id: str
-    spec: JobSpec
-    package: Path
-    bundle_spec: BundleSpec
-    global_model: np.ndarray | None  # plaintext modes only
-    strategy_state: StrategyState | None = None  # plaintext modes: the server optimizer's state
-    completed: int = 0
-    current: RoundRun | None = None
-    state: str = "running"  # running -> finalizing -> finished | aborted | failed
-    final_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
-    declined: set[str] = field(default_factory=set)  # sites that refused the job: not waited for
-    finalize_started: float = 0.0
+log = logging.getLogger(__name__)
 
 
 def package_bytes(job_dir: Path) -> bytes:
@@ -107,9 +77,11 @@ class Federation:
         self.store = StateStore(state_dir)
         self.audit = AuditLog(state_dir / "audit.jsonl")
         self.max_upload_bytes = max_upload_bytes
+        self.spool = Spool(state_dir / "spool")
         self.cond = threading.Condition()
         self.job: JobRun | None = None
-        self.combiner: Combiner | None = None
+        #: the running job's mode object (see ``secagg.aggregator.modes``)
+        self.mode: ModeBase | None = None
         self.heartbeats: dict[str, float] = {}
         self.stopping = False
         self._resume()
@@ -117,7 +89,7 @@ class Federation:
     # ---------------------------------------------------------------- jobs
     def _resume(self) -> None:
         for row in self.store.jobs():
-            if row.state == "running":
+            if row.state == JobState.RUNNING:
                 spec = JobSpec.model_validate_json(row.spec_json)
                 self._activate(row.job_id, spec, Path(row.package_path), resumed=True)
                 return
@@ -126,7 +98,7 @@ class Federation:
         """Accept a verified job folder and make it the running job; sites get the original package
         (``source``, a folder or .tar.gz with its signature) and verify it again themselves."""
         with self.cond:
-            if self.job is not None and self.job.state in ("running", "finalizing"):
+            if self.job is not None and self.job.state in (JobState.RUNNING, JobState.FINALIZING):
                 raise ConfigError(f"job {self.job.job_id} is still running; abort it first")
         spec = JobSpec.model_validate(_load_yaml(job_dir / "job.yaml"))
         self._require_mode(spec.mode)
@@ -138,19 +110,20 @@ class Federation:
         atomic_write(pkg, src.read_bytes() if src.is_file() else package_bytes(src))
         self.store.add_job(job_id, spec.name, submitter, spec.model_dump_json(), str(pkg))
         self.audit.append(
-            "job_submitted", job=job_id, submitter=submitter, mode=spec.mode, rounds=spec.rounds
+            Event.JOB_SUBMITTED, job=job_id, submitter=submitter, mode=spec.mode, rounds=spec.rounds
         )
         self._activate(job_id, spec, pkg, resumed=False)
         return job_id
 
     def _activate(self, job_id: str, spec: JobSpec, pkg: Path, *, resumed: bool) -> None:
+        mode_cls = self._require_mode(spec.mode)
         init = _read_member(pkg, spec.model)
         bundle = from_safetensors(init)
         bspec = BundleSpec.of(bundle)
         rounds = self.store.rounds(job_id)
         global_model: np.ndarray | None = None
         strategy_state: StrategyState | None = None
-        if spec.mode != "he":
+        if mode_cls.sees_model:
             global_model = bspec.flatten(bundle)
             if rounds:
                 last = Path(rounds[-1].result_path)
@@ -159,66 +132,58 @@ class Federation:
                 strategy_state = (
                     StrategyState.from_bytes(state_file.read_bytes()) if state_file.is_file() else None
                 )
-        combiner: Combiner
-        if spec.mode == "he":
-            release = self.store.get_blob(HE_KEY_BLOB)
-            combiner = _LazyHE(bspec, self) if release is None else _he_combiner(bspec, release)
-        elif spec.mode in ("plain", "mask"):
-            combiner = PlainCombiner(bspec)  # mask: the masked sum lives in the round's MaskRun
-        elif spec.mode == "tee":
-            self._require_mode(spec.mode)
-            combiner = TeeCombiner(bspec, self.enclave, job_id, round_of=_spool_round)
-        else:
-            raise ConfigError(f"mode {spec.mode!r} is not supported by this aggregator yet")
+        mode = mode_cls(ModeContext(job_id, spec, bspec, self.store, self.audit, self.cond, self.enclave))
         with self.cond:
             self.job = JobRun(job_id, spec, pkg, bspec, global_model, strategy_state, completed=len(rounds))
-            self.combiner = combiner
+            self.mode = mode
             if self.job.completed >= spec.rounds:
-                self.job.state = "finalizing"
+                self.job.state = JobState.FINALIZING
                 self.job.finalize_started = time.monotonic()
             else:
                 attempt = 1 + (1 if resumed else 0)
                 self.job.current = RoundRun(self.job.completed + 1, attempt)
             self.cond.notify_all()
         self.audit.append(
-            "job_resumed" if resumed else "job_started", job=job_id, round=self.job.completed + 1
+            Event.JOB_RESUMED if resumed else Event.JOB_STARTED, job=job_id, round=self.job.completed + 1
         )
 
-    def _require_mode(self, mode: str) -> None:
+    def _require_mode(self, mode: str) -> type[ModeBase]:
         """Refuse, before anything is written, a job this aggregator cannot run."""
-        if mode == "tee" and self.enclave is None:
-            raise ConfigError(
-                "a tee job needs an aggregator started in a TEE (aggregator serve --tee configfs, "
-                "or --insecure-dev-tee for demos)"
-            )
-        if mode not in ("plain", "he", "tee", "mask"):
-            raise ConfigError(f"mode {mode!r} is not supported by this aggregator yet")
+        cls = mode_class(mode)
+        cls.check_aggregator(self.enclave)
+        return cls
+
+    @property
+    def current_mode(self) -> str:
+        """The running job's mode, ``none`` without a job (a metrics label)."""
+        job = self.job
+        return job.spec.mode if job is not None else "none"
 
     def attest(self, site: str, job_id: str, nonce: bytes) -> bytes:
         """Evidence for ``site``'s fresh nonce, bound to the enclave keys and our TLS certificate."""
         if self.enclave is None:
-            raise UpdateRejected("this aggregator does not run in a TEE", code="no_tee")
+            raise UpdateRejected("this aggregator does not run in a TEE", code=Reason.NO_TEE)
         from cryptography.hazmat.primitives.serialization import Encoding
 
         msg = self.enclave.answer_challenge(nonce, self.kit.cert.public_bytes(Encoding.DER))
-        self.audit.append("attested", site=site, job=job_id)
+        self.audit.append(Event.ATTESTED, site=site, job=job_id)
         return bytes(msg.to_bytes())
 
     def abort(self, job_id: str, by: str) -> None:
         with self.cond:
             if self.job is None or self.job.job_id != job_id:
                 raise ConfigError(f"no running job {job_id}")
-            self.job.state = "aborted"
+            self.job.state = JobState.ABORTED
             self.job.current = None
             self.cond.notify_all()
-        self.store.set_job_state(job_id, "aborted", reason=f"aborted by {by}")
-        self.audit.append("job_aborted", job=job_id, by=by)
+        self.store.set_job_state(job_id, JobState.ABORTED, reason=f"aborted by {by}")
+        self.audit.append(Event.JOB_ABORTED, job=job_id, by=by)
 
     # ---------------------------------------------------------------- site-facing operations
     def heartbeat(self, site: str) -> str:
         with self.cond:
             self.heartbeats[site] = time.time()
-            return self.job.state if self.job else "idle"
+            return str(self.job.state if self.job else JobState.IDLE)
 
     def next_task(
         self, site: str, after_round: int, after_attempt: int, has_global: int, wait_s: float
@@ -232,7 +197,7 @@ class Federation:
                     return task
                 left = deadline - time.monotonic()
                 if left <= 0 or self.stopping:
-                    return {"kind": "wait", "job_state": self.job.state if self.job else "idle"}
+                    return {"kind": "wait", "job_state": str(self.job.state if self.job else JobState.IDLE)}
                 self.cond.wait(timeout=min(left, 1.0))
 
     def _task_for(
@@ -242,11 +207,11 @@ class Federation:
         if job is None:
             return None
         base = {"job_id": job.job_id, "mode": job.spec.mode, "rounds": job.spec.rounds}
-        if job.state == "aborted":
-            return {**base, "kind": "stop", "reason": "job aborted"}
-        if job.state == "finished":
+        if job.state in (JobState.ABORTED, JobState.FAILED):
+            return {**base, "kind": "stop", "reason": f"job {job.state}"}
+        if job.state == JobState.FINISHED:
             return {**base, "kind": "stop", "reason": "job finished"} if after_round >= 0 else None
-        if job.state == "finalizing":
+        if job.state == JobState.FINALIZING:
             if site in job.final_metrics or after_round > job.spec.rounds:
                 return None
             return {
@@ -257,7 +222,7 @@ class Federation:
                 **self._payload_header(has_global),
             }
         cur = job.current
-        if cur is None or cur.phase != "ready" or site in cur.ready:
+        if cur is None or cur.phase != Phase.READY or site in cur.ready:
             return None
         if (after_round, after_attempt) >= (cur.round, cur.attempt):
             return None
@@ -272,48 +237,16 @@ class Federation:
 
     def _payload_header(self, site_has_round: int) -> dict[str, Any]:
         """What the site needs to hold the current global model, given the last round it holds."""
-        job = self.job
-        assert job is not None
-        rounds = self.store.rounds(job.job_id)
-        if job.spec.mode == "he":
-            have = max(site_has_round, 0)
-            needed = [r for r in rounds if r.round > have]
-            return {
-                "base_round": have,
-                "updates": [
-                    {"round": r.round, "bytes": Path(r.result_path).stat().st_size, "scale": r.scale}
-                    for r in needed
-                ],
-            }
-        header: dict[str, Any] = {
-            "base_round": job.completed,
-            "global_bytes": len(self._plain_global_bytes()),
-        }
-        if job.spec.mode == "tee" and self.enclave is not None and job.global_model is not None:
-            # sites check this signature, by a key bound into the evidence, before using the model
-            fp = fingerprint(job.bundle_spec.unflatten(job.global_model))
-            sig = self.enclave.sign_model(fp, job.job_id, job.completed)
-            header["model_signature"] = base64.b64encode(sig).decode()
-        return header
+        job, mode = self.job, self.mode
+        assert job is not None and mode is not None
+        return mode.payload_header(job, site_has_round)
 
-    def payload(self, header: dict[str, Any]) -> Any:
+    def payload(self, header: dict[str, Any]) -> Iterator[bytes]:
         """Yield the payload bytes for a task header made by ``_task_for``."""
-        job = self.job
-        if job is None or header.get("kind") not in ("train", "finalize"):
+        job, mode = self.job, self.mode
+        if job is None or mode is None or header.get("kind") not in ("train", "finalize"):
             return
-        if job.spec.mode == "he":
-            rows = {r.round: r for r in self.store.rounds(job.job_id)}
-            for u in header["updates"]:
-                with open(rows[u["round"]].result_path, "rb") as fh:
-                    while piece := fh.read(1 << 22):
-                        yield piece
-        else:
-            yield self._plain_global_bytes()
-
-    def _plain_global_bytes(self) -> bytes:
-        job = self.job
-        assert job is not None and job.global_model is not None
-        return plain_result_bundle(job.bundle_spec, job.global_model)
+        yield from mode.payload(job, header)
 
     def post_ready(self, site: str, job_id: str, round_: int, payload: bytes) -> None:
         try:
@@ -352,7 +285,7 @@ class Federation:
             if self.job is not None and self.job.job_id == job_id:
                 self.job.declined.add(site)
                 self.cond.notify_all()
-        self.audit.append("task_declined", job=job_id, round=round_, site=site, code=code, reason=message)
+        self.audit.append(Event.TASK_DECLINED, job=job_id, round=round_, site=site, code=code, reason=message)
 
     def roster(self, job_id: str, round_: int, wait_s: float) -> dict[str, Any] | None:
         deadline = time.monotonic() + wait_s
@@ -362,7 +295,7 @@ class Federation:
                 if cur is not None and cur.roster is not None:
                     return cur.roster
                 if cur is None:
-                    return {"cancelled": True}
+                    return {str(Signal.CANCELLED): True}
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
@@ -370,54 +303,86 @@ class Federation:
 
     def _current(self, job_id: str, round_: int, strict: bool = True) -> RoundRun:
         job = self.job
-        if job is None or job.job_id != job_id or job.state != "running":
+        if job is None or job.job_id != job_id or job.state != JobState.RUNNING:
             if strict:
-                raise UpdateRejected(f"job {job_id} is not running", code="no_such_job")
+                raise UpdateRejected(f"job {job_id} is not running", code=Reason.NO_SUCH_JOB)
             return None  # type: ignore[return-value]
         cur = job.current
         if cur is None or cur.round != round_:
             if strict:
-                raise UpdateRejected(f"round {round_} is not the current round", code="wrong_round")
+                raise UpdateRejected(f"round {round_} is not the current round", code=Reason.WRONG_ROUND)
             return None  # type: ignore[return-value]
         return cur
 
-    def begin_upload(self, site: str, header: dict[str, Any]) -> RoundRun:
+    def accept_upload(self, site: str, header: dict[str, Any], chunks: Iterator[Any]) -> None:
+        """One site's protected update, from its header to its acceptance (or a refusal).
+
+        ``site`` is the uploader's mTLS identity (never a header field); ``chunks`` is the rest of the
+        stream after the header. The upload must be for the current round and attempt, from a roster
+        site that has not uploaded yet; it is spooled whole (trailer checked), checked by the mode, and
+        only then counted. A refused upload leaves nothing in the spool. Raises ``UpdateRejected``."""
+        cur = self._open_upload(site, header)
+        job_id = str(header.get("job_id"))
+        expected = header.get("bytes")
+        spooled = self.spool.receive(
+            site,
+            job_id,
+            cur.round,
+            cur.attempt,
+            lambda fh: copy_payload(
+                chunks,
+                fh,
+                max_bytes=self.max_upload_bytes,
+                expected_bytes=int(expected) if expected is not None else None,
+            ),
+        )
+        try:
+            self._admit_upload(site, cur, header, spooled.path)
+        except BaseException:
+            self.spool.remove(spooled)
+            raise
+        self.audit.append(
+            Event.UPLOAD_ACCEPTED, site=site, job=job_id, round=header["round"], bytes=header.get("bytes")
+        )
+
+    def _open_upload(self, site: str, header: dict[str, Any]) -> RoundRun:
+        """The round an upload with this header may go into, before a byte of it is spooled."""
         job_id, round_ = str(header.get("job_id")), int(header.get("round", -1))
         done = {r.round: r for r in self.store.rounds(job_id)}
         if round_ in done and site in done[round_].participants:
-            raise UpdateRejected(f"{site} already uploaded in round {round_}", code="duplicate_upload")
+            raise UpdateRejected(f"{site} already uploaded in round {round_}", code=Reason.DUPLICATE_UPLOAD)
         with self.cond:
             cur = self._current(job_id, round_)
             if site in cur.uploads:
-                raise UpdateRejected(f"{site} already uploaded in round {round_}", code="duplicate_upload")
-            if cur.phase != "upload" or cur.roster is None or header.get("attempt") != cur.attempt:
-                raise UpdateRejected(f"round {round_} is not accepting uploads now", code="late")
+                raise UpdateRejected(
+                    f"{site} already uploaded in round {round_}", code=Reason.DUPLICATE_UPLOAD
+                )
+            if cur.phase != Phase.UPLOAD or cur.roster is None or header.get("attempt") != cur.attempt:
+                raise UpdateRejected(f"round {round_} is not accepting uploads now", code=Reason.LATE)
             if site not in cur.roster["weights"]:
-                raise UpdateRejected(f"{site} is not in the roster of round {round_}", code="not_in_roster")
-            if site in cur.uploads:
-                raise UpdateRejected(f"{site} already uploaded in round {round_}", code="duplicate_upload")
+                raise UpdateRejected(
+                    f"{site} is not in the roster of round {round_}", code=Reason.NOT_IN_ROSTER
+                )
             return cur
 
-    def finish_upload(
-        self, site: str, cur: RoundRun, spooled: Path, metrics: dict[str, Any] | None = None
-    ) -> None:
-        assert self.combiner is not None
-        if isinstance(metrics, dict):
-            cur.metrics[site] = {str(k): float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        if cur.mask is not None:
-            with self.cond:
-                if cur.phase != "upload":
-                    raise UpdateRejected("the round is not accepting masked inputs now", code="late")
-                cur.mask.upload(site, spooled)
-                cur.uploads[site] = spooled
-                self.cond.notify_all()
-            return
-        self.combiner.check(spooled)
+    def _admit_upload(self, site: str, cur: RoundRun, header: dict[str, Any], spooled: Path) -> None:
+        """The mode checks the spooled upload; then, if the round is still open, it counts."""
+        mode = self.mode
+        assert mode is not None
+        mode.accept(site, cur, header, spooled)
+        metrics = header.get("metrics")
         with self.cond:
-            if self.job is None or self.job.current is not cur or cur.phase != "upload":
-                raise UpdateRejected("the round closed while the upload was streaming", code="late")
+            if self.job is None or self.job.current is not cur or cur.phase != Phase.UPLOAD:
+                raise UpdateRejected("the round closed while the upload was streaming", code=Reason.LATE)
             if site in cur.uploads:
-                raise UpdateRejected(f"{site} already uploaded in round {cur.round}", code="duplicate_upload")
+                raise UpdateRejected(
+                    f"{site} already uploaded in round {cur.round}", code=Reason.DUPLICATE_UPLOAD
+                )
+            mode.admit(site, cur, spooled)
+            if isinstance(metrics, dict):
+                cur.metrics[site] = {
+                    str(k): float(v) for k, v in metrics.items() if isinstance(v, int | float)
+                }
             cur.uploads[site] = spooled
             self.cond.notify_all()
 
@@ -427,13 +392,13 @@ class Federation:
             if not isinstance(metrics, dict):
                 raise ValueError
         except ValueError:
-            raise UpdateRejected("final metrics must be a JSON object", code="malformed") from None
+            raise UpdateRejected("final metrics must be a JSON object", code=Reason.MALFORMED) from None
         with self.cond:
-            if self.job is None or self.job.job_id != job_id or self.job.state != "finalizing":
-                raise UpdateRejected(f"job {job_id} is not finalizing", code="late")
+            if self.job is None or self.job.job_id != job_id or self.job.state != JobState.FINALIZING:
+                raise UpdateRejected(f"job {job_id} is not finalizing", code=Reason.LATE)
             self.job.final_metrics[site] = metrics
             self.cond.notify_all()
-        self.audit.append("site_final", job=job_id, site=site)
+        self.audit.append(Event.SITE_FINAL, job=job_id, site=site)
 
     # ---------------------------------------------------------------- the driver
     def step(self) -> None:
@@ -443,7 +408,7 @@ class Federation:
             if job is None:
                 self.cond.wait(timeout=0.5)
                 return
-            if job.state == "finalizing":
+            if job.state == JobState.FINALIZING:
                 done = len(job.final_metrics) >= len(self.sites) - len(job.declined) or (
                     time.monotonic() - job.finalize_started > job.spec.round_timeout
                     and len(job.final_metrics) >= 1
@@ -451,7 +416,7 @@ class Federation:
                 if not done:
                     self.cond.wait(timeout=0.5)
                     return
-                job.state = "finished"
+                job.state = JobState.FINISHED
                 self.cond.notify_all()
                 final = dict(job.final_metrics)
             else:
@@ -460,18 +425,17 @@ class Federation:
             self.store.set_round_metrics(
                 job.job_id, job.spec.rounds, {"final": final, **self._round_metrics(job.spec.rounds)}
             )
-            self.store.set_job_state(job.job_id, "finished")
-            self.audit.append("job_finished", job=job.job_id, rounds=job.spec.rounds)
+            self.store.set_job_state(job.job_id, JobState.FINISHED)
+            self.audit.append(Event.JOB_FINISHED, job=job.job_id, rounds=job.spec.rounds)
             return
         with self.cond:
-            cur = job.current
-            if job.state != "running" or cur is None:
+            cur, mode = job.current, self.mode
+            if job.state != JobState.RUNNING or cur is None or mode is None:
                 self.cond.wait(timeout=0.5)
                 return
             now = time.monotonic()
             timeout = job.spec.round_timeout
-            mask_step = False
-            if cur.phase == "ready":
+            if cur.phase == Phase.READY:
                 everyone = len(cur.ready) >= len(set(self.sites) - job.declined)
                 enough = len(cur.ready) >= job.spec.min_sites and now - cur.phase_started > timeout
                 if not (everyone or enough):
@@ -485,82 +449,108 @@ class Federation:
                     "weights": expected_weights(signed, signed),
                     "ready": signed,
                 }
-                cur.phase, cur.phase_started = "upload", now
-                if job.spec.mode == "mask":
-                    sites = sorted(cur.roster["weights"])
-                    cur.mask = MaskRun.start(
-                        job.spec.mask, sites, job.job_id, cur.round, job.bundle_spec.size
-                    )
-                    cur.phase = "mask"
+                cur.phase, cur.phase_started = Phase.UPLOAD, now
+                mode.after_roster(cur)  # a mode with phases of its own starts them here
                 self.cond.notify_all()
                 roster = cur.roster
-            elif cur.mask is not None and cur.phase in ("mask", "upload"):
+                next_step = None
+            else:
                 roster = None
-                mask_step = True
-            elif cur.phase == "upload":
-                assert cur.roster is not None
-                everyone = len(cur.uploads) >= len(set(cur.roster["weights"]) - job.declined)
-                expired = now - cur.phase_started > timeout
-                if not (everyone or expired):
+                next_step = mode.step(cur, job.declined, now)
+                if next_step.wait:
                     self.cond.wait(timeout=0.5)
                     return
-                cur.phase = "combining"
-                roster = None
-            else:
-                return
-        if mask_step:
-            self._step_mask(job, cur)
-            return
+                self.cond.notify_all()
         if roster is not None:
             self.audit.append(
-                "roster",
+                Event.ROSTER,
                 job=job.job_id,
                 round=cur.round,
                 attempt=cur.attempt,
                 sites=sorted(roster["weights"]),
             )
             return
-        self._combine(job, cur)
+        assert next_step is not None
+        try:
+            self._follow(job, cur, next_step)
+        except Exception as exc:  # noqa: BLE001 - the job cannot go on; the aggregator can
+            self._fail(job, exc)
+
+    def _follow(self, job: JobRun, cur: RoundRun, step: Step) -> None:
+        """Act, outside the lock, on what the mode said the round needs next."""
+        if step.audit is not None:
+            event, fields = step.audit
+            self.audit.append(event, job=job.job_id, round=cur.round, **fields)
+        if step.retry is not None:
+            self._retry(job, cur, step.retry)
+        elif step.summed is not None:
+            s = step.summed
+            self._complete(job, cur, self._result_path(job, cur), 1.0 / s.weight, s.sites, s.total / s.weight)
+        elif step.combine:
+            self._combine(job, cur)
+
+    def _result_path(self, job: JobRun, cur: RoundRun) -> Path:
+        return self.state_dir / "jobs" / job.job_id / f"round-{cur.round}.bin"
 
     def _combine(self, job: JobRun, cur: RoundRun) -> None:
-        assert cur.roster is not None and self.combiner is not None
+        assert cur.roster is not None and self.mode is not None
         uploads = dict(cur.uploads)
-        result = self.state_dir / "jobs" / job.job_id / f"round-{cur.round}.bin"
+        result = self._result_path(job, cur)
         tmp = result.with_suffix(".partial")
+        total: np.ndarray | None = None
         while len(uploads) >= job.spec.min_sites:
             try:
-                self.combiner.combine([uploads[s] for s in sorted(uploads)], tmp)
+                total = self.mode.combine(cur.round, uploads, tmp)
                 break
             except BadUpload as bad:
-                site = next(s for s, p in uploads.items() if p == bad.path)
+                site = (
+                    bad.site if bad.site is not None else next(s for s, p in uploads.items() if p == bad.path)
+                )
                 del uploads[site]
                 self.audit.append(
-                    "upload_rejected",
+                    Event.UPLOAD_REJECTED,
                     job=job.job_id,
                     round=cur.round,
                     site=site,
-                    code=getattr(bad.reason, "code", "error"),
+                    code=getattr(bad.reason, "code", Reason.ERROR),
                     reason=str(bad.reason),
                 )
         if len(uploads) < job.spec.min_sites:
             self._retry(job, cur, f"{len(uploads)} valid uploads, the job needs {job.spec.min_sites}")
             return
         scale = 1.0 / sum(cur.roster["weights"][s] for s in uploads)
-        if job.spec.mode == "he":
+        if total is None:  # a protected sum the sites unprotect (he): relayed as the mode wrote it
             atomic_write(result, source=tmp)
             self._complete(job, cur, result, scale, sorted(uploads), None)
             return
-        assert isinstance(self.combiner, PlainCombiner)
-        avg = self.combiner.load_sum(tmp) * scale
-        tmp.unlink()
-        self._complete(job, cur, result, scale, sorted(uploads), avg)
+        self._complete(job, cur, result, scale, sorted(uploads), total * scale)
+
+    def _fail(self, job: JobRun, exc: BaseException) -> None:
+        """The job cannot go on (a round result that cannot be written, state that does not load): it
+        fails, sites are told to stop, and the aggregator serves on for the next job."""
+        log.exception("job %s failed", job.job_id)
+        reason = f"{type(exc).__name__}: {exc}"
+        with self.cond:
+            if self.job is not job or job.state.terminal:
+                return
+            cur = job.current
+            job.state = JobState.FAILED
+            job.current = None
+            self.cond.notify_all()
+        if cur is not None:
+            self.spool.discard(job.job_id, cur.round, cur.attempt)
+        self.store.set_job_state(job.job_id, JobState.FAILED, reason=reason)
+        self.audit.append(
+            Event.JOB_FAILED, job=job.job_id, code=getattr(exc, "code", Reason.ERROR), reason=reason
+        )
 
     def _retry(self, job: JobRun, cur: RoundRun, why: str) -> None:
         """Nothing of a failed round is kept; it runs again as a new attempt."""
-        self.audit.append("round_retry", job=job.job_id, round=cur.round, attempt=cur.attempt, reason=why)
-        self._discard_spool(job, cur)
+        self.audit.append(Event.ROUND_RETRY, job=job.job_id, round=cur.round, attempt=cur.attempt, reason=why)
+        self.spool.discard(job.job_id, cur.round, cur.attempt)
         with self.cond:
-            job.current = RoundRun(cur.round, cur.attempt + 1)
+            if job.current is cur:
+                job.current = RoundRun(cur.round, cur.attempt + 1)
             self.cond.notify_all()
 
     def _complete(
@@ -587,9 +577,9 @@ class Federation:
             self._round_metrics(cur.round - 1, cur),
             seconds,
         )
-        self._discard_spool(job, cur)
+        self.spool.discard(job.job_id, cur.round, cur.attempt)
         self.audit.append(
-            "round_completed",
+            Event.ROUND_COMPLETED,
             job=job.job_id,
             round=cur.round,
             attempt=cur.attempt,
@@ -600,77 +590,40 @@ class Federation:
             job.completed = cur.round
             if new_global is not None:
                 job.global_model = new_global
-            if cur.round >= job.spec.rounds:
+            if job.state != JobState.RUNNING:
+                pass  # aborted (or failed) while the round was being committed: it stays so
+            elif cur.round >= job.spec.rounds:
                 job.current = None
-                job.state = "finalizing"
+                job.state = JobState.FINALIZING
                 job.finalize_started = time.monotonic()
             else:
                 job.current = RoundRun(cur.round + 1, 1)
             self.cond.notify_all()
 
-    # ---------------------------------------------------------------- mask mode
-    def _step_mask(self, job: JobRun, cur: RoundRun) -> None:
-        """Advance the masking phases: every site of the phase, or the timeout with at least t."""
-        m = cur.mask
-        assert m is not None
-        with self.cond:
-            arrived, expected = m.arrived(), m.expected()
-            expired = time.monotonic() - m.phase_started > job.spec.round_timeout
-            if not (arrived >= expected or expired):
-                self.cond.wait(timeout=0.5)
-                return
-            phase = m.phase
-            try:
-                if len(arrived) < m.config.threshold:
-                    raise UpdateRejected(
-                        f"only {len(arrived)} sites in phase {phase}, threshold {m.config.threshold}"
-                    )
-                outcome = m.advance()
-            except SecaggError as exc:
-                cur.phase = "combining"
-                failed: str | None = f"{phase}: {exc}"
-            else:
-                failed = None
-                if outcome is None:
-                    cur.phase = "upload" if m.phase == "upload" else "mask"
-                else:
-                    cur.phase = "combining"
-            self.cond.notify_all()
-        self.audit.append("mask_phase", job=job.job_id, round=cur.round, phase=phase, sites=sorted(arrived))
-        if failed is not None:
-            self._retry(job, cur, failed)
-            return
-        if outcome is not None:
-            total, weight = outcome
-            if not weight > 0:
-                self._retry(job, cur, "total weight of the survivors is zero")
-                return
-            result = self.state_dir / "jobs" / job.job_id / f"round-{cur.round}.bin"
-            self._complete(job, cur, result, 1.0 / weight, sorted(m.uploaded), total / weight)
-
-    def mask_post(self, site: str, topic: str, job_id: str, round_: int, payload: bytes) -> None:
+    # ---------------------------------------------------------------- a mode's own phases
+    def mode_post(self, site: str, topic: str, job_id: str, round_: int, payload: bytes) -> None:
+        """A site's message for the running mode's own phases (mask: keys, shares, unmask responses)."""
         with self.cond:
             cur = self._current(job_id, round_)
-            if cur.mask is None:
-                raise UpdateRejected(f"round {round_} is not in a masking phase", code="late")
-            cur.mask.post(site, topic, payload)
+            assert self.mode is not None
+            self.mode.post(site, topic, cur, payload)
             self.cond.notify_all()
 
-    def mask_collect(
+    def mode_collect(
         self, site: str, topic: str, job_id: str, round_: int, attempt: int, wait_s: float
-    ) -> bytes | None:
+    ) -> bytes | Signal | None:
+        """What the running mode published for ``site`` under ``topic``; a :class:`Signal` when there
+        is nothing for it (the attempt is over, or the site was left out); None after ``wait_s``."""
         deadline = time.monotonic() + wait_s
         with self.cond:
             while True:
                 cur = self._current(job_id, round_, strict=False)
-                if cur is None or cur.mask is None or cur.attempt != attempt:
+                if cur is None or cur.attempt != attempt or self.mode is None:
                     # the caller's attempt of this round is over (retried, or finished without it)
-                    return json.dumps({"cancelled": True}).encode()
-                box = cur.mask.published.get(topic)
-                if box is not None and (site in box or "*" in box):
-                    return box.get(site, box.get("*"))
-                if box is not None:
-                    return json.dumps({"not_for_you": True}).encode()
+                    return Signal.CANCELLED
+                got = self.mode.collect(site, topic, cur)
+                if got is not None:
+                    return got
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
@@ -682,17 +635,11 @@ class Federation:
             return {}
         return {"evaluated_round": of_round, "sites": dict(cur.metrics)}
 
-    def _discard_spool(self, job: JobRun, cur: RoundRun) -> None:
-        shutil.rmtree(self.spool_dir(job.job_id, cur.round, cur.attempt), ignore_errors=True)
-
-    def spool_dir(self, job_id: str, round_: int, attempt: int) -> Path:
-        return self.state_dir / "spool" / job_id / f"{round_}-{attempt}"
-
     # ---------------------------------------------------------------- HE key custody relay
     def accept_key_release(self, site: str, payload: bytes) -> None:
         """Only the key holder may publish; the aggregator keeps the sealed release and the public part."""
         if site != self.kit.config.key_holder:
-            raise UpdateRejected(f"{site} is not the project's HE key holder", code="not_key_holder")
+            raise UpdateRejected(f"{site} is not the project's HE key holder", code=Reason.NOT_KEY_HOLDER)
         from secagg.he.custody import KeyRelease, verify_public_context
 
         release = KeyRelease.from_bytes(payload)
@@ -705,9 +652,9 @@ class Federation:
             self.kit.config.project,
         )
         if self.store.get_blob(HE_KEY_BLOB) is not None:
-            raise UpdateRejected("the HE key release is already published", code="duplicate")
+            raise UpdateRejected("the HE key release is already published", code=Reason.DUPLICATE)
         self.store.put_blob(HE_KEY_BLOB, payload)
-        self.audit.append("he_key_published", holder=site, recipients=sorted(release.envelopes))
+        self.audit.append(Event.HE_KEY_PUBLISHED, holder=site, recipients=sorted(release.envelopes))
         with self.cond:
             self.cond.notify_all()
 
@@ -720,41 +667,6 @@ class Federation:
                     return None
                 self.cond.wait(timeout=min(left, 1.0))
             return blob
-
-
-class _LazyHE:
-    """An ``he`` combiner that waits for the key holder to publish the public context."""
-
-    mode = "he"
-
-    def __init__(self, spec: BundleSpec, fed: Federation) -> None:
-        self.spec, self.fed = spec, fed
-        self._inner: HECombiner | None = None
-
-    def _get(self) -> HECombiner:
-        if self._inner is None:
-            blob = self.fed.store.get_blob(HE_KEY_BLOB)
-            if blob is None:
-                raise UpdateRejected("no HE public context published yet", code="no_he_key")
-            self._inner = _he_combiner(self.spec, blob)
-        return self._inner
-
-    def check(self, path: Path) -> None:
-        self._get().check(path)
-
-    def combine(self, uploads: Sequence[Path], out: Path) -> None:
-        self._get().combine(uploads, out)
-
-
-def _he_combiner(spec: BundleSpec, release_blob: bytes) -> HECombiner:
-    from secagg.he.custody import KeyRelease
-
-    return HECombiner(spec, KeyRelease.from_bytes(release_blob).public_context)
-
-
-def _spool_round(path: Path) -> int:
-    """Spool files live in ``spool/<job>/<round>-<attempt>/<site>.upload``."""
-    return int(path.parent.name.split("-")[0])
 
 
 def _load_yaml(path: Path) -> Any:

@@ -1,65 +1,97 @@
 """gRPC handlers: authenticate the caller from its certificate, then hand over to ``Federation``.
 
 Every refusal is an audit line and a specific gRPC status; no handler trusts a name in a message.
+A refusal's status comes from the reason registry (:mod:`secagg.reasons`), and its reason code travels
+in the trailing metadata key ``secagg-reason`` as well as at the start of the details text.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from secagg import reasons
 from secagg.aggregator.federation import Federation
+from secagg.aggregator.modes import COLLECT_TOPICS, POST_TOPICS
+from secagg.aggregator.rounds import Signal
 from secagg.errors import IdentityError, SecaggError, UpdateRejected
+from secagg.events import Event
 from secagg.provision.identity import Identity
 from secagg.provision.kit import Kit
-from secagg.transport.chunks import copy_payload, encode_stream, read_header
+from secagg.reasons import Reason
+from secagg.transport.chunks import encode_stream, read_header
 from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.generated import secagg_pb2_grpc as rpc
 from secagg.transport.tls import SERVER_OPTIONS, peer_identity, server_credentials
 
 MAX_POLL_S = 30.0
 
+#: legacy payload of a signal message (agents that predate ``Message.signal`` look for these keys)
+_SIGNAL_PB = {Signal.CANCELLED: pb.Message.CANCELLED, Signal.NOT_FOR_YOU: pb.Message.NOT_FOR_YOU}
+
+
+def caller(context: grpc.ServicerContext, kit: Kit) -> Identity:
+    """Invariant 5: identity comes from the mTLS certificate, never from a field in a message.
+
+    The one way the aggregator's handlers (sites here, admins in ``secagg.aggregator.admin``) learn
+    who calls: the peer certificate the TLS layer verified against the project CA. Its name is the
+    site an upload is spooled and summed under, the sender of relayed messages, and the admin whose
+    role decides. Raises ``IdentityError``."""
+    return peer_identity(context, kit)
+
+
+def abort(context: grpc.ServicerContext, code: str, message: str) -> None:
+    """End a call as refused for ``code``: status from the registry, the code in trailing metadata,
+    and details ``"<code>: <message>"`` as agents before the metadata key parse them."""
+    context.set_trailing_metadata(reasons.metadata(code))
+    context.abort(reasons.grpc_status(code), reasons.details(code, message))
+
 
 class FederationService(rpc.FederationServicer):
-    def __init__(self, fed: Federation) -> None:
+    def __init__(self, fed: Federation, *, sent: Callable[[str, int], None] | None = None) -> None:
         self.fed = fed
         self.kit = fed.kit
+        #: byte counter: called with (mode, bytes) for every piece of a task payload sent to a site
+        self.sent = sent
 
     # -- identity
     def _site(self, context: grpc.ServicerContext) -> Identity:
         try:
-            ident = peer_identity(context, self.kit)
+            ident = caller(context, self.kit)
         except IdentityError as exc:
-            self.fed.audit.append("refused_identity", reason=str(exc))
+            self.fed.audit.append(Event.REFUSED_IDENTITY, reason=str(exc))
+            context.set_trailing_metadata(reasons.metadata(Reason.IDENTITY))
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         if ident.role != "site" or ident.name not in self.fed.sites:
             msg = f"{ident.name} ({ident.role}) is not a site of project {self.kit.config.project}"
-            self.fed.audit.append("refused_identity", peer=ident.name, role=ident.role, reason=msg)
+            self.fed.audit.append(Event.REFUSED_IDENTITY, peer=ident.name, role=ident.role, reason=msg)
+            context.set_trailing_metadata(reasons.metadata(Reason.NOT_A_SITE))
             context.abort(grpc.StatusCode.PERMISSION_DENIED, msg)
         return ident
 
     def _refuse(self, context: grpc.ServicerContext, site: str, exc: SecaggError, **fields: Any) -> None:
-        self.fed.audit.append("refused", site=site, code=exc.code, reason=str(exc), **fields)
-        status = grpc.StatusCode.FAILED_PRECONDITION
-        if exc.code in ("malformed", "bad_shape", "non_finite", "corrupt", "truncated", "oversize"):
-            status = grpc.StatusCode.INVALID_ARGUMENT
-        elif exc.code in ("duplicate", "duplicate_upload"):
-            status = grpc.StatusCode.ALREADY_EXISTS
-        context.abort(status, f"{exc.code}: {exc}")
+        self.fed.audit.append(Event.REFUSED, site=site, code=exc.code, reason=str(exc), **fields)
+        abort(context, exc.code, str(exc))
+
+    def _counted(self, mode: str, payload: Iterable[bytes]) -> Iterator[bytes]:
+        if self.sent is None:
+            yield from payload
+            return
+        for piece in payload:
+            self.sent(mode, len(piece))
+            yield piece
 
     # -- handlers
     def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.RegisterReply:
         site = self._site(context)
         self.fed.heartbeat(site.name)
-        self.fed.audit.append("site_registered", site=site.name, agent=request.agent_version or None)
+        self.fed.audit.append(Event.SITE_REGISTERED, site=site.name, agent=request.agent_version or None)
         job = self.fed.job
         return pb.RegisterReply(
             project=self.kit.config.project, site=site.name, job_id=job.job_id if job else ""
@@ -76,12 +108,14 @@ class FederationService(rpc.FederationServicer):
         header = self.fed.next_task(
             site.name, request.after_round, request.after_attempt, request.has_global_round, wait
         )
-        yield from encode_stream(header, self.fed.payload(header))
+        mode = str(header.get("mode") or self.fed.current_mode)
+        yield from encode_stream(header, self._counted(mode, self.fed.payload(header)))
 
     def FetchJob(self, request: pb.JobRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         self._site(context)
         job = self.fed.job
         if job is None or job.job_id != request.job_id:
+            context.set_trailing_metadata(reasons.metadata(Reason.NO_SUCH_JOB))
             context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")
             return
         data = job.package.read_bytes()
@@ -94,36 +128,10 @@ class FederationService(rpc.FederationServicer):
         header: dict[str, Any] = {}
         try:
             header = read_header(request_iterator)
-            cur = self.fed.begin_upload(site.name, header)
-            spool = self.fed.spool_dir(header["job_id"], cur.round, cur.attempt)
-            spool.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=spool, prefix=f".{site.name}-", suffix=".part")
-            tmp = Path(tmp_name)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    expected = header.get("bytes")
-                    copy_payload(
-                        request_iterator,
-                        fh,
-                        max_bytes=self.fed.max_upload_bytes,
-                        expected_bytes=int(expected) if expected is not None else None,
-                    )
-                final = spool / f"{site.name}.upload"
-                tmp.rename(final)
-                self.fed.finish_upload(site.name, cur, final, header.get("metrics"))
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            self.fed.accept_upload(site.name, header, request_iterator)
         except SecaggError as exc:
             self._refuse(context, site.name, exc, job=header.get("job_id"), round=header.get("round"))
-        self.fed.audit.append(
-            "upload_accepted",
-            site=site.name,
-            job=header["job_id"],
-            round=header["round"],
-            bytes=header.get("bytes"),
-        )
-        return pb.UploadReply(accepted=True, code="ok", message="accepted")
+        return pb.UploadReply(accepted=True, code=Reason.OK, message="accepted")
 
     def Attest(self, request: pb.AttestRequest, context: grpc.ServicerContext) -> pb.AttestReply:
         site = self._site(context)
@@ -144,22 +152,24 @@ class FederationService(rpc.FederationServicer):
                     site.name,
                     request.job_id,
                     request.round,
-                    str(msg.get("code", "declined")),
+                    request.reason or str(msg.get("code", "declined")),
                     str(msg.get("message", "")),
                 )
             elif request.topic == "final":
                 self.fed.post_final(site.name, request.job_id, request.payload)
             elif request.topic == "he-key":
                 self.fed.accept_key_release(site.name, request.payload)
-            elif request.topic in ("mask-keys", "mask-shares", "mask-unmask-resp"):
-                self.fed.mask_post(site.name, request.topic, request.job_id, request.round, request.payload)
+            elif request.topic in POST_TOPICS:
+                self.fed.mode_post(site.name, request.topic, request.job_id, request.round, request.payload)
             else:
-                raise UpdateRejected(f"unknown topic {request.topic!r}", code="malformed")
+                raise UpdateRejected(f"unknown topic {request.topic!r}", code=Reason.MALFORMED)
         except SecaggError as exc:
             self._refuse(context, site.name, exc, topic=request.topic)
         except ValueError as exc:
-            self._refuse(context, site.name, UpdateRejected(str(exc), code="malformed"), topic=request.topic)
-        return pb.Ack(ok=True, code="ok")
+            self._refuse(
+                context, site.name, UpdateRejected(str(exc), code=Reason.MALFORMED), topic=request.topic
+            )
+        return pb.Ack(ok=True, code=Reason.OK)
 
     def Collect(self, request: pb.CollectRequest, context: grpc.ServicerContext) -> Iterator[pb.Message]:
         self._site(context)
@@ -173,26 +183,33 @@ class FederationService(rpc.FederationServicer):
                     round=request.round,
                     sender=self.kit.name,
                     payload=json.dumps(roster).encode(),
+                    signal=pb.Message.CANCELLED if roster.get(Signal.CANCELLED) else pb.Message.NONE,
                 )
         elif request.topic == "he-key":
             blob = self.fed.key_release(wait)
             if blob is not None:
                 yield pb.Message(topic="he-key", sender=self.kit.config.key_holder, payload=blob)
-        elif request.topic in ("mask-keyroster", "mask-myshares", "mask-unmask"):
+        elif request.topic in COLLECT_TOPICS:
             site_name = self._site(context).name
-            data = self.fed.mask_collect(
+            data = self.fed.mode_collect(
                 site_name, request.topic, request.job_id, request.round, request.attempt, wait
             )
             if data is not None:
+                if isinstance(data, Signal):
+                    # also as the JSON payload that agents before the ``signal`` field look for
+                    signal, payload = _SIGNAL_PB[data], json.dumps({str(data): True}).encode()
+                else:
+                    signal, payload = pb.Message.NONE, data
                 yield pb.Message(
                     topic=request.topic,
                     job_id=request.job_id,
                     round=request.round,
                     sender=self.kit.name,
-                    payload=data,
+                    payload=payload,
+                    signal=signal,
                 )
         else:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown topic {request.topic!r}")
+            abort(context, Reason.MALFORMED, f"unknown topic {request.topic!r}")
 
     def Admin(self, request: pb.AdminRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         """Admin console; the role comes from the admin certificate (see ``secagg.aggregator.admin``)."""
@@ -222,14 +239,15 @@ class AggregatorServer:
         enclave: Any = None,
     ) -> None:
         self.fed = Federation(kit, state_dir, enclave=enclave)
+        from secagg.aggregator.observers import observe  # metrics and TensorBoard, fed by the audit log
+
+        self.metrics = observe(self.fed)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=SERVER_OPTIONS)
-        rpc.add_FederationServicer_to_server(FederationService(self.fed), self.server)
+        service = FederationService(self.fed, sent=self.metrics.sent)
+        rpc.add_FederationServicer_to_server(service, self.server)
         bind = f"{host}:{port if port is not None else kit.config.aggregator_port}"
         self.port = self.server.add_secure_port(bind, server_credentials(kit))
         self._driver = threading.Thread(target=self._drive, name="round-driver", daemon=True)
-        from secagg.metrics import observe_aggregator  # metrics and TensorBoard, driven by the audit log
-
-        self.metrics = observe_aggregator(self.fed)
 
     def _drive(self) -> None:
         while not self.fed.stopping:
@@ -239,7 +257,7 @@ class AggregatorServer:
         self.server.start()
         self._driver.start()
         self.metrics.serve(self.fed.kit.config.metrics_port)
-        self.fed.audit.append("aggregator_started", port=self.port)
+        self.fed.audit.append(Event.AGGREGATOR_STARTED, port=self.port)
 
     def stop(self, grace: float = 2.0) -> None:
         with self.fed.cond:

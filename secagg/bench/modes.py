@@ -180,11 +180,11 @@ class HEMode(_OneFileEachWay):
 
 
 class HEAggregator:
-    """The aggregator service's own :class:`~secagg.aggregator.combine.HECombiner`: index-major over
+    """The aggregator service's own :class:`~secagg.aggregator.modes.he.HECombiner`: index-major over
     the spooled uploads (the i-th ciphertext of every site is added, the sum written, then the next)."""
 
     def prepare(self, work: Path, sites: int) -> None:
-        from secagg.aggregator.combine import HECombiner
+        from secagg.aggregator.modes.he import HECombiner
 
         self.work, self.sites = work, sites
         self.combiner = HECombiner(_read_spec(work), (work / "he-public.ctx").read_bytes())

@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from secagg.aggregator import combine
-from secagg.aggregator.combine import BadUpload, HECombiner
+from secagg.aggregator.modes import BadUpload
+from secagg.aggregator.modes import he as combine
+from secagg.aggregator.modes.he import HECombiner
 from secagg.bundle import BundleSpec
 from secagg.framing import frame, unframe
 from secagg.he.codec import decrypt_vector, encrypt_vector

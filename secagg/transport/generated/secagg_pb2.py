@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0csecagg.proto\x12\tsecagg.v1\"(\n\x0fRegisterRequest\x12\x15\n\ragent_version\x18\x01 \x01(\t\">\n\rRegisterReply\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\"y\n\x0bTaskRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x66ter_round\x18\x02 \x01(\x05\x12\x14\n\x0cpoll_seconds\x18\x03 \x01(\x01\x12\x15\n\rafter_attempt\x18\x04 \x01(\x05\x12\x18\n\x10has_global_round\x18\x05 \x01(\x05\"\x1c\n\nJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"P\n\x05\x43hunk\x12\x15\n\x0bheader_json\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x18\n\x0etrailer_sha256\x18\x03 \x01(\tH\x00\x42\x06\n\x04part\">\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"X\n\x07Message\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\"0\n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"h\n\x0e\x43ollectRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"A\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\"/\n\x0eHeartbeatReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x11\n\tjob_state\x18\x02 \x01(\t\"@\n\x0c\x41\x64minRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\".\n\rAttestRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"\'\n\x0b\x41ttestReply\x12\x18\n\x10\x65vidence_message\x18\x01 \x01(\x0c\x32\xd0\x04\n\nFederation\x12@\n\x08Register\x12\x1a.secagg.v1.RegisterRequest\x1a\x18.secagg.v1.RegisterReply\x12\x37\n\tFetchTask\x12\x16.secagg.v1.TaskRequest\x1a\x10.secagg.v1.Chunk0\x01\x12\x35\n\x08\x46\x65tchJob\x12\x15.secagg.v1.JobRequest\x1a\x10.secagg.v1.Chunk0\x01\x12:\n\x0cUploadResult\x12\x10.secagg.v1.Chunk\x1a\x16.secagg.v1.UploadReply(\x01\x12*\n\x04Post\x12\x12.secagg.v1.Message\x1a\x0e.secagg.v1.Ack\x12:\n\x07\x43ollect\x12\x19.secagg.v1.CollectRequest\x1a\x12.secagg.v1.Message0\x01\x12\x43\n\tHeartbeat\x12\x1b.secagg.v1.HeartbeatRequest\x1a\x19.secagg.v1.HeartbeatReply\x12:\n\x06\x41ttest\x12\x18.secagg.v1.AttestRequest\x1a\x16.secagg.v1.AttestReply\x12\x34\n\x05\x41\x64min\x12\x17.secagg.v1.AdminRequest\x1a\x10.secagg.v1.Chunk0\x01\x12\x35\n\x0b\x41\x64minUpload\x12\x10.secagg.v1.Chunk\x1a\x10.secagg.v1.Chunk(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0csecagg.proto\x12\tsecagg.v1\"(\n\x0fRegisterRequest\x12\x15\n\ragent_version\x18\x01 \x01(\t\">\n\rRegisterReply\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\"y\n\x0bTaskRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x66ter_round\x18\x02 \x01(\x05\x12\x14\n\x0cpoll_seconds\x18\x03 \x01(\x01\x12\x15\n\rafter_attempt\x18\x04 \x01(\x05\x12\x18\n\x10has_global_round\x18\x05 \x01(\x05\"\x1c\n\nJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"P\n\x05\x43hunk\x12\x15\n\x0bheader_json\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x18\n\x0etrailer_sha256\x18\x03 \x01(\tH\x00\x42\x06\n\x04part\">\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xc7\x01\n\x07Message\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12)\n\x06signal\x18\x06 \x01(\x0e\x32\x19.secagg.v1.Message.Signal\x12\x0e\n\x06reason\x18\x07 \x01(\t\"2\n\x06Signal\x12\x08\n\x04NONE\x10\x00\x12\r\n\tCANCELLED\x10\x01\x12\x0f\n\x0bNOT_FOR_YOU\x10\x02\"0\n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"h\n\x0e\x43ollectRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\x01\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"A\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\"/\n\x0eHeartbeatReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x11\n\tjob_state\x18\x02 \x01(\t\"@\n\x0c\x41\x64minRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\".\n\rAttestRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"\'\n\x0b\x41ttestReply\x12\x18\n\x10\x65vidence_message\x18\x01 \x01(\x0c\x32\xd0\x04\n\nFederation\x12@\n\x08Register\x12\x1a.secagg.v1.RegisterRequest\x1a\x18.secagg.v1.RegisterReply\x12\x37\n\tFetchTask\x12\x16.secagg.v1.TaskRequest\x1a\x10.secagg.v1.Chunk0\x01\x12\x35\n\x08\x46\x65tchJob\x12\x15.secagg.v1.JobRequest\x1a\x10.secagg.v1.Chunk0\x01\x12:\n\x0cUploadResult\x12\x10.secagg.v1.Chunk\x1a\x16.secagg.v1.UploadReply(\x01\x12*\n\x04Post\x12\x12.secagg.v1.Message\x1a\x0e.secagg.v1.Ack\x12:\n\x07\x43ollect\x12\x19.secagg.v1.CollectRequest\x1a\x12.secagg.v1.Message0\x01\x12\x43\n\tHeartbeat\x12\x1b.secagg.v1.HeartbeatRequest\x1a\x19.secagg.v1.HeartbeatReply\x12:\n\x06\x41ttest\x12\x18.secagg.v1.AttestRequest\x1a\x16.secagg.v1.AttestReply\x12\x34\n\x05\x41\x64min\x12\x17.secagg.v1.AdminRequest\x1a\x10.secagg.v1.Chunk0\x01\x12\x35\n\x0b\x41\x64minUpload\x12\x10.secagg.v1.Chunk\x1a\x10.secagg.v1.Chunk(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,22 +43,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHUNK']._serialized_end=366
   _globals['_UPLOADREPLY']._serialized_start=368
   _globals['_UPLOADREPLY']._serialized_end=430
-  _globals['_MESSAGE']._serialized_start=432
-  _globals['_MESSAGE']._serialized_end=520
-  _globals['_ACK']._serialized_start=522
-  _globals['_ACK']._serialized_end=570
-  _globals['_COLLECTREQUEST']._serialized_start=572
-  _globals['_COLLECTREQUEST']._serialized_end=676
-  _globals['_HEARTBEATREQUEST']._serialized_start=678
-  _globals['_HEARTBEATREQUEST']._serialized_end=743
-  _globals['_HEARTBEATREPLY']._serialized_start=745
-  _globals['_HEARTBEATREPLY']._serialized_end=792
-  _globals['_ADMINREQUEST']._serialized_start=794
-  _globals['_ADMINREQUEST']._serialized_end=858
-  _globals['_ATTESTREQUEST']._serialized_start=860
-  _globals['_ATTESTREQUEST']._serialized_end=906
-  _globals['_ATTESTREPLY']._serialized_start=908
-  _globals['_ATTESTREPLY']._serialized_end=947
-  _globals['_FEDERATION']._serialized_start=950
-  _globals['_FEDERATION']._serialized_end=1542
+  _globals['_MESSAGE']._serialized_start=433
+  _globals['_MESSAGE']._serialized_end=632
+  _globals['_MESSAGE_SIGNAL']._serialized_start=582
+  _globals['_MESSAGE_SIGNAL']._serialized_end=632
+  _globals['_ACK']._serialized_start=634
+  _globals['_ACK']._serialized_end=682
+  _globals['_COLLECTREQUEST']._serialized_start=684
+  _globals['_COLLECTREQUEST']._serialized_end=788
+  _globals['_HEARTBEATREQUEST']._serialized_start=790
+  _globals['_HEARTBEATREQUEST']._serialized_end=855
+  _globals['_HEARTBEATREPLY']._serialized_start=857
+  _globals['_HEARTBEATREPLY']._serialized_end=904
+  _globals['_ADMINREQUEST']._serialized_start=906
+  _globals['_ADMINREQUEST']._serialized_end=970
+  _globals['_ATTESTREQUEST']._serialized_start=972
+  _globals['_ATTESTREQUEST']._serialized_end=1018
+  _globals['_ATTESTREPLY']._serialized_start=1020
+  _globals['_ATTESTREPLY']._serialized_end=1059
+  _globals['_FEDERATION']._serialized_start=1062
+  _globals['_FEDERATION']._serialized_end=1654
 # @@protoc_insertion_point(module_scope)

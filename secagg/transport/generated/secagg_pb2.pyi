@@ -1,6 +1,7 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -61,18 +62,30 @@ class UploadReply(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("topic", "job_id", "round", "sender", "payload")
+    __slots__ = ("topic", "job_id", "round", "sender", "payload", "signal", "reason")
+    class Signal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        NONE: _ClassVar[Message.Signal]
+        CANCELLED: _ClassVar[Message.Signal]
+        NOT_FOR_YOU: _ClassVar[Message.Signal]
+    NONE: Message.Signal
+    CANCELLED: Message.Signal
+    NOT_FOR_YOU: Message.Signal
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     topic: str
     job_id: str
     round: int
     sender: str
     payload: bytes
-    def __init__(self, topic: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., sender: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    signal: Message.Signal
+    reason: str
+    def __init__(self, topic: _Optional[str] = ..., job_id: _Optional[str] = ..., round: _Optional[int] = ..., sender: _Optional[str] = ..., payload: _Optional[bytes] = ..., signal: _Optional[_Union[Message.Signal, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("ok", "code", "message")

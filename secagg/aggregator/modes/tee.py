@@ -1,0 +1,66 @@
+"""``tee`` mode at the aggregator: updates sealed to keys that only this attested aggregator holds.
+
+Uploads are framed HPKE-sealed chunks of safetensors(w_i * update_i), sealed by each site to the keys
+bound into the evidence it verified (invariant 4, at the site). They are opened in memory, one at a
+time as they are summed, and never written to disk in the clear. The sealing context binds the job,
+the round and the site: the site is the uploader's mTLS identity and the round the one it uploaded in,
+both passed here as values.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from secagg.aggregator.modes import ModeContext
+from secagg.aggregator.modes.plain import PlainCombiner, PlainMode
+from secagg.aggregator.rounds import JobRun
+from secagg.bundle import BundleSpec, fingerprint
+from secagg.errors import ConfigError
+from secagg.framing import unframe
+
+
+class TeeCombiner(PlainCombiner):
+    """A :class:`PlainCombiner` whose uploads are opened by the enclave as they are read."""
+
+    def __init__(self, spec: BundleSpec, enclave: Any, job_id: str) -> None:
+        super().__init__(spec)
+        self.enclave = enclave
+        self.job_id = job_id
+
+    def read(self, site: str, round_: int, path: Path) -> bytes:
+        with path.open("rb") as fh:
+            return bytes(self.enclave.open_update(unframe(fh), self.job_id, round_, site))
+
+
+class TeeMode(PlainMode):
+    name = "tee"
+    sees_model = True  # inside the attested enclave only
+
+    def __init__(self, ctx: ModeContext) -> None:
+        self.check_aggregator(ctx.enclave)
+        super().__init__(ctx)
+
+    @classmethod
+    def check_aggregator(cls, enclave: Any) -> None:
+        if enclave is None:
+            raise ConfigError(
+                "a tee job needs an aggregator started in a TEE (aggregator serve --tee configfs, "
+                "or --insecure-dev-tee for demos)"
+            )
+
+    def _combiner(self) -> PlainCombiner:
+        return TeeCombiner(self.ctx.bundle_spec, self.ctx.enclave, self.ctx.job_id)
+
+    def payload_header(self, job: JobRun, site_has_round: int) -> dict[str, Any]:
+        header = super().payload_header(job, site_has_round)
+        if job.global_model is not None:
+            # sites check this signature, by a key bound into the evidence, before using the model
+            fp = fingerprint(job.bundle_spec.unflatten(job.global_model))
+            sig = self.ctx.enclave.sign_model(fp, job.job_id, job.completed)
+            header["model_signature"] = base64.b64encode(sig).decode()
+        return header
+
+
+__all__ = ["TeeCombiner", "TeeMode"]

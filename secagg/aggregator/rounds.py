@@ -1,0 +1,89 @@
+"""The aggregator's state of a job and of its current round, and the names of their states.
+
+``JobState`` and ``Phase`` are ``StrEnum`` s: a member *is* its stored string (``JobState.RUNNING ==
+"running"``), so the store, the audit log, the admin console's JSON and the wire read as before.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from secagg.bundle import BundleSpec
+from secagg.jobs.spec import JobSpec
+from secagg.strategy import StrategyState
+
+
+class JobState(StrEnum):
+    """running -> finalizing -> finished; aborted by an admin; failed when the aggregator cannot go on."""
+
+    #: no job (heartbeats and ``wait`` tasks only; never stored)
+    IDLE = "idle"
+    RUNNING = "running"
+    FINALIZING = "finalizing"
+    FINISHED = "finished"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.FINISHED, JobState.ABORTED, JobState.FAILED)
+
+
+class Phase(StrEnum):
+    """ready -> upload -> combining; a mode with phases of its own (mask) runs them after the roster."""
+
+    READY = "ready"
+    UPLOAD = "upload"
+    #: a mode's own phases after the roster (mask: key advertisement, share routing, unmasking)
+    MASK = "mask"
+    COMBINING = "combining"
+
+
+class Signal(StrEnum):
+    """What the aggregator answers a site's collect with when there is nothing for it."""
+
+    #: the site's round (or attempt) is over: it was retried, or finished without the site
+    CANCELLED = "cancelled"
+    #: the phase is published, but holds nothing for this site (the aggregator left it out)
+    NOT_FOR_YOU = "not_for_you"
+
+
+@dataclass
+class RoundRun:
+    round: int
+    attempt: int
+    started: float = field(default_factory=time.monotonic)
+    phase: Phase = Phase.READY
+    ready: dict[str, dict[str, Any]] = field(default_factory=dict)
+    roster: dict[str, Any] | None = None
+    #: accepted uploads: site (its mTLS identity) -> spooled file
+    uploads: dict[str, Path] = field(default_factory=dict)
+    phase_started: float = field(default_factory=time.monotonic)
+    #: a mode's own per-round state (mask: the round's ``MaskRun``); None for modes without phases
+    mode_state: Any = None
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per site, sent with the upload
+
+
+@dataclass
+class JobRun:
+    job_id: str
+    spec: JobSpec
+    package: Path
+    bundle_spec: BundleSpec
+    global_model: np.ndarray | None  # modes whose aggregator sees the model only
+    strategy_state: StrategyState | None = None  # plaintext modes: the server optimizer's state
+    completed: int = 0
+    current: RoundRun | None = None
+    state: JobState = JobState.RUNNING
+    final_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    declined: set[str] = field(default_factory=set)  # sites that refused the job: not waited for
+    finalize_started: float = 0.0
+
+
+__all__ = ["JobRun", "JobState", "Phase", "RoundRun", "Signal"]

@@ -1,0 +1,77 @@
+"""Audit event names, named once: what ``AuditLog.append`` writes as ``event`` and its observers match.
+
+The aggregator, the site agent, the admin console's log follower, Prometheus metrics and TensorBoard
+all read the same names from here, so an observer cannot silently miss an event renamed elsewhere.
+Members are the stored strings themselves (``Event.ROUND_COMPLETED == "round_completed"``): audit
+logs written before this module existed read the same.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Event(StrEnum):
+    # ---- aggregator: jobs
+    JOB_SUBMITTED = "job_submitted"
+    JOB_STARTED = "job_started"
+    JOB_RESUMED = "job_resumed"
+    JOB_FINISHED = "job_finished"
+    JOB_ABORTED = "job_aborted"
+    JOB_FAILED = "job_failed"
+    # ---- aggregator: rounds
+    SITE_READY = "site_ready"
+    TASK_DECLINED = "task_declined"
+    ROSTER = "roster"
+    UPLOAD_ACCEPTED = "upload_accepted"
+    UPLOAD_REJECTED = "upload_rejected"
+    ROUND_RETRY = "round_retry"
+    ROUND_COMPLETED = "round_completed"
+    MASK_PHASE = "mask_phase"
+    SITE_FINAL = "site_final"
+    # ---- aggregator: relay, attestation, service
+    HE_KEY_PUBLISHED = "he_key_published"
+    ATTESTED = "attested"
+    AGGREGATOR_STARTED = "aggregator_started"
+    SITE_REGISTERED = "site_registered"
+    REFUSED = "refused"
+    REFUSED_IDENTITY = "refused_identity"
+    # ---- aggregator: admin console
+    ADMIN_COMMAND = "admin_command"
+    ADMIN_REFUSED = "admin_refused"
+    ADMIN_FAILED = "admin_failed"
+    ADMIN_SUBMITTED = "admin_submitted"
+    # ---- site agent
+    REGISTERED = "registered"
+    CONNECTION_LOST = "connection_lost"
+    POLICY_RELOADED = "policy_reloaded"
+    JOB_ADMITTED = "job_admitted"
+    JOB_REFUSED = "job_refused"
+    JOB_STOPPED = "job_stopped"
+    JOB_DONE = "job_done"
+    ROUND_ABANDONED = "round_abandoned"
+    ROUND_DECLINED = "round_declined"
+    NOT_IN_ROSTER = "not_in_roster"
+    MODEL_CONSISTENT = "model_consistent"
+    UPLOADED = "uploaded"
+    AGGREGATOR_ATTESTED = "aggregator_attested"
+    AGGREGATOR_REFUSED = "aggregator_refused"
+    HE_KEY_CREATED = "he_key_created"
+    HE_KEY_RECEIVED = "he_key_received"
+    SIMULATED_DROPOUT = "simulated_dropout"
+    SPEND_WITHOUT_BUDGET = "spend_without_budget"
+
+
+#: aggregator events that are refusals; their ``code`` field is the reason code
+REFUSALS = frozenset(
+    {Event.REFUSED, Event.REFUSED_IDENTITY, Event.UPLOAD_REJECTED, Event.TASK_DECLINED, Event.ADMIN_REFUSED}
+)
+#: site agent events that are refusals (the site's metrics count them by ``code``)
+SITE_REFUSALS = frozenset({Event.ROUND_DECLINED, Event.JOB_REFUSED, Event.AGGREGATOR_REFUSED})
+#: a job's last event at the aggregator: a log follower stops after one of these
+TERMINAL = frozenset({Event.JOB_FINISHED, Event.JOB_ABORTED, Event.JOB_FAILED})
+#: job outcomes counted by the aggregator's metrics (label: the name without ``job_``)
+JOB_OUTCOMES = frozenset({Event.JOB_STARTED, *TERMINAL})
+
+
+__all__ = ["JOB_OUTCOMES", "REFUSALS", "SITE_REFUSALS", "TERMINAL", "Event"]
