@@ -31,15 +31,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from secagg.agent.channel import Channel, ChannelClosed, ChannelError, ChannelTimeout, Frame, socketpair
+from secagg.agent.sandbox import Confinement, scratch_env
 from secagg.bundle import from_safetensors
 from secagg.client import IO_ENV
 from secagg.errors import PolicyRefusal, SecaggError
-
-if TYPE_CHECKING:
-    from secagg.agent.sandbox import Confinement
 
 _KEEP_ENV = (
     "PATH",
@@ -155,6 +153,9 @@ class TrainingWorker:
             raise TrainingFailed(f"entry point {entry} is outside the job package")
         self.io_dir, self.scratch_dir, self.log = io_dir, scratch_dir, log
         self.confinement = confinement
+        #: what the latest worker reported it put in force before any job code ran
+        #: (:meth:`secagg.agent.sandbox.Applied.to_dict`); None when unconfined
+        self.sandbox: dict[str, Any] | None = None
         self._proc: _Proc | None = None
         self._retiring: list[_Proc] = []
         self._closed = False
@@ -236,7 +237,7 @@ class TrainingWorker:
         env[IO_ENV] = str(self.io_dir)
         # the worker imports secagg: make this installation importable without the agent's env
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        env["TMPDIR"] = env["HOME"] = str(self.scratch_dir)  # the only place it may write besides io
+        env.update(scratch_env(self.scratch_dir))  # TMPDIR, HOME, caches: the only place it may write but io
         env["PYTHONUNBUFFERED"] = "1"  # the log is current while the worker stays up
         chan, theirs = socketpair()
         cmd = [sys.executable, "-P", "-m", "secagg.agent.worker_main", "--fd", str(theirs.fileno())]
@@ -262,6 +263,8 @@ class TrainingWorker:
         self._send(proc, {"type": "confine", "confinement": confinement}, deadline, timeout)
         reply = self._reply(proc, deadline, timeout)
         if reply.type == "ready":
+            sandbox = reply.header.get("sandbox")
+            self.sandbox = sandbox if isinstance(sandbox, dict) else None
             return
         if reply.type == "refused":
             raise self._refusal(reply)

@@ -44,14 +44,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from secagg import client
+# Only the standard library and these two small modules before the confinement: secagg.client imports
+# numpy, whose BLAS may start threads, and confine() must run in a single-threaded process.
 from secagg.agent.channel import Channel, ChannelClosed
-from secagg.agent.launch import REFUSED
-from secagg.client import NotSent, TrainingRefused
 from secagg.errors import PolicyRefusal
 
 #: exit status of a worker whose task ended in an error frame
 FAILED = 1
+#: exit status of a worker whose task was refused (as :data:`secagg.agent.launch.REFUSED`)
+REFUSED = 3
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
@@ -173,6 +174,9 @@ def _refused(code: str, reason: str) -> dict[str, Any]:
 
 def _run_script(script: Path, args: list[str], worker: _Worker) -> dict[str, Any] | None:
     """Run the script to its end; the frame that answers the task still open, if any."""
+    from secagg import client
+    from secagg.client import NotSent, TrainingRefused
+
     sys.argv = [str(script), *args]
     sys.path.insert(0, str(script.parent))
     try:
@@ -227,15 +231,23 @@ def main(argv: list[str]) -> int:
             from secagg.agent.sandbox import Confinement, confine
 
             try:
-                confine(Confinement.from_json(spec))
+                applied = confine(Confinement.from_json(spec))
             except PolicyRefusal as exc:  # SandboxUnavailable: sandbox_unavailable
                 print(f"secagg: {exc}", file=sys.stderr)
                 chan.send(_refused(exc.code, str(exc)))
                 return REFUSED
-        chan.send({"type": "ready", "pid": os.getpid()})
+            for line in applied.lines():
+                print(f"secagg worker: {line}", file=sys.stderr)
+            sandbox = applied.to_dict()
+        else:
+            print("secagg worker: UNCONFINED (no confinement given: tests only)", file=sys.stderr)
+            sandbox = None
+        chan.send({"type": "ready", "pid": os.getpid(), "sandbox": sandbox})
         task = _task_of(chan.recv().header)
     except ChannelClosed:
         return 0  # the agent gave up before the first task
+    from secagg import client  # job code and numpy only from here on
+
     worker = _Worker(chan)
     worker.begin(task)
     client._serve(worker, task)

@@ -408,3 +408,46 @@ def test_dpsgd_gets_a_fresh_run_each_round_in_one_process(job: Callable[[str], J
         assert spend["steps"] == 4 and spend["sample_rate"] == pytest.approx(1 / 4)  # this round's only
     assert rounds[0].training_spends == rounds[1].training_spends  # same calibration, fresh accountant
     assert plain.training_spends == ()
+
+
+# ---------------------------------------------------------------------- confined before any job code
+
+PEEK = """\
+import os
+from secagg import client
+
+PEEK = "SECRET"
+
+for task in client.tasks():
+    try:
+        open(PEEK).read()
+        outside = 1.0
+    except OSError:
+        outside = 0.0
+    metrics = {"outside": outside, "pid": float(os.getpid())}
+    client.send(client.receive_numpy(), num_samples=1, metrics=metrics)
+"""
+
+
+def test_confined_worker_serves_rounds_and_cannot_read_outside(tmp_path: Path) -> None:
+    from secagg.agent import sandbox
+    from secagg.policy.model import SandboxSettings
+
+    lacking = {k: v for k, v in sandbox.available().missing().items() if k in sandbox.DEFAULT_REQUIRED}
+    if lacking:
+        pytest.skip(f"this host cannot confine: {lacking}")
+    secret = tmp_path / "agent-secret.txt"
+    secret.write_text("key")
+    j = Job(tmp_path / "job", PEEK.replace("SECRET", str(secret)))
+    for d in (j.io, tmp_path / "job" / "scratch"):
+        d.mkdir()
+    scratch = tmp_path / "job" / "scratch"
+    settings = SandboxSettings()
+    c = sandbox.plan(job_root=j.root, data_dir=j.data, io_dir=j.io, scratch_dir=scratch, settings=settings)
+    with TrainingWorker(j.root, "train.py", j.io, scratch, j.log, c) as w:
+        first, second = (w.run(j.task(r), GLOBAL_BYTES, 30) for r in (1, 2))
+        assert first.metrics["outside"] == second.metrics["outside"] == 0.0
+        assert _pid(first) == _pid(second)
+        assert w.sandbox is not None and set(sandbox.DEFAULT_REQUIRED) <= set(w.sandbox["applied"])
+    assert "sandbox applied:" in j.log.read_text()
+    assert secret.read_text() == "key"  # the agent itself still can
