@@ -1,11 +1,15 @@
-"""Start a job's training script inside the training subprocess, under the round's DP-SGD if required.
+"""Run a job's training script for one task given as files, under the round's DP-SGD if required.
 
-``python -m secagg.agent.launch SCRIPT`` is what :func:`secagg.agent.runner.run_entry` runs instead of
-``python SCRIPT``: the script gets the same ``__main__``, ``sys.argv`` and ``sys.path[0]``, and when the
-task says the site's policy requires ``dpsgd`` the DP-SGD runtime is installed first, so the script's
-own code does not change. A refusal (:class:`secagg.client.TrainingRefused`) is written to
-``refusal.json`` in the I/O folder (the agent declines the round with that reason) and the process exits
-with :data:`REFUSED`.
+``python -m secagg.agent.launch SCRIPT`` runs SCRIPT once, as ``python SCRIPT`` would (same
+``__main__``, ``sys.argv`` and ``sys.path[0]``), on the task in ``task.json`` of its I/O folder, and
+when the task says the site's policy requires ``dpsgd`` the DP-SGD runtime is installed first, so the
+script's own code does not change. A refusal (:class:`secagg.client.TrainingRefused`) is written to
+``refusal.json`` in the I/O folder and the process exits with :data:`REFUSED`.
+
+The agent does not use it: it runs each job in a confined, long-lived worker
+(:mod:`secagg.agent.worker_main`, with the same conventions); this single-task form remains for tools
+and for tests of the DP-SGD runtime in a process of its own. A loop-form script
+(``for task in client.tasks()``) gets the one task here.
 """
 
 from __future__ import annotations
