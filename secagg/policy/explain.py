@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from secagg.jobs.filters import AnyFilter
 from secagg.policy.decide import SIZE_DEPENDENT, Decision
-from secagg.policy.model import SitePolicy
+from secagg.policy.model import SandboxSettings, SitePolicy
 from secagg.privacy.spend import share_count
 from secagg.privacy.svt import svt_epsilon
 
@@ -93,6 +93,44 @@ def describe_policy(policy: SitePolicy) -> list[str]:
             else ""
         )
     )
+    lines += describe_sandbox(policy.sandbox)
+    return lines
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "unlimited"
+    for unit, k in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= k and n % k == 0:
+            return f"{n // k} {unit}"
+    return f"{n} bytes"
+
+
+def describe_sandbox(s: SandboxSettings) -> list[str]:
+    """What the job's training worker is allowed, in words (the paths themselves are per job)."""
+    netns = ", a fresh network namespace required" if s.require_netns else "; a network namespace if possible"
+    lines = [
+        f"Job code runs confined (Landlock, seccomp, no_new_privs, rlimits{netns}):",
+        "  reads: the job package, the site's data folder (read-only), the Python installation and "
+        "system libraries",
+        "  writes: only the job's own I/O folder and a private scratch folder"
+        + ("; the NVIDIA GPU devices" if s.allow_gpu else ""),
+        "  never: the agent's kit and keys, its state, HE secret key, privacy ledger, audit log or "
+        "other jobs' folders",
+        "  network: none (no socket of any kind; no signals to processes outside the sandbox)",
+        f"  limits: memory {_bytes(s.memory_bytes)}, "
+        f"{'unlimited' if s.processes is None else s.processes} processes and threads, "
+        f"{'unlimited' if s.open_files is None else s.open_files} open files, "
+        f"files up to {_bytes(s.file_size_bytes)}, "
+        f"{'unlimited' if s.cpu_seconds is None else str(s.cpu_seconds) + ' s of'} CPU time",
+        "  a host that cannot give these protections refuses the job (sandbox_unavailable)",
+    ]
+    if s.insecure_unconfined:
+        lines[-1] = (
+            "  WARNING: INSECURE: sandbox.insecure_unconfined is set: jobs run even where the kernel cannot "
+            "confine them, and their code can then read this site's keys, state and other jobs, and use "
+            "the network"
+        )
     return lines
 
 

@@ -103,6 +103,23 @@ class Limits(_Strict):
     min_weight_share: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)
 
 
+class SandboxSettings(_Strict):
+    """How the job's training worker is confined (``secagg.agent.sandbox``); null means no limit."""
+
+    memory_bytes: int | None = Field(default=8 * 2**30, ge=64 * 2**20)
+    #: tasks: processes *and threads* (torch starts one per core)
+    processes: int | None = Field(default=256, ge=1)
+    open_files: int | None = Field(default=1024, ge=16)
+    file_size_bytes: int | None = Field(default=4 * 2**30, ge=1)
+    cpu_seconds: int | None = Field(default=86400, ge=1)
+    #: refuse the job where a fresh network namespace cannot be made (else it is applied where it can)
+    require_netns: bool = False
+    #: let the worker use the NVIDIA devices (/dev/nvidia*, read-write with ioctl)
+    allow_gpu: bool = False
+    #: run the job even where the kernel cannot confine it: its code may then read the site's keys
+    insecure_unconfined: bool = False
+
+
 class SitePolicy(_Strict):
     version: Literal[1]
     signers: Signers
@@ -110,6 +127,7 @@ class SitePolicy(_Strict):
     privacy: Privacy = Field(default_factory=Privacy)
     attestation: Attestation | None = None
     limits: Limits = Field(default_factory=Limits)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
 
     def sigstore_identities(self) -> list[SigstoreIdentity]:
         return [s.as_identity() for s in self.signers.sigstore]
