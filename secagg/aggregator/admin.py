@@ -24,19 +24,24 @@ from typing import Any
 import grpc
 
 from secagg.aggregator.federation import Federation
+from secagg.aggregator.modes import mode_class
+from secagg.aggregator.rpc import abort, caller
 from secagg.errors import ConfigError, IdentityError, PolicyRefusal, SecaggError, UsageError
+from secagg.events import TERMINAL, Event
 from secagg.metrics import CONNECTED_WITHIN_S
 from secagg.provision.identity import Identity
 from secagg.provision.project import Authorization, RolePermissions
+from secagg.reasons import Reason
 from secagg.transport.chunks import copy_payload, encode_stream, read_header
 from secagg.transport.generated import secagg_pb2 as pb
-from secagg.transport.tls import peer_identity
 
 #: ``logs --follow`` is bounded so that a forgotten console cannot hold a server thread for ever
 MAX_FOLLOW_S = 600.0
 MAX_PACKAGE_BYTES = 256 * 1024 * 1024
 _PIECE = 1 << 22
-_TERMINAL_EVENTS = ("job_finished", "job_aborted", "job_failed")
+_TERMINAL_EVENTS = TERMINAL
+#: refusals by the authorization table (audited as ``admin_refused``; other failures ``admin_failed``)
+_REFUSALS = frozenset({Reason.FORBIDDEN, Reason.NOT_ADMIN})
 _SUBMITTER = re.compile(r"^(?P<name>\S+) \((?P<role>\S+) of (?P<org>.*)\)$")
 
 
@@ -66,7 +71,7 @@ def permissions(table: Authorization, ident: Identity) -> RolePermissions:
     perms = table.for_role(ident.role)
     if perms is None:
         raise PolicyRefusal(
-            f"{ident.name} has role {ident.role!r}, which is not an admin role", code="not_admin"
+            f"{ident.name} has role {ident.role!r}, which is not an admin role", code=Reason.NOT_ADMIN
         )
     return perms
 
@@ -91,25 +96,13 @@ def authorize(
         return
     who = describe(ident)
     if scope == "none":
-        raise PolicyRefusal(f"{who} may not {action} (role {ident.role})", code="forbidden")
+        raise PolicyRefusal(f"{who} may not {action} (role {ident.role})", code=Reason.FORBIDDEN)
     assert owner is not None
     limit = f"jobs of org {ident.org}" if scope == "org" else "jobs they submitted"
     raise PolicyRefusal(
         f"{who} may {action} only {limit}; job {job_id} belongs to {owner.name} of org {owner.org or '?'}",
-        code="forbidden",
+        code=Reason.FORBIDDEN,
     )
-
-
-def _status_for(exc: SecaggError) -> grpc.StatusCode:
-    if exc.code in ("forbidden", "not_admin"):
-        return grpc.StatusCode.PERMISSION_DENIED
-    if exc.code == "identity":
-        return grpc.StatusCode.UNAUTHENTICATED
-    if exc.code == "no_such_job":
-        return grpc.StatusCode.NOT_FOUND
-    if exc.code in ("malformed", "usage"):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    return grpc.StatusCode.FAILED_PRECONDITION
 
 
 Reply = tuple[dict[str, Any], Iterable[bytes]]
@@ -157,10 +150,10 @@ class AdminConsole:
     # ------------------------------------------------------------------ identity, audit, errors
     def _identity(self, context: grpc.ServicerContext) -> Identity:
         try:
-            ident = peer_identity(context, self.fed.kit)
+            ident = caller(context, self.fed.kit)
         except IdentityError as exc:
-            self.fed.audit.append("admin_refused", code=exc.code, reason=str(exc))
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{exc.code}: {exc}")
+            self.fed.audit.append(Event.ADMIN_REFUSED, code=exc.code, reason=str(exc))
+            abort(context, exc.code, str(exc))
         return ident
 
     def _audit(self, event: str, ident: Identity, command: str, job_id: str, **fields: Any) -> None:
@@ -179,9 +172,9 @@ class AdminConsole:
         try:
             authorize(self.table, ident, action, owner, job_id)
         except PolicyRefusal as exc:
-            self._audit("admin_refused", ident, action, job_id, code=exc.code, reason=str(exc))
+            self._audit(Event.ADMIN_REFUSED, ident, action, job_id, code=exc.code, reason=str(exc))
             raise _Audited(exc) from None
-        self._audit("admin_command", ident, action, job_id)
+        self._audit(Event.ADMIN_COMMAND, ident, action, job_id)
 
     def _fail(
         self, context: grpc.ServicerContext, ident: Identity, command: str, job_id: str, exc: SecaggError
@@ -189,9 +182,9 @@ class AdminConsole:
         if isinstance(exc, _Audited):
             exc = exc.inner
         else:
-            event = "admin_refused" if exc.code in ("forbidden", "not_admin") else "admin_failed"
+            event = Event.ADMIN_REFUSED if exc.code in _REFUSALS else Event.ADMIN_FAILED
             self._audit(event, ident, command, job_id, code=exc.code, reason=str(exc))
-        context.abort(_status_for(exc), f"{exc.code}: {exc}")
+        abort(context, exc.code, str(exc))
 
     def _job_row(self, job_id: str) -> tuple[str, JobOwner]:
         """Resolve ``job_id`` ('' = the current job) to an id and its owner."""
@@ -285,25 +278,8 @@ class AdminConsole:
         rounds = self.fed.store.rounds(job_id)
         if not rounds:
             raise ConfigError(f"job {job_id} has no completed round to download yet")
-        files: list[tuple[str, Path | bytes]] = []
-        if mode == "he":
-            # Rounds are incremental: a site rebuilds the global model from the job's initial model by
-            # applying the job's strategy to scale * decrypt(aggregate) of each round in order, so every
-            # round is needed, not only the last. Only a site kit holds the key to decrypt them.
-            for r in rounds:
-                files.append((f"round-{r.round}.ckks", Path(r.result_path)))
-            meta = {
-                "job_id": job_id,
-                "mode": mode,
-                "global_model": "from the job's initial model, apply the job's strategy to "
-                "scale * decrypt(round-N.ckks) for each round in order (a site kit holds the key)",
-                "rounds": [
-                    {"round": r.round, "scale": r.scale, "file": f"round-{r.round}.ckks"} for r in rounds
-                ],
-            }
-            files.append(("he.json", json.dumps(meta, indent=2).encode()))
-        else:
-            files.append(("model.safetensors", Path(rounds[-1].result_path)))
+        # the mode says which files make its result (he: every round's encrypted sum, and how to read them)
+        files = mode_class(str(mode)).download(job_id, rounds)
         files.append(("audit.jsonl", b"".join(self._job_lines(job_id))))
         sizes = [{"name": n, "bytes": len(f) if isinstance(f, bytes) else f.stat().st_size} for n, f in files]
         header = {
@@ -378,7 +354,7 @@ class AdminConsole:
 
     def _submit(self, ident: Identity, chunks: Iterator[pb.Chunk]) -> str:
         from secagg.jobs.job import verify_job
-        from secagg.jobs.signer import SUBMIT_ROLES
+        from secagg.jobs.signer import require_submitter
 
         self._allow(ident, "submit", None, "")
         scratch = Path(tempfile.mkdtemp(prefix="secagg-admin-"))
@@ -387,15 +363,13 @@ class AdminConsole:
             with pkg.open("wb") as fh:
                 copy_payload(chunks, fh, max_bytes=MAX_PACKAGE_BYTES)
             job = verify_job(pkg, self.fed.kit.ca_cert, dest=scratch / "pkg", max_bytes=MAX_PACKAGE_BYTES)
-            if not any(s.kind == "sigstore" or s.role in SUBMIT_ROLES for s in job.signers):
-                raise PolicyRefusal(
-                    f"the job is not signed by a role that may submit ({', '.join(sorted(SUBMIT_ROLES))})",
-                    code="signer_role",
-                )
+            require_submitter(job.signers, "the job")
             job_id = self.fed.submit(job.root, describe(ident), source=pkg)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        self._audit("admin_submitted", ident, "submit", job_id, signers=[s.describe() for s in job.signers])
+        self._audit(
+            Event.ADMIN_SUBMITTED, ident, "submit", job_id, signers=[s.describe() for s in job.signers]
+        )
         return job_id
 
     _COMMANDS: dict[str, Callable[[AdminConsole, Identity, str, bytes], Reply]] = {
@@ -418,7 +392,7 @@ class _Audited(SecaggError):
 
 def _no_job(message: str) -> SecaggError:
     exc = ConfigError(message)
-    exc.code = "no_such_job"
+    exc.code = Reason.NO_SUCH_JOB
     return exc
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import grpc
 
-from secagg import reasons
 from secagg.aggregator.federation import Federation
 from secagg.aggregator.modes import COLLECT_TOPICS, POST_TOPICS
 from secagg.aggregator.rounds import Signal
+from secagg.aggregator.rpc import abort, abort_with, caller
 from secagg.errors import IdentityError, SecaggError, UpdateRejected
 from secagg.events import Event
 from secagg.provision.identity import Identity
@@ -28,29 +28,12 @@ from secagg.reasons import Reason
 from secagg.transport.chunks import encode_stream, read_header
 from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.generated import secagg_pb2_grpc as rpc
-from secagg.transport.tls import SERVER_OPTIONS, peer_identity, server_credentials
+from secagg.transport.tls import SERVER_OPTIONS, server_credentials
 
 MAX_POLL_S = 30.0
 
 #: legacy payload of a signal message (agents that predate ``Message.signal`` look for these keys)
 _SIGNAL_PB = {Signal.CANCELLED: pb.Message.CANCELLED, Signal.NOT_FOR_YOU: pb.Message.NOT_FOR_YOU}
-
-
-def caller(context: grpc.ServicerContext, kit: Kit) -> Identity:
-    """Invariant 5: identity comes from the mTLS certificate, never from a field in a message.
-
-    The one way the aggregator's handlers (sites here, admins in ``secagg.aggregator.admin``) learn
-    who calls: the peer certificate the TLS layer verified against the project CA. Its name is the
-    site an upload is spooled and summed under, the sender of relayed messages, and the admin whose
-    role decides. Raises ``IdentityError``."""
-    return peer_identity(context, kit)
-
-
-def abort(context: grpc.ServicerContext, code: str, message: str) -> None:
-    """End a call as refused for ``code``: status from the registry, the code in trailing metadata,
-    and details ``"<code>: <message>"`` as agents before the metadata key parse them."""
-    context.set_trailing_metadata(reasons.metadata(code))
-    context.abort(reasons.grpc_status(code), reasons.details(code, message))
 
 
 class FederationService(rpc.FederationServicer):
@@ -66,13 +49,11 @@ class FederationService(rpc.FederationServicer):
             ident = caller(context, self.kit)
         except IdentityError as exc:
             self.fed.audit.append(Event.REFUSED_IDENTITY, reason=str(exc))
-            context.set_trailing_metadata(reasons.metadata(Reason.IDENTITY))
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            abort_with(context, grpc.StatusCode.UNAUTHENTICATED, Reason.IDENTITY, str(exc))
         if ident.role != "site" or ident.name not in self.fed.sites:
             msg = f"{ident.name} ({ident.role}) is not a site of project {self.kit.config.project}"
             self.fed.audit.append(Event.REFUSED_IDENTITY, peer=ident.name, role=ident.role, reason=msg)
-            context.set_trailing_metadata(reasons.metadata(Reason.NOT_A_SITE))
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, msg)
+            abort_with(context, grpc.StatusCode.PERMISSION_DENIED, Reason.NOT_A_SITE, msg)
         return ident
 
     def _refuse(self, context: grpc.ServicerContext, site: str, exc: SecaggError, **fields: Any) -> None:
@@ -115,8 +96,7 @@ class FederationService(rpc.FederationServicer):
         self._site(context)
         job = self.fed.job
         if job is None or job.job_id != request.job_id:
-            context.set_trailing_metadata(reasons.metadata(Reason.NO_SUCH_JOB))
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")
+            abort_with(context, grpc.StatusCode.NOT_FOUND, Reason.NO_SUCH_JOB, f"no job {request.job_id}")
             return
         data = job.package.read_bytes()
         yield from encode_stream({"job_id": job.job_id, "bytes": len(data)}, [data])

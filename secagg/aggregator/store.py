@@ -16,6 +16,11 @@ from typing import Any
 
 from secagg.fsio import atomic_write
 
+#: the store's database file in the aggregator's state folder (health checks and demos read it too)
+DB_NAME = "aggregator.sqlite"
+#: job states after which a job does not run again (``JobState`` in ``secagg.aggregator.rounds``)
+_TERMINAL_STATES = ("finished", "aborted", "failed")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, name TEXT NOT NULL, submitter TEXT NOT NULL, spec_json TEXT NOT NULL,
@@ -68,7 +73,7 @@ class StateStore:
         self.root = root
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(root / "aggregator.sqlite", check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(root / DB_NAME, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
@@ -88,7 +93,8 @@ class StateStore:
         )
 
     def set_job_state(self, job_id: str, state: str, reason: str | None = None) -> None:
-        finished = time.time() if state in ("finished", "aborted", "failed") else None
+        state = str(state)
+        finished = time.time() if str(state) in _TERMINAL_STATES else None
         self._exec(
             "UPDATE jobs SET state = ?, finished = ?, reason = ? WHERE job_id = ?",
             (state, finished, reason, job_id),
@@ -136,10 +142,7 @@ class StateStore:
 
     def rounds(self, job_id: str) -> list[RoundRow]:
         rows = self._exec("SELECT * FROM rounds WHERE job_id = ? ORDER BY round", (job_id,))
-        return [
-            RoundRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]), r[7], r[8])
-            for r in rows
-        ]
+        return [_round_row(r) for r in rows]
 
     # declined tasks
     def add_declined(self, job_id: str, round_: int, site: str, code: str, message: str) -> None:
@@ -161,3 +164,52 @@ class StateStore:
     def get_blob(self, name: str) -> bytes | None:
         rows = self._exec("SELECT path FROM blobs WHERE name = ?", (name,))
         return Path(rows[0][0]).read_bytes() if rows else None
+
+
+def _round_row(r: tuple[Any, ...]) -> RoundRow:
+    return RoundRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]), r[7], r[8])
+
+
+class StoreView:
+    """Read-only access to an aggregator's store from another process (the demo's progress display).
+
+    Opens the database read-only (``mode=ro``), never creates it, and never takes the writer's lock
+    for long; :class:`StoreUnavailable` when there is no store (yet) or it cannot be read."""
+
+    def __init__(self, root: Path, *, timeout: float = 1.0) -> None:
+        db = root / DB_NAME
+        if not db.is_file():
+            raise StoreUnavailable(f"no aggregator store in {root}")
+        try:
+            self._db = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=timeout)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open {db}: {exc}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> StoreView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def rounds(self, job_id: str | None = None) -> list[RoundRow]:
+        """Completed rounds of ``job_id`` (every job's, by round, when None)."""
+        try:
+            if job_id is None:
+                rows = self._db.execute("SELECT * FROM rounds ORDER BY round").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM rounds WHERE job_id = ? ORDER BY round", (job_id,)
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot read the aggregator store: {exc}") from None
+        return [_round_row(r) for r in rows]
+
+
+class StoreUnavailable(Exception):
+    """An aggregator store that is not there (yet) or cannot be read."""
+
+
+__all__ = ["DB_NAME", "JobRow", "RoundRow", "StateStore", "StoreUnavailable", "StoreView"]

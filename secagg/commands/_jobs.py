@@ -11,9 +11,8 @@ import tempfile
 from pathlib import Path
 
 from secagg.aggregator.federation import Federation
-from secagg.errors import PolicyRefusal
 from secagg.jobs.job import verify_job
-from secagg.jobs.signer import SUBMIT_ROLES
+from secagg.jobs.signer import require_submitter
 from secagg.provision.kit import Kit
 
 
@@ -26,12 +25,7 @@ def submit_verified(fed: Federation, job_path: Path, kit: Kit) -> str:
     scratch = Path(tempfile.mkdtemp(prefix="secagg-job-"))
     try:
         job = verify_job(job_path, kit.ca_cert, dest=scratch / "pkg")
-        submitters = [s for s in job.signers if s.kind == "sigstore" or s.role in SUBMIT_ROLES]
-        if not submitters:
-            raise PolicyRefusal(
-                f"job {job_path} is not signed by a role that may submit ({', '.join(sorted(SUBMIT_ROLES))})",
-                code="signer_role",
-            )
-        return fed.submit(job.root, submitters[0].describe(), source=job_path)
+        submitter = require_submitter(job.signers, f"job {job_path}")
+        return fed.submit(job.root, submitter.describe(), source=job_path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

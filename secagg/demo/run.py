@@ -9,11 +9,9 @@ to train the federated model.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -284,16 +282,14 @@ def _watch(
 
 
 def _rounds(agg_state: Path) -> list[dict[str, Any]]:
-    db = agg_state / "aggregator.sqlite"
-    if not db.exists():
-        return []
+    from secagg.aggregator.store import StoreUnavailable, StoreView
+
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        rows = con.execute("SELECT round, participants_json, seconds FROM rounds ORDER BY round").fetchall()
-        con.close()
-    except sqlite3.Error:
+        with StoreView(agg_state) as store:
+            rows = store.rounds()
+    except StoreUnavailable:
         return []
-    return [{"round": r, "participants": json.loads(p), "seconds": s} for r, p, s in rows]
+    return [{"round": r.round, "participants": r.participants, "seconds": r.seconds} for r in rows]
 
 
 def _collect(

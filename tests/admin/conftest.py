@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from secagg.aggregator.admin_client import AdminClient
 from secagg.aggregator.service import AggregatorServer
-from secagg.commands.admin import AdminClient
 from secagg.provision.kit import load_kit
 from secagg.provision.project import AdminSpec, Project
 from secagg.provision.writer import provision

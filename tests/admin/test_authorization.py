@@ -10,7 +10,7 @@ import io
 
 import pytest
 
-from secagg.commands.admin import AdminError
+from secagg.aggregator.admin_client import AdminError
 from tests.admin.conftest import ADMINS, Console
 
 COMMANDS = ("submit", "list", "status", "abort", "download", "logs")

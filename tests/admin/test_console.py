@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from secagg.aggregator.admin_client import AdminClient, AdminError
 from secagg.cli import main
-from secagg.commands.admin import AdminClient, AdminError
 from secagg.provision.kit import load_kit
 from tests.admin.conftest import OWNER_TEXT, Console
 from tests.integration.harness import make_tiny_job

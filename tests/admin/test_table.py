@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from secagg.aggregator.admin import JobOwner, authorize, in_scope, job_owner
+from secagg.aggregator.admin_client import AdminClient
 from secagg.aggregator.service import AggregatorServer
-from secagg.commands.admin import AdminClient
 from secagg.errors import ConfigError, PolicyRefusal
 from secagg.provision.identity import Identity
 from secagg.provision.kit import load_kit

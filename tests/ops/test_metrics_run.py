@@ -49,8 +49,8 @@ def test_counters_move_as_rounds_complete_and_scalars_are_written(tmp_path: Path
         poller.join(10)
         final = scrape(port)
         # the finished job's model, downloaded through the admin console, is what the sites hold
+        from secagg.aggregator.admin_client import AdminClient
         from secagg.bundle import from_safetensors
-        from secagg.commands.admin import AdminClient
         from secagg.provision.kit import load_kit
 
         job_id = run.server.fed.job.job_id  # type: ignore[union-attr]

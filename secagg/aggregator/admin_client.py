@@ -1,0 +1,211 @@
+"""The admin console's client: one admin's mTLS connection to the aggregator's ``Admin`` service.
+
+The aggregator decides (``secagg.aggregator.admin``) from the admin's certificate; this side sends the
+command, receives the reply, and turns a refusal into :class:`AdminError` carrying the aggregator's
+reason code (read from the trailing metadata, or from the details text of an older aggregator).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import grpc
+
+from secagg import reasons
+from secagg.errors import ConfigError, SecaggError
+from secagg.provision.kit import Kit
+from secagg.transport.chunks import copy_payload, encode_stream, read_header
+from secagg.transport.generated import secagg_pb2 as pb
+from secagg.transport.generated import secagg_pb2_grpc as rpc
+from secagg.transport.tls import channel
+
+MAX_REPLY_BYTES = 64 << 30
+
+
+class AdminError(SecaggError):
+    """The aggregator refused or failed an admin command; ``code`` is the aggregator's reason code."""
+
+    def __init__(self, message: str, code: str = "admin") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _error(exc: grpc.RpcError, target: str) -> AdminError:
+    status = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+    if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return AdminError(
+            f"cannot reach the aggregator at {target} ({details}); it is down, or it refused this kit's "
+            "certificate (a kit from another project CA)",
+            code="unavailable",
+        )
+    code, sep, message = details.partition(": ")
+    sent = reasons.of_rpc_error(exc)
+    if sent is not None:  # the aggregator names the reason: no need to trust the text's shape
+        return AdminError(message if sep and code == sent else details, code=sent)
+    if sep and code.isidentifier():
+        return AdminError(message, code=code)
+    return AdminError(details, code=status.name.lower() if status is not None else "admin")
+
+
+class _Flushing:
+    """A sink that flushes after each write, for ``logs --follow``."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+
+    def write(self, data: bytes) -> int:
+        n = self.fh.write(data)
+        self.fh.flush()
+        return n
+
+
+class _Split:
+    """Routes a concatenated payload into the files the reply header lists, by their sizes."""
+
+    def __init__(self, folder: Path, files: list[dict[str, Any]]) -> None:
+        self.folder, self.files, self.index, self.left = folder, files, -1, 0
+        self.fh: BinaryIO | None = None
+        self._next()
+
+    def _next(self) -> None:
+        while self.left == 0:
+            if self.fh is not None:
+                self.fh.close()
+                self.fh = None
+            self.index += 1
+            if self.index >= len(self.files):
+                return
+            entry = self.files[self.index]
+            name = Path(str(entry["name"])).name  # never a path from the server
+            self.fh = (self.folder / name).open("wb")
+            self.left = int(entry["bytes"])
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            if self.fh is None:
+                raise AdminError("download carries more bytes than its header lists", code="corrupt")
+            n = min(self.left, len(view))
+            self.fh.write(view[:n])
+            view, self.left = view[n:], self.left - n
+            self._next()
+        return len(data)
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+class AdminClient:
+    """One admin's connection to the aggregator. Every method raises :class:`AdminError` on refusal."""
+
+    def __init__(self, kit: Kit, target: str | None = None, *, timeout: float = 60.0) -> None:
+        self.kit = kit
+        self.target = target or kit.target
+        self.timeout = timeout
+        self._channel = channel(kit, self.target)
+        self._stub = rpc.FederationStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(
+        self, command: str, job_id: str = "", payload: bytes = b"", timeout: float | None = None
+    ) -> Iterator[pb.Chunk]:
+        request = pb.AdminRequest(command=command, job_id=job_id, payload=payload)
+        return iter(self._stub.Admin(request, timeout=timeout or self.timeout))
+
+    def _json(self, command: str, job_id: str = "") -> dict[str, Any]:
+        try:
+            chunks = self._call(command, job_id)
+            header = read_header(chunks)
+            copy_payload(chunks, _Discard(), max_bytes=0)  # type: ignore[arg-type]
+        except grpc.RpcError as exc:
+            raise _error(exc, self.target) from None
+        return header
+
+    def status(self, job_id: str = "") -> dict[str, Any]:
+        return self._json("status", job_id)
+
+    def list(self) -> list[dict[str, Any]]:
+        return list(self._json("list").get("jobs", []))
+
+    def abort(self, job_id: str) -> dict[str, Any]:
+        return self._json("abort", job_id)
+
+    def submit(self, job: Path) -> str:
+        """Send a signed job (folder or .tar.gz); the aggregator verifies it and returns the job id."""
+        if job.is_dir():
+            from secagg.aggregator.federation import package_bytes
+
+            data = package_bytes(job)
+        elif job.is_file():
+            data = job.read_bytes()
+        else:
+            raise ConfigError(f"no such job folder or package: {job}")
+        try:
+            replies = iter(
+                self._stub.AdminUpload(
+                    encode_stream({"command": "submit", "bytes": len(data)}, [data]), timeout=self.timeout
+                )
+            )
+            header = read_header(replies)
+            copy_payload(replies, _Discard(), max_bytes=0)  # type: ignore[arg-type]
+        except grpc.RpcError as exc:
+            raise _error(exc, self.target) from None
+        return str(header["job_id"])
+
+    def download(self, job_id: str, out: Path) -> dict[str, Any]:
+        """Fetch the job's final global model (or encrypted aggregates) and its audit lines into ``out``."""
+        out.mkdir(parents=True, exist_ok=True)
+        partial = out / ".download.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        try:
+            chunks = self._call("download", job_id)
+            header = read_header(chunks)
+            sink = _Split(partial, list(header.get("files", [])))
+            try:
+                copy_payload(chunks, sink, max_bytes=MAX_REPLY_BYTES)  # type: ignore[arg-type]
+            finally:
+                sink.close()
+            for f in partial.iterdir():
+                f.replace(out / f.name)
+        except grpc.RpcError as exc:
+            raise _error(exc, self.target) from None
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return header
+
+    def logs(self, sink: BinaryIO, job_id: str = "", follow: float = 0.0) -> dict[str, Any]:
+        """Write the job's audit log lines to ``sink``, then new ones for ``follow`` seconds."""
+        payload = json.dumps({"follow": follow}).encode()
+        try:
+            chunks = self._call("logs", job_id, payload, timeout=self.timeout + follow)
+            header = read_header(chunks)
+            copy_payload(chunks, _Flushing(sink), max_bytes=MAX_REPLY_BYTES)  # type: ignore[arg-type]
+        except grpc.RpcError as exc:
+            raise _error(exc, self.target) from None
+        return header
+
+
+class _Discard:
+    def write(self, data: bytes) -> int:
+        if data:
+            raise AdminError("unexpected payload in a reply without one", code="malformed")
+        return 0
+
+
+__all__ = ["MAX_REPLY_BYTES", "AdminClient", "AdminError"]
