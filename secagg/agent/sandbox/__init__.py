@@ -517,7 +517,8 @@ def confine(c: Confinement) -> Applied:
     except OSError as exc:
         missing["capabilities"] = str(exc)
     # 6. Landlock: file system, TCP, scopes
-    abi, skipped = 0, ()
+    abi = 0
+    skipped: tuple[str, ...] = ()
     try:
         r = landlock.restrict_self(c.read_only, c.read_write, net=True, scope=True)
         abi, skipped = r.abi, r.skipped

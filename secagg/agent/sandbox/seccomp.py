@@ -23,12 +23,13 @@ bad-arch default, so the denials cannot be sidestepped through another system ca
 from __future__ import annotations
 
 import errno
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
 _pyseccomp: Any
 try:
-    import pyseccomp as _pyseccomp
+    _pyseccomp = importlib.import_module("pyseccomp")
 except (ImportError, OSError, RuntimeError):  # no libseccomp.so.2 on this host
     _pyseccomp = None
 
