@@ -4,7 +4,8 @@ This package knows nothing of gRPC, the CLI or the agent: it takes bytes and opt
 parsed, verified and validated results or raises specific errors.
 
 Front door: :func:`attestation.evidence.verify_and_validate` (collects every check into an
-:class:`~attestation.evidence.AttestationResult`); options: :class:`~attestation.options.ValidationOptions`.
+:class:`~attestation.evidence.AttestationResult`); options: :class:`~attestation.options.VerifyOptions`
+(authenticity) and :class:`~attestation.options.ValidationOptions` (what is accepted).
 Per type: ``snp`` / ``snp_verify``, ``tdx`` / ``tdx_verify`` / ``tdx_collateral``, ``devtee``; policy
 checks in ``validate``.
 """
@@ -19,7 +20,7 @@ from attestation.errors import (
     VerificationError,
 )
 from attestation.evidence import AttestationResult, detect, verify_and_validate
-from attestation.options import ValidationOptions, load_options, options_from_mapping
+from attestation.options import ValidationOptions, VerifyOptions, load_options, options_from_mapping
 
 __all__ = [
     "AttestationError",
@@ -31,6 +32,7 @@ __all__ = [
     "ValidationError",
     "ValidationOptions",
     "VerificationError",
+    "VerifyOptions",
     "detect",
     "load_options",
     "options_from_mapping",

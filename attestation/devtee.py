@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from attestation.errors import Check, InsecureDevTeeRefused, ParseError, VerificationError
-from attestation.options import ValidationOptions
 
 FORMAT = "secagg-dev-tee/1"
 MAX_SIZE = 16 * 1024
@@ -192,15 +191,3 @@ def verify_dev_evidence(
         raise VerificationError("signature: dev-TEE signature does not verify", checks) from None
     checks.append(Check("signature", True, "signed by the dev-TEE key"))
     return DevVerification(checks=checks)
-
-
-def validate_dev_evidence(
-    ev: DevEvidence,
-    options: ValidationOptions,
-    expected_report_data: bytes | None = None,
-    now: dt.datetime | None = None,
-) -> list[Check]:
-    """Validate verified dev evidence against ``options`` (see :func:`attestation.validate.validate_dev`)."""
-    from attestation.validate import validate_dev
-
-    return validate_dev(ev, options, expected_report_data, now)

@@ -25,7 +25,7 @@ from attestation.errors import (
     ValidationError,
     VerificationError,
 )
-from attestation.options import ValidationOptions
+from attestation.options import ValidationOptions, VerifyOptions
 
 EvidenceKind = Literal["sev-snp", "tdx", "dev-tee"]
 _HEXTEXT = re.compile(rb"^\s*[0-9a-fA-F\s]+$")
@@ -101,24 +101,22 @@ def _record(result: AttestationResult, exc: AttestationError) -> None:
 
 def verify_and_validate(
     data: bytes,
-    *,
-    certs: Sequence[bytes] = (),
-    crls: Sequence[bytes] = (),
-    collateral_dir: str | Path | None = None,
+    verify: VerifyOptions | None = None,
     options: ValidationOptions | None = None,
+    *,
     expected_report_data: bytes | None = None,
     nonce: bytes | None = None,
-    allow_insecure_dev_tee: bool = False,
-    now: dt.datetime | None = None,
 ) -> AttestationResult:
-    """Verify authenticity always; validate fields when ``options`` or ``expected_report_data`` is given.
+    """Verify authenticity always (as ``verify`` says); validate fields when ``options`` or
+    ``expected_report_data`` is given.
 
-    ``certs``: certificate blobs (PEM/DER/GUID table) for SEV-SNP; PEM public keys or certificates
-    pinning the dev-TEE key. ``crls``: PEM/DER CRLs by the AMD ARK, SEV-SNP only (from files, no network).
-    ``expected_report_data`` (a nonce or key binding, at most 64 bytes,
-    zero-padded; ``nonce`` is an alias) takes precedence over ``options.report_data``. Never raises
-    for bad evidence: every failure is in ``errors`` and the decision is ``refuse``.
+    ``expected_report_data`` is this call's challenge (a nonce or key binding, at most 64 bytes,
+    zero-padded; ``nonce`` is an alias) and takes precedence over ``options.report_data``. Never
+    raises for bad evidence: every failure is in ``errors`` and the decision is ``refuse``.
     """
+    vo = verify or VerifyOptions()
+    certs, crls, collateral_dir, now = vo.certs, vo.crls, vo.collateral_dir, vo.now
+    allow_insecure_dev_tee = vo.allow_insecure_dev_tee
     try:
         kind: str = detect(data)
     except ParseError as exc:

@@ -1,4 +1,6 @@
-"""Validation options: what a verifier *accepts*, as opposed to what is authentic.
+"""Options, as go-sev-guest keeps them apart: :class:`VerifyOptions` say how to establish that evidence
+is *authentic* (certificates, CRLs, collateral, the clock), :class:`ValidationOptions` what a verifier
+*accepts* of authentic evidence.
 
 One model for all evidence types (the site policy's ``attestation`` section reuses it). Options that
 only make sense for one type (``vmpl`` for SEV-SNP, ``rtmrs`` for TDX, ...) are skipped for the others
@@ -8,6 +10,9 @@ field is not checked, except ``debug_allowed``, which defaults to *refusing* deb
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,6 +51,22 @@ class MinTcb(BaseModel):
 
     def items(self) -> list[tuple[str, int]]:
         return [(k, v) for k, v in self.model_dump().items() if v is not None]
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How to check authenticity: signatures and certificate chains (go-sev-guest's ``verify.Options``).
+
+    ``certs``: certificate blobs (PEM/DER/GUID table) for SEV-SNP; PEM public keys or certificates
+    pinning the dev-TEE key. ``crls``: PEM/DER CRLs by the AMD ARK, SEV-SNP only (from files, no
+    network). ``collateral_dir``: Intel collateral for TDX. ``allow_insecure_dev_tee``: accept
+    software-signed dev-TEE evidence at all. ``now``: the time to check validity at (default: now)."""
+
+    certs: Sequence[bytes] = ()
+    crls: Sequence[bytes] = ()
+    collateral_dir: str | Path | None = None
+    allow_insecure_dev_tee: bool = False
+    now: dt.datetime | None = None
 
 
 class ValidationOptions(BaseModel):

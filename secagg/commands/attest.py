@@ -8,7 +8,7 @@ from pathlib import Path
 
 from attestation.errors import OptionsError
 from attestation.evidence import verify_and_validate
-from attestation.options import load_options
+from attestation.options import VerifyOptions, load_options
 from secagg.errors import ConfigError, IntegrityError, PolicyRefusal, UsageError
 
 
@@ -77,12 +77,14 @@ def run_verify(args: argparse.Namespace) -> int:
         raise ConfigError(f"--collateral {args.collateral} is not a folder")
     result = verify_and_validate(
         _read(args.evidence, "evidence"),
-        certs=[_read(c, "certificate file") for c in args.certs],
-        crls=[_read(c, "CRL file") for c in args.crl],
-        collateral_dir=args.collateral,
+        VerifyOptions(
+            certs=[_read(c, "certificate file") for c in args.certs],
+            crls=[_read(c, "CRL file") for c in args.crl],
+            collateral_dir=args.collateral,
+            allow_insecure_dev_tee=args.allow_insecure_dev_tee,
+        ),
         options=options,
         expected_report_data=nonce,
-        allow_insecure_dev_tee=args.allow_insecure_dev_tee,
     )
     if args.json:
         print(json.dumps(result.to_dict(), sort_keys=True))

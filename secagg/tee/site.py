@@ -19,7 +19,7 @@ from pathlib import Path
 
 from attestation.errors import ParseError
 from attestation.evidence import AttestationResult, detect, verify_and_validate
-from attestation.options import ValidationOptions
+from attestation.options import ValidationOptions, VerifyOptions
 from secagg.errors import IntegrityError
 from secagg.tee import modelsig, sealing, suites
 from secagg.tee.binding import NONCE_SIZE, report_data, report_data_from_digests
@@ -187,12 +187,14 @@ def verify_aggregator(
     verifier_certs = list(trusted_dev_keys) if kind == "dev-tee" else [*certs, *msg.certs]
     res = verify_and_validate(
         msg.evidence,
-        certs=verifier_certs,
+        VerifyOptions(
+            certs=verifier_certs,
+            allow_insecure_dev_tee=allow_insecure_dev_tee,
+            collateral_dir=collateral_dir,
+            now=now,
+        ),
         options=policy_options,
         expected_report_data=expected,
-        allow_insecure_dev_tee=allow_insecure_dev_tee,
-        collateral_dir=collateral_dir,
-        now=now,
     )
     failures: list[tuple[str, str]] = []
     for err in res.errors:

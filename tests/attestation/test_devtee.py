@@ -8,15 +8,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from attestation.devtee import (
-    make_dev_evidence,
-    parse_dev_evidence,
-    validate_dev_evidence,
-    verify_dev_evidence,
-)
+from attestation.devtee import make_dev_evidence, parse_dev_evidence, verify_dev_evidence
 from attestation.errors import InsecureDevTeeRefused, ParseError, ValidationError, VerificationError
 from attestation.options import ValidationOptions
 from attestation.validate import validate_dev
+from attestation.validate import validate_dev as validate_dev_evidence  # the wrapper devtee had
 
 M = bytes(range(48))
 

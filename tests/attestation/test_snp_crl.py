@@ -16,6 +16,7 @@ from cryptography.x509.oid import NameOID
 
 from attestation.errors import VerificationError
 from attestation.evidence import verify_and_validate
+from attestation.options import VerifyOptions
 from attestation.snp import decode_hex_report, parse_report
 from attestation.snp_verify import check_crls, load_certificates, verify_report
 
@@ -99,11 +100,11 @@ def test_evidence_passes_crls_through_and_refuses(milan):
     other = _crl(_name("ARK-Other"), _key(), [], NOW + 30 * DAY)
     blobs = [read(SNP / "virtee-sev" / "vcek_milan.der"), read(MILAN_CHAIN)]
     data = read(SNP / "virtee-sev" / "report_milan.hex")
-    ok = verify_and_validate(data, certs=blobs, now=NOW)
+    ok = verify_and_validate(data, VerifyOptions(certs=blobs, now=NOW))
     assert ok.verified and any(c.field == "crl" and c.ok for c in ok.checked)
     for crl in (other, _crl(ark.subject, _key(), [], NOW + 30 * DAY)):
         res = verify_and_validate(
-            data, certs=blobs, crls=[crl.public_bytes(serialization.Encoding.DER)], now=NOW
+            data, VerifyOptions(certs=blobs, crls=[crl.public_bytes(serialization.Encoding.DER)], now=NOW)
         )
         assert not res.verified and res.decision == "refuse"
         assert any(e.startswith("crl: ") for e in res.errors), res.errors
@@ -181,5 +182,5 @@ def test_crl_carried_in_the_extended_report_is_checked(snp_gsg):
         + vcek
         + forged
     )
-    res = verify_and_validate(raw + table, now=NOW)
+    res = verify_and_validate(raw + table, VerifyOptions(now=NOW))
     assert res.decision == "refuse" and any(e.startswith("crl: ") for e in res.errors), res.errors
