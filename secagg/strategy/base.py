@@ -25,7 +25,7 @@ def check_vector(vec: np.ndarray, what: str) -> np.ndarray:
     """A read-only float64 1-D view/copy of ``vec``, refusing NaN/inf (they would poison every site)."""
     arr = np.asarray(vec)
     if arr.ndim != 1:
-        raise UpdateRejected(f"{what} must be a flat vector, got shape {arr.shape}", code="shape")
+        raise UpdateRejected(f"{what} must be a flat vector, got shape {arr.shape}", code="bad_shape")
     if arr.dtype != np.float64:
         if not np.issubdtype(arr.dtype, np.floating):
             raise UpdateRejected(f"{what} must be a float vector, got {arr.dtype}", code="dtype")
@@ -87,7 +87,7 @@ class Strategy(ABC):
         delta = check_vector(avg_update, "average update")
         if delta.shape != x.shape:
             raise UpdateRejected(
-                f"average update has {delta.shape[0]} values, the global model {x.shape[0]}", code="shape"
+                f"average update has {delta.shape[0]} values, the global model {x.shape[0]}", code="bad_shape"
             )
         self._check_state(state, x.shape[0])
         with np.errstate(over="ignore", invalid="ignore"):  # reported below as one clear error

@@ -100,10 +100,10 @@ def unflatten(vec: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
     """Split a flat vector back into named tensors of the layout's shapes and dtypes."""
     vec = np.asarray(vec)
     if vec.ndim != 1:
-        raise UpdateRejected(f"expected a flat vector, got shape {vec.shape}", code="shape")
+        raise UpdateRejected(f"expected a flat vector, got shape {vec.shape}", code="bad_shape")
     if vec.shape[0] != layout.size:
         raise UpdateRejected(
-            f"vector has {vec.shape[0]} values but the layout needs {layout.size}", code="shape"
+            f"vector has {vec.shape[0]} values but the layout needs {layout.size}", code="bad_shape"
         )
     out: dict[str, np.ndarray] = {}
     offset = 0
