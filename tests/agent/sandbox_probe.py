@@ -89,6 +89,26 @@ def attempt(kind: str, arg: object, held: dict[str, object]) -> str:
                 f.write(b"x")
         elif kind == "mkdir":
             os.mkdir(str(arg))
+        elif kind == "chmod":
+            os.chmod(str(arg), 0o666)
+        elif kind == "fchmod":  # on a file it may open read-only
+            fd = os.open(str(arg), os.O_RDONLY)
+            try:
+                os.fchmod(fd, 0o666)
+            finally:
+                os.close(fd)
+        elif kind == "chown":
+            os.chown(str(arg), os.getuid(), os.getgid())
+        elif kind == "setxattr":
+            os.setxattr(str(arg), "user.secagg", b"x")
+        elif kind == "link":  # hard-link a file into a writable folder
+            src, dst = arg  # type: ignore[misc]
+            os.link(src, dst)
+        elif kind == "symlink_read":  # a symlink in a writable folder pointing outside
+            target, link = arg  # type: ignore[misc]
+            os.symlink(target, link)
+            with open(link, "rb") as f:
+                f.read(1)
         elif kind == "tcp_connect":
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.settimeout(2)

@@ -196,6 +196,13 @@ def test_hostile_worker_is_refused_everything(site: Site, listeners: dict[str, A
         ["write", str(site.root / "state/jobs/job-2/io/update.safetensors")],
         ["write", str(Path(tempfile.gettempdir()) / f"secagg-escape-{os.getpid()}")],
         ["write", "/dev/null"],
+        ["chmod", str(site.root / "kit/key.pem")],
+        ["fchmod", str(site.root / "data/train.csv")],
+        ["chown", str(site.job / "io")],
+        ["setxattr", str(site.job / "io")],
+        ["link", [str(site.secrets[0]), str(site.job / "scratch/linked")]],
+        ["symlink_read", [str(site.secrets[0]), str(site.job / "scratch/symlinked")]],
+        ["read", f"/proc/self/root{site.secrets[0]}"],
         ["tcp_connect", L["tcp_port"]],
         ["held_tcp_connect", L["tcp_port"]],
         ["tcp_bind", L["free_port"]],
@@ -251,6 +258,19 @@ def test_hostile_worker_is_refused_everything(site: Site, listeners: dict[str, A
     escape = Path(tempfile.gettempdir()) / f"secagg-escape-{os.getpid()}"
     assert r[f"write {escape}"] == "PermissionError:EACCES" and not escape.exists()
     assert r["write /dev/null"] == "ok"
+    # no metadata writes (chmod the key world-readable, a data file opened read-only), no way round
+    # the rules through links or /proc/self/root
+    assert r[f"chmod {site.root / 'kit/key.pem'}"] == "PermissionError:EPERM"
+    assert r[f"fchmod {site.root / 'data/train.csv'}"] == "PermissionError:EPERM"
+    assert (site.root / "kit/key.pem").stat().st_mode & 0o777 == 0o644
+    assert (site.root / "data/train.csv").stat().st_mode & 0o777 == 0o644
+    assert r[f"chown {site.job / 'io'}"] == r[f"setxattr {site.job / 'io'}"] == "PermissionError:EPERM"
+    link = [str(site.secrets[0]), str(site.job / "scratch/linked")]
+    assert r[f"link {link}"] == "OSError:EXDEV" and not (site.job / "scratch/linked").exists()
+    assert r[f"symlink_read {[str(site.secrets[0]), str(site.job / 'scratch/symlinked')]}"] == (
+        "PermissionError:EACCES"
+    )
+    assert r[f"read /proc/self/root{site.secrets[0]}"] == "PermissionError:EACCES"
     # network: no socket of any kind, and a TCP socket made before confining cannot connect either
     assert r[f"tcp_connect {L['tcp_port']}"] == "PermissionError:EACCES"
     assert r[f"held_tcp_connect {L['tcp_port']}"].startswith(("PermissionError", "OSError"))

@@ -612,7 +612,7 @@ def describe(c: Confinement | SandboxSettings) -> list[str]:
         "  network: none (no socket of any family can be created; TCP bind and connect denied; a fresh "
         "network namespace " + ("required)" if "netns" in c.required else "where the kernel allows)"),
         "  signals and abstract UNIX sockets: only within the sandbox; no privileges (no_new_privs, "
-        "no capabilities, no ptrace, mount, modules, bpf, namespaces)",
+        "no capabilities, no ptrace, mount, modules, bpf, namespaces; no chmod, chown or xattrs)",
         "  " + _limit_line(c.limits, mech),
         f"  required protections: {', '.join(c.required) or 'none'}",
     ]

@@ -11,6 +11,9 @@ call by default and denies a short list, so ordinary Python, numpy and torch cod
 * namespaces: ``unshare``, ``setns``, and ``clone`` with any ``CLONE_NEW*`` flag fail with EPERM;
   ``clone3`` fails with ENOSYS (its flags live in memory a filter cannot read), so the C library falls
   back to ``clone``, whose flags the filter checks.
+* file metadata: chmod, chown and setting or removing extended attributes fail with EPERM, in every
+  form (Landlock does not govern them, and the worker has the agent's uid). Timestamps (utime) are
+  not filtered.
 * process inspection and kernel administration: ptrace, process_vm_readv/writev, mount and the new
   mount API, pivot_root, chroot, module loading, kexec, bpf, perf_event_open, the keyrings, userfaultfd,
   personality changes, reboot, swapon/off, clock setting, acct, quotactl, open_by_handle_at and the
@@ -96,6 +99,25 @@ DENIED = (
     "fanotify_init",
     "kcmp",
     "pidfd_getfd",
+    # file metadata: Landlock (ABI 7) does not govern mode, owner or extended attributes, and the
+    # worker runs as the agent's uid, so it could chmod the kit's key.pem world-readable, or a data
+    # file it opened read-only; neither a path nor an fd form is allowed
+    "chmod",
+    "fchmod",
+    "fchmodat",
+    "fchmodat2",
+    "chown",
+    "fchown",
+    "lchown",
+    "fchownat",
+    "setxattr",
+    "lsetxattr",
+    "fsetxattr",
+    "setxattrat",
+    "removexattr",
+    "lremovexattr",
+    "fremovexattr",
+    "removexattrat",
 )
 
 #: personality(2)'s query argument: reading the persona stays allowed, changing it does not
