@@ -24,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -217,8 +219,11 @@ class TrainingWorker:
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         for stale in _OUTPUTS:
             (self.io_dir / stale).unlink(missing_ok=True)
-        tmp = self.io_dir / ".global.safetensors.tmp"
-        tmp.write_bytes(global_bytes)
+        # the job can write in its I/O folder, links included: never follow a name it may have planted
+        tmp = self.io_dir / f".global.{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(global_bytes)
         tmp.replace(self.io_dir / "global.safetensors")
 
     def _ready_for_task(self) -> bool:
@@ -344,17 +349,29 @@ class TrainingWorker:
             raise TrainingFailed(f"training worker sent a malformed result; see {self.log}")
         local = None
         if task["task"] == "train":
-            path = self.io_dir / "local.safetensors"
-            size = h.get("local_bytes")
-            if n is None or not path.is_file() or not isinstance(size, int) or path.stat().st_size != size:
-                raise TrainingFailed("training script's local.safetensors is missing or not what it sent")
-            local = from_safetensors(path.read_bytes())
+            local = from_safetensors(self._read_output("local.safetensors", h.get("local_bytes"), n))
         return RunResult(
             local=local,
             num_samples=n,
             metrics={k: float(v) for k, v in metrics.items()},
             training_spends=tuple(spends),
         )
+
+    def _read_output(self, name: str, size: Any, n_samples: Any) -> bytes:
+        """A file the script wrote, read without following links (a job could point its output at a
+        file only the agent may read) and only if it is the regular file of the size it announced."""
+        bad = TrainingFailed(f"training script's {name} is missing or not what it sent")
+        if n_samples is None or not isinstance(size, int) or isinstance(size, bool):
+            raise bad
+        try:
+            fd = os.open(self.io_dir / name, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            raise bad from None
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+                raise bad
+            return fh.read(size + 1)
 
     def _failure(self, h: dict[str, Any]) -> TrainingFailed:
         code, status = h.get("code"), h.get("status")

@@ -8,14 +8,14 @@ PID says. Exit 0 healthy, 1 with the first reason it is not.
 from __future__ import annotations
 
 import argparse
-import socket
 import sqlite3
 import ssl
 from pathlib import Path
 
-from secagg.errors import SecaggError
+from secagg.errors import IdentityError, SecaggError
 from secagg.provision.identity import load_cert, verify_cert
 from secagg.provision.kit import Kit, load_kit
+from secagg.transport.tls import probe_server_certificate
 
 AGGREGATOR_DB = "aggregator.sqlite"
 
@@ -54,20 +54,12 @@ def check_state(kit: Kit, state: Path) -> list[str]:
 def check_tls(kit: Kit, host: str, port: int, timeout: float) -> str:
     """Complete an mTLS handshake with the local gRPC port and check that the server presents the
     aggregator's own certificate from this project's CA."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(cadata=kit.ca_pem.decode())
-    ctx.load_cert_chain(kit.path / "cert.pem", kit.path / "key.pem")
-    ctx.set_alpn_protocols(["h2"])
     try:
-        with (
-            socket.create_connection((host, port), timeout=timeout) as raw,
-            ctx.wrap_socket(raw, server_hostname="localhost") as tls,
-        ):
-            der = tls.getpeercert(binary_form=True)
+        der = probe_server_certificate(kit, host, port, timeout=timeout, server_hostname="localhost")
     except (OSError, ssl.SSLError) as exc:
         raise Unhealthy(f"gRPC port {host}:{port} does not answer a TLS handshake: {exc}") from None
-    if der is None:
-        raise Unhealthy(f"gRPC port {host}:{port} presented no certificate")
+    except IdentityError:
+        raise Unhealthy(f"gRPC port {host}:{port} presented no certificate") from None
     ident = verify_cert(load_cert(der), kit.ca_cert)
     if ident.name != kit.name:
         raise Unhealthy(f"port {host}:{port} is served by {ident.name}, not {kit.name}")

@@ -27,7 +27,7 @@ class Release:
 
 
 def prepare_release(
-    ledger: Ledger,
+    ledger: Ledger | None,
     chain: Sequence[Filter],
     update: Mapping[str, Any],
     rng: np.random.Generator,
@@ -35,12 +35,17 @@ def prepare_release(
     round: int,
     training_spends: Iterable[Spend] = (),
 ) -> Release:
-    """Apply ``chain``, debit its spends plus ``training_spends`` (e.g. DP-SGD's) durably, then return.
+    """Invariant 3: a site uploads only after every filter its policy requires has been applied and its
+    privacy budget has been debited durably; an exhausted budget refuses the round.
+
+    Apply ``chain``, debit its spends plus ``training_spends`` (e.g. DP-SGD's) durably, then return.
+    ``ledger`` is ``None`` only for a policy without a budget: the filters still run, in the same order,
+    and nothing is debited (``debit_id`` is empty).
 
     Raises :class:`~secagg.privacy.ledger.BudgetExhausted` (nothing recorded, nothing to upload) when the
     round does not fit the budget.
     """
     filtered, spends = apply_chain(chain, update, rng)
     all_spends = [*training_spends, *spends]
-    debit_id = ledger.debit(job, round, all_spends)
+    debit_id = ledger.debit(job, round, all_spends) if ledger is not None else ""
     return Release(filtered, all_spends, debit_id)

@@ -7,6 +7,12 @@ verified certificate in the auth context, never from a request field.
 
 from __future__ import annotations
 
+import os
+import socket
+import ssl
+import tempfile
+from pathlib import Path
+
 import grpc
 
 from secagg.errors import IdentityError
@@ -50,3 +56,31 @@ def peer_identity(context: grpc.ServicerContext, kit: Kit) -> Identity:
     if not pem:
         raise IdentityError("caller presented no client certificate")
     return verify_cert(load_cert(pem[0]), kit.ca_cert)
+
+
+def probe_server_certificate(
+    kit: Kit, host: str, port: int, *, timeout: float, server_hostname: str
+) -> bytes:
+    """The DER certificate a gRPC port presents, over the same mTLS path a channel takes (project CA,
+    this kit's client certificate). gRPC Python does not expose a channel's peer certificate, so the
+    tee check and the health check both read it with a handshake of their own.
+
+    Raises ``OSError`` / ``ssl.SSLError`` when the port does not complete the handshake, and
+    :class:`IdentityError` when it presents no certificate."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=kit.ca_pem.decode())
+    ctx.set_alpn_protocols(["h2"])
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
+        cert.write_bytes(kit.cert_pem)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(kit.key_pem)
+        ctx.load_cert_chain(cert, key)
+    with (
+        socket.create_connection((host, port), timeout=timeout) as raw,
+        ctx.wrap_socket(raw, server_hostname=server_hostname) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    if not der:
+        raise IdentityError(f"{host}:{port} presented no certificate")
+    return der

@@ -1,0 +1,129 @@
+"""Admission: nothing from a job runs at this site before its signature and the site policy pass.
+
+A policy edited on disk mid-job takes effect at the next round (:meth:`Admission.recheck`): the job
+goes on only if it still passes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from secagg.agent.relay import Relay
+from secagg.agent.state import SiteState
+from secagg.auditlog import AuditLog
+from secagg.errors import PolicyRefusal, SecaggError
+from secagg.jobs.job import VerifiedJob
+from secagg.policy.admit import admit_job
+from secagg.policy.check import load_policy
+from secagg.policy.decide import Decision, decide
+from secagg.policy.model import SitePolicy
+from secagg.privacy.ledger import Ledger
+from secagg.provision.kit import Kit
+
+
+@dataclass(frozen=True)
+class Admitted:
+    job: VerifiedJob
+    decision: Decision
+    policy_stamp: tuple[int, int]
+
+
+class Admission:
+    """Verifies and decides on each job once, and re-decides when the policy file changes."""
+
+    def __init__(
+        self,
+        *,
+        kit: Kit,
+        state: SiteState,
+        relay: Relay,
+        audit: AuditLog,
+        policy_path: Path,
+        ledger_for: Callable[[SitePolicy], Ledger],
+        sandbox_check: Callable[[SitePolicy], None] = lambda policy: None,
+    ) -> None:
+        self.kit, self.state, self.relay, self.audit = kit, state, relay, audit
+        self.policy_path = policy_path
+        self._ledger_for = ledger_for
+        self._sandbox_check = sandbox_check
+        self._jobs: dict[str, Admitted] = {}
+        self.load_policy()  # a site never runs without a policy that loads
+
+    def load_policy(self) -> SitePolicy:
+        return load_policy(self.policy_path)
+
+    def admitted(self, job_id: str) -> Admitted | None:
+        return self._jobs.get(job_id)
+
+    def admit(self, job_id: str) -> Admitted:
+        """Invariant 1: nothing from a job runs before its signature and policy check pass.
+
+        The package is fetched, its manifest signature, chain and every file digest are verified on
+        the archive before anything is extracted (``policy.admit_job`` -> ``jobs.verify_job``), the
+        policy decides, the remaining budget must fit the job's worst case, and the kernel must be able
+        to confine its code; only an :class:`Admitted` lets a worker start."""
+        if job_id in self._jobs:
+            return self._jobs[job_id]
+        jdir = self.state.job_dir(job_id)
+        pkg = jdir / "package.tar.gz"
+        pkg.write_bytes(self.relay.fetch_job(job_id))
+        dest = jdir / "pkg"
+        shutil.rmtree(dest, ignore_errors=True)
+        policy = self.load_policy()
+        try:
+            job, decision = admit_job(pkg, policy, self.kit.ca_cert, dest=dest)
+            decision.raise_if_refused()
+            if policy.privacy.budget is not None:
+                # what this data set has already spent counts too, not only this job's worst case
+                self._ledger_for(policy).admission_check(decision.spends)
+            self._sandbox_check(policy)
+        except SecaggError as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            self.audit.append("job_refused", job=job_id, code=exc.code, reason=str(exc))
+            self.relay.decline(job_id, 0, exc.code, str(exc))
+            raise
+        self.audit.append(
+            "job_admitted",
+            job=job_id,
+            signers=[s.describe() for s in job.signers],
+            mode=job.spec.mode,
+            filters=[f.name for f in decision.effective_privacy],
+        )
+        admitted = Admitted(job, decision, self._policy_stamp())
+        self._jobs[job_id] = admitted
+        return admitted
+
+    def _policy_stamp(self) -> tuple[int, int]:
+        st = self.policy_path.stat()
+        return (st.st_mtime_ns, st.st_size)
+
+    def recheck(self, job_id: str, round_: int) -> Admitted:
+        """A policy changed on disk mid-job takes effect now: the job goes on only if it still passes."""
+        adm = self._jobs[job_id]
+        try:
+            stamp = self._policy_stamp()
+        except OSError as exc:
+            raise PolicyRefusal(
+                f"site policy {self.policy_path} is unreadable: {exc}", code="policy_unreadable"
+            ) from None
+        if stamp == adm.policy_stamp:
+            return adm
+        try:
+            decision = decide(self.load_policy(), adm.job.spec, list(adm.job.signers), job_root=adm.job.root)
+        except SecaggError as exc:
+            raise PolicyRefusal(
+                f"site policy {self.policy_path} no longer loads: {exc}", code="policy_invalid"
+            ) from None
+        self.audit.append("policy_reloaded", job=job_id, round=round_, accept=decision.accept)
+        if not decision.accept:
+            failed = "; ".join(r.text for r in decision.reasons if not r.ok)
+            code = next((r.code for r in decision.reasons if not r.ok), "policy")
+            raise PolicyRefusal(
+                f"the changed site policy refuses job {job_id} from round {round_}: {failed}", code=code
+            )
+        adm = Admitted(adm.job, decision, stamp)
+        self._jobs[job_id] = adm
+        return adm

@@ -1,0 +1,125 @@
+"""What every site-side mode is given and must provide.
+
+A mode is the part of a round that differs between ``plain``, ``he``, ``mask`` and ``tee``: how the
+global model arrives (in ``he`` the site decrypts and applies the strategy itself), what must be checked
+about it before training (``tee``: the enclave's evidence and signature), and how the weighted update
+is protected and sent. Everything else of a round (admission, training, the consistency check, the
+release) is the same for every mode and lives in :mod:`secagg.agent.site`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from secagg.agent.relay import Relay
+from secagg.agent.state import SiteState
+from secagg.auditlog import AuditLog
+from secagg.bundle import BundleSpec, from_safetensors
+from secagg.jobs.job import VerifiedJob
+from secagg.jobs.spec import JobSpec
+from secagg.policy.model import SitePolicy
+from secagg.provision.kit import Kit
+from secagg.transport.chunks import coalesce
+
+
+@dataclass(frozen=True)
+class ModeContext:
+    """What a mode may use of its agent: no more, so a mode cannot reach the ledger or the worker."""
+
+    kit: Kit
+    state: SiteState
+    relay: Relay
+    audit: AuditLog
+    target: str
+    load_policy: Callable[[], SitePolicy]
+    #: demos and tests: raises where the agent is told to vanish (``--simulate-dropout``)
+    maybe_drop: Callable[[int, str], None] = lambda round_, phase: None
+
+    @property
+    def site(self) -> str:
+        return self.kit.name
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task as the aggregator announced it (``train`` or ``finalize``)."""
+
+    job: VerifiedJob
+    job_id: str
+    round: int
+    header: dict[str, Any]
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A released, weighted update ready to be protected; built only from a :class:`Release`."""
+
+    spec: JobSpec
+    job_id: str
+    round: int
+    attempt: int
+    bspec: BundleSpec
+    weighted: np.ndarray
+    weight: float
+    sites: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sent:
+    bytes: int
+    accepted: bool
+
+
+class SiteMode(Protocol):
+    """One aggregation mode at a site. An instance lives for one job."""
+
+    name: str
+
+    def receive_global(self, task: Task) -> bytes:
+        """The round's global model as safetensors bytes, stored durably in the site's state."""
+        ...
+
+    def check_global(self, task: Task, model_fingerprint: str) -> None:
+        """Anything the mode must prove about the model or the aggregator before the model is used."""
+        ...
+
+    def protect_and_send(self, out: Outgoing) -> Sent:
+        """Protect the weighted update as the mode requires and upload it."""
+        ...
+
+
+class StoredGlobal:
+    """The global model travels as plaintext safetensors (every mode but ``he``)."""
+
+    def __init__(self, ctx: ModeContext) -> None:
+        self.ctx = ctx
+
+    def receive_global(self, task: Task) -> bytes:
+        from_safetensors(task.payload)  # parse check before it is stored or used
+        self.ctx.state.save_global(task.job_id, int(task.header["base_round"]), task.payload)
+        return task.payload
+
+    def check_global(self, task: Task, model_fingerprint: str) -> None:
+        return None
+
+
+def upload(ctx: ModeContext, out: Outgoing, mode: str, parts: Iterable[bytes]) -> Sent:
+    """One upload of frames as made (no second copy of the whole update)."""
+    pieces = list(parts)
+    size = sum(len(p) for p in pieces)
+    header = {
+        "job_id": out.job_id,
+        "round": out.round,
+        "attempt": out.attempt,
+        "bytes": size,
+        "mode": mode,
+        # metrics of the model as received leave only after every site proved it is the same model
+        "metrics": out.metrics,
+    }
+    return Sent(size, ctx.relay.upload(header, coalesce(pieces)))

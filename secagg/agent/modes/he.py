@@ -1,0 +1,130 @@
+"""``he``: CKKS ciphertexts of the weighted update; the site decrypts the sum and applies the strategy.
+
+The aggregator only ever holds ciphertexts (invariant 2 is the aggregator's side of this): it sends each
+round's encrypted sum and its scale, and every site decrypts it and steps the job's strategy from state
+it keeps durably, so every site computes the same model without the aggregator seeing it.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+import grpc
+
+from secagg.agent.modes.base import ModeContext, Outgoing, Sent, Task, upload
+from secagg.agent.protect import protect_he
+from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
+from secagg.errors import ConfigError, IntegrityError
+from secagg.framing import unframe
+from secagg.fsio import atomic_write
+from secagg.strategy import StrategyState, make_strategy
+
+HE_KEY_TOPIC = "he-key"
+
+
+class HeMode:
+    name = "he"
+
+    def __init__(self, ctx: ModeContext) -> None:
+        self.ctx = ctx
+        self._secret_ctx: Any = None
+
+    # ------------------------------------------------------------ key custody
+    def secret_context(self) -> Any:
+        """The shared CKKS secret context: made here if this site is the key holder, else received
+        sealed to this site's certificate key."""
+        if self._secret_ctx is not None:
+            return self._secret_ctx
+        from secagg.he import store as he_store
+
+        kit, relay = self.ctx.kit, self.ctx.relay
+        path = self.ctx.state.root / "he-secret.ctx"
+        if path.is_file():
+            self._secret_ctx = he_store.load_secret_context_file(path)
+            return self._secret_ctx
+        if kit.name == kit.config.key_holder:
+            from secagg.he.context import make_secret_context
+            from secagg.he.custody import make_key_envelopes
+            from secagg.he.params import SECAGG_DEFAULT
+
+            ctx = make_secret_context(SECAGG_DEFAULT)
+            release = make_key_envelopes(ctx, kit.private_key, kit.cert, kit.peer_certs(), kit.config.project)
+            he_store.save_secret_context(path, ctx)
+            try:
+                relay.post(HE_KEY_TOPIC, release.to_bytes())
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+            self.ctx.audit.append("he_key_created", recipients=sorted(release.envelopes))
+        else:
+            from secagg.he.custody import KeyRelease, open_envelope, verify_public_context
+
+            release = KeyRelease.from_bytes(relay.collect(HE_KEY_TOPIC))
+            holder = kit.config.key_holder
+            public = verify_public_context(
+                release.public_context,
+                release.public_context_sig,
+                release.holder_cert,
+                kit.ca_cert,
+                holder,
+                kit.config.project,
+            )
+            if kit.name not in release.envelopes:
+                raise IntegrityError(f"the HE key release has no envelope for {kit.name}")
+            ctx = open_envelope(
+                release.envelopes[kit.name], kit.private_key, kit.name, kit.config.project, public=public
+            )
+            he_store.save_secret_context(path, ctx)
+            self.ctx.audit.append("he_key_received", holder=holder)
+        self._secret_ctx = he_store.load_secret_context_file(path)
+        return self._secret_ctx
+
+    # ------------------------------------------------------------ the round
+    def receive_global(self, task: Task) -> bytes:
+        self.secret_context()
+        spec, state, job_id = task.job.spec, self.ctx.state, task.job_id
+        base = int(task.header["base_round"])
+        if base == 0:
+            data = (task.job.root / spec.model).read_bytes()
+        else:
+            path = state.global_path(job_id, base)
+            if not path.is_file():
+                raise ConfigError(
+                    f"site state has no global model of round {base}; cannot resume job {job_id}"
+                )
+            data = path.read_bytes()
+        bundle = from_safetensors(data)
+        bspec = BundleSpec.of(bundle)
+        vec = bspec.flatten(bundle)
+        strategy = make_strategy(spec.strategy)
+        state_file = state.job_dir(job_id) / f"strategy-{base}.bin"
+        st = (
+            StrategyState.from_bytes(state_file.read_bytes())
+            if state_file.is_file()
+            else strategy.init_state(vec)
+        )
+        from secagg.he.codec import decrypt_vector
+
+        offset = 0
+        for upd in task.header["updates"]:
+            piece = task.payload[offset : offset + int(upd["bytes"])]
+            offset += int(upd["bytes"])
+            avg = decrypt_vector(self.secret_context(), unframe(BytesIO(piece)), bspec.size) * float(
+                upd["scale"]
+            )
+            vec, st = strategy.apply(vec, avg, st)
+            data = to_safetensors(bspec.unflatten(vec), order=bspec.names)
+            r = int(upd["round"])
+            atomic_write(state.job_dir(job_id) / f"strategy-{r}.bin", st.to_bytes())
+            state.save_global(job_id, r, data)
+        return data
+
+    def check_global(self, task: Task, model_fingerprint: str) -> None:
+        return None
+
+    def protect_and_send(self, out: Outgoing) -> Sent:
+        return upload(self.ctx, out, self.name, protect_he(self.secret_context(), out.weighted))
+
+
+__all__ = ["HE_KEY_TOPIC", "HeMode"]

@@ -1,0 +1,146 @@
+"""The site's end of the aggregator channel: post, collect, decline, upload, and the signals back.
+
+Every piece of the agent talks to the aggregator through one :class:`Relay`, never through the gRPC
+stub, so that what counts as "the round moved on" or "stale" is decided in one place, from typed
+signals (a ``Message.signal`` field, the ``secagg-reason`` trailing metadata) rather than from the text
+of an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+
+from secagg.errors import SecaggError
+from secagg.transport.chunks import encode_stream, read_all
+from secagg.transport.generated import secagg_pb2 as pb
+from secagg.transport.generated import secagg_pb2_grpc as rpc
+
+log = logging.getLogger("secagg.agent")
+POLL_S = 10.0
+#: refusals meaning "this round is no longer the one you are in": redo what the next task says
+STALE_CODES = frozenset({"late", "wrong_round", "not_in_roster"})
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+REASON_KEY = "secagg-reason"
+
+
+class RoundMovedOn(SecaggError):
+    """The aggregator closed the round this site was in; the next task redoes what is needed."""
+
+    code = "round_moved_on"
+
+
+def reason_of(exc: grpc.RpcError) -> str | None:
+    """The reason code the aggregator attached to a refusal, from trailing metadata; for an older
+    aggregator, the ``code:`` prefix its details text has always carried."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == REASON_KEY:
+            return str(value)
+    details = str(exc.details() or "") if hasattr(exc, "details") else ""
+    head, sep, _ = details.partition(":")
+    return head if sep and head.replace("_", "").isalnum() else None
+
+
+def is_stale(exc: grpc.RpcError) -> bool:
+    """A refusal that only says this site is behind the round (restart, close): not an error."""
+    return exc.code() == grpc.StatusCode.FAILED_PRECONDITION and reason_of(exc) in STALE_CODES
+
+
+def _signal(msg: pb.Message) -> str:
+    """CANCELLED / NOT_FOR_YOU from the typed field where the aggregator sets it, else the JSON marker
+    older aggregators put in the payload (only ever a short JSON object, never a real payload)."""
+    field = getattr(msg, "signal", 0)
+    if field:
+        return str(pb.Message.Signal.Name(field)) if hasattr(pb.Message, "Signal") else str(field)
+    head = bytes(msg.payload[:32])
+    if head.startswith(b"{"):
+        if b'"cancelled"' in head:
+            return "CANCELLED"
+        if b'"not_for_you"' in head:
+            return "NOT_FOR_YOU"
+    return ""
+
+
+class Relay:
+    """One site's calls to the aggregator. Identity is never sent: the aggregator reads it from the
+    mTLS certificate (invariant 5)."""
+
+    def __init__(self, stub: rpc.FederationStub, *, max_payload: int) -> None:
+        self.stub = stub
+        self.max_payload = max_payload
+
+    def register(self, agent_version: str) -> pb.RegisterReply:
+        return self.stub.Register(pb.RegisterRequest(agent_version=agent_version), timeout=10)
+
+    def post(
+        self, topic: str, payload: bytes, *, job_id: str = "", round_: int = 0, timeout: float = 60
+    ) -> None:
+        self.stub.Post(pb.Message(topic=topic, job_id=job_id, round=round_, payload=payload), timeout=timeout)
+
+    def post_json(self, topic: str, body: Any, *, job_id: str, round_: int) -> None:
+        self.post(topic, json.dumps(body).encode(), job_id=job_id, round_=round_)
+
+    def decline(self, job_id: str, round_: int, code: str, message: str) -> None:
+        """Tell the aggregator why this site sits a task out; best effort (the audit log has it)."""
+        try:
+            self.post_json("declined", {"code": code, "message": message}, job_id=job_id, round_=round_)
+        except grpc.RpcError as exc:
+            log.warning("could not report the declined task: %s", exc.details())
+
+    def collect(self, topic: str, *, job_id: str = "", round_: int = 0, attempt: int = 0) -> bytes:
+        """Wait for what the aggregator publishes for this site in the current phase."""
+        while True:
+            for msg in self.stub.Collect(
+                pb.CollectRequest(
+                    topic=topic, job_id=job_id, round=round_, attempt=attempt, timeout_seconds=POLL_S
+                ),
+                timeout=POLL_S + 30,
+            ):
+                signal = _signal(msg)
+                if signal == "CANCELLED":
+                    raise RoundMovedOn(f"round {round_} of {job_id} was closed during {topic}")
+                if signal == "NOT_FOR_YOU":
+                    raise RoundMovedOn(f"the aggregator left this site out of {topic} in round {round_}")
+                return bytes(msg.payload)
+
+    def job_state(self, job_id: str, round_: int) -> str:
+        return str(
+            self.stub.Heartbeat(pb.HeartbeatRequest(job_id=job_id, round=round_), timeout=30).job_state
+        )
+
+    def fetch_task(self, job_id: str, progress: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        stream = self.stub.FetchTask(
+            pb.TaskRequest(
+                job_id=job_id,
+                after_round=progress["round"],
+                after_attempt=progress["attempt"],
+                has_global_round=progress["global_round"],
+                poll_seconds=POLL_S,
+            ),
+            timeout=POLL_S + 60,
+        )
+        return read_all(iter(stream), max_bytes=self.max_payload)
+
+    def fetch_job(self, job_id: str) -> bytes:
+        _, data = read_all(
+            iter(self.stub.FetchJob(pb.JobRequest(job_id=job_id), timeout=120)), max_bytes=self.max_payload
+        )
+        return data
+
+    def upload(self, header: dict[str, Any], parts: Iterable[bytes]) -> bool:
+        """Stream one upload; ``True`` when the aggregator accepted it."""
+        reply = self.stub.UploadResult(encode_stream(header, parts), timeout=600)
+        return bool(reply.accepted)
+
+    def attest(self, job_id: str, nonce: bytes) -> bytes:
+        return bytes(
+            self.stub.Attest(pb.AttestRequest(job_id=job_id, nonce=nonce), timeout=60).evidence_message
+        )
+
+
+__all__ = ["POLL_S", "Relay", "RoundMovedOn", "is_stale", "reason_of"]

@@ -1,0 +1,119 @@
+"""Release: the only path from a trained update to something a mode may protect and send.
+
+:meth:`Releaser.release` runs the policy's filters and debits the budget (through
+:func:`secagg.privacy.release.prepare_release`, invariant 3, with or without a budget);
+:meth:`Releaser.uploaded` is the one place that records an upload (ledger mark, progress, audit), so a
+round is never counted as done before the aggregator acknowledged it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from secagg.agent.admission import Admitted
+from secagg.agent.state import SiteState
+from secagg.auditlog import AuditLog
+from secagg.errors import PolicyRefusal
+from secagg.jobs.filters import DpsgdFilter
+from secagg.policy.model import SitePolicy
+from secagg.privacy.ledger import Ledger
+from secagg.privacy.release import Release, prepare_release
+from secagg.privacy.specs import build_chain
+from secagg.privacy.spend import Spend
+
+#: Opacus calibrates the noise to within 0.01 of the target epsilon; more than that was not admitted
+_DPSGD_SLACK = 0.011
+
+
+class Releaser:
+    """Owns the data set's ledger for the budget the current policy declares."""
+
+    def __init__(self, *, state: SiteState, audit: AuditLog, data_name: str) -> None:
+        self.state, self.audit, self.data_name = state, audit, data_name
+        self.ledger: Ledger | None = None
+
+    def ledger_for(self, policy: SitePolicy) -> Ledger:
+        """The data set's durable ledger, with the budget the current policy declares."""
+        budget = policy.privacy.budget
+        assert budget is not None
+        if self.ledger is None or (self.ledger.budget_epsilon, self.ledger.budget_delta) != (
+            budget.epsilon,
+            budget.delta,
+        ):
+            if self.ledger is not None:
+                self.ledger.close()
+            self.ledger = Ledger(self.path, self.data_name, budget.epsilon, budget.delta)
+        return self.ledger
+
+    @property
+    def path(self) -> Path:
+        return self.state.root / "privacy-ledger.sqlite"
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
+
+    @staticmethod
+    def training_spends(adm: Admitted, reported: tuple[dict[str, Any], ...]) -> list[Spend]:
+        """DP-SGD is the one filter a site cannot add after training: refuse an update without it."""
+        target = next((f for f in adm.decision.effective_privacy if isinstance(f, DpsgdFilter)), None)
+        spends = [Spend(**sp) for sp in reported]
+        if target is not None and not any(sp.mechanism == "dpsgd" and sp.steps for sp in spends):
+            raise PolicyRefusal(
+                "this site's policy requires DP-SGD, but the training script took no optimizer step "
+                "under it (train with a torch optimizer over batches from a DataLoader)",
+                code="dpsgd_not_applied",
+            )
+        spent = sum(sp.epsilon for sp in spends if sp.mechanism == "dpsgd")
+        if target is not None and spent > target.target_epsilon + _DPSGD_SLACK:
+            raise PolicyRefusal(
+                f"DP-SGD spent epsilon {spent:.4g} this round, over the {target.target_epsilon} admitted",
+                code="dpsgd_overspent",
+            )
+        return spends
+
+    def release(
+        self,
+        adm: Admitted,
+        policy: SitePolicy,
+        job_id: str,
+        round_: int,
+        update: OrderedDict[str, np.ndarray],
+        training_spends: list[Spend],
+    ) -> Release:
+        """Every filter the policy requires, then the durable debit (invariant 3, one path for all)."""
+        ledger = self.ledger_for(policy) if policy.privacy.budget is not None else None
+        release = prepare_release(
+            ledger,
+            build_chain(adm.decision.effective_privacy),
+            update,
+            np.random.default_rng(),
+            job_id,
+            round_,
+            training_spends,
+        )
+        if ledger is None and any(sp.epsilon > 0 for sp in release.spends):
+            self.audit.append("spend_without_budget", job=job_id, round=round_)
+        return release
+
+    def uploaded(
+        self, release: Release, job_id: str, round_: int, attempt: int, *, size: int, accepted: bool
+    ) -> None:
+        """The aggregator has the round: settle the debit, record progress, write the audit line."""
+        if release.debit_id and self.ledger is not None:
+            self.ledger.mark_released(release.debit_id)
+        self.state.set_progress(job_id, round=round_, attempt=attempt)
+        self.audit.append(
+            "uploaded",
+            job=job_id,
+            round=round_,
+            attempt=attempt,
+            bytes=size,
+            accepted=accepted,
+            epsilon=sum(sp.epsilon for sp in release.spends) or None,
+        )
