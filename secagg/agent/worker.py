@@ -363,13 +363,14 @@ class TrainingWorker:
         bad = TrainingFailed(f"training script's {name} is missing or not what it sent")
         if n_samples is None or not isinstance(size, int) or isinstance(size, bool):
             raise bad
-        try:
-            fd = os.open(self.io_dir / name, os.O_RDONLY | os.O_NOFOLLOW)
+        try:  # O_NONBLOCK: a FIFO planted under the name must not hang the agent in open()
+            fd = os.open(self.io_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             raise bad from None
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            # a second hard link would be a file that also lives elsewhere
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != size:
                 raise bad
             return fh.read(size + 1)
 

@@ -451,3 +451,35 @@ def test_confined_worker_serves_rounds_and_cannot_read_outside(tmp_path: Path) -
         assert w.sandbox is not None and set(sandbox.DEFAULT_REQUIRED) <= set(w.sandbox["applied"])
     assert "sandbox applied:" in j.log.read_text()
     assert secret.read_text() == "key"  # the agent itself still can
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink", "fifo"])
+def test_outputs_planted_as_links_or_fifos_are_not_followed(
+    tmp_path: Path, job: Callable[[str], Job], plant: str
+) -> None:
+    target = tmp_path / "agent-owned.safetensors"
+    planted = OrderedDict(w=np.full((2, 3), 9, np.float32), b=np.ones(2, np.float32))
+    target.write_bytes(to_safetensors(planted))
+    script = f"""\
+import os
+from secagg import client
+for task in client.tasks():
+    client.send(client.receive_numpy(), num_samples=1)
+    out = client._io() / "local.safetensors"
+    os.unlink(out)
+    if {plant!r} == "symlink":
+        os.symlink({str(target)!r}, out)
+    elif {plant!r} == "hardlink":
+        os.link({str(target)!r}, out)
+    else:
+        os.mkfifo(out)
+    client._current.local_bytes = {len(target.read_bytes())}
+"""
+    j = job(script)
+    with pytest.raises(TrainingFailed, match="local.safetensors is missing or not what it sent"):
+        j.run(1, timeout=10)
+    (j.io / "global.safetensors").unlink()
+    os.symlink(target, j.io / ".global.safetensors.tmp")  # a planted tmp name is not written through
+    with pytest.raises(TrainingFailed):
+        j.run(2, timeout=10)
+    assert from_safetensors(target.read_bytes())["w"][0, 0] == 9
