@@ -85,10 +85,12 @@ class Relay:
     def post_json(self, topic: str, body: Any, *, job_id: str, round_: int) -> None:
         self.post(topic, json.dumps(body).encode(), job_id=job_id, round_=round_)
 
-    def decline(self, job_id: str, round_: int, code: str, message: str) -> None:
-        """Tell the aggregator why this site sits a task out; best effort (the audit log has it)."""
+    def decline(self, job_id: str, round_: int, code: str, message: str, *, round_only: bool = False) -> None:
+        """Tell the aggregator why this site sits the job (or with ``round_only`` just this round) out;
+        best effort (the audit log has it)."""
+        body = {"code": code, "message": message} | ({"scope": "round"} if round_only else {})
         try:
-            self.post_json("declined", {"code": code, "message": message}, job_id=job_id, round_=round_)
+            self.post_json("declined", body, job_id=job_id, round_=round_)
         except grpc.RpcError as exc:
             log.warning("could not report the declined task: %s", exc.details())
 

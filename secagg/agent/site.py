@@ -232,6 +232,11 @@ class SiteAgent:
             if not is_stale(exc):
                 raise
             self.audit.append("round_abandoned", job=job_id, round=header.get("round"), reason=exc.details())
+        except TrainingFailed as exc:
+            # the job's code failed (crash, hang, limit, broken protocol): one round lost, not the agent
+            round_ = int(header.get("round", 0))
+            self.relay.decline(job_id, round_, exc.code, str(exc), round_only=True)
+            self.audit.append("round_declined", job=job_id, round=round_, code=exc.code, reason=str(exc))
         except PolicyRefusal as exc:
             self.relay.decline(job_id, int(header.get("round", 0)), exc.code, str(exc))
             self.audit.append(

@@ -222,7 +222,7 @@ class Federation:
                 **self._payload_header(has_global),
             }
         cur = job.current
-        if cur is None or cur.phase != Phase.READY or site in cur.ready:
+        if cur is None or cur.phase != Phase.READY or site in cur.ready or site in cur.declined:
             return None
         if (after_round, after_attempt) >= (cur.round, cur.attempt):
             return None
@@ -279,11 +279,19 @@ class Federation:
             self.cond.notify_all()
         self.audit.append("site_ready", job=job_id, round=round_, site=site, n_samples=n)
 
-    def decline(self, site: str, job_id: str, round_: int, code: str, message: str) -> None:
+    def decline(
+        self, site: str, job_id: str, round_: int, code: str, message: str, *, round_only: bool = False
+    ) -> None:
+        """A site refuses the job (not waited for again), or with ``round_only`` sits out just this
+        round (its training failed; it takes part again from the next round)."""
         self.store.add_declined(job_id, round_, site, code, message)
         with self.cond:
-            if self.job is not None and self.job.job_id == job_id:
-                self.job.declined.add(site)
+            job = self.job
+            if job is not None and job.job_id == job_id:
+                if not round_only:
+                    job.declined.add(site)
+                elif job.current is not None and job.current.round == round_:
+                    job.current.declined.add(site)
                 self.cond.notify_all()
         self.audit.append(Event.TASK_DECLINED, job=job_id, round=round_, site=site, code=code, reason=message)
 
@@ -436,7 +444,7 @@ class Federation:
             now = time.monotonic()
             timeout = job.spec.round_timeout
             if cur.phase == Phase.READY:
-                everyone = len(cur.ready) >= len(set(self.sites) - job.declined)
+                everyone = len(cur.ready) >= len(set(self.sites) - job.declined - cur.declined)
                 enough = len(cur.ready) >= job.spec.min_sites and now - cur.phase_started > timeout
                 if not (everyone or enough):
                     self.cond.wait(timeout=0.5)
@@ -456,7 +464,7 @@ class Federation:
                 next_step = None
             else:
                 roster = None
-                next_step = mode.step(cur, job.declined, now)
+                next_step = mode.step(cur, job.declined | cur.declined, now)
                 if next_step.wait:
                     self.cond.wait(timeout=0.5)
                     return

@@ -68,6 +68,8 @@ class RoundRun:
     #: a mode's own per-round state (mask: the round's ``MaskRun``); None for modes without phases
     mode_state: Any = None
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per site, sent with the upload
+    #: sites sitting out this round only (their training failed): not waited for in it
+    declined: set[str] = field(default_factory=set)
 
 
 @dataclass

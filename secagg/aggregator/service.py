@@ -134,6 +134,7 @@ class FederationService(rpc.FederationServicer):
                     request.round,
                     request.reason or str(msg.get("code", "declined")),
                     str(msg.get("message", "")),
+                    round_only=msg.get("scope") == "round",
                 )
             elif request.topic == "final":
                 self.fed.post_final(site.name, request.job_id, request.payload)

@@ -128,6 +128,7 @@ def start(
     sites: list[str] | None = None,
     policies: dict[str, Path] | None = None,
     enclave: Any = None,
+    port: int = 0,
 ) -> Run:
     sites = sites or list(SAMPLES)
     ws = tmp / "ws"
@@ -135,7 +136,7 @@ def start(
         shutil.copytree(workspace, ws)
     agg_kit = load_kit(ws / "aggregator")
     server = AggregatorServer(
-        agg_kit, tmp / "state" / "aggregator", port=0, host="127.0.0.1", enclave=enclave
+        agg_kit, tmp / "state" / "aggregator", port=port, host="127.0.0.1", enclave=enclave
     )
     submit_verified(server.fed, job, agg_kit)
     server.start()

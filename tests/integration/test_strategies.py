@@ -63,12 +63,13 @@ def fast_job(
     round_timeout: float = 60,
     strategy: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    train: str = FAST_TRAIN,
 ) -> Path:
     """The harness's tiny job (same model, same updates), optionally with a ``strategy:`` block
     (make_tiny_job has no parameter for it), signed by submitter@org-1."""
     folder.mkdir(parents=True)
     shutil.copy(HERE / "tinyjob_train.py", folder / "tinyjob_train.py")
-    (folder / "train.py").write_text(FAST_TRAIN)
+    (folder / "train.py").write_text(train)
     (folder / "model.safetensors").write_bytes(to_safetensors(INIT))
     spec: dict[str, Any] = {
         "name": "tiny-fast",
