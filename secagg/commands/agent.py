@@ -36,6 +36,16 @@ def run_agent(args: argparse.Namespace) -> int:
     kit = load_kit(args.kit, kind="site")
     state = args.state or Path("state") / kit.name
     agent = SiteAgent(kit, args.data, state, policy_path=args.policy, target=args.target)
+    from secagg.agent.sandbox import SandboxUnavailable, describe, require_available
+
+    # what a job's code will be allowed here, before any job arrives: the security officer's check
+    settings = agent.admission.load_policy().sandbox
+    for line in describe(settings):
+        print(line, flush=True)
+    try:
+        require_available(settings)
+    except SandboxUnavailable as exc:
+        print(f"WARNING: every job will be refused here: {exc}", flush=True)
     if args.simulate_dropout:
         round_text, _, phase = args.simulate_dropout.partition(":")
         if not round_text.isdigit() or phase not in ("upload", "unmask"):
