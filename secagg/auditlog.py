@@ -57,6 +57,9 @@ class AuditLog:
             ) from None
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Invariant 6: every admission decision, refusal and round is in an append-only, hash-chained
+        audit log. Each line carries the SHA-256 of the previous one (RFC 8785 canonical JSON) and is
+        fsynced before this returns, so a record the caller acted on survives a crash."""
         with self._lock:
             record: dict[str, Any] = {
                 "seq": self._seq + 1,
