@@ -146,6 +146,23 @@ class Reason(StrEnum):
     JOB_STOPPED = ("job_stopped", FAILED_PRECONDITION, "the job was stopped")
     ROUND_MOVED_ON = ("round_moved_on", FAILED_PRECONDITION, "the round moved on without this site")
     SIMULATED_DROPOUT = ("simulated_dropout", FAILED_PRECONDITION, "a dropout simulated by a demo or test")
+    SANDBOX_UNAVAILABLE = (
+        "sandbox_unavailable",
+        FAILED_PRECONDITION,
+        "the host cannot confine the job's code and the policy names no exception",
+    )
+    TRAINING_TIMEOUT = ("training_timeout", FAILED_PRECONDITION, "the job's training ran past its time limit")
+    TRAINING_LIMIT_EXCEEDED = (
+        "training_limit_exceeded",
+        FAILED_PRECONDITION,
+        "the job's training exceeded a resource limit",
+    )
+    # the agent's pipe to its confined worker (secagg.agent.channel)
+    CHANNEL_ERROR = ("channel_error", FAILED_PRECONDITION, "the worker channel failed")
+    CHANNEL_CLOSED = ("channel_closed", FAILED_PRECONDITION, "the worker closed its channel")
+    CHANNEL_TIMEOUT = ("channel_timeout", FAILED_PRECONDITION, "the worker did not answer in time")
+    MALFORMED_FRAME = ("malformed_frame", FAILED_PRECONDITION, "a worker channel frame does not parse")
+    FRAME_TOO_LARGE = ("frame_too_large", FAILED_PRECONDITION, "a worker channel frame is too large")
 
     # ---- mask mode
     MASK_THRESHOLD = ("mask_threshold", FAILED_PRECONDITION, "fewer sites than the mask threshold")
