@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from secagg.aggregator.rounds import JobState
 from secagg.fsio import atomic_write
 
 #: the store's database file in the aggregator's state folder (health checks and demos read it too)
 DB_NAME = "aggregator.sqlite"
-#: job states after which a job does not run again (``JobState`` in ``secagg.aggregator.rounds``)
-_TERMINAL_STATES = ("finished", "aborted", "failed")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -88,16 +87,16 @@ class StateStore:
     # jobs
     def add_job(self, job_id: str, name: str, submitter: str, spec_json: str, package_path: str) -> None:
         self._exec(
-            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, 'running', ?, NULL, NULL)",
-            (job_id, name, submitter, spec_json, package_path, time.time()),
+            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+            (job_id, name, submitter, spec_json, package_path, JobState.RUNNING.value, time.time()),
         )
 
     def set_job_state(self, job_id: str, state: str, reason: str | None = None) -> None:
-        state = str(state)
-        finished = time.time() if str(state) in _TERMINAL_STATES else None
+        state = JobState(state)
+        finished = time.time() if state.terminal else None
         self._exec(
             "UPDATE jobs SET state = ?, finished = ?, reason = ? WHERE job_id = ?",
-            (state, finished, reason, job_id),
+            (state.value, finished, reason, job_id),
         )
 
     def jobs(self) -> list[JobRow]:

@@ -51,7 +51,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         while not stop.wait(0.5):
             job = server.fed.job
-            if args.exit_when_done and job is not None and job.state in ("finished", "aborted"):
+            if args.exit_when_done and job is not None and job.state.terminal:  # finished, aborted, failed
                 stop.wait(3.0)  # let sites fetch their stop task
                 break
     finally:
