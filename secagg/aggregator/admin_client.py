@@ -18,6 +18,7 @@ import grpc
 from secagg import reasons
 from secagg.errors import ConfigError, SecaggError
 from secagg.provision.kit import Kit
+from secagg.reasons import Reason
 from secagg.transport.chunks import copy_payload, encode_stream, read_header
 from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.generated import secagg_pb2_grpc as rpc
@@ -41,7 +42,7 @@ def _error(exc: grpc.RpcError, target: str) -> AdminError:
         return AdminError(
             f"cannot reach the aggregator at {target} ({details}); it is down, or it refused this kit's "
             "certificate (a kit from another project CA)",
-            code="unavailable",
+            code=Reason.UNAVAILABLE,
         )
     code, sep, message = details.partition(": ")
     sent = reasons.of_rpc_error(exc)
@@ -89,7 +90,7 @@ class _Split:
         view = memoryview(data)
         while view:
             if self.fh is None:
-                raise AdminError("download carries more bytes than its header lists", code="corrupt")
+                raise AdminError("download carries more bytes than its header lists", code=Reason.CORRUPT)
             n = min(self.left, len(view))
             self.fh.write(view[:n])
             view, self.left = view[n:], self.left - n
@@ -204,7 +205,7 @@ class AdminClient:
 class _Discard:
     def write(self, data: bytes) -> int:
         if data:
-            raise AdminError("unexpected payload in a reply without one", code="malformed")
+            raise AdminError("unexpected payload in a reply without one", code=Reason.MALFORMED)
         return 0
 
 

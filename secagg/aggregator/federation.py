@@ -256,28 +256,31 @@ class Federation:
             signed = msg["fingerprint"]
         except (ValueError, KeyError, TypeError):
             raise UpdateRejected(
-                "ready message is not valid JSON with n_samples, attempt and fingerprint", code="malformed"
+                "ready message is not valid JSON with n_samples, attempt and fingerprint",
+                code=Reason.MALFORMED,
             ) from None
         try:
             n = sample_count(raw_n)
         except BadSampleCount as exc:
-            raise UpdateRejected(str(exc), code="bad_weight") from None
+            raise UpdateRejected(str(exc), code=Reason.BAD_WEIGHT) from None
         if not isinstance(signed, dict) or signed.get("n_samples") != n:
             # the count sites weigh by is the signed one: a ready message saying another is malformed
             raise UpdateRejected(
-                "ready message's n_samples differs from its signed sample count", code="malformed"
+                "ready message's n_samples differs from its signed sample count", code=Reason.MALFORMED
             )
         with self.cond:
             cur = self._current(job_id, round_)
-            if cur.attempt != attempt or cur.phase != "ready":
+            if cur.attempt != attempt or cur.phase != Phase.READY:
                 raise UpdateRejected(
-                    f"round {round_} attempt {attempt} is not collecting readiness", code="late"
+                    f"round {round_} attempt {attempt} is not collecting readiness", code=Reason.LATE
                 )
             if site in cur.ready:
-                raise UpdateRejected(f"{site} already declared ready in round {round_}", code="duplicate")
+                raise UpdateRejected(
+                    f"{site} already declared ready in round {round_}", code=Reason.DUPLICATE
+                )
             cur.ready[site] = msg
             self.cond.notify_all()
-        self.audit.append("site_ready", job=job_id, round=round_, site=site, n_samples=n)
+        self.audit.append(Event.SITE_READY, job=job_id, round=round_, site=site, n_samples=n)
 
     def decline(
         self, site: str, job_id: str, round_: int, code: str, message: str, *, round_only: bool = False

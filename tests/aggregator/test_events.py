@@ -1,0 +1,61 @@
+"""Audit event names are constants; the observers and every ``audit.append`` use registered names."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import secagg
+from secagg.events import JOB_OUTCOMES, REFUSALS, SITE_REFUSALS, TERMINAL, Event
+
+ROOT = Path(secagg.__file__).parent
+VALUES = {e.value for e in Event}
+
+
+def _appended(path: Path) -> list[ast.expr]:
+    """First arguments of ``<something>.audit.append(...)`` / ``self._audit(...)`` calls."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        f = node.func
+        if (
+            isinstance(f, ast.Attribute)
+            and f.attr == "append"
+            and "audit" in ast.unparse(f.value)
+            or isinstance(f, ast.Attribute)
+            and f.attr == "_audit"
+        ):
+            out.append(node.args[0])
+    return out
+
+
+def test_names_are_unique_and_the_stored_strings() -> None:
+    assert len(VALUES) == len(list(Event))
+    assert Event.ROUND_COMPLETED == "round_completed" and json.dumps(Event.JOB_FAILED) == '"job_failed"'
+    assert {"job_finished", "job_aborted", "job_failed"} == TERMINAL
+    assert TERMINAL | {"job_started"} == JOB_OUTCOMES
+    assert set(Event) >= REFUSALS and set(Event) >= SITE_REFUSALS
+
+
+def test_every_appended_literal_is_a_registered_event() -> None:
+    """The agent side still spells some names inline; each must be one of these."""
+    for path in ROOT.rglob("*.py"):
+        for arg in _appended(path):
+            for const in (
+                n for n in ast.walk(arg) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            ):
+                assert const.value in VALUES, f"{path.relative_to(ROOT)}: {const.value!r}"
+
+
+def test_the_aggregator_and_its_observers_spell_no_event_inline() -> None:
+    paths = [*(ROOT / "aggregator").rglob("*.py"), ROOT / "metrics.py", ROOT / "tensorboard.py"]
+    for path in paths:
+        for arg in _appended(path):
+            assert not isinstance(arg, ast.Constant), f"{path.name}: {ast.unparse(arg)}"
+    for path in (ROOT / "metrics.py", ROOT / "tensorboard.py"):  # arrows point down
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not any(str(m).startswith("secagg.aggregator") for m in imported), path.name
+        assert "fed.payload" not in path.read_text(), path.name

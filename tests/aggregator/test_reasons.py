@@ -1,0 +1,152 @@
+"""The reason registry: every code once, with a gRPC status and an exit code; the service and the
+admin console answer through it, with the code in the trailing metadata as well as the text."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+
+import secagg
+from secagg import errors, reasons
+from secagg.aggregator import admin, rpc
+from secagg.reasons import METADATA_KEY, Reason
+
+ROOT = Path(secagg.__file__).parent
+
+
+def test_every_code_has_a_status_an_exit_code_and_a_summary() -> None:
+    codes = [r.value for r in Reason]
+    assert len(codes) == len(set(codes))
+    for r in Reason:
+        assert isinstance(grpc.StatusCode[r.status], grpc.StatusCode), r
+        assert r.exit_code in (0, 1, 2) and r.summary
+    assert Reason.USAGE.exit_code == 2 and Reason.OK.exit_code == 0
+    assert {r for r in Reason if r.exit_code != 1} == {Reason.USAGE, Reason.OK}
+
+
+def test_the_two_former_tables_are_this_one() -> None:
+    """What service.py and admin.py used to map by hand, now read from the registry."""
+    expect = {
+        "INVALID_ARGUMENT": [
+            "malformed",
+            "bad_shape",
+            "non_finite",
+            "corrupt",
+            "truncated",
+            "oversize",
+            "usage",
+        ],
+        "ALREADY_EXISTS": ["duplicate", "duplicate_upload"],
+        "PERMISSION_DENIED": ["forbidden", "not_admin"],
+        "UNAUTHENTICATED": ["identity"],
+        "NOT_FOUND": ["no_such_job"],
+        "FAILED_PRECONDITION": ["late", "wrong_round", "not_in_roster", "bad_weight", "signer_role"],
+    }
+    for status, codes in expect.items():
+        for code in codes:
+            assert reasons.grpc_status(code) == grpc.StatusCode[status], code
+    assert reasons.grpc_status("a-code-nobody-registered") == grpc.StatusCode.FAILED_PRECONDITION
+    assert reasons.lookup("shape") is None  # one code for a refused shape: bad_shape
+
+
+def test_error_classes_codes_are_registered_with_their_exit_codes() -> None:
+    classes = [errors.SecaggError, *errors.SecaggError.__subclasses__()]
+    for cls in classes:
+        reason = reasons.lookup(cls.code)
+        assert reason is not None, cls
+        assert reason.exit_code == cls.exit_code, cls
+
+
+def _literal_codes(path: Path) -> set[str]:
+    """String literals passed as ``code=`` or set as a class's ``code`` in a source file."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.keyword)
+            and node.arg == "code"
+            and isinstance(node.value, ast.Constant)
+            or (
+                isinstance(node, ast.Assign)
+                and [getattr(t, "id", None) for t in node.targets] == ["code"]
+                and isinstance(node.value, ast.Constant)
+            )
+        ):
+            found.add(str(node.value.value))
+    return found
+
+
+def test_no_code_a_refusal_carries_is_missing_from_the_registry() -> None:
+    missing = {}
+    for path in ROOT.rglob("*.py"):
+        unknown = {c for c in _literal_codes(path) if reasons.lookup(c) is None}
+        if unknown:
+            missing[str(path.relative_to(ROOT))] = sorted(unknown)
+    assert not missing, f"add these codes to secagg/reasons.py: {missing}"
+
+
+def test_the_aggregator_names_no_code_inline() -> None:
+    for path in (ROOT / "aggregator").rglob("*.py"):
+        kw = {
+            node.value.value
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.keyword) and node.arg == "code" and isinstance(node.value, ast.Constant)
+        }
+        assert not kw, (path, kw)
+
+
+class _Context:
+    """Records what a handler ends a call with."""
+
+    def __init__(self) -> None:
+        self.trailing: tuple[tuple[str, str], ...] = ()
+        self.status: grpc.StatusCode | None = None
+        self.details = ""
+
+    def set_trailing_metadata(self, md: tuple[tuple[str, str], ...]) -> None:
+        self.trailing = md
+
+    def abort(self, status: grpc.StatusCode, details: str) -> None:
+        self.status, self.details = status, details
+        raise RuntimeError("aborted")
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("duplicate_upload", "ALREADY_EXISTS"),
+        ("late", "FAILED_PRECONDITION"),
+        ("forbidden", "PERMISSION_DENIED"),
+    ],
+)
+def test_a_refused_call_carries_its_code_in_trailing_metadata_and_text(code: str, status: str) -> None:
+    ctx = _Context()
+    with pytest.raises(RuntimeError):
+        rpc.abort(ctx, code, "what happened")  # type: ignore[arg-type]
+    assert ctx.status == grpc.StatusCode[status]
+    assert ctx.details == f"{code}: what happened"  # the text older agents parse, unchanged
+    assert ctx.trailing == ((METADATA_KEY, code),)
+    assert reasons.from_metadata(ctx.trailing) == code
+
+
+def test_service_and_admin_end_refusals_through_the_registry() -> None:
+    from secagg.aggregator import service
+
+    assert "abort(context, exc.code" in inspect.getsource(service.FederationService._refuse)
+    assert "abort(context, exc.code" in inspect.getsource(admin.AdminConsole._fail)
+    assert not hasattr(admin, "_status_for")
+
+
+def test_reading_the_code_back_from_an_rpc_error() -> None:
+    class _Err:
+        def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+            return ((("other", b"x")), (METADATA_KEY, b"not_in_roster"))
+
+    assert reasons.of_rpc_error(_Err()) == "not_in_roster"
+    assert reasons.of_rpc_error(RuntimeError("no metadata")) is None
+    assert {str(c) for c in reasons.STALE} == {"late", "wrong_round", "not_in_roster"}
+    assert json.dumps({"code": Reason.LATE}) == '{"code": "late"}'
