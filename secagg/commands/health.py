@@ -12,12 +12,13 @@ import sqlite3
 import ssl
 from pathlib import Path
 
+from secagg.aggregator.store import DB_NAME
 from secagg.errors import IdentityError, SecaggError
 from secagg.provision.identity import load_cert, verify_cert
 from secagg.provision.kit import Kit, load_kit
 from secagg.transport.tls import probe_server_certificate
 
-AGGREGATOR_DB = "aggregator.sqlite"
+AGGREGATOR_DB = DB_NAME
 
 
 class Unhealthy(SecaggError):
