@@ -1,7 +1,8 @@
 """``secagg bench [--params N] [--layout flat|segresnet] [--sites N[,N...]] [--modes LIST]
 [--compare nvflare] [--transport] [--repeats N] [--out DIR]``, or ``secagg bench --training
 [--volume V] [--steps N] [--batch B] [--device auto|cpu|cuda] [--repeats N] [--out DIR]`` for the
-training-overhead table."""
+training-overhead table, or ``secagg bench --demo-compare [--rounds N] [--peers LIST] [--out DIR]`` for the
+demo's round before and after the per-job worker, beside NVIDIA FLARE's and Flower's simulations."""
 
 from __future__ import annotations
 
@@ -65,6 +66,29 @@ _TABLE_DEFAULTS: dict[str, object] = {
 }
 #: flags that only apply with --training (default None: not given)
 _TRAINING_ONLY = ("volume", "steps", "batch", "device", "init_filters")
+#: flags that only apply with --demo-compare (default None: not given)
+_DEMO_ONLY = ("rounds", "peers", "peer_venvs")
+
+
+def _peers(text: str) -> tuple[str, ...]:
+    from secagg.bench.demo_compare import PEER_NAMES
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if names == ("none",):
+        return ()
+    bad = [n for n in names if n not in PEER_NAMES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected 'none' or a list from {','.join(PEER_NAMES)}, got {text!r}"
+        )
+    return names
+
+
+def _rounds(text: str) -> int:
+    value = _positive(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"expected 1-100 rounds (the demo's limit), got {text!r}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -123,18 +147,43 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: auto)")
     # the model's width: 16 is the real SegResNet; smaller only makes tests quick
     t.add_argument("--init-filters", type=_positive, help=argparse.SUPPRESS)
+    d = p.add_argument_group(
+        "demo comparison",
+        "--demo-compare runs the demo's 3-site job in plain and he with its loop-form script (one worker "
+        "per job) and with the one-round form (a new worker per round, as before), then NVIDIA FLARE "
+        "2.9's simulator and Flower's simulation on the same job, each peer in its own venv under "
+        "--peer-venvs (installed from the registry on first use; one that cannot be installed is "
+        "reported as skipped), instead of the per-mode table",
+    )
+    d.add_argument("--demo-compare", action="store_true", help="run the demo round comparison")
+    d.add_argument("--rounds", type=_rounds, help="rounds of every federation (default: 5)")
+    d.add_argument(
+        "--peers", type=_peers, help="peers to run beside secagg: nvflare,flower (default) or none"
+    )
+    d.add_argument("--peer-venvs", type=Path, help="where the peers' venvs live (default: bench-out/peers)")
     p.set_defaults(func=run)
 
 
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    return [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.training:
+    if args.training and args.demo_compare:
+        raise UsageError("--training and --demo-compare: choose one")
+    if args.training or args.demo_compare:
+        flag = "--training" if args.training else "--demo-compare"
         extra = [f"--{n}" for n, default in _TABLE_DEFAULTS.items() if getattr(args, n) != default]
+        extra += _given(args, _DEMO_ONLY if args.training else _TRAINING_ONLY)
         if extra:
-            raise UsageError(f"{', '.join(extra)}: not used with --training")
-        return _run_training(args)
-    extra = [f"--{n.replace('_', '-')}" for n in _TRAINING_ONLY if getattr(args, n) is not None]
+            raise UsageError(f"{', '.join(extra)}: not used with {flag}")
+        return _run_training(args) if args.training else _run_demo_compare(args)
+    extra = _given(args, _TRAINING_ONLY)
     if extra:
         raise UsageError(f"{', '.join(extra)}: only used with --training")
+    extra = _given(args, _DEMO_ONLY)
+    if extra:
+        raise UsageError(f"{', '.join(extra)}: only used with --demo-compare")
     from rich.console import Console
 
     from secagg.bench.report import markdown_table, write_outputs
@@ -197,6 +246,28 @@ def _run_training(args: argparse.Namespace) -> int:
     js, md, png = write_outputs(result, out)
     sys.stdout.write(describe(result) + "\n" + markdown_table(result))
     console.print(f"wrote {js}, {md}, {png}")
+    return 0
+
+
+def _run_demo_compare(args: argparse.Namespace) -> int:
+    from secagg.bench.demo_compare import PEER_NAMES, markdown, run_demo_compare
+    from secagg.commands.demo import DEMO_PARAMS
+
+    out = _out_dir(args)
+    results = run_demo_compare(
+        out,
+        rounds=args.rounds or 5,
+        params=DEMO_PARAMS,
+        peers=PEER_NAMES if args.peers is None else args.peers,
+        venvs=args.peer_venvs or Path("bench-out") / "peers",
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    sys.stdout.write(markdown(results))
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}", file=sys.stderr)
+    failed = [s["key"] for s in results["systems"] if s["system"] == "secagg" and s["status"] != "ok"]
+    if failed:
+        print(f"secagg bench: the secagg federation failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
