@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from secagg import reasons
 from secagg.errors import SecaggError
 from secagg.transport.chunks import encode_stream, read_all
 from secagg.transport.generated import secagg_pb2 as pb
@@ -22,10 +23,7 @@ from secagg.transport.generated import secagg_pb2_grpc as rpc
 
 log = logging.getLogger("secagg.agent")
 POLL_S = 10.0
-#: refusals meaning "this round is no longer the one you are in": redo what the next task says
-STALE_CODES = frozenset({"late", "wrong_round", "not_in_roster"})
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
-REASON_KEY = "secagg-reason"
 
 
 class RoundMovedOn(SecaggError):
@@ -37,10 +35,9 @@ class RoundMovedOn(SecaggError):
 def reason_of(exc: grpc.RpcError) -> str | None:
     """The reason code the aggregator attached to a refusal, from trailing metadata; for an older
     aggregator, the ``code:`` prefix its details text has always carried."""
-    trailing = getattr(exc, "trailing_metadata", None)
-    for key, value in (trailing() if callable(trailing) else None) or ():
-        if key == REASON_KEY:
-            return str(value)
+    code = reasons.of_rpc_error(exc)
+    if code is not None:
+        return code
     details = str(exc.details() or "") if hasattr(exc, "details") else ""
     head, sep, _ = details.partition(":")
     return head if sep and head.replace("_", "").isalnum() else None
@@ -48,15 +45,14 @@ def reason_of(exc: grpc.RpcError) -> str | None:
 
 def is_stale(exc: grpc.RpcError) -> bool:
     """A refusal that only says this site is behind the round (restart, close): not an error."""
-    return exc.code() == grpc.StatusCode.FAILED_PRECONDITION and reason_of(exc) in STALE_CODES
+    return exc.code() == grpc.StatusCode.FAILED_PRECONDITION and reason_of(exc) in reasons.STALE
 
 
 def _signal(msg: pb.Message) -> str:
     """CANCELLED / NOT_FOR_YOU from the typed field where the aggregator sets it, else the JSON marker
     older aggregators put in the payload (only ever a short JSON object, never a real payload)."""
-    field = getattr(msg, "signal", 0)
-    if field:
-        return str(pb.Message.Signal.Name(field)) if hasattr(pb.Message, "Signal") else str(field)
+    if msg.signal:
+        return str(pb.Message.Signal.Name(msg.signal))
     head = bytes(msg.payload[:32])
     if head.startswith(b"{"):
         if b'"cancelled"' in head:

@@ -29,10 +29,6 @@ ALL = ["site-1", "site-2", "site-3"]
 POLICY = TEST_POLICY
 
 
-def _policies(tmp: Path) -> dict[str, Path]:
-    return write_policies(tmp, POLICY, ALL)
-
-
 def _audit(tmp: Path, who: str) -> list[dict[str, Any]]:
     path = tmp / "state" / who / "audit.jsonl"
     if not path.exists():
@@ -86,9 +82,20 @@ def _assert_every_site_stopped(tmp: Path, run: Run, differing: dict[str, list[st
     assert all(d["round"] == round_ for d in declined)
 
 
-def _run(tmp: Path, workspace: Path, *, min_sites: int = 3, mode: str = "plain", rounds: int = 1) -> Run:
-    job = fast_job(tmp / "job", workspace, mode=mode, rounds=rounds, min_sites=min_sites, round_timeout=60)
-    return start(tmp, workspace, job, policies=_policies(tmp))
+def _run(
+    tmp: Path,
+    workspace: Path,
+    *,
+    min_sites: int = 3,
+    mode: str = "plain",
+    rounds: int = 1,
+    policy: str = POLICY,
+) -> Run:
+    extra = {"mask": {"threshold": 2}} if mode == "mask" else None
+    job = fast_job(
+        tmp / "job", workspace, mode=mode, rounds=rounds, min_sites=min_sites, round_timeout=60, extra=extra
+    )
+    return start(tmp, workspace, job, policies=write_policies(tmp, policy, ALL))
 
 
 def _give_site_3_its_own_model(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -305,12 +312,6 @@ def test_an_honest_roster_passes_the_check(tmp_path: Path, workspace: Path) -> N
 MASK_POLICY = POLICY.replace("modes: [plain, he]", "modes: [plain, he, mask]")
 
 
-def _weights_run(tmp: Path, workspace: Path, mode: str, policy: str = MASK_POLICY) -> Run:
-    extra = {"mask": {"threshold": 2}} if mode == "mask" else None
-    job = fast_job(tmp / "job", workspace, mode=mode, rounds=1, min_sites=3, round_timeout=60, extra=extra)
-    return start(tmp, workspace, job, policies=write_policies(tmp, policy, ALL))
-
-
 def _assert_refused_before_upload(tmp: Path, run: Run, code: str, sites: list[str] = ALL) -> None:
     for site in sites:
         err = run.errors.get(site)
@@ -335,7 +336,7 @@ def test_skewed_weights_that_would_unmask_one_site_stop_every_site(
         roster["weights"] = {"site-1": 1.0, "site-2": 1e-12, "site-3": 1e-12}
 
     _patch_roster(monkeypatch, skew)
-    run = _weights_run(tmp_path, workspace, mode)
+    run = _run(tmp_path, workspace, mode=mode, policy=MASK_POLICY)
     try:
         _settle(tmp_path, run)
         _assert_refused_before_upload(tmp_path, run, "weights_mismatch")
@@ -357,7 +358,7 @@ def test_a_forged_sample_count_fails_its_signature_at_every_other_site(
         }
 
     _patch_roster(monkeypatch, forge)
-    run = _weights_run(tmp_path, workspace, "mask")
+    run = _run(tmp_path, workspace, mode="mask", policy=MASK_POLICY)
     try:
         _settle(tmp_path, run)
         _assert_refused_before_upload(tmp_path, run, "model_inconsistent")
@@ -376,7 +377,7 @@ def test_a_dropped_signed_count_stops_every_site(
         del roster["ready"]["site-3"]["n_samples"]
 
     _patch_roster(monkeypatch, drop)
-    run = _weights_run(tmp_path, workspace, "he")
+    run = _run(tmp_path, workspace, mode="he")
     try:
         _settle(tmp_path, run)
         _assert_refused_before_upload(tmp_path, run, "model_inconsistent")
