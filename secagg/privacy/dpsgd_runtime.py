@@ -3,8 +3,8 @@
 A security officer who requires record-level DP must not depend on every job author remembering a
 wrapper call, and one training script should run unchanged at a site with DP-SGD and at one without.
 The job's training worker (:mod:`secagg.agent.worker_main`) installs this runtime for each task whose
-effective policy asks for ``dpsgd``, and removes it when the task is answered. It binds Opacus' own pieces to what a PyTorch
-script does anyway:
+effective policy asks for ``dpsgd``, and removes it when the task is answered. It binds Opacus' own
+pieces to what a PyTorch script does anyway:
 
 - **the model** is the module the round's global weights are loaded into
   (``model.load_state_dict(client.receive())``). Opacus' per-example-gradient hooks are attached to it
