@@ -12,7 +12,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from secagg import __version__, commands
+from secagg import __version__, commands, reasons
 from secagg.errors import SecaggError
 
 
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SecaggError as exc:
         print(f"secagg: {exc.code}: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return reasons.exit_code(exc.code) if reasons.lookup(exc.code) is not None else exc.exit_code
     except KeyboardInterrupt:
         print("secagg: interrupted", file=sys.stderr)
         return 130

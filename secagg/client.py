@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from secagg.bundle import from_safetensors, to_safetensors
+from secagg.reasons import Reason
 
 IO_ENV = "SECAGG_IO_DIR"
 
@@ -58,7 +59,7 @@ class TrainingRefused(RuntimeError):
     for it): the agent declines the round with ``code`` and the message. Defined here, not beside the
     DP-SGD runtime, so that the launcher can catch it without importing torch."""
 
-    code = "refused"
+    code: str = Reason.REFUSED
 
 
 @dataclass(frozen=True)

@@ -7,46 +7,49 @@ those. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from secagg.reasons import Reason
+
 
 class SecaggError(Exception):
     """A refused or failed check, reported to the user as one line (exit 1)."""
 
     exit_code = 1
-    #: short machine-readable reason code (audit log, declined tasks, metrics labels)
-    code = "error"
+    #: short machine-readable reason code (audit log, declined tasks, metrics labels); the CLI's exit
+    #: code for it comes from :mod:`secagg.reasons`, so a code received from the aggregator exits alike
+    code: str = Reason.ERROR
 
 
 class UsageError(SecaggError):
     """The command line itself is wrong (exit 2)."""
 
     exit_code = 2
-    code = "usage"
+    code: str = Reason.USAGE
 
 
 class ConfigError(SecaggError):
     """A project file, kit or policy that cannot be used as given."""
 
-    code = "config"
+    code: str = Reason.CONFIG
 
 
 class IdentityError(SecaggError):
     """A certificate or peer identity that is not a participant of this project."""
 
-    code = "identity"
+    code: str = Reason.IDENTITY
 
 
 class IntegrityError(SecaggError):
     """Data that failed an authenticity or integrity check (signature, digest, MAC)."""
 
-    code = "integrity"
+    code: str = Reason.INTEGRITY
 
 
 class UpdateRejected(SecaggError):
     """A site's update that the aggregator refuses (shape, NaN, duplicate, truncated stream)."""
 
-    code = "update_rejected"
+    code: str = Reason.UPDATE_REJECTED
 
-    def __init__(self, message: str, code: str = "update_rejected") -> None:
+    def __init__(self, message: str, code: str = Reason.UPDATE_REJECTED) -> None:
         super().__init__(message)
         self.code = code
 
@@ -54,8 +57,8 @@ class UpdateRejected(SecaggError):
 class PolicyRefusal(SecaggError):
     """A site policy said no; ``code`` is the reason code reported to the aggregator."""
 
-    code = "policy"
+    code: str = Reason.POLICY
 
-    def __init__(self, message: str, code: str = "policy") -> None:
+    def __init__(self, message: str, code: str = Reason.POLICY) -> None:
         super().__init__(message)
         self.code = code

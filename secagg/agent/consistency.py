@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from secagg.errors import IdentityError, PolicyRefusal
 from secagg.provision.identity import verify_cert
+from secagg.reasons import Reason
 from secagg.roster import BadSampleCount, expected_weights, sample_count
 
 _DOMAIN = b"secagg-model-fingerprint-v2\0"
@@ -38,7 +39,7 @@ class ModelInconsistent(PolicyRefusal):
     """The sites of a round do not provably hold the same global model."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="model_inconsistent")
+        super().__init__(message, code=Reason.MODEL_INCONSISTENT)
 
 
 class WeightsRefused(PolicyRefusal):
@@ -205,16 +206,18 @@ def check_weights(
     """
     where = f"round {round_} of job {job}"
     if me not in announced:
-        raise WeightsRefused(f"{where}: this site is not in the roster's weights", code="weights_mismatch")
+        raise WeightsRefused(
+            f"{where}: this site is not in the roster's weights", code=Reason.WEIGHTS_MISMATCH
+        )
     if len(announced) < min_sites:
         raise WeightsRefused(
             f"{where}: the roster weighs {len(announced)} sites, the job needs {min_sites}",
-            code="roster_too_small",
+            code=Reason.ROSTER_TOO_SMALL,
         )
     missing = sorted(set(announced) - set(signed))
     if missing:
         raise WeightsRefused(
-            f"{where}: no signed sample count for {', '.join(missing)}", code="weights_mismatch"
+            f"{where}: no signed sample count for {', '.join(missing)}", code=Reason.WEIGHTS_MISMATCH
         )
     expected = expected_weights(signed, announced)
     wrong = []
@@ -227,13 +230,13 @@ def check_weights(
     if wrong:
         raise WeightsRefused(
             f"{where}: the roster's weights are not the signed sample counts': " + "; ".join(wrong),
-            code="weights_mismatch",
+            code=Reason.WEIGHTS_MISMATCH,
         )
     small = [f"{s} ({w:.3g})" for s, w in expected.items() if s != me and w < min_weight_share]
     if small:
         raise WeightsRefused(
             f"{where}: other sites' shares are below this site's minimum {min_weight_share}: "
             + ", ".join(small),
-            code="weight_share_too_small",
+            code=Reason.WEIGHT_SHARE_TOO_SMALL,
         )
     return expected

@@ -17,6 +17,7 @@ import grpc
 
 from secagg import reasons
 from secagg.errors import SecaggError
+from secagg.reasons import Reason
 from secagg.transport.chunks import encode_stream, read_all
 from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.generated import secagg_pb2_grpc as rpc
@@ -29,7 +30,7 @@ TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
 class RoundMovedOn(SecaggError):
     """The aggregator closed the round this site was in; the next task redoes what is needed."""
 
-    code = "round_moved_on"
+    code: str = Reason.ROUND_MOVED_ON
 
 
 def reason_of(exc: grpc.RpcError) -> str | None:

@@ -18,12 +18,14 @@ from secagg.agent.admission import Admitted
 from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
 from secagg.errors import PolicyRefusal
+from secagg.events import Event
 from secagg.jobs.filters import DpsgdFilter
 from secagg.policy.model import SitePolicy
 from secagg.privacy.ledger import Ledger
 from secagg.privacy.release import Release, prepare_release
 from secagg.privacy.specs import build_chain
 from secagg.privacy.spend import Spend
+from secagg.reasons import Reason
 
 #: Opacus calibrates the noise to within 0.01 of the target epsilon; more than that was not admitted
 _DPSGD_SLACK = 0.011
@@ -67,13 +69,13 @@ class Releaser:
             raise PolicyRefusal(
                 "this site's policy requires DP-SGD, but the training script took no optimizer step "
                 "under it (train with a torch optimizer over batches from a DataLoader)",
-                code="dpsgd_not_applied",
+                code=Reason.DPSGD_NOT_APPLIED,
             )
         spent = sum(sp.epsilon for sp in spends if sp.mechanism == "dpsgd")
         if target is not None and spent > target.target_epsilon + _DPSGD_SLACK:
             raise PolicyRefusal(
                 f"DP-SGD spent epsilon {spent:.4g} this round, over the {target.target_epsilon} admitted",
-                code="dpsgd_overspent",
+                code=Reason.DPSGD_OVERSPENT,
             )
         return spends
 
@@ -98,7 +100,7 @@ class Releaser:
             training_spends,
         )
         if ledger is None and any(sp.epsilon > 0 for sp in release.spends):
-            self.audit.append("spend_without_budget", job=job_id, round=round_)
+            self.audit.append(Event.SPEND_WITHOUT_BUDGET, job=job_id, round=round_)
         return release
 
     def uploaded(
@@ -109,7 +111,7 @@ class Releaser:
             self.ledger.mark_released(release.debit_id)
         self.state.set_progress(job_id, round=round_, attempt=attempt)
         self.audit.append(
-            "uploaded",
+            Event.UPLOADED,
             job=job_id,
             round=round_,
             attempt=attempt,

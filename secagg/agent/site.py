@@ -31,9 +31,11 @@ from secagg.agent.worker import TrainingFailed
 from secagg.auditlog import AuditLog
 from secagg.bundle import BundleSpec, fingerprint, from_safetensors
 from secagg.errors import ConfigError, PolicyRefusal, SecaggError
+from secagg.events import Event
 from secagg.fsio import atomic_write
 from secagg.policy.model import SitePolicy
 from secagg.provision.kit import Kit
+from secagg.reasons import Reason
 from secagg.transport.generated import secagg_pb2_grpc as rpc
 from secagg.transport.tls import channel
 
@@ -46,7 +48,7 @@ __all__ = ["AGENT_VERSION", "Admitted", "RoundMovedOn", "SimulatedDropout", "Sit
 class SimulatedDropout(SecaggError):
     """Demos and tests only: the agent vanishes mid-round as a crashed site would."""
 
-    code = "simulated_dropout"
+    code: str = Reason.SIMULATED_DROPOUT
 
 
 class SiteAgent:
@@ -154,7 +156,7 @@ class SiteAgent:
                 reply = self.relay.register(AGENT_VERSION)
                 if reply.site != self.name:
                     raise ConfigError(f"aggregator calls this site {reply.site!r}, kit says {self.name!r}")
-                self.audit.append("registered", project=reply.project)
+                self.audit.append(Event.REGISTERED, project=reply.project)
                 return reply
             except grpc.RpcError as exc:
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and (
@@ -192,7 +194,7 @@ class SiteAgent:
                     raise ConfigError(
                         f"lost the aggregator at {self.kit.target} for {reconnect_s:.0f} s: {exc.details()}"
                     ) from None
-                self.audit.append("connection_lost", code=str(exc.code()), detail=exc.details())
+                self.audit.append(Event.CONNECTION_LOST, code=str(exc.code()), detail=exc.details())
                 time.sleep(1.0)
                 continue
             if done is None:
@@ -214,7 +216,7 @@ class SiteAgent:
         job_id = header["job_id"]
         self.state.set_last_job(job_id)
         if kind == "stop":
-            self.audit.append("job_stopped", job=job_id, reason=header.get("reason"))
+            self.audit.append(Event.JOB_STOPPED, job=job_id, reason=header.get("reason"))
             self.trainer.end_job(job_id)
             return job_id, stop_after_job
         try:
@@ -222,25 +224,27 @@ class SiteAgent:
                 self._train(header, payload)
             elif kind == "finalize":
                 self._finalize(header, payload)
-                self.audit.append("job_done", job=job_id)
+                self.audit.append(Event.JOB_DONE, job=job_id)
                 self.trainer.end_job(job_id)
                 return job_id, stop_after_job
         except RoundMovedOn as exc:
-            self.audit.append("round_abandoned", job=job_id, round=header.get("round"), reason=str(exc))
+            self.audit.append(Event.ROUND_ABANDONED, job=job_id, round=header.get("round"), reason=str(exc))
         except grpc.RpcError as exc:
             # the round moved on without us (aggregator restarted it, or it closed): redo what comes next
             if not is_stale(exc):
                 raise
-            self.audit.append("round_abandoned", job=job_id, round=header.get("round"), reason=exc.details())
+            self.audit.append(
+                Event.ROUND_ABANDONED, job=job_id, round=header.get("round"), reason=exc.details()
+            )
         except TrainingFailed as exc:
             # the job's code failed (crash, hang, limit, broken protocol): one round lost, not the agent
             round_ = int(header.get("round", 0))
             self.relay.decline(job_id, round_, exc.code, str(exc), round_only=True)
-            self.audit.append("round_declined", job=job_id, round=round_, code=exc.code, reason=str(exc))
+            self.audit.append(Event.ROUND_DECLINED, job=job_id, round=round_, code=exc.code, reason=str(exc))
         except PolicyRefusal as exc:
             self.relay.decline(job_id, int(header.get("round", 0)), exc.code, str(exc))
             self.audit.append(
-                "round_declined", job=job_id, round=header.get("round"), code=exc.code, reason=str(exc)
+                Event.ROUND_DECLINED, job=job_id, round=header.get("round"), code=exc.code, reason=str(exc)
             )
             raise
         return job_id, False
@@ -288,7 +292,7 @@ class SiteAgent:
             self.relay.collect("roster", job_id=job_id, round_=round_, attempt=attempt)
         )
         if roster.get("attempt") != attempt or self.name not in roster["weights"]:
-            self.audit.append("not_in_roster", job=job_id, round=round_)
+            self.audit.append(Event.NOT_IN_ROSTER, job=job_id, round=round_)
             return
         weights = check_roster(
             roster["ready"],
@@ -305,13 +309,13 @@ class SiteAgent:
             min_weight_share=self._load_policy().limits.min_weight_share,
         )
         self.audit.append(
-            "model_consistent", job=job_id, round=round_, fingerprint=fp, sites=sorted(roster["ready"])
+            Event.MODEL_CONSISTENT, job=job_id, round=round_, fingerprint=fp, sites=sorted(roster["ready"])
         )
         # the policy may have changed while we trained; no budget is spent for a round not uploaded
         adm = self.admission.recheck(job_id, round_)
         state = self.relay.job_state(job_id, round_)
         if state != "running":
-            self.audit.append("round_abandoned", job=job_id, round=round_, reason=f"job is {state}")
+            self.audit.append(Event.ROUND_ABANDONED, job=job_id, round=round_, reason=f"job is {state}")
             return
         release = self.releaser.release(
             adm,
@@ -339,7 +343,7 @@ class SiteAgent:
 
     def _maybe_drop(self, round_: int, phase: str) -> None:
         if self.simulate_dropout == (round_, phase):
-            self.audit.append("simulated_dropout", round=round_, phase=phase)
+            self.audit.append(Event.SIMULATED_DROPOUT, round=round_, phase=phase)
             raise SimulatedDropout(f"{self.name}: simulated dropout in round {round_} before {phase}")
 
     def _finalize(self, header: dict[str, Any], payload: bytes) -> None:

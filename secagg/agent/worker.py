@@ -40,6 +40,7 @@ from secagg.agent.sandbox import Confinement, scratch_env
 from secagg.bundle import from_safetensors
 from secagg.client import IO_ENV
 from secagg.errors import PolicyRefusal, SecaggError
+from secagg.reasons import Reason
 
 _KEEP_ENV = (
     "PATH",
@@ -62,15 +63,15 @@ _EXIT_GRACE = 5.0
 
 
 class TrainingFailed(SecaggError):
-    code = "training_failed"
+    code: str = Reason.TRAINING_FAILED
 
 
 class TrainingTimeout(TrainingFailed):
-    code = "training_timeout"
+    code: str = Reason.TRAINING_TIMEOUT
 
 
 class TrainingLimitExceeded(TrainingFailed):
-    code = "training_limit_exceeded"
+    code: str = Reason.TRAINING_LIMIT_EXCEEDED
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,14 @@ from secagg.aggregator.store import DB_NAME
 from secagg.errors import IdentityError, SecaggError
 from secagg.provision.identity import load_cert, verify_cert
 from secagg.provision.kit import Kit, load_kit
+from secagg.reasons import Reason
 from secagg.transport.tls import probe_server_certificate
 
 AGGREGATOR_DB = DB_NAME
 
 
 class Unhealthy(SecaggError):
-    code = "unhealthy"
+    code: str = Reason.UNHEALTHY
 
 
 def check_store(db: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from secagg.errors import ConfigError, IntegrityError, PolicyRefusal
+from secagg.reasons import Reason
 
 #: every reason code :class:`AttestationRefused` may carry, in the order they are reported
 REASON_CODES = (
@@ -48,10 +49,10 @@ class AttestationRefused(PolicyRefusal):
 class ModelSignatureInvalid(IntegrityError):
     """A global model whose signature does not come from the attested aggregator for this job/round."""
 
-    code = "tee_model_signature"
+    code: str = Reason.TEE_MODEL_SIGNATURE
 
 
 class TeeUnavailable(ConfigError):
     """No TEE evidence source on this machine (no configfs-tsm, or not a confidential VM)."""
 
-    code = "tee_unavailable"
+    code: str = Reason.TEE_UNAVAILABLE

@@ -16,6 +16,7 @@ from secagg.agent.modes.base import ModeContext, Outgoing, Sent, Task, upload
 from secagg.agent.protect import protect_he
 from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
 from secagg.errors import ConfigError, IntegrityError
+from secagg.events import Event
 from secagg.framing import unframe
 from secagg.fsio import atomic_write
 from secagg.strategy import StrategyState, make_strategy
@@ -56,7 +57,7 @@ class HeMode:
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                     raise
-            self.ctx.audit.append("he_key_created", recipients=sorted(release.envelopes))
+            self.ctx.audit.append(Event.HE_KEY_CREATED, recipients=sorted(release.envelopes))
         else:
             from secagg.he.custody import KeyRelease, open_envelope, verify_public_context
 
@@ -76,7 +77,7 @@ class HeMode:
                 release.envelopes[kit.name], kit.private_key, kit.name, kit.config.project, public=public
             )
             he_store.save_secret_context(path, ctx)
-            self.ctx.audit.append("he_key_received", holder=holder)
+            self.ctx.audit.append(Event.HE_KEY_RECEIVED, holder=holder)
         self._secret_ctx = he_store.load_secret_context_file(path)
         return self._secret_ctx
 

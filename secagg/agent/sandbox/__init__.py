@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from secagg.agent.sandbox import landlock, limits, netns, privs, seccomp
 from secagg.errors import PolicyRefusal
+from secagg.reasons import Reason
 
 if TYPE_CHECKING:
     from secagg.policy.model import SandboxSettings
@@ -102,10 +103,10 @@ GPU_READ_ONLY = ("/proc/driver/nvidia", "/sys/bus/pci", "/sys/devices")
 class SandboxUnavailable(PolicyRefusal):
     """A protection the policy requires cannot be applied on this host (or failed to apply)."""
 
-    code = "sandbox_unavailable"
+    code: str = Reason.SANDBOX_UNAVAILABLE
 
     def __init__(self, message: str, missing: tuple[str, ...] = ()) -> None:
-        super().__init__(message, code="sandbox_unavailable")
+        super().__init__(message, code=Reason.SANDBOX_UNAVAILABLE)
         #: names of the protections that are missing, from :data:`PROTECTIONS`
         self.missing = missing
 
