@@ -41,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SecaggError as exc:
         print(f"secagg: {exc.code}: {exc}", file=sys.stderr)
-        return reasons.exit_code(exc.code) if reasons.lookup(exc.code) is not None else exc.exit_code
+        registered = reasons.exit_code(exc.code) if reasons.lookup(exc.code) is not None else exc.exit_code
+        return registered or 1  # a failure never exits 0, whatever code it carries
     except KeyboardInterrupt:
         print("secagg: interrupted", file=sys.stderr)
         return 130
