@@ -195,6 +195,12 @@ class Reason(StrEnum):
     TEE_KEY_CHANGED = ("tee_key_changed", FAILED_PRECONDITION, "the enclave keys changed during the job")
     TEE_UNAVAILABLE = ("tee_unavailable", FAILED_PRECONDITION, "no TEE evidence source on this machine")
     TEE_MODEL_SIGNATURE = ("tee_model_signature", FAILED_PRECONDITION, "global model signature invalid")
+    TEE_RELAY_SIGNATURE = (
+        "tee_relay_signature",
+        FAILED_PRECONDITION,
+        "a tee-mask protocol message not signed by the attested enclave",
+    )
+    TEE_MASK_UNSEALED = ("tee_mask_unsealed", FAILED_PRECONDITION, "a tee-mask message that is not sealed")
     TEE_CHUNK_AUTH = ("tee_chunk_auth", FAILED_PRECONDITION, "a sealed chunk does not open")
     TEE_CHUNK_MALFORMED = ("tee_chunk_malformed", FAILED_PRECONDITION, "a sealed chunk does not parse")
     TEE_CHUNK_MIXED = ("tee_chunk_mixed", FAILED_PRECONDITION, "sealed chunks of different uploads mixed")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from secagg.tee import modelsig, sealing, suites
+from secagg.tee import modelsig, relaysig, sealing, suites
 from secagg.tee.attester import Attester, ConfigfsTsmAttester, DevTeeAttester, RawEvidence
 from secagg.tee.binding import check_nonce, report_data
 from secagg.tee.messages import EvidenceMessage, KeyAnnouncement
@@ -88,6 +88,19 @@ class Enclave:
         job and round; raises :class:`~secagg.errors.UpdateRejected` (see :func:`sealing.open_chunks`)."""
         ctx = sealing.Context(job, int(round), site, self.announcement.digest())
         return sealing.open_chunks(chunks, self._private, ctx, max_bytes=max_bytes)
+
+    def open_message(
+        self, chunks: Iterable[bytes], job: str, round: int, site: str, purpose: str, *, max_bytes: int
+    ) -> bytes:
+        """A ``tee-mask`` protocol message of ``site`` sealed for ``purpose`` (topic and attempt), opened
+        here so that the host relaying it never sees it; refused as :meth:`open_update` refuses."""
+        ctx = sealing.Context(job, int(round), site, self.announcement.digest(), purpose)
+        return sealing.open_chunks(chunks, self._private, ctx, max_bytes=max_bytes)
+
+    def sign_message(self, payload: bytes, job: str, round: int, attempt: int, topic: str, to: str) -> bytes:
+        """``payload`` signed for its recipient (``to``, or ``relaysig.EVERYONE``): see
+        :mod:`secagg.tee.relaysig`."""
+        return relaysig.sign(self.keys.model_key, payload, job, round, attempt, topic, to)
 
     def sign_model(self, fingerprint: str, job: str, round: int) -> bytes:
         """Signature over the global model's :func:`secagg.bundle.fingerprint` for this job and round."""

@@ -52,6 +52,13 @@ class ModelSignatureInvalid(IntegrityError):
     code: str = Reason.TEE_MODEL_SIGNATURE
 
 
+class RelaySignatureInvalid(IntegrityError):
+    """A ``tee-mask`` protocol message that the attested enclave did not sign for this job, round,
+    attempt, topic and recipient: the host forged, altered or replayed it."""
+
+    code: str = Reason.TEE_RELAY_SIGNATURE
+
+
 class TeeUnavailable(ConfigError):
     """No TEE evidence source on this machine (no configfs-tsm, or not a confidential VM)."""
 

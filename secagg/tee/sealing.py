@@ -35,6 +35,7 @@ from secagg.errors import UpdateRejected
 from secagg.tee import suites
 
 MAX_CHUNK = 4 * 1024 * 1024
+UPDATE = "update"
 MAGIC = b"SGTC"
 VERSION = 1
 _HEADER = struct.Struct(">4sBB16sII")
@@ -76,6 +77,10 @@ class Context:
     round: int
     site: str
     keys_sha256: bytes
+    #: what the sealed bytes are: a site's update (the default, bound as before so that ``tee`` uploads
+    #: keep their wire format), or a protocol message of ``tee-mask`` such as ``"mask-keys/attempt-0"``,
+    #: so that a message sealed for one phase cannot be replayed into another
+    purpose: str = UPDATE
 
 
 def chunk_info(ctx: Context, header: ChunkHeader) -> bytes:
@@ -89,6 +94,8 @@ def chunk_info(ctx: Context, header: ChunkHeader) -> bytes:
         "total": header.total,
         "keys": ctx.keys_sha256.hex(),
     }
+    if ctx.purpose != UPDATE:
+        ctx_obj["purpose"] = ctx.purpose
     return _INFO_DOMAIN + hashlib.sha256(rfc8785.dumps(ctx_obj)).digest()
 
 

@@ -21,7 +21,7 @@ from attestation.errors import ParseError
 from attestation.evidence import AttestationResult, detect, verify_and_validate
 from attestation.options import ValidationOptions, VerifyOptions
 from secagg.errors import IntegrityError
-from secagg.tee import modelsig, sealing, suites
+from secagg.tee import modelsig, relaysig, sealing, suites
 from secagg.tee.binding import NONCE_SIZE, report_data, report_data_from_digests
 from secagg.tee.errors import AttestationRefused
 from secagg.tee.messages import EvidenceMessage, KeyAnnouncement
@@ -64,6 +64,17 @@ class TrustedAggregator:
         public = suites.load_public(self.suite, self.announcement.public_key(self.suite))
         ctx = sealing.Context(job, int(round), site, self.announcement.digest())
         return sealing.seal_chunks(payload, public, self.suite, ctx, size=size, chunk_size=chunk_size)
+
+    def seal_message(self, payload: bytes, job: str, round: int, site: str, purpose: str) -> Iterator[bytes]:
+        """A ``tee-mask`` protocol message sealed for ``purpose`` (its topic and attempt), so that only
+        the enclave opens it and only as that phase's message."""
+        public = suites.load_public(self.suite, self.announcement.public_key(self.suite))
+        ctx = sealing.Context(job, int(round), site, self.announcement.digest(), purpose)
+        return sealing.seal_chunks(payload, public, self.suite, ctx)
+
+    def open_message(self, message: bytes, job: str, round: int, attempt: int, topic: str, to: str) -> bytes:
+        """The payload of a message the enclave published, if its bound key signed it for us."""
+        return relaysig.open_signed(self.announcement.model_key, message, job, round, attempt, topic, to)
 
     def verify_model(self, signature: bytes, fingerprint: str, job: str, round: int) -> None:
         """Raise :class:`~secagg.tee.errors.ModelSignatureInvalid` unless the attested aggregator signed
