@@ -1,4 +1,4 @@
-"""``secagg job sign | verify | verify-bundle``: make and check signed job packages."""
+"""``secagg job init | sign | verify | verify-bundle``: start, sign and check job packages."""
 
 from __future__ import annotations
 
@@ -14,9 +14,28 @@ from secagg.provision.kit import load_kit
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("job", help="sign and verify job packages")
+    p = sub.add_parser("job", help="start, sign and verify job packages")
     jsub = p.add_subparsers(dest="job_command", metavar="ACTION", parser_class=type(p))
     jsub.required = True
+
+    from secagg.jobs.templates import DEFAULT, TEMPLATES
+
+    i = jsub.add_parser(
+        "init",
+        help="write a starting job (train.py, job.yaml, model.safetensors) that secagg simulate runs",
+        description="Write a starting job into DIR: train.py with the client API lines marked "
+        "'# secagg', job.yaml, and model.safetensors made from the script's make_model(). "
+        "Templates: " + "; ".join(f"{k}: {v}" for k, v in TEMPLATES.items()) + ".",
+    )
+    i.add_argument("dir", type=Path, metavar="DIR", help="a new or empty folder")
+    i.add_argument("--template", choices=sorted(TEMPLATES), default=DEFAULT, help=f"(default: {DEFAULT})")
+    i.add_argument(
+        "--example-data",
+        type=Path,
+        metavar="ROOT",
+        help="also write synthetic data for 3 sites under ROOT (site-1/ ... site-3/), outside the job",
+    )
+    i.set_defaults(func=run_init)
 
     s = jsub.add_parser("sign", help="write JOB_DIR/manifest.json and sign it into manifest.sig")
     s.add_argument("job_dir", type=Path, metavar="JOB_DIR")
@@ -39,6 +58,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     root.add_argument("--trusted-root", type=Path, help="trusted_root.json to verify against")
     root.add_argument("--staging", action="store_true", help="use the shipped sigstore staging root")
     b.set_defaults(func=run_verify_bundle)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from secagg.jobs.templates import init_job, write_example_data
+
+    if args.example_data is not None:
+        inside = args.example_data.resolve()
+        if inside == args.dir.resolve() or args.dir.resolve() in inside.parents:
+            raise ConfigError("--example-data must be outside the job folder: data never ships with a job")
+    files = init_job(args.dir, args.template)
+    print(f"wrote {', '.join(str(f) for f in files)} (template {args.template})")
+    data = args.example_data or Path("DATA")
+    if args.example_data is not None:
+        folders = write_example_data(args.example_data)
+        print(f"wrote example data for {len(folders)} sites under {args.example_data}")
+    print(f"run it on this machine: secagg simulate {args.dir} --sites 2 --data-root {data}")
+    print(f"then on a real federation: secagg job sign {args.dir} --kit SUBMITTER_KIT")
+    return 0
 
 
 def run_sign(args: argparse.Namespace) -> int:

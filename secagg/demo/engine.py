@@ -214,6 +214,8 @@ class Federation:
     seconds: float
     #: each site's training log, copied to ``OUT/logs/SITE.train.log``
     train_logs: dict[str, Path] = field(default_factory=dict)
+    #: the mean over the sites of what each reported for the initial model (round 1's evaluation)
+    initial_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def state(self) -> Path:
@@ -346,8 +348,12 @@ def run_job(
         train_logs = _copy_train_logs(out, names)
     seconds = time.monotonic() - started
     job_id = _job_id(agg_state)
+    rows = _rounds(agg_state)
+    initial = (
+        _mean(rows[0].metrics.get("sites")) if rows and rows[0].metrics.get("evaluated_round") == 0 else {}
+    )
     per_round = _per_round(agg_state, spec.rounds)
-    return Federation(out, out / "job", spec, names, job_id, per_round, seconds, train_logs)
+    return Federation(out, out / "job", spec, names, job_id, per_round, seconds, train_logs, initial)
 
 
 def _write_policies(folder: Path, sites: Sequence[SimSite], default: str) -> dict[str, Path]:

@@ -141,6 +141,7 @@ def job_summary(fed: Federation, extra: dict[str, Any] | None = None) -> dict[st
         "rounds": fed.spec.rounds,
         "sites": fed.sites,
         "per_round": fed.per_round,
+        "initial_metrics": fed.initial_metrics,
         "final_metrics": last,
         "seconds": fed.seconds,
         "median_round_seconds": float(np.median([r["seconds"] for r in fed.per_round]))
