@@ -468,14 +468,17 @@ class _Watch:
                 f"log: {train_log}"
             )
         text = train_log.read_text(errors="replace") if train_log.is_file() else ""
-        return ScriptFailed(f"{site}: {entry} failed: {traceback_tail(text) or reason}; log: {train_log}")
+        own = [p.name for p in (self.out / "job").rglob("*.py")]
+        tail = traceback_tail(text, own) or reason
+        return ScriptFailed(f"{site}: {entry} failed: {tail}; log: {train_log}")
 
 
-_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (.+)$')
+_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+)(?:, in (.+))?$')
 
 
-def traceback_tail(text: str) -> str:
-    """The last traceback in a log as one line: the exception and the script line that raised it."""
+def traceback_tail(text: str, own_files: Sequence[str] = ()) -> str:
+    """The last traceback in a log as one line: the exception and the line of the job's own code that
+    raised it (the deepest frame in a file named in ``own_files``; else the deepest frame)."""
     lines = text.splitlines()
     start = max((i for i, line in enumerate(lines) if line.startswith("Traceback ")), default=None)
     if start is None:
@@ -485,10 +488,11 @@ def traceback_tail(text: str) -> str:
     frames = [m for m in (_FRAME.match(line) for line in body) if m]
     where = ""
     if frames:
-        # the deepest frame in the job's own code (not the worker's runpy or a library)
-        own = [m for m in frames if "site-packages" not in m.group(1) and "/secagg/" not in m.group(1)]
+        own = [m for m in frames if Path(m.group(1)).name in own_files]
         f = (own or frames)[-1]
-        where = f" at {Path(f.group(1)).name} line {f.group(2)}, in {f.group(3)}"
+        where = f" at {Path(f.group(1)).name} line {f.group(2)}" + (
+            f", in {f.group(3)}" if f.group(3) else ""
+        )
     return f"{exc.strip()}{where}"
 
 

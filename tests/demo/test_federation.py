@@ -90,3 +90,13 @@ def test_strategies_named_in_the_cli_are_the_package_ones() -> None:
     from secagg.commands.demo import STRATEGY_NAMES
 
     assert set(STRATEGY_NAMES) == set(STRATEGIES)
+
+
+def test_demo_runs_through_the_simulate_engine(demo: Path) -> None:
+    """One code path: the demo's federation is the engine's layout (a signed copy of the bundled job,
+    the development policy for sites without their own, each site's training log)."""
+    run = demo / "plain"
+    assert (run / "job" / "manifest.sig").is_file() and (run / "job" / "job.yaml").is_file()
+    assert (run / "policies" / "site-1.yaml").is_file() and not (run / "policies" / "site-2.yaml").exists()
+    for site in ("site-1", "site-2"):
+        assert "secagg worker:" in (run / "logs" / f"{site}.train.log").read_text()

@@ -244,3 +244,26 @@ def test_the_same_folder_signs_and_verifies_for_a_deployment(
     rc, out, err = _run(capsys, "job", "verify", deploy, "--policy", policy, "--kit", kit)
     assert rc == 0, err
     assert "ok   authentic" in out and "FAIL" not in out
+
+
+def test_traceback_tail_names_the_exception_and_the_jobs_line() -> None:
+    from secagg.demo.engine import traceback_tail
+
+    log = """secagg worker: sandbox applied: limits
+Traceback (most recent call last):
+  File "/usr/lib/python3.11/runpy.py", line 291, in run_path
+    return _run_module_code(code, init_globals, run_name,
+  File "/s/site-1/jobs/j/pkg/train.py", line 60, in main
+    train(model)
+  File "/s/site-1/jobs/j/pkg/train.py", line 44, in train
+    w = model["weights"]
+  File "/venv/lib/python3.11/site-packages/numpy/core/x.py", line 9, in f
+    raise KeyError(key)
+KeyError: 'weights'
+"""
+    assert traceback_tail(log, ["train.py"]) == "KeyError: 'weights' at train.py line 44, in train"
+    syntax = 'Traceback (most recent call last):\n  File "/p/train.py", line 3\n    def f(\n SyntaxError: x\n'
+    assert traceback_tail(syntax.replace(" SyntaxError", "SyntaxError"), ["train.py"]) == (
+        "SyntaxError: x at train.py line 3"
+    )
+    assert traceback_tail("no traceback here\n") == ""
