@@ -12,10 +12,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from secagg.jobs.filters import FilterSpec
+from secagg.modes import NAMES
 from secagg.strategy.spec import StrategySpec
 
-Mode = Literal["plain", "he", "mask", "tee"]
-MODES: tuple[str, ...] = ("plain", "he", "mask", "tee")
+#: the names of :data:`secagg.modes.MODES` (a test holds the two equal)
+Mode = Literal["plain", "he", "mask", "tee", "tee-mask"]
+MODES: tuple[str, ...] = NAMES
 
 
 class _Strict(BaseModel):

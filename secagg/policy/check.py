@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from secagg.errors import ConfigError
 from secagg.jobs.filters import AnyFilter
+from secagg.modes import ATTESTED
 from secagg.policy.decide import SIZE_DEPENDENT, worst_case_spend
 from secagg.policy.model import SitePolicy
 
@@ -170,12 +171,13 @@ def _semantic(policy: SitePolicy) -> list[tuple[Path_, str, str]]:
             out.append((("signers", "sigstore", i), "repeats an earlier sigstore identity", "remove it"))
         seen_ids.add(key)
     att = policy.attestation
-    if "tee" in policy.modes and att is None:
+    attested = [m for m in policy.modes if m in ATTESTED]
+    if attested and att is None:
         out.append(
             (
                 ("modes",),
-                "mode tee is allowed but there is no attestation section",
-                "add attestation: {types: [...], measurements: [...]} or remove tee",
+                f"mode {attested[0]} is allowed but there is no attestation section",
+                f"add attestation: {{types: [...], measurements: [...]}} or remove {attested[0]}",
             )
         )
     if att is not None:
@@ -242,12 +244,12 @@ def _semantic(policy: SitePolicy) -> list[tuple[Path_, str, str]]:
                     f"add tdx to types or remove {field}",
                 )
             )
-        if "tee" not in policy.modes:
+        if not attested:
             out.append(
                 (
                     ("attestation",),
-                    "attestation rules have no effect: mode tee is not allowed",
-                    "add tee to modes or remove the attestation section",
+                    "attestation rules have no effect: no attested mode (tee, tee-mask) is allowed",
+                    "add tee or tee-mask to modes or remove the attestation section",
                 )
             )
     names: set[str] = set()

@@ -18,6 +18,7 @@ from secagg.errors import ConfigError, PolicyRefusal
 from secagg.jobs.filters import STRONGER_WHEN_SMALLER, TRAINING_TIME_FILTERS, AnyFilter, ExcludeFilter
 from secagg.jobs.signer import SUBMIT_ROLES, SignerInfo
 from secagg.jobs.spec import JobSpec
+from secagg.modes import traits
 from secagg.policy.model import SitePolicy
 from secagg.policy.params import count_parameters
 from secagg.privacy.accounting import Composition, compose
@@ -288,7 +289,7 @@ def decide(
                 "so its update is never combined with too few others.",
             )
         )
-    if job.mode == "mask":
+    if traits(job.mode).masked:
         if job.mask is None:
             reasons.append(
                 Reason(
@@ -325,7 +326,7 @@ def decide(
     reasons.append(budget_reason)
     spends = worst_case_spends(list(chain), n_params or 0, job.rounds) if worst is not None else []
 
-    if job.mode == "tee":
+    if traits(job.mode).attested:
         att = policy.attestation
         if att is None:
             reasons.append(
@@ -333,7 +334,7 @@ def decide(
                     "attestation",
                     False,
                     "attestation_missing",
-                    "Mode tee needs attestation rules in the policy, and there are none.",
+                    f"Mode {job.mode} needs attestation rules in the policy, and there are none.",
                 )
             )
         else:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from secagg.jobs.filters import AnyFilter
+from secagg.modes import MODES
 from secagg.policy.decide import SIZE_DEPENDENT, Decision
 from secagg.policy.model import SandboxSettings, SitePolicy
 from secagg.privacy.spend import share_count
 from secagg.privacy.svt import svt_epsilon
 
-_MODE_WORDS = {
-    "plain": "plain (the aggregator sees each update in the clear: baselines only)",
-    "he": "he (homomorphic encryption: the aggregator sees only ciphertexts)",
-    "mask": "mask (pairwise masking: the aggregator sees only masked vectors that cancel in the sum)",
-    "tee": "tee (updates are decrypted only inside an attested confidential VM)",
-}
+_MODE_WORDS = {name: m.words for name, m in MODES.items()}
 
 
 def describe_filter(f: AnyFilter, n_params: int | None = None) -> str:

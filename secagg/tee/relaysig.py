@@ -36,6 +36,13 @@ _LEN = struct.Struct(">H")
 MAX_SIGNATURE = 160
 
 
+def purpose(topic: str, attempt: int) -> str:
+    """What a site's sealed ``tee-mask`` message is bound to besides job, round and site
+    (:class:`secagg.tee.sealing.Context`'s ``purpose``): its phase and attempt, so that it opens as
+    nothing else."""
+    return f"{topic}/attempt-{int(attempt)}"
+
+
 def signed_bytes(payload: bytes, job: str, round: int, attempt: int, topic: str, to: str) -> bytes:
     digest = hashlib.sha256(payload).hexdigest()
     return _DOMAIN + rfc8785.dumps(

@@ -58,7 +58,7 @@ def _out(**kw: Any) -> Outgoing:
 
 
 def test_every_mode_has_one_site_side_object() -> None:
-    assert sorted(MODES) == ["he", "mask", "plain", "tee"]
+    assert sorted(MODES) == ["he", "mask", "plain", "tee", "tee-mask"]
     with pytest.raises(ValueError, match="no site-side implementation"):
         make_mode("carrier-pigeon", None)  # type: ignore[arg-type]
 

@@ -27,7 +27,7 @@ SPEC = BundleSpec.of(INIT)
 
 
 def test_the_registry_names_every_mode_once() -> None:
-    assert set(MODES) == {"plain", "he", "mask", "tee"}
+    assert set(MODES) == {"plain", "he", "mask", "tee", "tee-mask"}
     assert all(cls.name == name for name, cls in MODES.items())
     assert MODES["he"].sees_model is False and all(MODES[m].sees_model for m in ("plain", "mask", "tee"))
     assert {"mask-keys", "mask-shares", "mask-unmask-resp"} == POST_TOPICS

@@ -11,12 +11,14 @@ from secagg.agent.modes.he import HeMode
 from secagg.agent.modes.mask import MaskMode
 from secagg.agent.modes.plain import PlainMode
 from secagg.agent.modes.tee import TeeMode
+from secagg.agent.modes.tee_mask import TeeMaskMode
 
 MODES: dict[str, type[PlainMode] | type[HeMode] | type[MaskMode] | type[TeeMode]] = {
     "plain": PlainMode,
     "he": HeMode,
     "mask": MaskMode,
     "tee": TeeMode,
+    "tee-mask": TeeMaskMode,
 }
 
 

@@ -1,62 +1,103 @@
 """``mask``: the site's side of pairwise-masking secure aggregation (Bonawitz et al. 2017).
 
 The client object refuses substituted keys, tampered shares and any request for both shares of one
-site; this file only moves its messages over the relay, phase by phase.
+site; this file only moves its messages over the relay, phase by phase. What wraps each message on its
+way is an :class:`Envelope`: nothing in ``mask`` (the server is untrusted and the protocol is built for
+that), sealing and the enclave's signature in ``tee-mask`` (:mod:`secagg.agent.modes.tee_mask`).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable
+from typing import Protocol
 
-from secagg.agent.modes.base import Outgoing, Sent, StoredGlobal
+from secagg.agent.modes.base import ModeContext, Outgoing, Sent, StoredGlobal
+
+#: what every site of the round collects alike; the other collected topic is addressed to one site
+BROADCAST = frozenset({"mask-keyroster", "mask-unmask"})
+
+
+class Envelope(Protocol):
+    def posted(self, topic: str, payload: bytes) -> bytes:
+        """What goes on the wire for a message this site posts."""
+        ...
+
+    def collected(self, topic: str, message: bytes) -> bytes:
+        """The payload of a message this site collected, or an error if it must not be believed."""
+        ...
+
+    def uploaded(self, masked: bytes) -> Iterable[bytes]:
+        """The upload's frames for this site's masked input."""
+        ...
+
+
+class Clear:
+    """``mask``: messages travel as they are (the pairwise shares inside are sealed site to site)."""
+
+    def posted(self, topic: str, payload: bytes) -> bytes:
+        return payload
+
+    def collected(self, topic: str, message: bytes) -> bytes:
+        return message
+
+    def uploaded(self, masked: bytes) -> Iterable[bytes]:
+        return [masked]
+
+
+def run_protocol(ctx: ModeContext, out: Outgoing, mode: str, envelope: Envelope) -> Sent:
+    """One site's four phases: advertise keys, share them, upload the masked input, answer the unmask."""
+    from secagg.mask.client import MaskClient
+    from secagg.mask.job import mask_config, unpack
+    from secagg.mask.messages import AdvertiseKeys, EncryptedShare, UnmaskRequest
+
+    job_id, round_, attempt = out.job_id, out.round, out.attempt
+    kit, relay = ctx.kit, ctx.relay
+    cfg = mask_config(out.spec.mask, len(out.sites))
+    client = MaskClient(
+        kit.name, kit.private_key, kit.cert, kit.ca_cert, cfg, job_id, round_, sites=out.sites
+    )
+    sent = 0
+
+    def post(topic: str, payload: bytes) -> None:
+        nonlocal sent
+        wire = envelope.posted(topic, payload)
+        sent += len(wire)
+        relay.post(topic, wire, job_id=job_id, round_=round_)
+
+    def collect(topic: str) -> bytes:
+        return envelope.collected(topic, relay.collect(topic, job_id=job_id, round_=round_, attempt=attempt))
+
+    post("mask-keys", client.advertise().to_bytes())
+    keyroster = [AdvertiseKeys.from_bytes(b) for b in unpack(collect("mask-keyroster"))]
+    shares = client.share_keys(keyroster)
+    post(
+        "mask-shares",
+        json.dumps({k: base64.b64encode(v.to_bytes()).decode() for k, v in shares.items()}).encode(),
+    )
+    ctx.maybe_drop(round_, "upload")
+    mine = [EncryptedShare.from_bytes(b) for b in unpack(collect("mask-myshares"))]
+    frames = list(envelope.uploaded(client.masked_input(out.weighted, out.weight, mine).to_bytes()))
+    size = sum(len(f) for f in frames)
+    header = {
+        "job_id": job_id,
+        "round": round_,
+        "attempt": attempt,
+        "bytes": size,
+        "mode": mode,
+        "metrics": out.metrics,
+    }
+    accepted = relay.upload(header, frames)
+    sent += size
+    ctx.maybe_drop(round_, "unmask")
+    request = UnmaskRequest.from_bytes(collect("mask-unmask"))
+    post("mask-unmask-resp", client.unmask(request).to_bytes())
+    return Sent(sent, accepted)
 
 
 class MaskMode(StoredGlobal):
     name = "mask"
 
     def protect_and_send(self, out: Outgoing) -> Sent:
-        from secagg.mask.client import MaskClient
-        from secagg.mask.job import mask_config, unpack
-        from secagg.mask.messages import AdvertiseKeys, EncryptedShare, UnmaskRequest
-
-        ctx, job_id, round_, attempt = self.ctx, out.job_id, out.round, out.attempt
-        kit, relay = ctx.kit, ctx.relay
-        cfg = mask_config(out.spec.mask, len(out.sites))
-        client = MaskClient(
-            kit.name, kit.private_key, kit.cert, kit.ca_cert, cfg, job_id, round_, sites=out.sites
-        )
-        sent = 0
-
-        def post(topic: str, payload: bytes) -> None:
-            nonlocal sent
-            sent += len(payload)
-            relay.post(topic, payload, job_id=job_id, round_=round_)
-
-        def collect(topic: str) -> bytes:
-            return relay.collect(topic, job_id=job_id, round_=round_, attempt=attempt)
-
-        post("mask-keys", client.advertise().to_bytes())
-        keyroster = [AdvertiseKeys.from_bytes(b) for b in unpack(collect("mask-keyroster"))]
-        shares = client.share_keys(keyroster)
-        post(
-            "mask-shares",
-            json.dumps({k: base64.b64encode(v.to_bytes()).decode() for k, v in shares.items()}).encode(),
-        )
-        ctx.maybe_drop(round_, "upload")
-        mine = [EncryptedShare.from_bytes(b) for b in unpack(collect("mask-myshares"))]
-        masked = client.masked_input(out.weighted, out.weight, mine).to_bytes()
-        header = {
-            "job_id": job_id,
-            "round": round_,
-            "attempt": attempt,
-            "bytes": len(masked),
-            "mode": self.name,
-            "metrics": out.metrics,
-        }
-        accepted = relay.upload(header, [masked])
-        sent += len(masked)
-        ctx.maybe_drop(round_, "unmask")
-        request = UnmaskRequest.from_bytes(collect("mask-unmask"))
-        post("mask-unmask-resp", client.unmask(request).to_bytes())
-        return Sent(sent, accepted)
+        return run_protocol(self.ctx, out, self.name, Clear())

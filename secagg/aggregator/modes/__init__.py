@@ -207,8 +207,9 @@ def _registry() -> dict[str, type[ModeBase]]:
     from secagg.aggregator.modes.mask import MaskMode
     from secagg.aggregator.modes.plain import PlainMode
     from secagg.aggregator.modes.tee import TeeMode
+    from secagg.aggregator.modes.tee_mask import TeeMaskMode
 
-    return {m.name: m for m in (PlainMode, HEMode, MaskMode, TeeMode)}
+    return {m.name: m for m in (PlainMode, HEMode, MaskMode, TeeMode, TeeMaskMode)}
 
 
 #: the modes this aggregator runs, by the job's ``mode`` string

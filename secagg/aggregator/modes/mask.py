@@ -86,7 +86,11 @@ class MaskRun:
             raise UpdateRejected(f"{topic} is not accepted in phase {self.phase}", code=Reason.LATE)
 
     def upload(self, site: str, path: Path) -> None:
-        msg = MaskedInput.from_bytes(path.read_bytes())
+        self.upload_bytes(site, path.read_bytes())
+
+    def upload_bytes(self, site: str, data: bytes) -> None:
+        """A masked input already in memory (``tee-mask``: opened inside the enclave, never spooled)."""
+        msg = MaskedInput.from_bytes(data)
         if msg.site != site:
             raise UpdateRejected(
                 f"{site} uploaded a masked input in the name of {msg.site}", code=Reason.IDENTITY_MISMATCH
