@@ -182,7 +182,7 @@ def write_job(out: Path, fed: Federation, extra: dict[str, Any] | None = None) -
     """report.md, metrics.png and summary.json of a simulated job in ``out``; returns the summary."""
     summary = job_summary(fed, extra)
     plotted = plot_metrics(fed, out / "metrics.png")
-    names = sorted({k for r in fed.per_round for k in r["metrics"]})
+    names = sorted({k for r in fed.per_round for k in r["metrics"]} | set(fed.initial_metrics))
     lines = [
         f"# secagg simulate: {fed.spec.name}, {fed.spec.mode} mode, {len(fed.sites)} sites, "
         f"{fed.spec.rounds} rounds",
@@ -195,6 +195,9 @@ def write_job(out: Path, fed: Federation, extra: dict[str, Any] | None = None) -
         "| round | sites | seconds | " + " | ".join(names) + " |",
         "|---" * (3 + len(names)) + "|",
     ]
+    if fed.initial_metrics:
+        cells = [f"{fed.initial_metrics[n]:.4f}" if n in fed.initial_metrics else "" for n in names]
+        lines.append("| 0 (initial model) | | | " + " | ".join(cells) + " |")
     for r in fed.per_round:
         cells = [f"{r['metrics'][n]:.4f}" if n in r["metrics"] else "" for n in names]
         lines.append(

@@ -267,3 +267,40 @@ KeyError: 'weights'
         "SyntaxError: x at train.py line 3"
     )
     assert traceback_tail("no traceback here\n") == ""
+
+
+def test_own_policy_must_trust_the_simulator_signer(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = _init(capsys, tmp_path / "job", "logreg")
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nsigners: {submitters: [admin@lead]}\nmodes: [plain]\n")
+    argv = ["simulate", job, "--sites", "2", "--data-root", data, "--mode", "plain", "--out", tmp_path / "o"]
+    rc, _, err = _run(capsys, *argv, "--policy", f"site-2={policy}")
+    assert rc == 1 and "add submitter@simulate to signers.submitters" in _one_line(err, Reason.CONFIG)
+    rc, _, err = _run(capsys, *argv, "--policy", f"site-3={policy}")
+    assert rc == 2 and "unknown site 'site-3'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_job_report_has_every_round_and_the_initial_model(tmp_path: Path) -> None:
+    from secagg.demo import report
+    from secagg.demo.engine import Federation
+    from secagg.jobs.job import parse_spec
+
+    spec = parse_spec(b"name: j\nrounds: 2\nmin_sites: 2\nmode: he\nmodel: m.safetensors\nentry: t.py\n")
+    rows = [
+        {"round": 1, "participants": ["site-1", "site-2"], "seconds": 1.5, "metrics": {"val_loss": 0.5}},
+        {"round": 2, "participants": ["site-1", "site-2"], "seconds": 0.5, "metrics": {"val_loss": 0.25}},
+    ]
+    logs = {"site-1": tmp_path / "logs" / "site-1.train.log"}
+    fed = Federation(
+        tmp_path, tmp_path / "job", spec, ["site-1", "site-2"], "j-1", rows, 9.0, logs, {"val_loss": 0.75}
+    )
+    summary = report.write_job(tmp_path, fed)
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert summary["mode"] == "he" and summary["rounds"] == 2 and summary["median_round_seconds"] == 1.0
+    assert summary["final_metrics"] == {"val_loss": 0.25} and summary["initial_metrics"] == {"val_loss": 0.75}
+    text = (tmp_path / "report.md").read_text()
+    assert "| 0 (initial model) | | | 0.7500 |" in text and "| 2 | 2 | 0.50 | 0.2500 |" in text
+    assert str(logs["site-1"]) in text and (tmp_path / "metrics.png").stat().st_size > 0
