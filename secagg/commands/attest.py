@@ -10,6 +10,7 @@ from attestation.errors import OptionsError
 from attestation.evidence import verify_and_validate
 from attestation.options import VerifyOptions, load_options
 from secagg.errors import ConfigError, IntegrityError, PolicyRefusal, UsageError
+from secagg.reasons import Reason
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -105,5 +106,5 @@ def run_verify(args: argparse.Namespace) -> int:
     first = result.errors[0] if result.errors else "unknown reason"
     more = f" (+{len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
     if result.verified:  # authentic, but the policy does not accept it
-        raise PolicyRefusal(f"attestation refused ({result.type}): {first}{more}", code="attestation")
+        raise PolicyRefusal(f"attestation refused ({result.type}): {first}{more}", code=Reason.ATTESTATION)
     raise IntegrityError(f"attestation not verified ({result.type}): {first}{more}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from secagg.errors import ConfigError, PolicyRefusal
 from secagg.mask import wire
+from secagg.reasons import Reason
 
 #: the summed quantised values live in signed 32-bit two's complement: |sum| must stay below this
 SUM_LIMIT = 2**31 - 1
@@ -109,7 +110,7 @@ def check_threshold(config: MaskConfig, min_threshold: int) -> None:
     if config.threshold < min_threshold:
         raise PolicyRefusal(
             f"mask threshold {config.threshold} is below the policy minimum {min_threshold}",
-            code="mask_threshold",
+            code=Reason.MASK_THRESHOLD,
         )
 
 

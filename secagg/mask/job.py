@@ -12,6 +12,7 @@ import math
 from secagg.errors import UpdateRejected
 from secagg.jobs.spec import MaskSpec
 from secagg.mask.config import MaskConfig, recommended_neighbours, recommended_threshold
+from secagg.reasons import Reason
 
 
 def mask_config(spec: MaskSpec | None, n_sites: int) -> MaskConfig:
@@ -40,4 +41,4 @@ def unpack(data: bytes) -> list[bytes]:
             raise ValueError("not a list")
         return [base64.b64decode(x, validate=True) for x in items]
     except (ValueError, TypeError) as exc:
-        raise UpdateRejected(f"malformed message list: {exc}", code="malformed") from None
+        raise UpdateRejected(f"malformed message list: {exc}", code=Reason.MALFORMED) from None

@@ -11,6 +11,7 @@ import numpy as np
 
 from secagg.errors import ConfigError, UpdateRejected
 from secagg.mask.config import SUM_LIMIT
+from secagg.reasons import Reason
 
 #: elements per step of :func:`quantize`, so its temporaries stay in cache
 _CHUNK = 1 << 16
@@ -52,7 +53,7 @@ def quantize(vec: np.ndarray, clip: float, frac_bits: int, out: np.ndarray | Non
         n = min(_CHUNK, x.size - start)
         part, t = x[start : start + n], tmp[:n]
         if not np.isfinite(part, out=finite[:n]).all():
-            raise UpdateRejected("update contains NaN or infinite values", code="non_finite")
+            raise UpdateRejected("update contains NaN or infinite values", code=Reason.NON_FINITE)
         if part.dtype != np.float64:
             np.copyto(t, part)  # widen first: clipping float32 against a float64 bound could round it
             part = t

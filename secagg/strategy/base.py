@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from secagg.errors import ConfigError, UpdateRejected
+from secagg.reasons import Reason
 from secagg.strategy.state import StrategyState
 
 
@@ -25,13 +26,13 @@ def check_vector(vec: np.ndarray, what: str) -> np.ndarray:
     """A read-only float64 1-D view/copy of ``vec``, refusing NaN/inf (they would poison every site)."""
     arr = np.asarray(vec)
     if arr.ndim != 1:
-        raise UpdateRejected(f"{what} must be a flat vector, got shape {arr.shape}", code="bad_shape")
+        raise UpdateRejected(f"{what} must be a flat vector, got shape {arr.shape}", code=Reason.BAD_SHAPE)
     if arr.dtype != np.float64:
         if not np.issubdtype(arr.dtype, np.floating):
-            raise UpdateRejected(f"{what} must be a float vector, got {arr.dtype}", code="dtype")
+            raise UpdateRejected(f"{what} must be a float vector, got {arr.dtype}", code=Reason.DTYPE)
         arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
-        raise UpdateRejected(f"{what} holds NaN or infinity", code="non_finite")
+        raise UpdateRejected(f"{what} holds NaN or infinity", code=Reason.NON_FINITE)
     return arr
 
 
@@ -87,13 +88,14 @@ class Strategy(ABC):
         delta = check_vector(avg_update, "average update")
         if delta.shape != x.shape:
             raise UpdateRejected(
-                f"average update has {delta.shape[0]} values, the global model {x.shape[0]}", code="bad_shape"
+                f"average update has {delta.shape[0]} values, the global model {x.shape[0]}",
+                code=Reason.BAD_SHAPE,
             )
         self._check_state(state, x.shape[0])
         with np.errstate(over="ignore", invalid="ignore"):  # reported below as one clear error
             new_x, buffers = self._step(x, delta, state.buffers)
         if not np.all(np.isfinite(new_x)) or not all(np.all(np.isfinite(b)) for b in buffers.values()):
-            raise UpdateRejected(f"{self.name} step produced NaN or infinity", code="non_finite")
+            raise UpdateRejected(f"{self.name} step produced NaN or infinity", code=Reason.NON_FINITE)
         new_state = StrategyState(
             strategy=self.name, step=state.step + 1, dim=state.dim, params=self.params(), buffers=buffers
         )

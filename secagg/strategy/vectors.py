@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from secagg.errors import ConfigError, UpdateRejected
+from secagg.reasons import Reason
 
 #: dtypes a model tensor may have; anything else (ints, bools) is not a trainable weight
 _FLOAT_DTYPES = ("float16", "float32", "float64")
@@ -100,10 +101,10 @@ def unflatten(vec: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
     """Split a flat vector back into named tensors of the layout's shapes and dtypes."""
     vec = np.asarray(vec)
     if vec.ndim != 1:
-        raise UpdateRejected(f"expected a flat vector, got shape {vec.shape}", code="bad_shape")
+        raise UpdateRejected(f"expected a flat vector, got shape {vec.shape}", code=Reason.BAD_SHAPE)
     if vec.shape[0] != layout.size:
         raise UpdateRejected(
-            f"vector has {vec.shape[0]} values but the layout needs {layout.size}", code="bad_shape"
+            f"vector has {vec.shape[0]} values but the layout needs {layout.size}", code=Reason.BAD_SHAPE
         )
     out: dict[str, np.ndarray] = {}
     offset = 0
