@@ -33,4 +33,4 @@ bench: $(STAMP)
 	$(VENV)/bin/secagg bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) demo-out bench-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-out simulate-out bench-out .pytest_cache .mypy_cache .ruff_cache

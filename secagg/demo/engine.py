@@ -456,6 +456,8 @@ class _Watch:
 
     def _explain(self, site: str, rec: dict[str, Any]) -> SecaggError:
         code, reason = str(rec.get("code", "")), str(rec.get("reason", ""))
+        if rec.get("event") == "job_refused":
+            return self.failed(f"{site} refused the job: {code}: {reason}")
         if not code.startswith("training_"):
             return self.failed(f"{site} declined round {rec.get('round', '?')}: {code}: {reason}")
         logs = _copy_train_logs(self.out, [site])
