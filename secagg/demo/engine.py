@@ -173,7 +173,9 @@ def prepare_job(
     from secagg.jobs.job import parse_spec
 
     spec = load_job_folder(src)
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(*_SIGNATURE_FILES, "__pycache__", "*.pyc"))
+    # links stay links: signing the copy refuses them as signing the folder for a deployment would
+    ignore = shutil.ignore_patterns(*_SIGNATURE_FILES, "__pycache__", "*.pyc")
+    shutil.copytree(src, dest, symlinks=True, ignore=ignore)
     raw: dict[str, Any] = yaml.safe_load((src / JOB_FILE).read_text())
     changes: dict[str, Any] = {}
     if mode is not None and mode != spec.mode:
