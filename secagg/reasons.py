@@ -63,7 +63,7 @@ class Reason(StrEnum):
     SIMULATION_FAILED = ("simulation_failed", FAILED_PRECONDITION, "the simulated federation did not finish")
     # ---- secagg simulate: a new user's job folder and data (secagg.demo.engine)
     NO_JOB_FILE = ("no_job_file", FAILED_PRECONDITION, "a job folder without job.yaml")
-    MODEL_NOT_SAFETENSORS = ("model_not_safetensors", FAILED_PRECONDITION, "the job's model is not safetensors")
+    MODEL_NOT_SAFETENSORS = ("model_not_safetensors", FAILED_PRECONDITION, "the model is not safetensors")
     DATA_MISSING = ("data_missing", FAILED_PRECONDITION, "a site's data folder is missing")
     SCRIPT_FAILED = ("script_failed", FAILED_PRECONDITION, "the job's training script raised at a site")
     NO_UPDATE = ("no_update", FAILED_PRECONDITION, "the training script finished without calling client.send")
