@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "job_dir", type=Path, metavar="JOB_DIR", help="the job folder (start one: secagg job init)"
     )
-    p.add_argument("--sites", type=int, help="number of sites, 2-16 (default: as many as --data folders)")
+    p.add_argument(
+        "--sites", type=int, metavar="N", help="number of sites, 2-16 (default: as many as --data folders)"
+    )
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument(
         "--data", type=Path, nargs="+", metavar="DIR", help="one data folder per site, site-1 first"
@@ -40,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--mode", choices=MODES, help="aggregation mode (default: the job's); tee: INSECURE dev-TEE"
     )
-    p.add_argument("--rounds", type=int, help="rounds, 1-100 (default: the job's)")
+    p.add_argument("--rounds", type=int, metavar="R", help="rounds, 1-100 (default: the job's)")
     p.add_argument(
         "--policy",
         type=_policy_option,
