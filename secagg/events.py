@@ -60,6 +60,9 @@ class Event(StrEnum):
     HE_KEY_RECEIVED = "he_key_received"
     SIMULATED_DROPOUT = "simulated_dropout"
     SPEND_WITHOUT_BUDGET = "spend_without_budget"
+    # ---- both: the audit log itself (secagg.auditlog)
+    #: a head was first written over a non-empty log (one written before heads, or its head deleted)
+    AUDIT_HEAD_CREATED = "audit_head_created"
 
 
 #: aggregator events that are refusals; their ``code`` field is the reason code

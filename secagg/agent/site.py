@@ -77,7 +77,7 @@ class SiteAgent:
         self.name = kit.name
         self.data_dir = data_dir.resolve()
         self.state = SiteState(state_dir)
-        self.audit = AuditLog(state_dir / "audit.jsonl")
+        self.audit = AuditLog(state_dir / "audit.jsonl", key=kit.private_key, node=kit.name)
         self.policy_path = policy_path
         self.target = target or kit.target
         #: demos and tests: (round, phase) at which this agent vanishes, as a crashed site would

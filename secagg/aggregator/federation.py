@@ -75,7 +75,7 @@ class Federation:
         self.sites = list(kit.config.sites)
         self.state_dir = state_dir
         self.store = StateStore(state_dir)
-        self.audit = AuditLog(state_dir / "audit.jsonl")
+        self.audit = AuditLog(state_dir / "audit.jsonl", key=kit.private_key, node=kit.name)
         self.max_upload_bytes = max_upload_bytes
         self.spool = Spool(state_dir / "spool")
         self.cond = threading.Condition()

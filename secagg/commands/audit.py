@@ -1,25 +1,79 @@
-"""``secagg audit verify FILE``."""
+"""``secagg audit verify FILE [--cert CERT_PEM | --kit DIR] [--allow-missing-head]``.
+
+Checks the hash chain and the signed head beside the log (``FILE.head``, see :mod:`secagg.auditlog`):
+lines removed at the end, an emptied file, a recomputed chain, a head signed by another key. Exit 0
+when everything holds (notes such as "head one line behind" or "signature not checked" go to stdout
+with the result), 1 with one line on stderr naming the problem, 2 on a usage error.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from secagg.auditlog import verify_log
+from cryptography import x509
+
+from secagg.auditlog import head_path, verify_audit
 from secagg.errors import ConfigError
+from secagg.provision.identity import load_cert
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("audit", help="audit log tools")
     s = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    v = s.add_parser("verify", help="check an audit log's hash chain; names the first bad line")
+    v = s.add_parser(
+        "verify",
+        help="check an audit log's hash chain and its signed head; names the first problem",
+        description="Check an audit log's hash chain and the signed head kept beside it (FILE.head): "
+        "names the first bad line, lines removed at the end, an emptied or rewritten log, and a head "
+        "whose signature does not verify against the node's certificate.",
+    )
     v.add_argument("file", type=Path)
+    who = v.add_mutually_exclusive_group()
+    who.add_argument(
+        "--cert",
+        type=Path,
+        metavar="CERT_PEM",
+        help="the node's certificate: the head must be signed by its key",
+    )
+    who.add_argument(
+        "--kit",
+        type=Path,
+        metavar="DIR",
+        help="a startup kit: check the head against its cert.pem (the kit's own log)",
+    )
+    v.add_argument(
+        "--allow-missing-head",
+        action="store_true",
+        help="accept a log with no head (written before heads existed); truncation is then not checked",
+    )
     v.set_defaults(func=run_verify)
 
 
+def _cert(args: argparse.Namespace) -> x509.Certificate | None:
+    if args.cert is not None:
+        if not args.cert.is_file():
+            raise ConfigError(f"no such certificate file: {args.cert}")
+        return load_cert(args.cert.read_bytes())
+    if args.kit is not None:
+        from secagg.provision.kit import load_kit
+
+        return load_kit(args.kit).cert
+    return None
+
+
 def run_verify(args: argparse.Namespace) -> int:
-    if not args.file.is_file():
+    if args.file.exists() and not args.file.is_file():
+        raise ConfigError(f"{args.file} is not a file")
+    if not args.file.exists() and not head_path(args.file).is_file():
         raise ConfigError(f"no such audit log: {args.file}")
-    n = verify_log(args.file)
-    print(f"{args.file}: {n} records, hash chain intact")
+    report = verify_audit(args.file, cert=_cert(args), allow_missing_head=args.allow_missing_head)
+    head = {
+        "signed": f"head signed by {report.node}, signature verified",
+        "signed-unchecked": f"head signed by {report.node} (signature not checked: give --cert or --kit)",
+        "unsigned": "head unsigned",
+        "missing": "no head (truncation not checked)",
+    }[report.head]
+    extra = "; head one line behind (crash between append and head update)" if report.behind else ""
+    print(f"{args.file}: {report.records} records, hash chain intact, {head}{extra}")
     return 0

@@ -60,10 +60,14 @@ def test_reordered_lines_fail_at_the_first_moved_line(
     assert code == 1 and "audit.jsonl:2:" in out
 
 
-def test_removed_last_line_is_not_detectable_by_the_chain_alone(tmp_path: Path) -> None:
-    """Documented limit: truncating the tail leaves a valid shorter chain; the count tells it."""
+def test_removed_last_line_is_not_detectable_by_the_chain_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Truncating the tail leaves a valid shorter chain; the signed head beside it tells it."""
     from secagg.auditlog import verify_log
 
     lines = _log(tmp_path)
     (tmp_path / "audit.jsonl").write_text("".join(lines[:-1]))
     assert verify_log(tmp_path / "audit.jsonl") == 5
+    code, out = _verify(tmp_path / "audit.jsonl", capsys)
+    assert code == 1 and "truncated: 5 records, its head records 6" in out
