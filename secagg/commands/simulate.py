@@ -8,8 +8,7 @@ import datetime as dt
 from pathlib import Path
 
 from secagg.errors import UsageError
-
-MODES = ("plain", "he", "mask", "tee")
+from secagg.modes import NAMES as MODES
 
 
 def _policy_option(text: str) -> tuple[str, Path]:
@@ -40,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     data.add_argument("--data-root", type=Path, metavar="DIR", help="a folder with site-1/ ... site-N/ in it")
     p.add_argument(
-        "--mode", choices=MODES, help="aggregation mode (default: the job's); tee: INSECURE dev-TEE"
+        "--mode",
+        choices=MODES,
+        help="aggregation mode (default: the job's); tee and tee-mask: INSECURE dev-TEE",
     )
     p.add_argument("--rounds", type=int, metavar="R", help="rounds, 1-100 (default: the job's)")
     p.add_argument(

@@ -40,13 +40,14 @@ import yaml
 
 from secagg.errors import ConfigError, SecaggError
 from secagg.jobs.spec import JobSpec
+from secagg.modes import NAMES, traits
 from secagg.reasons import Reason
 
 JOB_FILE = "job.yaml"
 #: the signer of the simulator's throwaway job signature (a site's own ``--policy`` must trust it)
 SIMULATE_SUBMITTER = "submitter@simulate"
-#: the modes a local federation can run end to end (tee with the INSECURE software dev-TEE)
-RUNNABLE_MODES = ("plain", "he", "mask", "tee")
+#: the modes a local federation can run end to end (attested ones with the INSECURE software dev-TEE)
+RUNNABLE_MODES: tuple[str, ...] = NAMES
 #: files of a signed folder that the copy is re-signed without
 _SIGNATURE_FILES = ("manifest.json", "manifest.sig", "manifest.sigstore.json")
 SAVE_HINT = 'safetensors.torch.save_file(model.state_dict(), "model.safetensors")'
@@ -60,7 +61,7 @@ def dev_policy(submitter: str) -> str:
 version: 1
 signers:
   submitters: [{submitter}]
-modes: [plain, he, mask, tee]
+modes: [{", ".join(RUNNABLE_MODES)}]
 attestation:
   types: [dev-tee]
   allow_insecure_dev_tee: true
@@ -169,7 +170,7 @@ def prepare_job(
 ) -> JobSpec:
     """Copy the job folder to ``dest`` (without an old signature) and write the run's settings into the
     copy's job.yaml: ``mode`` and ``rounds`` when given, ``min_sites`` at most the sites there are, and
-    mask settings sized for ``n_sites`` when the job runs in mask mode without its own."""
+    mask settings sized for ``n_sites`` when the job runs in a masked mode without its own."""
     from secagg.jobs.job import parse_spec
 
     spec = load_job_folder(src)
@@ -187,7 +188,7 @@ def prepare_job(
         changes["min_sites"] = want_min
     if round_timeout is not None and round_timeout != spec.round_timeout:
         changes["round_timeout"] = round_timeout
-    if (mode or spec.mode) == "mask" and spec.mask is None:
+    if traits(mode or spec.mode).masked and spec.mask is None:
         from secagg.mask.job import mask_config
 
         cfg = mask_config(None, n_sites)
@@ -325,7 +326,7 @@ def run_job(
             "--host",
             "127.0.0.1",
             "--exit-when-done",
-            *(["--insecure-dev-tee"] if spec.mode == "tee" else []),
+            *(["--insecure-dev-tee"] if traits(spec.mode).attested else []),
         ]
         procs.append(("aggregator", _start(agg, logs / "aggregator.log", env)))
         for s in sites:
