@@ -37,6 +37,7 @@ from typing import Any
 
 from secagg.agent.channel import Channel, ChannelClosed, ChannelError, ChannelTimeout, Frame, socketpair
 from secagg.agent.sandbox import Confinement, scratch_env
+from secagg.agent.worker_codes import WorkerError
 from secagg.bundle import from_safetensors
 from secagg.client import IO_ENV
 from secagg.errors import PolicyRefusal, SecaggError
@@ -72,6 +73,13 @@ class TrainingTimeout(TrainingFailed):
 
 class TrainingLimitExceeded(TrainingFailed):
     code: str = Reason.TRAINING_LIMIT_EXCEEDED
+
+
+class TrainingSentNothing(TrainingFailed):
+    """The script ended its task without an update: one round lost at this site, as any failure,
+    but named, so that a user's simulation can say what the script must do."""
+
+    code: str = Reason.NO_UPDATE
 
 
 @dataclass(frozen=True)
@@ -377,13 +385,13 @@ class TrainingWorker:
 
     def _failure(self, h: dict[str, Any]) -> TrainingFailed:
         code, status = h.get("code"), h.get("status")
-        if code == "no_send":
-            return TrainingFailed("training script finished without calling client.send()")
-        if code == "no_send_loop":
-            return TrainingFailed(
+        if code == WorkerError.NO_SEND:
+            return TrainingSentNothing("training script finished without calling client.send()")
+        if code == WorkerError.NO_SEND_LOOP:
+            return TrainingSentNothing(
                 f"training script asked for its next task without calling client.send(); see {self.log}"
             )
-        if code == "limit":
+        if code == WorkerError.LIMIT:
             return TrainingLimitExceeded(
                 f"training script exceeded a resource limit (MemoryError); see {self.log}"
             )

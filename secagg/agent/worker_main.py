@@ -47,6 +47,7 @@ from typing import Any
 # Only the standard library and these two small modules before the confinement: secagg.client imports
 # numpy, whose BLAS may start threads, and confine() must run in a single-threaded process.
 from secagg.agent.channel import Channel, ChannelClosed
+from secagg.agent.worker_codes import WorkerError
 from secagg.errors import PolicyRefusal
 
 #: exit status of a worker whose task ended in an error frame
@@ -184,21 +185,21 @@ def _run_script(script: Path, args: list[str], worker: _Worker) -> dict[str, Any
     except SystemExit as exc:
         if exc.code not in (None, 0):
             if isinstance(exc.code, int):
-                return _error("exit", f"the script exited with {exc.code}", exc.code)
+                return _error(WorkerError.EXIT, f"the script exited with {exc.code}", exc.code)
             print(exc.code, file=sys.stderr)
-            return _error("exit", "the script exited with a message", FAILED)
+            return _error(WorkerError.EXIT, "the script exited with a message", FAILED)
     except TrainingRefused as exc:
         print(f"secagg: {exc}", file=sys.stderr)
         return _refused(exc.code, str(exc))
     except NotSent as exc:
         print(f"secagg: {exc}", file=sys.stderr)
-        return _dp_refusal(worker) or _error("no_send_loop", str(exc))
+        return _dp_refusal(worker) or _error(WorkerError.NO_SEND_LOOP, str(exc))
     except MemoryError:
         traceback.print_exc()
-        return _error("limit", "MemoryError")
+        return _error(WorkerError.LIMIT, "MemoryError")
     except BaseException as exc:  # anything the script raised ends this worker, never the agent
         traceback.print_exc()
-        return _dp_refusal(worker) or _error("script_error", f"{type(exc).__name__}: {exc}")
+        return _dp_refusal(worker) or _error(WorkerError.SCRIPT_ERROR, f"{type(exc).__name__}: {exc}")
     cur = client._current
     if client._over or cur is None:
         return None  # the loop ended because the agent closed the channel: nothing is open
@@ -206,7 +207,7 @@ def _run_script(script: Path, args: list[str], worker: _Worker) -> dict[str, Any
     if refusal is not None:
         return refusal
     if cur.result is None:
-        return _error("no_send", "the script finished without calling client.send()")
+        return _error(WorkerError.NO_SEND, "the script finished without calling client.send()")
     worker.dpsgd.end()
     return _done(cur, last=True)
 

@@ -461,12 +461,12 @@ class _Watch:
         code, reason = str(rec.get("code", "")), str(rec.get("reason", ""))
         if rec.get("event") == "job_refused":
             return self.failed(f"{site} refused the job: {code}: {reason}")
-        if not code.startswith("training_"):
+        if not code.startswith("training_") and code != Reason.NO_UPDATE:
             return self.failed(f"{site} declined round {rec.get('round', '?')}: {code}: {reason}")
         logs = _copy_train_logs(self.out, [site])
         train_log = logs.get(site, self.out / "state" / site / "jobs")
         entry = self.spec.entry
-        if "client.send()" in reason:  # the worker's no_send / no_send_loop answers
+        if code == Reason.NO_UPDATE:
             return NoUpdate(
                 f"{site}: {entry} finished round {rec.get('round', '?')} without calling client.send() "
                 f"(a training task must end with client.send(model.state_dict(), num_samples=N)); "
