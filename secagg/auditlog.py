@@ -59,6 +59,8 @@ HEAD_ALGORITHM = "ecdsa-p384-sha384"
 HEAD_SUFFIX = ".head"
 #: a head is a few hundred bytes; refuse to parse anything much larger
 _MAX_HEAD_BYTES = 64 * 1024
+#: keys every record has; an event's fields may not use them
+_RESERVED = frozenset({"seq", "time", "event", "prev", "hash"})
 
 
 def _digest(record: dict[str, Any]) -> str:
@@ -126,19 +128,24 @@ def read_head(path: Path) -> dict[str, Any]:
         raw = path.read_bytes()[: _MAX_HEAD_BYTES + 1]
     except IsADirectoryError:
         raise IntegrityError(f"{path}: audit head is not a file") from None
+    return parse_head(raw, str(path))
+
+
+def parse_head(raw: bytes, where: str) -> dict[str, Any]:
+    """A head document from bytes (a file, or what a site relayed); ``where`` prefixes any error."""
     if len(raw) > _MAX_HEAD_BYTES:
-        raise IntegrityError(f"{path}: audit head is too large to be one")
+        raise IntegrityError(f"{where}: audit head is too large to be one")
     try:
         head = json.loads(raw)
     except ValueError:
-        raise IntegrityError(f"{path}: audit head is not JSON") from None
+        raise IntegrityError(f"{where}: audit head is not JSON") from None
     if not isinstance(head, dict):
-        raise IntegrityError(f"{path}: audit head is not a JSON object")
+        raise IntegrityError(f"{where}: audit head is not a JSON object")
     seq, count, h = head.get("seq"), head.get("count"), head.get("hash")
     if head.get("version") != 1:
-        raise IntegrityError(f"{path}: audit head version {head.get('version')!r} is not 1")
+        raise IntegrityError(f"{where}: audit head version {head.get('version')!r} is not 1")
     if type(seq) is not int or seq < 0 or count != seq or not isinstance(h, str):
-        raise IntegrityError(f"{path}: audit head has no valid seq, count and hash")
+        raise IntegrityError(f"{where}: audit head has no valid seq, count and hash")
     return head
 
 
@@ -227,6 +234,12 @@ class AuditLog:
             "it was truncated or rewritten: run secagg audit verify"
         )
 
+    def head(self) -> dict[str, Any]:
+        """The current head (what ``<log>.head`` holds): what a site relays to the aggregator at the
+        end of a job, so that the aggregator's own log anchors how far the site's log reached."""
+        with self._lock:
+            return make_head(self._seq, self._prev, node=self._node, key=self._key)
+
     def _write_head(self) -> None:
         head = make_head(self._seq, self._prev, node=self._node, key=self._key)
         _write_atomic(self.head_path, json.dumps(head, sort_keys=True, indent=1).encode() + b"\n")
@@ -236,6 +249,9 @@ class AuditLog:
         audit log. Each line carries the SHA-256 of the previous one (RFC 8785 canonical JSON) and is
         fsynced before this returns, so a record the caller acted on survives a crash; then the signed
         head is replaced (atomically), so a log cut short afterwards no longer matches it."""
+        clash = _RESERVED & fields.keys()
+        if clash:  # a field named like the chain's own would silently replace it and break the log
+            raise TypeError(f"audit field names {sorted(clash)} are reserved")
         with self._lock:
             record: dict[str, Any] = {
                 "seq": self._seq + 1,
@@ -293,7 +309,15 @@ def verify_log(path: Path) -> int:
     return _walk(path).count
 
 
-def _check_signature(head: dict[str, Any], hpath: Path, cert: x509.Certificate) -> None:
+def check_head_signature(head: dict[str, Any], cert: x509.Certificate, *, where: str = "audit head") -> None:
+    """Raise :class:`IntegrityError` unless ``head`` is signed by ``cert``'s key for the node ``cert``
+    names (its CN). ``where`` prefixes the message (the head file, or the relaying site)."""
+    if head.get("signature") is None:
+        raise IntegrityError(f"{where}: head is unsigned; it cannot be checked against the certificate")
+    _check_signature(head, where, cert)
+
+
+def _check_signature(head: dict[str, Any], hpath: Path | str, cert: x509.Certificate) -> None:
     pub = cert.public_key()
     if not isinstance(pub, ec.EllipticCurvePublicKey):
         raise IntegrityError(f"{hpath}: the certificate's key is not an EC key")
@@ -363,9 +387,7 @@ def verify_audit(
         )
     signed = head.get("signature") is not None
     if cert is not None:
-        if not signed:
-            raise IntegrityError(f"{hpath}: head is unsigned; it cannot be checked against the certificate")
-        _check_signature(head, hpath, cert)
+        check_head_signature(head, cert, where=str(hpath))
         report.head = "signed"
     elif signed:
         report.head = "signed-unchecked"

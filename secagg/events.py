@@ -63,6 +63,8 @@ class Event(StrEnum):
     # ---- both: the audit log itself (secagg.auditlog)
     #: a head was first written over a non-empty log (one written before heads, or its head deleted)
     AUDIT_HEAD_CREATED = "audit_head_created"
+    #: aggregator: a site's signed audit head at the end of a job, checked against its certificate
+    SITE_AUDIT_HEAD = "site_audit_head"
 
 
 #: aggregator events that are refusals; their ``code`` field is the reason code

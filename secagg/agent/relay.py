@@ -91,6 +91,13 @@ class Relay:
         except grpc.RpcError as exc:
             log.warning("could not report the declined task: %s", exc.details())
 
+    def audit_head(self, job_id: str, head: dict[str, Any]) -> None:
+        """Relay this site's signed audit head at the end of a job; best effort (the head file has it)."""
+        try:
+            self.post_json("audit-head", head, job_id=job_id, round_=0)
+        except grpc.RpcError as exc:
+            log.warning("could not relay the audit head: %s", exc.details())
+
     def collect(self, topic: str, *, job_id: str = "", round_: int = 0, attempt: int = 0) -> bytes:
         """Wait for what the aggregator publishes for this site in the current phase."""
         while True:

@@ -217,6 +217,7 @@ class SiteAgent:
         self.state.set_last_job(job_id)
         if kind == "stop":
             self.audit.append(Event.JOB_STOPPED, job=job_id, reason=header.get("reason"))
+            self.relay.audit_head(job_id, self.audit.head())
             self.trainer.end_job(job_id)
             return job_id, stop_after_job
         try:
@@ -225,6 +226,7 @@ class SiteAgent:
             elif kind == "finalize":
                 self._finalize(header, payload)
                 self.audit.append(Event.JOB_DONE, job=job_id)
+                self.relay.audit_head(job_id, self.audit.head())
                 self.trainer.end_job(job_id)
                 return job_id, stop_after_job
         except RoundMovedOn as exc:

@@ -34,12 +34,13 @@ from secagg.aggregator.modes.he import HE_KEY_BLOB
 from secagg.aggregator.rounds import JobRun, JobState, Phase, RoundRun, Signal
 from secagg.aggregator.spool import Spool
 from secagg.aggregator.store import StateStore
-from secagg.auditlog import AuditLog
+from secagg.auditlog import AuditLog, check_head_signature, parse_head
 from secagg.bundle import BundleSpec, from_safetensors
 from secagg.errors import ConfigError, SecaggError, UpdateRejected
 from secagg.events import Event
 from secagg.fsio import atomic_write
 from secagg.jobs.spec import JobSpec
+from secagg.provision.identity import Identity
 from secagg.provision.kit import Kit
 from secagg.reasons import Reason
 from secagg.roster import BadSampleCount, expected_weights, sample_count
@@ -410,6 +411,17 @@ class Federation:
             self.job.final_metrics[site] = metrics
             self.cond.notify_all()
         self.audit.append(Event.SITE_FINAL, job=job_id, site=site)
+
+    def accept_audit_head(self, site: Identity, job_id: str, payload: bytes) -> None:
+        """A site's audit head at the end of a job, signed by its certificate key: recorded here, so the
+        aggregator's own log anchors how far that site's log reached (a later truncation shows)."""
+        if self.store.job(job_id) is None:
+            raise UpdateRejected(f"no such job {job_id}", code=Reason.NO_SUCH_JOB)
+        head = parse_head(payload, f"audit head of {site.name}")
+        check_head_signature(head, site.cert, where=f"audit head of {site.name}")
+        self.audit.append(
+            Event.SITE_AUDIT_HEAD, job=job_id, site=site.name, head_seq=head["seq"], head_hash=head["hash"]
+        )
 
     # ---------------------------------------------------------------- the driver
     def step(self) -> None:

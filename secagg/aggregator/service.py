@@ -138,6 +138,8 @@ class FederationService(rpc.FederationServicer):
                 )
             elif request.topic == "final":
                 self.fed.post_final(site.name, request.job_id, request.payload)
+            elif request.topic == "audit-head":
+                self.fed.accept_audit_head(site, request.job_id, request.payload)
             elif request.topic == "he-key":
                 self.fed.accept_key_release(site.name, request.payload)
             elif request.topic in POST_TOPICS:

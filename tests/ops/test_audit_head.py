@@ -249,3 +249,12 @@ def test_aggregator_signs_its_head_with_its_kit_key(tmp_path: Path, workspace: P
     fed.audit.append("aggregator_started")
     report = verify_audit(fed.audit.path, cert=kit.cert)
     assert report.head == "signed" and report.node == kit.name and report.records == 1
+
+
+def test_a_field_named_like_a_chain_key_is_refused(tmp_path: Path) -> None:
+    """``seq=`` as an event field once replaced the record's own sequence number and broke the log."""
+    log = AuditLog(tmp_path / "audit.jsonl")
+    with pytest.raises(TypeError, match="reserved"):
+        log.append("site_audit_head", seq=5)
+    log.append("job_done", job="j")
+    assert verify_audit(tmp_path / "audit.jsonl").records == 1
