@@ -188,6 +188,9 @@ class AuditLog:
         #: called with each record after it is durable (metrics, live log streaming); must not raise
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{self.head_path.name}.*.tmp"):  # a crash while writing the head
+            with contextlib.suppress(OSError):
+                stale.unlink()
         self._seq, self._prev, before_last = self._tail()
         self._open_head(before_last)
 

@@ -258,3 +258,11 @@ def test_a_field_named_like_a_chain_key_is_refused(tmp_path: Path) -> None:
         log.append("site_audit_head", seq=5)
     log.append("job_done", job="j")
     assert verify_audit(tmp_path / "audit.jsonl").records == 1
+
+
+def test_a_head_temp_left_by_a_crash_is_removed_on_open(tmp_path: Path) -> None:
+    path = _log(tmp_path, n=1)
+    stale = tmp_path / ".audit.jsonl.head.abc123.tmp"
+    stale.write_text("{")  # kill -9 between the temp write and the rename
+    AuditLog(path)
+    assert not stale.exists() and verify_audit(path).records == 1
