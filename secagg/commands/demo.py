@@ -1,4 +1,4 @@
-"""``secagg demo [--mode he|mask|tee|plain] [--strategy NAME] [--rounds N] [--sites N] [--out DIR]``,
+"""``secagg demo [--mode he|mask|tee|tee-mask|plain] [--strategy NAME] [--rounds N] [--sites N] [--out DIR]``,
 plus ``--policy SITE=FILE``, ``--compare-strategies`` and ``--privacy-sweep``."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from secagg.errors import UsageError
+from secagg.modes import traits
 
 DEMO_PARAMS = {"lr": 0.05, "epochs": 2, "batch_size": 32, "seed": 0}
-MODES = ("he", "mask", "tee", "plain")
+MODES = ("he", "mask", "tee", "tee-mask", "plain")
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
 
 _POLICY_HELP = (
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--mode",
         choices=MODES,
         help="aggregation mode (default: he; plain for --compare-strategies and --privacy-sweep). "
-        "tee uses the INSECURE software dev-TEE",
+        "tee and tee-mask use the INSECURE software dev-TEE",
     )
     p.add_argument(
         "--strategy",
@@ -139,8 +140,10 @@ def _drops(args: argparse.Namespace, mode: str) -> dict[str, int]:
         if name not in {f"site-{i}" for i in range(1, args.sites + 1)}:
             raise UsageError(f"--drop-site: no site {name!r} (sites are site-1 ... site-{args.sites})")
         drops[name] = int(round_text)
-    if drops and mode != "mask":
-        raise UsageError("--drop-site shows mask mode's dropout recovery: use it with --mode mask")
+    if drops and not traits(mode).masked:
+        raise UsageError(
+            "--drop-site shows the mask protocol's dropout recovery: use it with --mode mask or tee-mask"
+        )
     if drops and args.sites - len(drops) < 2:
         raise UsageError("--drop-site: at least 2 sites must stay")
     return drops
