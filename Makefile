@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint proto bench clean
+.PHONY: demo test lint proto bench clean chaos chaos-ci
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,5 +32,14 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/secagg bench $(ARGS)
 
+# the fault and load harness (issue #18, RELIABILITY.md): every kill point in every mode, then the load
+chaos: $(STAMP)
+	$(VENV)/bin/secagg chaos --scenario baseline --scenario kill-aggregator --scenario kill-site --out chaos-out/faults $(ARGS)
+	$(VENV)/bin/secagg chaos --scenario load --out chaos-out/load $(ARGS)
+
+# its CI subset: one aggregator kill and one site kill per mode, 5 sites (tests/chaos)
+chaos-ci: $(STAMP)
+	SECAGG_CHAOS_CI=1 $(PY) -m pytest -q -m chaos tests/chaos $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) demo-out simulate-out bench-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-out simulate-out bench-out chaos-out .pytest_cache .mypy_cache .ruff_cache

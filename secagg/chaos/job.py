@@ -1,0 +1,108 @@
+"""The harness's job: numpy only (no torch at the sites), an update that is a pure function of
+(site, round), so a fault-free run's final model is known and any run can be compared with it."""
+
+from __future__ import annotations
+
+import textwrap
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from secagg.bundle import to_safetensors
+
+#: the job's training script (loop form: one worker serves every round). ``params.sleep`` seconds of
+#: "training" give the harness a window to kill a process while the sites train.
+TRAIN_PY = textwrap.dedent(
+    """\
+    import hashlib
+    import time
+    from collections import OrderedDict
+
+    import numpy as np
+
+    from secagg import client
+
+
+    def delta(site, round_, shapes):
+        seed = int.from_bytes(hashlib.sha256(f"{site}/{round_}".encode()).digest()[:8], "little")
+        rng = np.random.default_rng(seed)
+        return OrderedDict((k, (rng.standard_normal(s) * 0.05).astype(np.float32)) for k, s in shapes.items())
+
+
+    def main():
+        for task in client.tasks():
+            g = client.receive_numpy()
+            n = int((task.data_dir / "n.txt").read_text())
+            metrics = {"val_auc": 0.5 + 0.01 * task.round}
+            if task.task == "evaluate":
+                client.send(metrics=metrics)
+                continue
+            time.sleep(float(task.params.get("sleep", 0)))
+            d = delta(task.site, task.round, {k: tuple(v.shape) for k, v in g.items()})
+            client.send(OrderedDict((k, v + d[k]) for k, v in g.items()), num_samples=n, metrics=metrics)
+
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+INIT = OrderedDict(
+    [
+        ("layer.weight", np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6)),
+        ("layer.bias", np.zeros(4, dtype=np.float32)),
+        ("head", np.full((3,), 0.5, dtype=np.float32)),
+    ]
+)
+
+
+def samples(site: str) -> int:
+    """Each site's sample count: unequal, so the weights matter."""
+    return 50 + 25 * (int(site.rpartition("-")[2]) % 7)
+
+
+def write_job(
+    folder: Path, *, mode: str, rounds: int, min_sites: int, round_timeout: float, sleep: float
+) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "train.py").write_text(TRAIN_PY)
+    (folder / "model.safetensors").write_bytes(to_safetensors(INIT))
+    spec = {
+        "name": "chaos",
+        "rounds": rounds,
+        "min_sites": min_sites,
+        "mode": mode,
+        "model": "model.safetensors",
+        "entry": "train.py",
+        "round_timeout": round_timeout,
+        "params": {"sleep": sleep},
+    }
+    (folder / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder
+
+
+def write_data(folder: Path, site: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "n.txt").write_text(str(samples(site)))
+    return folder
+
+
+def _delta(site: str, round_: int) -> OrderedDict[str, np.ndarray]:
+    import hashlib
+
+    seed = int.from_bytes(hashlib.sha256(f"{site}/{round_}".encode()).digest()[:8], "little")
+    rng = np.random.default_rng(seed)
+    return OrderedDict((k, (rng.standard_normal(v.shape) * 0.05).astype(np.float32)) for k, v in INIT.items())
+
+
+def expected_final(rounds: int, sites: list[str]) -> OrderedDict[str, np.ndarray]:
+    """FedAvg of the pure updates in float64: what every mode should come within its bound of."""
+    g = OrderedDict((k, v.astype(np.float64)) for k, v in INIT.items())
+    total = sum(samples(s) for s in sites)
+    for r in range(1, rounds + 1):
+        ds = {s: _delta(s, r) for s in sites}
+        for k in g:
+            g[k] = g[k] + sum(samples(s) / total * ds[s][k].astype(np.float64) for s in sites)
+    return g

@@ -1,0 +1,205 @@
+"""One bounded federation of real processes with (at most) one injected fault, restarted on the same
+state: provisioning, signing and process start-up are the local engine's (:mod:`secagg.demo.engine`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from secagg.chaos import job as chaos_job
+from secagg.chaos.shim import ENV_KILL, ENV_MARK, POINTS
+from secagg.demo.engine import SimSite, _free_port, _start, _stop, _write_policies, dev_policy, prepare_job
+
+SUBMITTER = "submitter@chaos"
+#: the budget and filter of a run with ``dp`` (what a site kill after its debit is about)
+DP_POLICY = """\
+privacy:
+  required:
+    - {name: gaussian, clip: 1.0, noise_multiplier: 1.1}
+  budget: {epsilon: 50.0, delta: 1.0e-5}
+"""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    mode: str
+    sites: int = 5
+    rounds: int = 3
+    #: ``POINT@ROUND`` (see :mod:`secagg.chaos.shim`), or None for a fault-free run
+    fault: str | None = None
+    #: who the fault hits: ``aggregator`` or a site name
+    target: str = "aggregator"
+    dp: bool = False
+    #: seconds each site's training sleeps (the window for a kill while sites train)
+    sleep: float = 0.0
+    round_timeout: float = 30.0
+    #: the whole run's bound; past it every process is killed and the run reported as timed out
+    timeout: float = 300.0
+
+    @property
+    def names(self) -> list[str]:
+        return [f"site-{i}" for i in range(1, self.sites + 1)]
+
+
+@dataclass
+class Outcome:
+    spec: RunSpec
+    out: Path
+    seconds: float
+    timed_out: bool
+    #: every exit of every process: (name, return code); -9 is the injected kill
+    exits: list[tuple[str, int]] = field(default_factory=list)
+    #: the kill points reached (lines of the mark file)
+    hits: list[str] = field(default_factory=list)
+    restarts: int = 0
+    #: the aggregator's peak resident set (VmHWM), bytes, over all its incarnations
+    peak_rss: int = 0
+
+    @property
+    def state(self) -> Path:
+        return self.out / "state"
+
+    @property
+    def workspace(self) -> Path:
+        return self.out / "workspace"
+
+
+def _policy(dp: bool) -> str:
+    text = dev_policy(SUBMITTER)
+    return text + DP_POLICY if dp else text
+
+
+def _vm_hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
+    """Provision, sign, start, inject ``spec.fault``, restart the killed process once, stop by itself."""
+    from secagg.jobs.sign import sign_job
+    from secagg.provision.kit import load_kit
+    from secagg.provision.project import AdminSpec, AggregatorSpec, Project, SiteSpec
+    from secagg.provision.writer import provision
+
+    if spec.fault is not None and spec.fault.partition("@")[0] not in POINTS:
+        raise ValueError(f"unknown fault {spec.fault}")
+    out.mkdir(parents=True, exist_ok=True)
+    names = spec.names
+    src = chaos_job.write_job(
+        out / "job-src",
+        mode=spec.mode,
+        rounds=spec.rounds,
+        min_sites=spec.sites,
+        round_timeout=spec.round_timeout,
+        sleep=spec.sleep,
+    )
+    prepare_job(src, out / "job", n_sites=spec.sites)
+    ws = out / "workspace"
+    provision(
+        Project(
+            name=f"chaos-{spec.mode}",
+            aggregator=AggregatorSpec(host="127.0.0.1", port=_free_port()),
+            sites=[SiteSpec(name=n, org=f"org-{n}") for n in names],
+            admins=[AdminSpec(name=SUBMITTER, org="chaos", role="lead")],
+            key_holder=names[0],
+        ),
+        ws,
+        force=True,
+    )
+    sign_job(out / "job", load_kit(ws / SUBMITTER))
+    sims = [SimSite(n, chaos_job.write_data(out / "data" / n, n)) for n in names]
+    policies = _write_policies(out / "policies", sims, _policy(spec.dp))
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    mark = out / "kills.txt"
+    base_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    base_env.pop(ENV_KILL, None)
+    cmds: dict[str, list[str]] = {
+        "aggregator": [
+            "aggregator",
+            "serve",
+            "--kit",
+            str(ws / "aggregator"),
+            "--state",
+            str(out / "state" / "aggregator"),
+            "--job",
+            str(out / "job"),
+            "--host",
+            "127.0.0.1",
+            "--exit-when-done",
+            *(["--insecure-dev-tee"] if spec.mode == "tee" else []),
+        ]
+    }
+    for s in sims:
+        cmds[s.name] = [
+            "agent",
+            "run",
+            "--kit",
+            str(ws / s.name),
+            "--data",
+            str(s.data),
+            "--state",
+            str(out / "state" / s.name),
+            "--policy",
+            str(policies[s.name]),
+        ]
+
+    def start(name: str, faulty: bool, n: int) -> subprocess.Popen[bytes]:
+        env = dict(base_env)
+        if faulty and spec.fault is not None:
+            env[ENV_KILL], env[ENV_MARK] = spec.fault, str(mark)
+        launcher = "secagg.chaos.shim" if faulty else "secagg.cli"
+        return _start([sys.executable, "-m", launcher, *cmds[name]], logs / f"{name}.{n}.log", env)
+
+    result = Outcome(spec, out, 0.0, False)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    started = time.monotonic()
+    try:
+        procs["aggregator"] = start("aggregator", spec.target == "aggregator", 0)
+        for n in names:
+            procs[n] = start(n, spec.target == n, 0)
+        deadline = started + spec.timeout
+        agg_done_at: float | None = None
+        while True:
+            result.peak_rss = max(result.peak_rss, _vm_hwm(procs["aggregator"].pid))
+            for name, p in list(procs.items()):
+                rc = p.poll()
+                if rc is None or getattr(p, "_chaos_seen", False):
+                    continue
+                p._chaos_seen = True  # type: ignore[attr-defined]
+                result.exits.append((name, rc))
+                if rc == -9 and name == spec.target and result.restarts == 0:
+                    result.restarts += 1
+                    log(f"    {name} killed ({spec.fault}); restarting on the same state")
+                    procs[name] = start(name, False, result.restarts)
+            agg = procs["aggregator"]
+            if agg.poll() is not None and getattr(agg, "_chaos_seen", False):
+                agg_done_at = agg_done_at or time.monotonic()
+            if all(p.poll() is not None for p in procs.values()) and all(
+                getattr(p, "_chaos_seen", False) for p in procs.values()
+            ):
+                break
+            # sites get a few seconds after the aggregator has gone to finish (they poll for "stop")
+            if agg_done_at is not None and time.monotonic() - agg_done_at > 20:
+                break
+            if time.monotonic() > deadline:
+                result.timed_out = True
+                break
+            time.sleep(0.1)
+    finally:
+        alive = [(n, p) for n, p in procs.items() if p.poll() is None]
+        _stop(alive)
+        for n, p in alive:
+            result.exits.append((n, p.returncode))
+    result.seconds = time.monotonic() - started
+    result.hits = mark.read_text().split("\n")[:-1] if mark.is_file() else []
+    return result

@@ -1,0 +1,263 @@
+"""The scenarios of issue #18 as lists of runs, and the suite that runs them and tabulates the checks.
+
+Each scenario expands to one :class:`~secagg.chaos.run.RunSpec` per mode (and per kill point); every
+run is bounded (``RunSpec.timeout``) and checked by :func:`secagg.chaos.checks.check`. A mode's
+fault-free run is its reference: a faulty run of a deterministic mode must match it bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from secagg.chaos.checks import DETERMINISTIC, Report, check, final_models
+from secagg.chaos.run import Outcome, RunSpec, run
+from secagg.chaos.shim import AGGREGATOR_POINTS, SITE_POINTS
+
+MODES = ("plain", "he", "mask", "tee")
+SCENARIOS = ("baseline", "kill-aggregator", "kill-site", "load")
+#: the round every kill hits (not the first, so a restart has a committed round to resume from)
+KILL_ROUND = 2
+#: the site every site kill hits
+KILL_SITE = "site-2"
+LOAD_SITES = (10, 25, 50)
+
+
+@dataclass(frozen=True)
+class Planned:
+    scenario: str
+    label: str  #: the kill point or the size, for the table
+    spec: RunSpec
+
+
+def plan(
+    scenarios: Iterable[str],
+    modes: Iterable[str],
+    *,
+    sites: int = 5,
+    rounds: int = 3,
+    points: Iterable[str] | None = None,
+    load_sites: Iterable[int] = LOAD_SITES,
+    load_rounds: int = 10,
+) -> list[Planned]:
+    want = set(points) if points is not None else None
+    out: list[Planned] = []
+    for mode in modes:
+        for sc in scenarios:
+            if sc == "baseline":
+                out.append(Planned(sc, "none", RunSpec(mode, sites, rounds)))
+            elif sc in ("kill-aggregator", "kill-site"):
+                agg = sc == "kill-aggregator"
+                for point in AGGREGATOR_POINTS if agg else SITE_POINTS:
+                    if want is not None and point not in want:
+                        continue
+                    spec = RunSpec(
+                        mode,
+                        sites,
+                        rounds,
+                        fault=f"{point}@{KILL_ROUND}",
+                        target="aggregator" if agg else KILL_SITE,
+                        dp=not agg,  # a site's kill is about its ledger: give it a budget to spend
+                        sleep=1.0,
+                    )
+                    out.append(Planned(sc, point, spec))
+            elif sc == "load":
+                for n in load_sites:
+                    t = 120.0 + 30.0 * n
+                    out.append(
+                        Planned(
+                            sc,
+                            f"{n} sites",
+                            RunSpec(mode, n, load_rounds, round_timeout=t, timeout=60 + load_rounds * t),
+                        )
+                    )
+            else:
+                raise ValueError(f"unknown scenario {sc!r} (known: {', '.join(SCENARIOS)})")
+    return out
+
+
+@dataclass
+class Row:
+    scenario: str
+    label: str
+    mode: str
+    sites: int
+    rounds: int
+    seconds: float
+    round_seconds: float  #: median seconds per completed round (the aggregator's own measure)
+    peak_rss: int
+    hit: bool  #: the fault reached its point (always True for a fault-free run)
+    restarts: int
+    report: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.report["ok"]) and self.hit
+
+
+def _round_seconds(o: Outcome) -> float:
+    from secagg.chaos.checks import records
+    from secagg.events import Event
+
+    xs = sorted(
+        float(x.get("seconds", 0.0))
+        for x in records(o.state / "aggregator" / "audit.jsonl")
+        if x.get("event") == Event.ROUND_COMPLETED
+    )
+    return xs[len(xs) // 2] if xs else float("nan")
+
+
+def run_suite(planned: list[Planned], out: Path, log: Callable[[str], object] = print) -> list[Row]:
+    """Run every planned run in order (a mode's baseline first, as its reference), check each, write
+    ``results.json`` and ``results.md`` after every run (a long suite can be read while it runs)."""
+    out.mkdir(parents=True, exist_ok=True)
+    refs: dict[tuple[str, int, int], dict[str, Any]] = {}
+    rows: list[Row] = []
+    for i, p in enumerate(planned, 1):
+        s = p.spec
+        key = (s.mode, s.sites, s.rounds)
+        # only a deterministic mode is held to its fault-free run bit for bit; he and mask to the bound
+        if s.fault is not None and not s.dp and s.mode in DETERMINISTIC and key not in refs:
+            log(f"[{i}/{len(planned)}] reference: {s.mode}, {s.sites} sites x {s.rounds} rounds, no fault")
+            ref = run(RunSpec(s.mode, s.sites, s.rounds), out / f"ref-{s.mode}-{s.sites}x{s.rounds}", log)
+            models = final_models(ref)
+            refs[key] = next(iter(models.values())) if models else {}
+        log(f"[{i}/{len(planned)}] {p.scenario} {p.label}: {s.mode}, {s.sites} sites x {s.rounds} rounds")
+        started = time.monotonic()
+        o = run(s, out / f"{i:03d}-{p.scenario}-{p.label.replace(' ', '')}-{s.mode}", log)
+        rep: Report = check(o, refs.get(key))
+        if p.scenario == "baseline" and not s.dp:
+            models = final_models(o)
+            if models:
+                refs.setdefault(key, next(iter(models.values())))
+        hit = s.fault is None or bool(o.hits)
+        row = Row(
+            p.scenario,
+            p.label,
+            s.mode,
+            s.sites,
+            s.rounds,
+            o.seconds,
+            _round_seconds(o),
+            o.peak_rss,
+            hit,
+            o.restarts,
+            rep.to_dict(),
+        )
+        rows.append(row)
+        verdict = "ok" if row.ok else "FAILED"
+        log(
+            f"    {verdict} in {time.monotonic() - started:.0f} s: {rep.completed}/{s.rounds} rounds, "
+            f"model {rep.model_note or '?'}, audit {rep.audit_ok}/{rep.audit_total}, "
+            f"leftovers {len(rep.leftovers)}, overspent {rep.overspent}, "
+            f"double debits {len(rep.double_debits)}" + ("" if hit else ", the fault never hit its point")
+        )
+        write(out, rows)
+    return rows
+
+
+def command(scenario: str, mode: str, label: str, sites: int, rounds: int) -> str:
+    if scenario == "load":
+        n = label.split()[0]
+        return f"secagg chaos --scenario load --modes {mode} --load-sites {n} --load-rounds {rounds}"
+    extra = f" --points {label}" if scenario.startswith("kill") else ""
+    return f"secagg chaos --scenario {scenario} --modes {mode} --sites {sites} --rounds {rounds}{extra}"
+
+
+def table(rows: list[Row]) -> list[str]:
+    """One line per (scenario, point, mode): the columns RELIABILITY.md publishes."""
+    lines = [
+        "| scenario | point | mode | runs | rounds completed | rounds lost | budget overspent | "
+        "audit chains verified | leftovers | final model | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rep = r.report
+        left = len(rep["leftovers"])
+        model = rep["model_note"] or ("ok" if rep["model_ok"] else "?")
+        over = rep["overspent"] + len(rep["double_debits"])
+        lines.append(
+            f"| {r.scenario} | {r.label} | {r.mode} | 1 | {rep['completed']}/{r.rounds} | {rep['lost']} | "
+            f"{over} | {rep['audit_ok']}/{rep['audit_total']} | {left} | {model} | "
+            f"`{command(r.scenario, r.mode, r.label, r.sites, r.rounds)}` |"
+        )
+    return lines
+
+
+def load_table(rows: list[Row]) -> list[str]:
+    lines = [
+        "| mode | sites | rounds | median round (s) | aggregator peak RSS (MiB) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.scenario == "load":
+            lines.append(
+                f"| {r.mode} | {r.sites} | {r.report['completed']}/{r.rounds} | "
+                f"{r.round_seconds:.2f} | {r.peak_rss / 2**20:.0f} |"
+            )
+    return lines
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode in MODES:
+        pts = sorted(
+            (r.sites, r.round_seconds, r.peak_rss / 2**20)
+            for r in rows
+            if r.scenario == "load" and r.mode == mode
+        )
+        if pts:
+            a.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mode)
+            b.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=mode)
+    a.set(xlabel="sites", ylabel="median round time (s)", title="round time")
+    b.set(xlabel="sites", ylabel="aggregator peak RSS (MiB)", title="aggregator memory")
+    a.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(out: Path, rows: list[Row]) -> None:
+    (out / "results.json").write_text(
+        json.dumps([asdict(r) | {"ok": r.ok} for r in rows], indent=1, default=str)
+    )
+    text = ["# secagg chaos results", "", *table(rows), ""]
+    if any(r.scenario == "load" for r in rows):
+        text += ["## Load", "", *load_table(rows), "", "![load](load.png)", ""]
+        plot(rows, out / "load.png")
+    findings = [f"- {r.scenario} {r.label} {r.mode}: {'; '.join(_why(r))}" for r in rows if not r.ok]
+    if findings:
+        text += ["## Not ok", "", *findings, ""]
+    (out / "results.md").write_text("\n".join(text))
+
+
+def _why(r: Row) -> list[str]:
+    rep = r.report
+    why = []
+    if not r.hit:
+        why.append("the fault never reached its point")
+    if not rep["finished"]:
+        why.append("job did not finish")
+    if rep["lost"]:
+        why.append(f"{rep['lost']} rounds lost")
+    if rep["model_ok"] is False:
+        why.append(f"model: {rep['model_note']}")
+    if rep["overspent"]:
+        why.append(f"{rep['overspent']} ledgers over budget")
+    if rep["double_debits"]:
+        why.append(f"rounds debited twice: {', '.join(rep['double_debits'])}")
+    if rep["audit_errors"]:
+        why.append(f"audit: {' | '.join(rep['audit_errors'])}")
+    if rep["leftovers"]:
+        why.append(f"left behind: {', '.join(rep['leftovers'][:5])}")
+    why += rep["refusals"][:5]
+    return why

@@ -1,0 +1,63 @@
+"""The CI subset of the fault harness (issue #18): per mode, one kill -9 of the aggregator (during the
+uploads of round 2) and one of a site (after its ledger debit, before its upload), 5 sites each,
+real processes, restarted on the same state, then every check of :mod:`secagg.chaos.checks`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from secagg.chaos.checks import BOUND, Report, check, final_models
+from secagg.chaos.run import RunSpec, run
+from secagg.chaos.scenarios import KILL_SITE
+
+# ten real federations take 7-12 minutes on the shared 2-core machine, past make test's budget: they
+# run in `make chaos-ci` (which sets SECAGG_CHAOS_CI=1), and are skipped, with this reason, elsewhere
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.skipif(not os.environ.get("SECAGG_CHAOS_CI"), reason="fault harness: run with make chaos-ci"),
+]
+
+SITES, ROUNDS = 5, 2
+
+
+def _assert_clean(rep: Report, what: str) -> None:
+    assert rep.finished and rep.lost == 0, f"{what}: {rep.refusals}"
+    assert rep.audit_ok == rep.audit_total > SITES, f"{what}: {rep.audit_errors}"
+    assert rep.overspent == 0 and not rep.double_debits, f"{what}: {rep.double_debits}"
+
+
+@pytest.mark.parametrize("mode", ["plain", "he", "mask", "tee"])
+def test_kill_aggregator_during_upload(mode: str, tmp_path: Path) -> None:
+    ref = None
+    if mode in ("plain", "tee"):  # bit for bit against the fault-free run
+        models = final_models(run(RunSpec(mode, SITES, ROUNDS), tmp_path / "ref"))
+        ref = models["site-1"]
+    o = run(RunSpec(mode, SITES, ROUNDS, fault="agg-upload@2", sleep=0.5, timeout=150), tmp_path / "kill")
+    assert o.hits == ["agg-upload 2"] and o.restarts == 1
+    rep = check(o, ref)
+    _assert_clean(rep, f"{mode} aggregator kill")
+    assert rep.max_abs_err <= BOUND[mode], rep.model_note
+    assert all("/spool/" in p for p in rep.leftovers), rep.leftovers
+    findings = []
+    if rep.leftovers:  # RELIABILITY.md finding F1
+        findings.append(f"F1: the killed attempt's half-spooled upload stays: {rep.leftovers}")
+    if not rep.model_ok:  # RELIABILITY.md finding F2
+        findings.append(f"F2: the restart changed the final model: {rep.model_note}")
+    if findings:
+        pytest.xfail("; ".join(findings))
+
+
+@pytest.mark.parametrize("mode", ["plain", "he", "mask", "tee"])
+def test_kill_site_after_debit(mode: str, tmp_path: Path) -> None:
+    o = run(
+        RunSpec(mode, SITES, ROUNDS, fault="site-debit@2", target=KILL_SITE, dp=True, sleep=0.5, timeout=150),
+        tmp_path / "kill",
+    )
+    assert o.hits == ["site-debit 2"] and o.restarts == 1
+    rep = check(o)
+    _assert_clean(rep, f"{mode} site kill")
+    assert rep.model_ok is not False, rep.model_note  # every site holds the same final model
+    assert not rep.leftovers, rep.leftovers
