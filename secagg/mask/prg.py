@@ -7,7 +7,9 @@ PRF output under a key that is never reused.
 Element i of a seed's vector is bytes 4i..4i+3 of its keystream, little-endian. :func:`expand` returns
 the vector; :func:`apply_masks` adds and subtracts several seeds' vectors into an existing one in place,
 a cache-sized piece at a time (the keystream goes straight into one small reused buffer), with exactly
-the values :func:`expand` gives.
+the values :func:`expand` gives. Both can start at any element (``offset``): CTR mode's counter is the
+block number, so element i's keystream starts at block 4i // 16, and a window of the vector is made
+without the elements before it (the aggregator unmasks the sum a window at a time).
 """
 
 from __future__ import annotations
@@ -25,15 +27,24 @@ _ZEROS = bytes(4 * _CHUNK)
 MASK_DTYPE = np.dtype("<u4")
 
 
-def _keystream(seed: bytes) -> CipherContext:
+def _keystream(seed: bytes, offset: int = 0) -> CipherContext:
+    """The keystream of ``seed`` from element ``offset`` on (the counter block, then the bytes of that
+    block before the element skipped)."""
     if len(seed) != SEED_BYTES:
         raise ValueError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
-    return Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    block, skip = divmod(4 * offset, 16)
+    enc = Cipher(algorithms.AES(seed), modes.CTR(block.to_bytes(16, "big"))).encryptor()
+    if skip:
+        enc.update(bytes(skip))
+    return enc
 
 
-def expand(seed: bytes, length: int) -> np.ndarray:
-    """``length`` pseudo-random uint32 values from ``seed`` (AES-256-CTR keystream, little-endian)."""
-    enc = _keystream(seed)
+def expand(seed: bytes, length: int, offset: int = 0) -> np.ndarray:
+    """``length`` pseudo-random uint32 values from ``seed`` (AES-256-CTR keystream, little-endian),
+    elements ``offset .. offset + length`` of the seed's vector."""
+    enc = _keystream(seed, offset)
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length}")
     out = np.empty(length, dtype=MASK_DTYPE)
@@ -46,8 +57,11 @@ def expand(seed: bytes, length: int) -> np.ndarray:
     return out
 
 
-def apply_masks(vec: np.ndarray, add: Sequence[bytes] = (), subtract: Sequence[bytes] = ()) -> np.ndarray:
-    """``vec += sum(expand(s) for s in add) - sum(expand(s) for s in subtract)`` (mod 2^32), in place.
+def apply_masks(
+    vec: np.ndarray, add: Sequence[bytes] = (), subtract: Sequence[bytes] = (), offset: int = 0
+) -> np.ndarray:
+    """``vec += sum(expand(s) for s in add) - sum(expand(s) for s in subtract)`` (mod 2^32), in place;
+    ``vec`` holds elements ``offset .. offset + len(vec)`` (a window of the masked vector).
 
     ``vec`` must be a one-dimensional uint32 array; it is returned. No full-length mask is ever held:
     each seed's keystream is produced a piece at a time into one reused buffer and added straight in.
@@ -56,7 +70,8 @@ def apply_masks(vec: np.ndarray, add: Sequence[bytes] = (), subtract: Sequence[b
         raise ValueError(f"masks apply to a one-dimensional uint32 vector, got {vec.dtype} {vec.shape}")
     if not vec.flags.writeable:
         raise ValueError("the vector to mask must be writeable")
-    streams = [(_keystream(s), np.add) for s in add] + [(_keystream(s), np.subtract) for s in subtract]
+    streams: list[tuple[CipherContext, np.ufunc]] = [(_keystream(s, offset), np.add) for s in add]
+    streams += [(_keystream(s, offset), np.subtract) for s in subtract]
     if not streams or vec.size == 0:
         return vec
     buf = np.empty(min(vec.size, _CHUNK), dtype=MASK_DTYPE)

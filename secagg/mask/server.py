@@ -1,14 +1,18 @@
 """The aggregator side of one masked round: it relays, checks shape and sums, nothing more.
 
 It holds no key that opens a share, sees each site's input only with that site's self mask and
-pairwise masks on it, and adds masked inputs into one uint32 accumulator as they arrive (memory flat
-in the number of sites). It strips masks only in :meth:`MaskServer.finish`, from shares the sites chose
-to reveal, and only as a whole: if any needed secret cannot be rebuilt it raises and returns nothing.
+pairwise masks on it, and keeps each masked input where it lies (a spooled file, read through a
+:class:`~secagg.mask.spooled.MaskedSource`). It strips masks only in :meth:`MaskServer.finish_windows`,
+from shares the sites chose to reveal, and only after every needed secret is rebuilt (if one cannot be,
+it raises and returns nothing); then it sums the masked inputs one window at a time in lockstep, strips
+the masks of that window (the PRG expansions start at the window's element) and hands the window on:
+memory is a few windows, flat in the number of sites and in the model's size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
@@ -29,6 +33,20 @@ from secagg.mask.messages import (
 )
 from secagg.mask.prg import apply_masks
 from secagg.mask.quantize import dequantize
+from secagg.mask.spooled import MaskedSource
+
+#: elements per window of :meth:`MaskServer.finish` (library callers holding inputs in memory)
+DEFAULT_WINDOW = 1 << 21
+
+
+@dataclass
+class Unmasked:
+    """The unmasked sum: the survivors' total weight, and the weighted sum as float64 windows
+    ``(start, values)`` in order (read lazily: each window is summed and unmasked when it is asked for)."""
+
+    weight: float
+    length: int
+    windows: Iterator[tuple[int, np.ndarray]]
 
 
 class _Phase(Enum):
@@ -57,7 +75,7 @@ class MaskServer:
         self._shares: dict[str, dict[str, EncryptedShare]] = {}
         self._masked_pairs: dict[str, set[str]] = {}
         self._uploaded: set[str] = set()
-        self._acc = np.zeros(length + 1, dtype=np.uint32)  # the update, then the weight
+        self._inputs: dict[str, MaskedSource] = {}  # each: the update, then the weight
         self._request: UnmaskRequest | None = None
 
     def _expect(self, phase: _Phase, what: str) -> None:
@@ -131,19 +149,33 @@ class MaskServer:
 
     # -- phase 3 -------------------------------------------------------------------------------------
     def collect_masked(self, msg: MaskedInput) -> None:
-        self._expect(_Phase.MASKED, "collect_masked")
-        self._check(msg.job, msg.round, msg.site, "masked input")
-        if msg.site not in self._masked_pairs:
-            raise ProtocolViolation(f"masked input from {msg.site!r}, which did not distribute shares")
-        if msg.site in self._uploaded:
-            raise ProtocolViolation(f"{msg.site!r} uploaded twice")
-        vec = msg.vector
-        if vec.size != self.length + 1:
-            raise ProtocolViolation(
-                f"masked input from {msg.site!r} has {vec.size} elements, expected {self.length + 1}"
-            )
-        np.add(self._acc, vec, out=self._acc, casting="unsafe")
-        self._uploaded.add(msg.site)
+        """A masked input held in memory (library callers, the simulation)."""
+        self.collect_masked_source(MaskedSource.of(msg))
+
+    def collect_masked_source(self, src: MaskedSource) -> None:
+        """A masked input read where it lies; its header is checked now, its vector read in windows
+        when the round is unmasked. The server closes it (:meth:`close`)."""
+        try:
+            self._expect(_Phase.MASKED, "collect_masked")
+            self._check(src.job, src.round, src.site, "masked input")
+            if src.site not in self._masked_pairs:
+                raise ProtocolViolation(f"masked input from {src.site!r}, which did not distribute shares")
+            if src.site in self._uploaded:
+                raise ProtocolViolation(f"{src.site!r} uploaded twice")
+            if src.elements != self.length + 1:
+                raise ProtocolViolation(
+                    f"masked input from {src.site!r} has {src.elements} elements, expected {self.length + 1}"
+                )
+        except BaseException:
+            src.close()
+            raise
+        self._inputs[src.site] = src
+        self._uploaded.add(src.site)
+
+    def close(self) -> None:
+        """Release every masked input (open files)."""
+        for src in self._inputs.values():
+            src.close()
 
     def unmask_request(self) -> UnmaskRequest:
         """Close uploads. The same request goes to every survivor; it names each site exactly once."""
@@ -158,9 +190,20 @@ class MaskServer:
 
     # -- phase 4 -------------------------------------------------------------------------------------
     def finish(self, responses: Sequence[UnmaskResponse]) -> tuple[np.ndarray, float]:
-        """Rebuild the secrets, strip the masks and return (weighted sum, total weight of survivors)."""
+        """(weighted sum, total weight of survivors), the sum gathered in memory from
+        :meth:`finish_windows` (for library callers with small vectors)."""
+        unmasked = self.finish_windows(responses, DEFAULT_WINDOW)
+        vec = np.empty(unmasked.length, dtype=np.float64)
+        for start, win in unmasked.windows:
+            vec[start : start + win.size] = win
+        return vec, unmasked.weight
+
+    def finish_windows(self, responses: Sequence[UnmaskResponse], elements: int) -> Unmasked:
+        """Rebuild the secrets, then strip the masks window by window (``elements`` per window)."""
         self._expect(_Phase.UNMASK, "finish")
         assert self._request is not None
+        if elements < 1:
+            raise ValueError(f"a window holds at least one element, got {elements}")
         got: dict[str, UnmaskResponse] = {}
         for r in responses:
             self._check(r.job, r.round, r.site, "unmask response")
@@ -192,13 +235,27 @@ class MaskServer:
                 )
                 # the survivor added +PRG if its name sorts first, else -PRG
                 (added if peer < owner else subtracted).append(seed)
-        # strip them: subtract what was added and add back what was subtracted
-        total = apply_masks(self._acc.copy(), add=subtracted, subtract=added)
-        k = len(self._uploaded)
-        vec = dequantize(total[:-1], k, self.config.clip, self.config.frac_bits)
-        weight = float(dequantize(total[-1:], k, self.config.max_weight, self.config.frac_bits)[0])
+        inputs = [self._inputs[s] for s in sorted(self._uploaded)]
+        k, cfg = len(inputs), self.config
+
+        def strip(start: int, stop: int) -> np.ndarray:
+            # the masked sum of this window (mod 2^32), then subtract what was added and add back
+            # what was subtracted: the masks' expansions from this window's first element
+            acc = np.zeros(stop - start, dtype=np.uint32)
+            for src in inputs:
+                np.add(acc, src.window(start, stop), out=acc, casting="unsafe")
+            return apply_masks(acc, add=subtracted, subtract=added, offset=start)
+
+        weight = float(dequantize(strip(self.length, self.length + 1), k, cfg.max_weight, cfg.frac_bits)[0])
+        dequantize(np.zeros(0, np.uint32), k, cfg.clip, cfg.frac_bits)  # refuses a wrapped sum now
         self._phase = _Phase.DONE
-        return vec, weight
+
+        def windows() -> Iterator[tuple[int, np.ndarray]]:
+            for start in range(0, self.length, elements):
+                stop = min(self.length, start + elements)
+                yield start, dequantize(strip(start, stop), k, cfg.clip, cfg.frac_bits)
+
+        return Unmasked(weight, self.length, windows())
 
     def _rebuild(self, owner: str, shares: list[Share], what: str) -> bytes:
         if len({i for i, _ in shares}) != len(shares):

@@ -89,6 +89,14 @@ class Enclave:
         ctx = sealing.Context(job, int(round), site, self.announcement.digest())
         return sealing.open_chunks(chunks, self._private, ctx, max_bytes=max_bytes)
 
+    def open_update_chunk(
+        self, raw: bytes, expect: sealing.ChunkHeader, job: str, round: int, site: str
+    ) -> bytes:
+        """One chunk of ``site``'s sealed update, opened at its place (:func:`sealing.open_chunk`), so
+        that an update is opened a window at a time and never whole."""
+        ctx = sealing.Context(job, int(round), site, self.announcement.digest())
+        return sealing.open_chunk(raw, self._private, ctx, expect)
+
     def open_message(
         self, chunks: Iterable[bytes], job: str, round: int, site: str, purpose: str, *, max_bytes: int
     ) -> bytes:

@@ -204,14 +204,7 @@ def open_chunks(
         body = memoryview(raw)[HEADER_SIZE:]
         if max_bytes is not None and opened + len(body) - info.enc_length - info.tag_length > max_bytes:
             raise UpdateRejected(f"sealed update exceeds {max_bytes} bytes", code="tee_chunk_size")
-        try:
-            out.append(info.suite.decrypt(body, private_keys[header.suite], info=chunk_info(ctx, header)))
-        except (InvalidTag, ValueError):
-            raise UpdateRejected(
-                f"chunk {header.index} does not open for job {ctx.job!r} round {ctx.round} site "
-                f"{ctx.site!r} (tampered, or replayed from another site, round or key)",
-                code="tee_chunk_auth",
-            ) from None
+        out.append(_decrypt(raw, header, private_keys, ctx))
         opened += len(out[-1])
         expected += 1
     if first is None:
@@ -221,3 +214,41 @@ def open_chunks(
             f"sealed update truncated: {expected} of {first.total} chunks", code="tee_chunk_truncated"
         )
     return b"".join(out)
+
+
+def _decrypt(
+    raw: bytes, header: ChunkHeader, private_keys: Mapping[str, suites.PrivateKey], ctx: Context
+) -> bytes:
+    info = suites.info(header.suite)
+    try:
+        return info.suite.decrypt(
+            memoryview(raw)[HEADER_SIZE:], private_keys[header.suite], info=chunk_info(ctx, header)
+        )
+    except (InvalidTag, ValueError):
+        raise UpdateRejected(
+            f"chunk {header.index} does not open for job {ctx.job!r} round {ctx.round} site "
+            f"{ctx.site!r} (tampered, or replayed from another site, round or key)",
+            code="tee_chunk_auth",
+        ) from None
+
+
+def open_chunk(
+    raw: bytes, private_keys: Mapping[str, suites.PrivateKey], ctx: Context, expect: ChunkHeader
+) -> bytes:
+    """The plaintext of one sealed chunk, opened only as chunk ``expect.index`` of the upload
+    ``expect`` names (its id, suite and chunk count, read from the stream's first chunk): so an upload
+    can be opened a chunk at a time, in any order, with the checks of :func:`open_chunks` (the caller
+    checks once that the stream holds chunks ``0 .. total - 1``, :class:`secagg.tee.stream.SealedSource`)."""
+    header = ChunkHeader.from_bytes(raw)
+    if header.suite not in private_keys:
+        raise UpdateRejected(
+            f"sealed to suite {header.suite}, which this aggregator did not offer", code="tee_chunk_mixed"
+        )
+    if (header.upload_id, header.suite, header.total) != (expect.upload_id, expect.suite, expect.total):
+        raise UpdateRejected(f"chunk {expect.index} belongs to another upload", code="tee_chunk_mixed")
+    if header.index != expect.index:
+        raise UpdateRejected(
+            f"expected chunk {expect.index} of {expect.total}, got chunk {header.index}",
+            code="tee_chunk_order",
+        )
+    return _decrypt(raw, header, private_keys, ctx)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from secagg.aggregator import modes
 from secagg.aggregator.federation import Federation
@@ -21,6 +23,7 @@ from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
 from secagg.errors import ConfigError, UpdateRejected
 from secagg.framing import frame
 from secagg.provision.kit import load_kit
+from secagg.tee import DevTeeAttester, Enclave, sealing, suites
 from tests.aggregator.conftest import INIT, FakeEnclave, chunks, header, open_uploads, update
 
 SPEC = BundleSpec.of(INIT)
@@ -100,11 +103,31 @@ def test_plain_task_carries_the_global_model(make_fed: Callable[..., Federation]
     }
 
 
+class RecordingEnclave(Enclave):
+    """The dev enclave, recording whose chunks it was asked to open, for which job and round."""
+
+    def __init__(self) -> None:
+        super().__init__(DevTeeAttester(ec.generate_private_key(ec.SECP384R1()), b"\x11" * 32))
+        self.opened: list[tuple[str, int, str]] = []
+
+    def open_update_chunk(self, raw: bytes, expect: Any, job: str, round: int, site: str) -> bytes:
+        self.opened.append((job, int(round), site))
+        return super().open_update_chunk(raw, expect, job, round, site)
+
+
+def seal(enclave: Enclave, data: bytes, job: str, round_: int, site: str, chunk_size: int = 2048) -> bytes:
+    """``data`` sealed to the enclave for this job, round and site, framed as the spool holds it."""
+    suite = enclave.announcement.hpke_keys[0][0]
+    public = suites.load_public(suite, enclave.announcement.public_key(suite))
+    ctx = sealing.Context(job, round_, site, enclave.announcement.digest())
+    return b"".join(frame(sealing.seal_chunks(data, public, suite, ctx, chunk_size=chunk_size)))
+
+
 def test_tee_opens_each_upload_for_the_site_and_round_it_was_given(
     make_fed: Callable[..., Federation], tmp_path: Path
 ) -> None:
     """The site and the round are values from the round engine, never read from a path."""
-    enclave = FakeEnclave()
+    enclave = RecordingEnclave()
     fed = make_fed("tee", enclave=enclave)
     mode = fed.mode
     assert isinstance(mode, TeeMode) and fed.job is not None
@@ -113,11 +136,16 @@ def test_tee_opens_each_upload_for_the_site_and_round_it_was_given(
     for n, (site, blob) in enumerate(blobs.items()):
         paths[site] = tmp_path / "anywhere" / f"upload-{n}.sealed"  # a name that says nothing
         paths[site].parent.mkdir(exist_ok=True)
-        paths[site].write_bytes(b"".join(frame([blob[:10], blob[10:]])))
+        paths[site].write_bytes(seal(enclave, blob, fed.job.job_id, 4, site))
     total = mode.combine(4, paths, tmp_path / "unused")
     assert total is not None
-    assert enclave.opened == [(fed.job.job_id, 4, "site-1"), (fed.job.job_id, 4, "site-2")]
+    assert sorted(set(enclave.opened)) == [(fed.job.job_id, 4, "site-1"), (fed.job.job_id, 4, "site-2")]
     assert total.astype("<f8").tobytes() == _old_plain_sum(blobs, 1.0).astype("<f8").tobytes()
+    # an upload sealed for another round does not open in this one: the combine names it
+    paths["site-1"].write_bytes(seal(enclave, blobs["site-1"], fed.job.job_id, 3, "site-1"))
+    with pytest.raises(BadUpload) as bad:
+        mode.combine(4, paths, tmp_path / "unused")
+    assert bad.value.site == "site-1" and getattr(bad.value.reason, "code", "") == "tee_chunk_auth"
     head = mode.payload_header(fed.job, 0)
     assert head["model_signature"] and head["base_round"] == 0
 
@@ -125,12 +153,16 @@ def test_tee_opens_each_upload_for_the_site_and_round_it_was_given(
 def test_tee_accept_upload_goes_through_the_enclave_under_the_callers_identity(
     make_fed: Callable[..., Federation],
 ) -> None:
-    enclave = FakeEnclave()
+    enclave = RecordingEnclave()
     fed = make_fed("tee", enclave=enclave)
     cur = open_uploads(fed)
-    sealed = b"".join(frame([to_safetensors(update(0.1))]))
+    assert fed.job is not None
+    sealed = seal(enclave, to_safetensors(update(0.1)), fed.job.job_id, cur.round, "site-2")
     fed.accept_upload("site-2", header(fed, sealed), chunks(sealed))
-    assert enclave.opened == [(fed.job.job_id, cur.round, "site-2")]  # type: ignore[union-attr]
+    assert enclave.opened and set(enclave.opened) == {(fed.job.job_id, cur.round, "site-2")}
+    # the same bytes from another site's connection do not open (the site comes from mTLS)
+    with pytest.raises(UpdateRejected):
+        fed.accept_upload("site-1", header(fed, sealed), chunks(sealed))
 
 
 # ------------------------------------------------------------------------------------ he

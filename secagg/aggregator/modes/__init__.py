@@ -18,8 +18,10 @@ short; the others run without it):
 - ``admit(site, round, spooled)`` [lock]: fold an accepted upload into the round's state, if the mode
   keeps one (mask).
 - ``step(round, declined, now)`` [lock]: what the round needs next after the roster (:class:`Step`).
-- ``combine(round, uploads, out)``: sum the accepted uploads; return the plaintext sum, or None when the
-  sum is protected and was written to ``out`` for the sites to unprotect.
+- ``combine(round, uploads, out)``: sum the accepted uploads, window by window (every mode: see
+  :mod:`secagg.aggregator.modes.windows`); return the plaintext sum (a read-only map of the float64
+  sum written to ``out``), or None when the sum is protected and was written to ``out`` for the sites
+  to unprotect.
 - ``download(job_id, rounds)`` (class method): the files an admin's ``download`` gets for a job.
 """
 
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from secagg.aggregator.modes.windows import DEFAULT_WINDOW_BYTES
 from secagg.aggregator.rounds import JobRun, Phase, RoundRun, Signal
 from secagg.bundle import BundleSpec, to_safetensors
 from secagg.errors import ConfigError, UpdateRejected
@@ -98,6 +101,9 @@ class ModeContext:
     #: tee: the in-enclave keys and attester; None outside a TEE
     enclave: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: bytes of float64 accumulator per window of the combine (:mod:`secagg.aggregator.modes.windows`):
+    #: peak memory is a few windows, whatever the model's size and the number of sites
+    window_bytes: int = DEFAULT_WINDOW_BYTES
 
 
 class AggregatorMode(Protocol):
@@ -168,6 +174,16 @@ class ModeBase:
 
     def combine(self, round_: int, uploads: Mapping[str, Path], out: Path) -> np.ndarray | None:
         raise NotImplementedError
+
+    def max_upload_bytes(self) -> int | None:
+        """The most bytes one site's upload of this job's model can take (None: no bound known yet).
+
+        Plain, tee and mask uploads carry 4 bytes per parameter (float32 or a Z_2^32 residue); the
+        allowance covers safetensors headers, sealing frames and tensor names, so an upload far
+        larger than its model is refused while it streams, not after it is spooled."""
+        spec = self.ctx.bundle_spec
+        names = sum(len(t.name) for t in spec.tensors)
+        return 4 * spec.size + 256 * len(spec.tensors) + 4 * names + spec.size // 16 + (1 << 20)
 
     def after_roster(self, round_: RoundRun) -> None:
         """No phases of its own: the round goes straight to its upload phase."""

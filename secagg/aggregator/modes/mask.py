@@ -1,9 +1,11 @@
 """``mask`` mode at the aggregator: the Bonawitz/SecAgg+ phases of one round, driven by the round engine.
 
 The aggregator only relays and sums: it forwards signed key advertisements, routes AES-GCM-sealed
-shares it cannot read, adds masked vectors in Z_2^32 as they arrive, and asks the survivors for exactly
-one kind of share per site. It learns the weighted sum and the surviving sites' total weight, nothing
-of any single site's update while fewer than t sites collude with it.
+shares it cannot read, checks each masked vector's header as it arrives (the vector stays in the spool),
+asks the survivors for exactly one kind of share per site, then sums the masked vectors in Z_2^32 and
+strips the masks window by window (:meth:`secagg.mask.server.MaskServer.finish_windows`). It learns
+the weighted sum and the surviving sites' total weight, nothing of any single site's update while
+fewer than t sites collude with it.
 """
 
 from __future__ import annotations
@@ -20,14 +22,22 @@ import numpy as np
 
 from secagg.aggregator.modes import WAIT, Step, Summed
 from secagg.aggregator.modes.plain import PlainMode
+from secagg.aggregator.modes.windows import (
+    DEFAULT_WINDOW_BYTES,
+    ByteSource,
+    FileSource,
+    f64_scratch,
+    window_elements,
+)
 from secagg.aggregator.rounds import Phase, RoundRun, Signal
 from secagg.errors import SecaggError, UpdateRejected
 from secagg.events import Event
 from secagg.jobs.spec import MaskSpec
 from secagg.mask.config import MaskConfig
 from secagg.mask.job import mask_config, pack
-from secagg.mask.messages import AdvertiseKeys, EncryptedShare, MaskedInput, UnmaskResponse
+from secagg.mask.messages import AdvertiseKeys, EncryptedShare, UnmaskResponse
 from secagg.mask.server import MaskServer
+from secagg.mask.spooled import MaskedSource
 from secagg.reasons import Reason
 
 # the phases after the roster; "upload" is the round engine's own upload phase
@@ -42,6 +52,8 @@ class MaskRun:
     config: MaskConfig
     server: MaskServer
     sites: list[str]
+    #: elements per window of the unmasking
+    window: int = window_elements(DEFAULT_WINDOW_BYTES)
     phase: str = KEYS
     phase_started: float = field(default_factory=time.monotonic)
     advertised: set[str] = field(default_factory=set)
@@ -52,9 +64,13 @@ class MaskRun:
     published: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, spec: MaskSpec | None, sites: list[str], job: str, round_: int, length: int) -> MaskRun:
+    def start(
+        cls, spec: MaskSpec | None, sites: list[str], job: str, round_: int, length: int, window_bytes: int
+    ) -> MaskRun:
         cfg = mask_config(spec, len(sites))
-        return cls(cfg, MaskServer(cfg, sites, job, round_, length), sorted(sites))
+        # the window is counted in float64 values (the unmasked sum's), as in the other modes
+        window = window_elements(window_bytes)
+        return cls(cfg, MaskServer(cfg, sites, job, round_, length), sorted(sites), window)
 
     def post(self, site: str, topic: str, payload: bytes) -> None:
         """A site's message for the current phase (identity from its certificate, never the payload)."""
@@ -86,16 +102,22 @@ class MaskRun:
             raise UpdateRejected(f"{topic} is not accepted in phase {self.phase}", code=Reason.LATE)
 
     def upload(self, site: str, path: Path) -> None:
-        self.upload_bytes(site, path.read_bytes())
+        """A spooled masked input: its header is checked now, its vector read when unmasked."""
+        self.upload_source(site, FileSource(path))
 
-    def upload_bytes(self, site: str, data: bytes) -> None:
-        """A masked input already in memory (``tee-mask``: opened inside the enclave, never spooled)."""
-        msg = MaskedInput.from_bytes(data)
-        if msg.site != site:
-            raise UpdateRejected(
-                f"{site} uploaded a masked input in the name of {msg.site}", code=Reason.IDENTITY_MISMATCH
-            )
-        self.server.collect_masked(msg)  # added into one uint32 accumulator: memory flat in sites
+    def upload_source(self, site: str, src: ByteSource) -> None:
+        """A masked input readable at offsets (``tee-mask``: a sealed upload opened inside the enclave a
+        chunk at a time, never written in the clear)."""
+        try:
+            msg = MaskedSource(src)
+            if msg.site != site:
+                raise UpdateRejected(
+                    f"{site} uploaded a masked input in the name of {msg.site}", code=Reason.IDENTITY_MISMATCH
+                )
+        except BaseException:
+            src.close()
+            raise
+        self.server.collect_masked_source(msg)  # closes it if refused
         self.uploaded.add(site)
 
     def expected(self) -> set[str]:
@@ -129,9 +151,14 @@ class MaskRun:
             self.published["mask-unmask"] = {"*": self.server.unmask_request().to_bytes()}
             self.phase = UNMASK
         else:
-            result = self.server.finish(list(self.responses.values()))
+            try:
+                unmasked = self.server.finish_windows(list(self.responses.values()), self.window)
+                # the sum goes to a scratch file window by window; the round engine gets a map of it
+                total = f64_scratch(unmasked.windows, unmasked.length)
+            finally:
+                self.server.close()
             self.phase = "done"
-            return result
+            return total, unmasked.weight
         self.phase_started = now
         return None
 
@@ -157,7 +184,7 @@ class MaskMode(PlainMode):
         sites = sorted(round_.roster["weights"])
         ctx = self.ctx
         round_.mode_state = MaskRun.start(
-            ctx.spec.mask, sites, ctx.job_id, round_.round, ctx.bundle_spec.size
+            ctx.spec.mask, sites, ctx.job_id, round_.round, ctx.bundle_spec.size, ctx.window_bytes
         )
         round_.phase = Phase.MASK
 

@@ -1,8 +1,9 @@
 """``tee`` mode at the aggregator: updates sealed to keys that only this attested aggregator holds.
 
 Uploads are framed HPKE-sealed chunks of safetensors(w_i * update_i), sealed by each site to the keys
-bound into the evidence it verified (invariant 4, at the site). They are opened in memory, one at a
-time as they are summed, and never written to disk in the clear. The sealing context binds the job,
+bound into the evidence it verified (invariant 4, at the site). They are opened in the enclave's memory
+a chunk at a time, as the windowed sum reaches them (:class:`secagg.tee.stream.SealedSource`), and
+never written to disk in the clear. The sealing context binds the job,
 the round and the site: the site is the uploader's mTLS identity and the round the one it uploaded in,
 both passed here as values.
 """
@@ -15,23 +16,42 @@ from typing import Any
 
 from secagg.aggregator.modes import ModeContext
 from secagg.aggregator.modes.plain import PlainCombiner, PlainMode
+from secagg.aggregator.modes.windows import ByteSource
 from secagg.aggregator.rounds import JobRun
 from secagg.bundle import BundleSpec, fingerprint
 from secagg.errors import ConfigError
-from secagg.framing import unframe
+from secagg.tee.sealing import ChunkHeader
+from secagg.tee.stream import SealedSource
 
 
 class TeeCombiner(PlainCombiner):
     """A :class:`PlainCombiner` whose uploads are opened by the enclave as they are read."""
 
-    def __init__(self, spec: BundleSpec, enclave: Any, job_id: str) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: BundleSpec, window_bytes: int, enclave: Any, job_id: str) -> None:
+        super().__init__(spec, window_bytes)
         self.enclave = enclave
         self.job_id = job_id
 
-    def read(self, site: str, round_: int, path: Path) -> bytes:
-        with path.open("rb") as fh:
-            return bytes(self.enclave.open_update(unframe(fh), self.job_id, round_, site))
+    def source(self, site: str, round_: int, path: Path) -> ByteSource:
+        return self._sealed(site, round_, path)
+
+    def _sealed(self, site: str, round_: int, path: Path) -> SealedSource:
+        enclave, job = self.enclave, self.job_id
+
+        def open_chunk(raw: bytes, expect: ChunkHeader) -> bytes:
+            return bytes(enclave.open_update_chunk(raw, expect, job, round_, site))
+
+        return SealedSource(path, open_chunk)
+
+    def check(self, site: str, round_: int, path: Path) -> None:
+        """Every chunk opens for this site and round (one pass, a chunk at a time), then the header
+        fits the spec and every value is finite (a second, windowed pass)."""
+        src = self._sealed(site, round_, path)
+        try:
+            src.verify()
+        finally:
+            src.close()
+        super().check(site, round_, path)
 
 
 class TeeMode(PlainMode):
@@ -51,7 +71,7 @@ class TeeMode(PlainMode):
             )
 
     def _combiner(self) -> PlainCombiner:
-        return TeeCombiner(self.ctx.bundle_spec, self.ctx.enclave, self.ctx.job_id)
+        return TeeCombiner(self.ctx.bundle_spec, self.ctx.window_bytes, self.ctx.enclave, self.ctx.job_id)
 
     def payload_header(self, job: JobRun, site_has_round: int) -> dict[str, Any]:
         header = super().payload_header(job, site_has_round)

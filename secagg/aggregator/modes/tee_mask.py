@@ -1,7 +1,8 @@
 """``tee-mask`` at the aggregator: the ``mask`` server, run inside the attested enclave.
 
 Every message a site posts, and its masked input, arrives sealed to the enclave's bound keys for its
-phase and attempt, and is opened here, in the enclave's memory only; everything the mask server
+phase and attempt, and is opened here, in the enclave's memory only (the masked input a chunk at a
+time, as the windowed unmasking reads it); everything the mask server
 publishes (the key roster, each site's share bundle, the unmask request naming the survivors) leaves
 signed by the enclave's bound key for its recipient. The masking itself is ``mask``'s, unchanged: the
 enclave adds masked vectors and never holds an unmasked single update, so a broken enclave reveals
@@ -24,6 +25,8 @@ from secagg.errors import UpdateRejected
 from secagg.framing import unframe
 from secagg.reasons import Reason
 from secagg.tee.relaysig import EVERYONE, purpose
+from secagg.tee.sealing import ChunkHeader
+from secagg.tee.stream import SealedSource
 
 #: the largest protocol message a site may post (key adverts, share bundles and unmask responses are a
 #: few KiB per site of the roster)
@@ -47,11 +50,17 @@ class TeeMaskMode(TeeMode, MaskMode):
         if round_.phase != Phase.UPLOAD:
             raise UpdateRejected("the round is not accepting masked inputs now", code=Reason.LATE)
         limit = 4 * self.ctx.bundle_spec.size + 4096
+        enclave, job, rnd = self.ctx.enclave, self.ctx.job_id, round_.round
+
+        def open_chunk(raw: bytes, expect: ChunkHeader) -> bytes:
+            return bytes(enclave.open_update_chunk(raw, expect, job, rnd, site))
+
+        # opened whole once now to authenticate it (transient, one upload at a time: admit runs under
+        # the round's lock), then read again a window at a time inside the enclave when the round is
+        # unmasked; the round keeps no masked vector in memory
         with spooled.open("rb") as fh:
-            masked = self.ctx.enclave.open_update(
-                unframe(fh), self.ctx.job_id, round_.round, site, max_bytes=limit
-            )
-        self._run(round_).upload_bytes(site, masked)
+            enclave.open_update(unframe(fh), job, rnd, site, max_bytes=limit)
+        self._run(round_).upload_source(site, SealedSource(spooled, open_chunk, max_bytes=limit))
 
     def collect(self, site: str, topic: str, round_: RoundRun) -> bytes | Signal | None:
         got = super().collect(site, topic, round_)
