@@ -20,7 +20,7 @@ from typing import Any
 
 import rfc8785
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -108,14 +108,22 @@ def looks_like_dev_evidence(data: bytes) -> bool:
     return data[:1] == b"{" and b'"format":"' + FORMAT.encode() + b'"' in data[:MAX_SIZE]
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_dev_evidence(data: bytes) -> DevEvidence:
     d = bytes(data)
     if len(d) > MAX_SIZE:
         raise ParseError(f"dev-TEE evidence too large: {len(d)} bytes (max {MAX_SIZE})")
     try:
-        obj = json.loads(d)
+        obj = json.loads(d, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ParseError(f"dev-TEE evidence is not JSON (truncated?): {exc}") from None
+    except RecursionError:  # the size cap still allows ~8000 levels, past the interpreter's stack
+        raise ParseError("dev-TEE evidence is nested too deeply to be evidence") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer of more digits than Python converts
+        raise ParseError(f"dev-TEE evidence holds a value JSON evidence cannot: {exc}") from None
     if (
         not isinstance(obj, dict)
         or set(obj) != {"format", "evidence", "signature"}
@@ -125,7 +133,11 @@ def parse_dev_evidence(data: bytes) -> DevEvidence:
     ev = obj["evidence"]
     if not isinstance(ev, dict) or set(ev) != _EVIDENCE_KEYS:
         raise ParseError(f"dev-TEE evidence fields must be exactly {sorted(_EVIDENCE_KEYS)}")
-    if rfc8785.dumps(obj) != d:
+    try:
+        canonical = rfc8785.dumps(obj)
+    except (rfc8785.CanonicalizationError, RecursionError) as exc:  # e.g. an integer past 2^53
+        raise ParseError(f"dev-TEE evidence cannot be put in canonical form (RFC 8785): {exc}") from None
+    if canonical != d:
         raise ParseError("dev-TEE evidence is not in canonical form (RFC 8785), or has trailing bytes")
     try:
         tcb = ev["tcb"]
@@ -186,7 +198,7 @@ def verify_dev_evidence(
             key.verify(ev.signature, ev.signed_bytes, ec.ECDSA(hashes.SHA384()))
         else:
             raise ValueError("unsupported key type")
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError):
         checks.append(Check("signature", False, "dev-TEE signature does not verify"))
         raise VerificationError("signature: dev-TEE signature does not verify", checks) from None
     checks.append(Check("signature", True, "signed by the dev-TEE key"))

@@ -27,6 +27,11 @@ class ParseError(AttestationError):
     """Input is not well-formed evidence of the claimed format (truncated, oversized, trailing bytes)."""
 
 
+class CertificateDataError(ParseError):
+    """Certificate data supplied *beside* the evidence (``--certs``, an evidence message's certs) that
+    is not PEM, DER or a SEV-SNP certificate table: the evidence itself may be fine."""
+
+
 class VerificationError(AttestationError):
     """Evidence is not authentic: a signature, certificate chain or key binding does not check out.
 

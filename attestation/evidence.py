@@ -18,6 +18,7 @@ from typing import Any, Literal
 from attestation import devtee, snp, snp_verify, tdx, tdx_verify, validate
 from attestation.errors import (
     AttestationError,
+    CertificateDataError,
     Check,
     InsecureDevTeeRefused,
     OptionsError,
@@ -95,7 +96,12 @@ def _record(result: AttestationResult, exc: AttestationError) -> None:
         result.checked.extend(exc.checks)
         result.errors.append(str(exc))
     else:
-        kind = {ParseError: "parse", InsecureDevTeeRefused: "insecure_dev_tee", OptionsError: "options"}
+        kind = {
+            ParseError: "parse",
+            CertificateDataError: "certificates",
+            InsecureDevTeeRefused: "insecure_dev_tee",
+            OptionsError: "options",
+        }
         result.errors.append(f"{kind.get(type(exc), 'error')}: {exc}")
 
 
@@ -174,8 +180,9 @@ def _snp(
     raw = data if _snp_binary_header(data) else snp.decode_hex_report(data)
     raw, table = snp.split_extended_report(raw)
     report = snp.parse_report(raw)
+    carried_certs: list[Any] = []
     if table is not None:
-        certs = [table, *certs]
+        carried_certs = snp_verify.load_certificates([table], what="the evidence's certificate table")
         carried = snp.parse_cert_table(table).get("crl")
         if carried is not None:  # a CRL the host put in the extended report counts like one from a file
             crls = [*crls, carried]
@@ -187,7 +194,8 @@ def _snp(
         debug=report.debug,
         chip_id=report.chip_id.hex(),
     )
-    ver = snp_verify.verify_report(report, snp_verify.load_certificates(certs), crls=crls, now=now)
+    given = snp_verify.load_certificates(certs, what="certificate file")
+    ver = snp_verify.verify_report(report, [*carried_certs, *given], crls=crls, now=now)
     result.checked.extend(ver.checks)
     result.verified = True
     result.details.update(product=str(ver.product), signing_key=ver.key_kind, reported_tcb=ver.tcb.as_dict())

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
-from attestation.errors import Check, ParseError, VerificationError
+from attestation.errors import CertificateDataError, Check, ParseError, VerificationError
 from attestation.roots import amd_ark_product, amd_chains, fingerprint
 from attestation.snp import Product, SigningKey, SnpReport, TcbVersion, parse_cert_table
 
@@ -45,24 +45,40 @@ class SnpVerification:
     checks: list[Check] = field(default_factory=list)
 
 
-def load_certificates(blobs: Iterable[bytes]) -> list[x509.Certificate]:
-    """Certificates from PEM (one or many), DER, or an extended report's GUID certificate table."""
+def load_certificates(blobs: Iterable[bytes], *, what: str = "certificate data") -> list[x509.Certificate]:
+    """Certificates from PEM (one or many), DER, or an extended report's GUID certificate table.
+
+    A blob that is none of these raises :class:`CertificateDataError` naming ``what`` and the blob's
+    position, so that bad ``--certs`` are never mistaken for bad evidence."""
     out: list[x509.Certificate] = []
+    items = list(blobs)
     with warnings.catch_warnings():
         # AMD's VCEKs carry serial number 0, which cryptography loads with a deprecation warning.
         warnings.simplefilter("ignore")
-        for blob in blobs:
+        for i, blob in enumerate(items, 1):
             data = bytes(blob)
-            try:
-                if data.lstrip().startswith(b"-----BEGIN"):
+            where = f"{what} {i} of {len(items)}" if len(items) > 1 else what
+            where += f" ({len(data)} bytes)"
+            if data.lstrip().startswith(b"-----BEGIN"):
+                try:
                     out.extend(x509.load_pem_x509_certificates(data))
-                elif data[:1] == b"\x30":
+                except ValueError as exc:
+                    msg = f"{where}: PEM that holds no readable certificate ({exc})"
+                    raise CertificateDataError(msg) from None
+            elif data[:1] == b"\x30":
+                try:
                     out.append(x509.load_der_x509_certificate(data))
-                else:
+                except ValueError as exc:
+                    raise CertificateDataError(f"{where}: not a DER certificate ({exc})") from None
+            else:
+                try:
                     table = parse_cert_table(data)
-                    out.extend(load_certificates(v for k, v in table.items() if k != "crl"))
-            except ValueError as exc:
-                raise ParseError(f"cannot read certificate data: {exc}") from exc
+                except ParseError as exc:
+                    raise CertificateDataError(
+                        f"{where} is not PEM, DER or a SEV-SNP certificate table ({exc})"
+                    ) from None
+                entries = [v for k, v in table.items() if k != "crl"]
+                out.extend(load_certificates(entries, what=f"{where}, certificate"))
     return out
 
 
