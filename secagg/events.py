@@ -19,6 +19,8 @@ class Event(StrEnum):
     JOB_FINISHED = "job_finished"
     JOB_ABORTED = "job_aborted"
     JOB_FAILED = "job_failed"
+    #: the round driver's step raised with no running job to fail (it goes on)
+    DRIVER_ERROR = "driver_error"
     # ---- aggregator: rounds
     SITE_READY = "site_ready"
     TASK_DECLINED = "task_declined"

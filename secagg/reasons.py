@@ -51,6 +51,11 @@ class Reason(StrEnum):
     # ---- general (secagg.errors)
     OK = ("ok", "OK", "accepted", 0)
     ERROR = ("error", FAILED_PRECONDITION, "an unspecified failure")
+    INTERNAL = (
+        "internal",
+        "INTERNAL",
+        "an unexpected failure inside the aggregator; the request did nothing",
+    )
     USAGE = ("usage", INVALID_ARGUMENT, "the command or request is used wrongly", 2)
     CONFIG = ("config", FAILED_PRECONDITION, "a project file, kit, job or policy that cannot be used")
     IDENTITY = ("identity", UNAUTHENTICATED, "a certificate that is not a participant of this project")

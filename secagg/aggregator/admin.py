@@ -130,6 +130,8 @@ class AdminConsole:
             header, payload = handler(self, ident, job_id, request.payload)
         except SecaggError as exc:
             self._fail(context, ident, command, job_id, exc)
+        except Exception as exc:  # noqa: BLE001 - a specific status and an audit line, never UNKNOWN
+            self._fail(context, ident, command, job_id, _internal(exc))
         yield from encode_stream({"command": command, **header}, payload)
 
     def handle_upload(
@@ -145,6 +147,12 @@ class AdminConsole:
             job_id = self._submit(ident, request_iterator)
         except SecaggError as exc:
             self._fail(context, ident, command, "", exc)
+        except (ValueError, RecursionError) as exc:  # a header that does not parse
+            self._fail(
+                context, ident, command, "", UsageError(f"submit request does not parse: {str(exc)[:500]}")
+            )
+        except Exception as exc:  # noqa: BLE001 - a specific status and an audit line, never UNKNOWN
+            self._fail(context, ident, command, "", _internal(exc))
         yield from encode_stream({"command": "submit", "job_id": job_id}, [])
 
     # ------------------------------------------------------------------ identity, audit, errors
@@ -186,8 +194,14 @@ class AdminConsole:
             self._audit(event, ident, command, job_id, code=exc.code, reason=str(exc))
         abort(context, exc.code, str(exc))
 
-    def _job_row(self, job_id: str) -> tuple[str, JobOwner]:
-        """Resolve ``job_id`` ('' = the current job) to an id and its owner."""
+    def _job_row(self, ident: Identity, action: str, job_id: str) -> tuple[str, JobOwner]:
+        """Resolve ``job_id`` ('' = the current job) to an id and its owner.
+
+        The role is checked first: a certificate that is no admin role, or whose role may not do
+        ``action`` at all, is refused before any lookup, so it cannot learn which job ids exist from
+        a ``no_such_job`` answer."""
+        if getattr(permissions(self.table, ident), action) == "none":
+            authorize(self.table, ident, action, None, job_id)
         if not job_id:
             job = self.fed.job
             if job is None:
@@ -202,7 +216,7 @@ class AdminConsole:
     def _status(self, ident: Identity, job_id: str, _payload: bytes) -> Reply:
         job = self.fed.job
         if job_id or job is not None:
-            job_id, owner = self._job_row(job_id)
+            job_id, owner = self._job_row(ident, "status", job_id)
             self._allow(ident, "status", owner, job_id)
         else:
             self._allow(ident, "status", None, "")
@@ -264,13 +278,13 @@ class AdminConsole:
     def _abort(self, ident: Identity, job_id: str, _payload: bytes) -> Reply:
         if not job_id:
             raise UsageError("abort needs a job id")
-        job_id, owner = self._job_row(job_id)
+        job_id, owner = self._job_row(ident, "abort", job_id)
         self._allow(ident, "abort", owner, job_id)
         self.fed.abort(job_id, by=describe(ident))
         return {"job_id": job_id, "state": "aborted"}, []
 
     def _download(self, ident: Identity, job_id: str, _payload: bytes) -> Reply:
-        job_id, owner = self._job_row(job_id)
+        job_id, owner = self._job_row(ident, "download", job_id)
         self._allow(ident, "download", owner, job_id)
         row = self.fed.store.job(job_id)
         assert row is not None
@@ -292,7 +306,7 @@ class AdminConsole:
         return header, _file_pieces([f for _, f in files])
 
     def _logs(self, ident: Identity, job_id: str, payload: bytes) -> Reply:
-        job_id, owner = self._job_row(job_id)
+        job_id, owner = self._job_row(ident, "logs", job_id)
         self._allow(ident, "logs", owner, job_id)
         try:
             follow = float(json.loads(payload or b"{}").get("follow", 0.0))
@@ -388,6 +402,16 @@ class _Audited(SecaggError):
         super().__init__(str(inner))
         self.inner = inner
         self.code = inner.code
+
+
+def _internal(exc: Exception) -> SecaggError:
+    """An unexpected failure of an admin command, as a refusal with the registered ``internal`` code."""
+    import logging
+
+    logging.getLogger(__name__).error("admin command failed", exc_info=exc)
+    err = SecaggError(f"the aggregator failed: {type(exc).__name__}: {str(exc)[:500]}")
+    err.code = Reason.INTERNAL
+    return err
 
 
 def _no_job(message: str) -> SecaggError:

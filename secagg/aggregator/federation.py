@@ -16,9 +16,11 @@ branch on the mode. Uploads are spooled by :mod:`secagg.aggregator.spool`.
 
 from __future__ import annotations
 
+import contextlib
 import io
-import json
 import logging
+import math
+import shutil
 import tarfile
 import threading
 import time
@@ -31,7 +33,8 @@ import numpy as np
 
 from secagg.aggregator.modes import BadUpload, ModeBase, ModeContext, Step, mode_class, plain_result_bundle
 from secagg.aggregator.modes.he import HE_KEY_BLOB
-from secagg.aggregator.rounds import JobRun, JobState, Phase, RoundRun, Signal
+from secagg.aggregator.rounds import JobRun, JobState, Phase, RoundRun, Signal, retry_delay
+from secagg.aggregator.rpc import final_metrics, int_field, json_object, upload_header
 from secagg.aggregator.spool import Spool
 from secagg.aggregator.store import StateStore
 from secagg.auditlog import AuditLog, check_head_signature, parse_head
@@ -84,8 +87,20 @@ class Federation:
         #: the running job's mode object (see ``secagg.aggregator.modes``)
         self.mode: ModeBase | None = None
         self.heartbeats: dict[str, float] = {}
-        self.stopping = False
+        #: set when the service stops: the driver and every long wait end at once (an Event, not a sleep)
+        self.stop_event = threading.Event()
         self._resume()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        if value:
+            self.stop_event.set()
+        else:
+            self.stop_event.clear()
 
     # ---------------------------------------------------------------- jobs
     def _resume(self) -> None:
@@ -101,20 +116,56 @@ class Federation:
         with self.cond:
             if self.job is not None and self.job.state in (JobState.RUNNING, JobState.FINALIZING):
                 raise ConfigError(f"job {self.job.job_id} is still running; abort it first")
-        spec = JobSpec.model_validate(_load_yaml(job_dir / "job.yaml"))
+        try:
+            spec = JobSpec.model_validate(_load_yaml(job_dir / "job.yaml"))
+        except ValueError as exc:  # pydantic's ValidationError
+            raise ConfigError(f"job.yaml does not validate: {_short(exc)}") from None
         self._require_mode(spec.mode)
         job_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         job_root = self.state_dir / "jobs" / job_id
         job_root.mkdir(parents=True)
         pkg = job_root / "package.tar.gz"
         src = source or job_dir
-        atomic_write(pkg, src.read_bytes() if src.is_file() else package_bytes(src))
-        self.store.add_job(job_id, spec.name, submitter, spec.model_dump_json(), str(pkg))
-        self.audit.append(
-            Event.JOB_SUBMITTED, job=job_id, submitter=submitter, mode=spec.mode, rounds=spec.rounds
-        )
-        self._activate(job_id, spec, pkg, resumed=False)
+        try:
+            atomic_write(pkg, src.read_bytes() if src.is_file() else package_bytes(src))
+            _read_model(pkg, spec.model)  # a model that does not load is refused before anything is kept
+        except BaseException:
+            shutil.rmtree(job_root, ignore_errors=True)
+            raise
+        self._record_submission(job_id, spec, submitter, pkg, job_root)
+        try:
+            self._activate(job_id, spec, pkg, resumed=False)
+        except Exception as exc:  # noqa: BLE001 - recorded and audited: the job failed, not the aggregator
+            with self.cond:
+                if self.job is not None and self.job.job_id == job_id:
+                    self.job, self.mode = None, None
+            reason = f"{type(exc).__name__}: {_short(exc)}"
+            self.store.set_job_state(job_id, JobState.FAILED, reason=reason)
+            with contextlib.suppress(Exception):
+                self.audit.append(
+                    Event.JOB_FAILED, job=job_id, code=getattr(exc, "code", Reason.ERROR), reason=reason
+                )
+            raise ConfigError(f"job {job_id} cannot start: {reason}") from None
         return job_id
+
+    def _record_submission(
+        self, job_id: str, spec: JobSpec, submitter: str, pkg: Path, job_root: Path
+    ) -> None:
+        """The store row and its ``job_submitted`` line are one step: if the audit line cannot be
+        written (a value RFC 8785 refuses, a full disk), the row and the package go again, so no job
+        is left "running" that the log never saw (and a restart cannot resume it)."""
+        self.store.add_job(job_id, spec.name, submitter, spec.model_dump_json(), str(pkg))
+        try:
+            self.audit.append(
+                Event.JOB_SUBMITTED, job=job_id, submitter=submitter, mode=spec.mode, rounds=spec.rounds
+            )
+        except Exception as exc:  # noqa: BLE001 - undone and reported as the submission's refusal
+            self.store.remove_job(job_id)
+            shutil.rmtree(job_root, ignore_errors=True)
+            raise ConfigError(
+                f"job {spec.name} cannot be recorded in the audit log ({type(exc).__name__}: {_short(exc)}); "
+                "nothing was kept"
+            ) from None
 
     def _activate(self, job_id: str, spec: JobSpec, pkg: Path, *, resumed: bool) -> None:
         mode_cls = self._require_mode(spec.mode)
@@ -225,6 +276,8 @@ class Federation:
         cur = job.current
         if cur is None or cur.phase != Phase.READY or site in cur.ready or site in cur.declined:
             return None
+        if cur.not_before > time.monotonic():
+            return None  # a retried round waits out its backoff
         if (after_round, after_attempt) >= (cur.round, cur.attempt):
             return None
         return {
@@ -250,12 +303,12 @@ class Federation:
         yield from mode.payload(job, header)
 
     def post_ready(self, site: str, job_id: str, round_: int, payload: bytes) -> None:
+        msg = json_object(payload, "ready message")
         try:
-            msg = json.loads(payload)
             raw_n = msg["n_samples"]
-            attempt = int(msg["attempt"])
+            attempt = int_field(msg["attempt"], "ready message attempt")
             signed = msg["fingerprint"]
-        except (ValueError, KeyError, TypeError):
+        except KeyError:
             raise UpdateRejected(
                 "ready message is not valid JSON with n_samples, attempt and fingerprint",
                 code=Reason.MALFORMED,
@@ -333,33 +386,34 @@ class Federation:
         stream after the header. The upload must be for the current round and attempt, from a roster
         site that has not uploaded yet; it is spooled whole (trailer checked), checked by the mode, and
         only then counted. A refused upload leaves nothing in the spool. Raises ``UpdateRejected``."""
-        cur = self._open_upload(site, header)
-        job_id = str(header.get("job_id"))
-        expected = header.get("bytes")
+        bound = self.upload_bound()
+        head = upload_header(header, max_bytes=bound)
+        cur = self._open_upload(site, head.job_id, head.round, head.attempt)
         spooled = self.spool.receive(
             site,
-            job_id,
+            head.job_id,
             cur.round,
             cur.attempt,
-            lambda fh: copy_payload(
-                chunks,
-                fh,
-                max_bytes=self.max_upload_bytes,
-                expected_bytes=int(expected) if expected is not None else None,
-            ),
+            lambda fh: copy_payload(chunks, fh, max_bytes=bound, expected_bytes=head.bytes),
         )
         try:
-            self._admit_upload(site, cur, header, spooled.path)
+            self._admit_upload(site, cur, head.raw, spooled.path, head.metrics)
         except BaseException:
             self.spool.remove(spooled)
             raise
         self.audit.append(
-            Event.UPLOAD_ACCEPTED, site=site, job=job_id, round=header["round"], bytes=header.get("bytes")
+            Event.UPLOAD_ACCEPTED, site=site, job=head.job_id, round=head.round, bytes=head.bytes
         )
 
-    def _open_upload(self, site: str, header: dict[str, Any]) -> RoundRun:
+    def upload_bound(self) -> int:
+        """The most bytes one upload may stream: what the running mode says its model implies (plain,
+        tee, mask: about the model's bytes; he: its ciphertexts), never more than the aggregator's cap."""
+        mode = self.mode
+        implied = mode.max_upload_bytes() if mode is not None else None
+        return self.max_upload_bytes if implied is None else min(self.max_upload_bytes, implied)
+
+    def _open_upload(self, site: str, job_id: str, round_: int, attempt: int) -> RoundRun:
         """The round an upload with this header may go into, before a byte of it is spooled."""
-        job_id, round_ = str(header.get("job_id")), int(header.get("round", -1))
         done = {r.round: r for r in self.store.rounds(job_id)}
         if round_ in done and site in done[round_].participants:
             raise UpdateRejected(f"{site} already uploaded in round {round_}", code=Reason.DUPLICATE_UPLOAD)
@@ -369,7 +423,7 @@ class Federation:
                 raise UpdateRejected(
                     f"{site} already uploaded in round {round_}", code=Reason.DUPLICATE_UPLOAD
                 )
-            if cur.phase != Phase.UPLOAD or cur.roster is None or header.get("attempt") != cur.attempt:
+            if cur.phase != Phase.UPLOAD or cur.roster is None or attempt != cur.attempt:
                 raise UpdateRejected(f"round {round_} is not accepting uploads now", code=Reason.LATE)
             if site not in cur.roster["weights"]:
                 raise UpdateRejected(
@@ -377,12 +431,13 @@ class Federation:
                 )
             return cur
 
-    def _admit_upload(self, site: str, cur: RoundRun, header: dict[str, Any], spooled: Path) -> None:
+    def _admit_upload(
+        self, site: str, cur: RoundRun, header: dict[str, Any], spooled: Path, metrics: dict[str, float]
+    ) -> None:
         """The mode checks the spooled upload; then, if the round is still open, it counts."""
         mode = self.mode
         assert mode is not None
         mode.accept(site, cur, header, spooled)
-        metrics = header.get("metrics")
         with self.cond:
             if self.job is None or self.job.current is not cur or cur.phase != Phase.UPLOAD:
                 raise UpdateRejected("the round closed while the upload was streaming", code=Reason.LATE)
@@ -391,20 +446,13 @@ class Federation:
                     f"{site} already uploaded in round {cur.round}", code=Reason.DUPLICATE_UPLOAD
                 )
             mode.admit(site, cur, spooled)
-            if isinstance(metrics, dict):
-                cur.metrics[site] = {
-                    str(k): float(v) for k, v in metrics.items() if isinstance(v, int | float)
-                }
+            if metrics:
+                cur.metrics[site] = dict(metrics)
             cur.uploads[site] = spooled
             self.cond.notify_all()
 
     def post_final(self, site: str, job_id: str, payload: bytes) -> None:
-        try:
-            metrics = json.loads(payload)
-            if not isinstance(metrics, dict):
-                raise ValueError
-        except ValueError:
-            raise UpdateRejected("final metrics must be a JSON object", code=Reason.MALFORMED) from None
+        metrics = final_metrics(payload)
         with self.cond:
             if self.job is None or self.job.job_id != job_id or self.job.state != JobState.FINALIZING:
                 raise UpdateRejected(f"job {job_id} is not finalizing", code=Reason.LATE)
@@ -458,6 +506,9 @@ class Federation:
                 return
             now = time.monotonic()
             timeout = job.spec.round_timeout
+            if cur.phase == Phase.READY and now < cur.not_before:
+                self.cond.wait(timeout=min(cur.not_before - now, 0.5))  # a retried round's backoff
+                return
             if cur.phase == Phase.READY:
                 everyone = len(cur.ready) >= len(set(self.sites) - job.declined - cur.declined)
                 enough = len(cur.ready) >= job.spec.min_sites and now - cur.phase_started > timeout
@@ -541,7 +592,12 @@ class Federation:
         if len(uploads) < job.spec.min_sites:
             self._retry(job, cur, f"{len(uploads)} valid uploads, the job needs {job.spec.min_sites}")
             return
-        scale = 1.0 / sum(cur.roster["weights"][s] for s in uploads)
+        weight = sum(cur.roster["weights"][s] for s in uploads)
+        if not (math.isfinite(weight) and weight > 0):  # the roster bounds counts; this must not pass
+            raise UpdateRejected(
+                f"round {cur.round}: the uploads' weights sum to {weight}", code=Reason.BAD_WEIGHT
+            )
+        scale = 1.0 / weight
         if total is None:  # a protected sum the sites unprotect (he): relayed as the mode wrote it
             atomic_write(result, source=tmp)
             self._complete(job, cur, result, scale, sorted(uploads), None)
@@ -552,7 +608,7 @@ class Federation:
         """The job cannot go on (a round result that cannot be written, state that does not load): it
         fails, sites are told to stop, and the aggregator serves on for the next job."""
         log.exception("job %s failed", job.job_id)
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = f"{type(exc).__name__}: {_short(exc)}"
         with self.cond:
             if self.job is not job or job.state.terminal:
                 return
@@ -568,13 +624,41 @@ class Federation:
         )
 
     def _retry(self, job: JobRun, cur: RoundRun, why: str) -> None:
-        """Nothing of a failed round is kept; it runs again as a new attempt."""
-        self.audit.append(Event.ROUND_RETRY, job=job.job_id, round=cur.round, attempt=cur.attempt, reason=why)
+        """Nothing of a failed round is kept; it runs again as a new attempt, after a backoff that
+        grows with each retry in a row (a round every site declines must not spin the audit log)."""
+        delay = retry_delay(job.retries + 1)
+        self.audit.append(
+            Event.ROUND_RETRY,
+            job=job.job_id,
+            round=cur.round,
+            attempt=cur.attempt,
+            reason=why,
+            backoff_s=round(delay, 3),
+        )
         self.spool.discard(job.job_id, cur.round, cur.attempt)
         with self.cond:
             if job.current is cur:
-                job.current = RoundRun(cur.round, cur.attempt + 1)
+                job.retries += 1
+                start = time.monotonic() + delay
+                job.current = RoundRun(cur.round, cur.attempt + 1, started=start, phase_started=start)
+                job.current.not_before = start
             self.cond.notify_all()
+
+    def driver_failed(self, exc: BaseException) -> None:
+        """The driver's step raised: the running job fails with the reason (and its audit line), and
+        the driver goes on serving whatever comes next. Never raises (the driver thread must live)."""
+        try:
+            with self.cond:
+                job = self.job
+            if job is not None and not job.state.terminal:
+                self._fail(job, exc)
+            else:
+                log.exception("round driver error without a running job")
+                self.audit.append(
+                    Event.DRIVER_ERROR, code=getattr(exc, "code", Reason.ERROR), reason=_short(exc)
+                )
+        except Exception:  # noqa: BLE001 - the store or log itself is broken; the driver backs off and retries
+            log.exception("round driver could not record an error")
 
     def _complete(
         self, job: JobRun, cur: RoundRun, result: Path, scale: float, sites: list[str], avg: np.ndarray | None
@@ -611,6 +695,7 @@ class Federation:
         )
         with self.cond:
             job.completed = cur.round
+            job.retries = 0
             if new_global is not None:
                 job.global_model = new_global
             if job.state != JobState.RUNNING:
@@ -699,6 +784,22 @@ def _load_yaml(path: Path) -> Any:
         return yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+def _short(exc: BaseException, limit: int = 500) -> str:
+    """An exception's text for a reason field, cut (a hostile value must not fill the log)."""
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _read_model(pkg: Path, name: str) -> None:
+    """Refuse (``ConfigError``) a package whose model is missing or not safetensors."""
+    try:
+        from_safetensors(_read_member(pkg, name))
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the model's bytes do, the submission is refused
+        raise ConfigError(f"the job's model {name} does not load: {_short(exc)}") from None
 
 
 def _read_member(pkg: Path, name: str) -> bytes:

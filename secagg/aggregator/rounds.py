@@ -70,6 +70,8 @@ class RoundRun:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per site, sent with the upload
     #: sites sitting out this round only (their training failed): not waited for in it
     declined: set[str] = field(default_factory=set)
+    #: a retried attempt is not offered to sites before this (``time.monotonic``): its backoff
+    not_before: float = 0.0
 
 
 @dataclass
@@ -86,6 +88,23 @@ class JobRun:
     final_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     declined: set[str] = field(default_factory=set)  # sites that refused the job: not waited for
     finalize_started: float = 0.0
+    #: attempts retried in a row since the last completed round (the backoff grows with it)
+    retries: int = 0
 
 
-__all__ = ["JobRun", "JobState", "Phase", "RoundRun", "Signal"]
+#: the first retry of a round runs at once; each further one in a row waits twice as long, up to this
+RETRY_MAX_S = 10.0
+RETRY_BASE_S = 0.5
+
+
+def retry_delay(retries: int) -> float:
+    """Seconds a round's ``retries``-th retry in a row waits: 0, 0.5, 1, 2, ... up to ``RETRY_MAX_S``.
+
+    A round every site declines would otherwise run again at once, for ever (hundreds of fsynced
+    audit lines a second); a real retry (one site dropped) still runs again at once."""
+    if retries <= 1:
+        return 0.0
+    return min(RETRY_BASE_S * 2.0 ** min(retries - 2, 32), RETRY_MAX_S)
+
+
+__all__ = ["RETRY_MAX_S", "JobRun", "JobState", "Phase", "RoundRun", "Signal", "retry_delay"]

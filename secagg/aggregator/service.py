@@ -8,6 +8,7 @@ in the trailing metadata key ``secagg-reason`` as well as at the start of the de
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
@@ -18,8 +19,17 @@ import grpc
 
 from secagg.aggregator.federation import Federation
 from secagg.aggregator.modes import COLLECT_TOPICS, POST_TOPICS
-from secagg.aggregator.rounds import Signal
-from secagg.aggregator.rpc import abort, abort_with, caller
+from secagg.aggregator.rounds import Signal, retry_delay
+from secagg.aggregator.rpc import (
+    MAX_NAME,
+    abort,
+    abort_with,
+    caller,
+    declined,
+    name_field,
+    post_fields,
+    seconds_field,
+)
 from secagg.errors import IdentityError, SecaggError, UpdateRejected
 from secagg.events import Event
 from secagg.provision.identity import Identity
@@ -31,6 +41,12 @@ from secagg.transport.generated import secagg_pb2_grpc as rpc
 from secagg.transport.tls import SERVER_OPTIONS, server_credentials
 
 MAX_POLL_S = 30.0
+#: the largest nonce a site may send for attestation (real ones are 32 or 64 bytes)
+MAX_NONCE = 1024
+#: exceptions that mean the request did not parse: refused as ``malformed``, not as an internal error
+_PARSE_ERRORS = (ValueError, TypeError, KeyError, RecursionError, OverflowError, UnicodeError)
+
+log = logging.getLogger(__name__)
 
 #: legacy payload of a signal message (agents that predate ``Message.signal`` look for these keys)
 _SIGNAL_PB = {Signal.CANCELLED: pb.Message.CANCELLED, Signal.NOT_FOR_YOU: pb.Message.NOT_FOR_YOU}
@@ -57,8 +73,55 @@ class FederationService(rpc.FederationServicer):
         return ident
 
     def _refuse(self, context: grpc.ServicerContext, site: str, exc: SecaggError, **fields: Any) -> None:
-        self.fed.audit.append(Event.REFUSED, site=site, code=exc.code, reason=str(exc), **fields)
-        abort(context, exc.code, str(exc))
+        """Audit the refusal (with its fields made safe to log: a hostile value must not break the
+        log's canonical JSON), then end the call with the reason's status."""
+        message = _cut(str(exc), 1000)
+        try:
+            self.fed.audit.append(
+                Event.REFUSED,
+                site=site,
+                code=exc.code,
+                reason=message,
+                **{k: _loggable(v) for k, v in fields.items()},
+            )
+        except Exception:  # noqa: BLE001 - the caller still gets its specific refusal
+            log.exception("could not audit a refusal of %s", site)
+        abort(context, exc.code, message)
+
+    def _guarded(
+        self, context: grpc.ServicerContext, site: str, call: Callable[[], Any], **fields: Any
+    ) -> Any:
+        """Run one request's work: a ``SecaggError`` is refused with its code, a request that does
+        not parse as ``malformed``, anything else as ``internal``; each with an audit line, never
+        gRPC's ``UNKNOWN``."""
+        try:
+            return call()
+        except SecaggError as exc:
+            self._refuse(context, site, exc, **fields)
+        except _PARSE_ERRORS as exc:
+            self._refuse(
+                context,
+                site,
+                UpdateRejected(f"request does not parse: {exc}", code=Reason.MALFORMED),
+                **fields,
+            )
+        except Exception as exc:  # noqa: BLE001 - a bug must still end in a specific status and a line
+            log.exception("request from %s failed", site)
+            self._refuse(
+                context, site, UpdateRejected(f"{type(exc).__name__}", code=Reason.INTERNAL), **fields
+            )
+        return None  # unreachable: a refusal aborts
+
+    def _stream(
+        self, context: grpc.ServicerContext, site: str, pieces: Iterable[pb.Chunk]
+    ) -> Iterator[pb.Chunk]:
+        """Yield a response stream; a failure while producing it is refused like one before it."""
+        it = iter(pieces)
+        while True:
+            piece = self._guarded(context, site, lambda: next(it, None))
+            if piece is None:
+                return
+            yield piece
 
     def _counted(self, mode: str, payload: Iterable[bytes]) -> Iterator[bytes]:
         if self.sent is None:
@@ -72,7 +135,8 @@ class FederationService(rpc.FederationServicer):
     def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.RegisterReply:
         site = self._site(context)
         self.fed.heartbeat(site.name)
-        self.fed.audit.append(Event.SITE_REGISTERED, site=site.name, agent=request.agent_version or None)
+        agent = _cut(request.agent_version, MAX_NAME) or None
+        self.fed.audit.append(Event.SITE_REGISTERED, site=site.name, agent=agent)
         job = self.fed.job
         return pb.RegisterReply(
             project=self.kit.config.project, site=site.name, job_id=job.job_id if job else ""
@@ -85,20 +149,27 @@ class FederationService(rpc.FederationServicer):
     def FetchTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         site = self._site(context)
         self.fed.heartbeat(site.name)
-        wait = min(max(request.poll_seconds, 0.0), MAX_POLL_S)
-        header = self.fed.next_task(
-            site.name, request.after_round, request.after_attempt, request.has_global_round, wait
+        wait = seconds_field(request.poll_seconds, hi=MAX_POLL_S)
+        header = self._guarded(
+            context,
+            site.name,
+            lambda: self.fed.next_task(
+                site.name, request.after_round, request.after_attempt, request.has_global_round, wait
+            ),
         )
         mode = str(header.get("mode") or self.fed.current_mode)
-        yield from encode_stream(header, self._counted(mode, self.fed.payload(header)))
+        yield from self._stream(
+            context, site.name, encode_stream(header, self._counted(mode, self.fed.payload(header)))
+        )
 
     def FetchJob(self, request: pb.JobRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
-        self._site(context)
+        site = self._site(context)
         job = self.fed.job
         if job is None or job.job_id != request.job_id:
-            abort_with(context, grpc.StatusCode.NOT_FOUND, Reason.NO_SUCH_JOB, f"no job {request.job_id}")
+            shown = _cut(request.job_id, MAX_NAME)
+            abort_with(context, grpc.StatusCode.NOT_FOUND, Reason.NO_SUCH_JOB, f"no job {shown}")
             return
-        data = job.package.read_bytes()
+        data = self._guarded(context, site.name, job.package.read_bytes, job=job.job_id)
         yield from encode_stream({"job_id": job.job_id, "bytes": len(data)}, [data])
 
     def UploadResult(
@@ -106,57 +177,66 @@ class FederationService(rpc.FederationServicer):
     ) -> pb.UploadReply:
         site = self._site(context)
         header: dict[str, Any] = {}
-        try:
-            header = read_header(request_iterator)
-            self.fed.accept_upload(site.name, header, request_iterator)
-        except SecaggError as exc:
-            self._refuse(context, site.name, exc, job=header.get("job_id"), round=header.get("round"))
+
+        def upload() -> None:
+            nonlocal header
+            got = read_header(request_iterator)
+            header = got if isinstance(got, dict) else {}
+            self.fed.accept_upload(site.name, got, request_iterator)
+
+        self._guarded(
+            context, site.name, upload, job=lambda: header.get("job_id"), round=lambda: header.get("round")
+        )
         return pb.UploadReply(accepted=True, code=Reason.OK, message="accepted")
 
     def Attest(self, request: pb.AttestRequest, context: grpc.ServicerContext) -> pb.AttestReply:
         site = self._site(context)
-        try:
-            return pb.AttestReply(evidence_message=self.fed.attest(site.name, request.job_id, request.nonce))
-        except SecaggError as exc:
-            self._refuse(context, site.name, exc, job=request.job_id)
-            raise  # unreachable: abort raises
+
+        def attest() -> pb.AttestReply:
+            job_id = name_field(request.job_id, "job_id")
+            if not 16 <= len(request.nonce) <= MAX_NONCE:
+                raise UpdateRejected(f"nonce must be 16 to {MAX_NONCE} bytes", code=Reason.MALFORMED)
+            return pb.AttestReply(evidence_message=self.fed.attest(site.name, job_id, request.nonce))
+
+        reply: pb.AttestReply = self._guarded(context, site.name, attest, job=request.job_id)
+        return reply
 
     def Post(self, request: pb.Message, context: grpc.ServicerContext) -> pb.Ack:
         site = self._site(context)
-        try:
-            if request.topic == "ready":
-                self.fed.post_ready(site.name, request.job_id, request.round, request.payload)
-            elif request.topic == "declined":
-                msg = json.loads(request.payload)
-                self.fed.decline(
-                    site.name,
-                    request.job_id,
-                    request.round,
-                    request.reason or str(msg.get("code", "declined")),
-                    str(msg.get("message", "")),
-                    round_only=msg.get("scope") == "round",
-                )
-            elif request.topic == "final":
-                self.fed.post_final(site.name, request.job_id, request.payload)
-            elif request.topic == "audit-head":
-                self.fed.accept_audit_head(site, request.job_id, request.payload)
-            elif request.topic == "he-key":
+
+        def post() -> None:
+            f = post_fields(request.topic, request.job_id, request.round, request.reason)
+            if f.topic == "ready":
+                self.fed.post_ready(site.name, f.job_id, f.round, request.payload)
+            elif f.topic == "declined":
+                d = declined(request.payload, f.reason)
+                self.fed.decline(site.name, f.job_id, f.round, d.code, d.message, round_only=d.round_only)
+            elif f.topic == "final":
+                self.fed.post_final(site.name, f.job_id, request.payload)
+            elif f.topic == "audit-head":
+                self.fed.accept_audit_head(site, f.job_id, request.payload)
+            elif f.topic == "he-key":
                 self.fed.accept_key_release(site.name, request.payload)
-            elif request.topic in POST_TOPICS:
-                self.fed.mode_post(site.name, request.topic, request.job_id, request.round, request.payload)
+            elif f.topic in POST_TOPICS:
+                self.fed.mode_post(site.name, f.topic, f.job_id, f.round, request.payload)
             else:
-                raise UpdateRejected(f"unknown topic {request.topic!r}", code=Reason.MALFORMED)
-        except SecaggError as exc:
-            self._refuse(context, site.name, exc, topic=request.topic)
-        except ValueError as exc:
-            self._refuse(
-                context, site.name, UpdateRejected(str(exc), code=Reason.MALFORMED), topic=request.topic
-            )
+                raise UpdateRejected(f"unknown topic {f.topic!r}", code=Reason.MALFORMED)
+
+        self._guarded(context, site.name, post, topic=request.topic)
         return pb.Ack(ok=True, code=Reason.OK)
 
     def Collect(self, request: pb.CollectRequest, context: grpc.ServicerContext) -> Iterator[pb.Message]:
-        self._site(context)
-        wait = min(max(request.timeout_seconds, 0.0), MAX_POLL_S)
+        site = self._site(context)
+        wait = seconds_field(request.timeout_seconds, hi=MAX_POLL_S)
+
+        def check() -> None:
+            name_field(request.topic, "topic")
+            name_field(request.job_id, "job_id", required=False)
+
+        self._guarded(context, site.name, check, topic=request.topic)
+        yield from self._stream(context, site.name, self._collect(request, site, wait))
+
+    def _collect(self, request: pb.CollectRequest, site: Identity, wait: float) -> Iterator[pb.Message]:
         if request.topic == "roster":
             roster = self.fed.roster(request.job_id, request.round, wait)
             if roster is not None:
@@ -173,9 +253,8 @@ class FederationService(rpc.FederationServicer):
             if blob is not None:
                 yield pb.Message(topic="he-key", sender=self.kit.config.key_holder, payload=blob)
         elif request.topic in COLLECT_TOPICS:
-            site_name = self._site(context).name
             data = self.fed.mode_collect(
-                site_name, request.topic, request.job_id, request.round, request.attempt, wait
+                site.name, request.topic, request.job_id, request.round, request.attempt, wait
             )
             if data is not None:
                 if isinstance(data, Signal):
@@ -192,7 +271,7 @@ class FederationService(rpc.FederationServicer):
                     signal=signal,
                 )
         else:
-            abort(context, Reason.MALFORMED, f"unknown topic {request.topic!r}")
+            raise UpdateRejected(f"unknown topic {request.topic!r}", code=Reason.MALFORMED)
 
     def Admin(self, request: pb.AdminRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         """Admin console; the role comes from the admin certificate (see ``secagg.aggregator.admin``)."""
@@ -233,8 +312,19 @@ class AggregatorServer:
         self._driver = threading.Thread(target=self._drive, name="round-driver", daemon=True)
 
     def _drive(self) -> None:
-        while not self.fed.stopping:
-            self.fed.step()
+        """Advance rounds until the service stops. An exception in a step fails that job (with its
+        reason and audit line) and the driver goes on: never a dead thread under a live service. A
+        step that keeps failing (a broken disk) backs off on the stop event, so a stop ends it at once."""
+        failures = 0
+        stop = self.fed.stop_event
+        while not stop.is_set():
+            try:
+                self.fed.step()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                failures += 1
+                self.fed.driver_failed(exc)
+                stop.wait(retry_delay(failures + 1))
 
     def start(self) -> None:
         self.server.start()
@@ -250,3 +340,24 @@ class AggregatorServer:
         self._driver.join(timeout=5)
         self.metrics.close()
         self.fed.store.close()
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _loggable(value: Any) -> Any:
+    """A request field as an audit line may hold it: short strings, integers JSON can carry exactly;
+    anything else (a 10**30 round, a nested object) as a short description. Callables are read now."""
+    if callable(value):
+        try:
+            value = value()
+        except Exception:  # noqa: BLE001
+            return None
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**53 else f"<integer of {len(str(abs(value)))} digits>"
+    if isinstance(value, str):
+        return _cut(value, MAX_NAME)
+    return f"<{type(value).__name__}>"

@@ -153,6 +153,15 @@ class HEMode(ModeBase):
                 while piece := fh.read(_PIECE):
                     yield piece
 
+    def max_upload_bytes(self) -> int | None:
+        """Ciphertexts of the model's slot stream, each at most one frame under the published params."""
+        from secagg.he.codec import max_frame_bytes
+
+        combiner = self._get(required=False)
+        if combiner is None:
+            return None  # no context yet: the upload is refused at ``accept`` anyway
+        return combiner.n * (max_frame_bytes(combiner.ctx.params) + 8) + (1 << 16)
+
     def accept(self, site: str, round_: RoundRun, header: dict[str, Any], spooled: Path) -> None:
         combiner = self._get()
         assert combiner is not None
