@@ -16,7 +16,7 @@ from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
 from secagg.errors import PolicyRefusal, SecaggError
 from secagg.jobs.job import VerifiedJob
-from secagg.policy.admit import admit_job
+from secagg.policy.admit import admit_job, debited_rounds, remaining_worst_case
 from secagg.policy.check import load_policy
 from secagg.policy.decide import Decision, decide
 from secagg.policy.model import SitePolicy
@@ -76,9 +76,13 @@ class Admission:
         try:
             job, decision = admit_job(pkg, policy, self.kit.ca_cert, dest=dest)
             decision.raise_if_refused()
+            rounds_debited = 0
             if policy.privacy.budget is not None:
-                # what this data set has already spent counts too, not only this job's worst case
-                self._ledger_for(policy).admission_check(decision.spends)
+                # what this data set has already spent counts too, and of this job (re-admitted after
+                # a restart) only the rounds it has not debited yet: those it did are in that spend
+                ledger = self._ledger_for(policy)
+                rounds_debited = len(debited_rounds(ledger.entries(), job_id))
+                ledger.admission_check(remaining_worst_case(decision.spends, job.spec.rounds, rounds_debited))
             self._sandbox_check(policy)
         except SecaggError as exc:
             shutil.rmtree(dest, ignore_errors=True)
@@ -91,6 +95,7 @@ class Admission:
             signers=[s.describe() for s in job.signers],
             mode=job.spec.mode,
             filters=[f.name for f in decision.effective_privacy],
+            rounds_debited=rounds_debited or None,
         )
         admitted = Admitted(job, decision, self._policy_stamp())
         self._jobs[job_id] = admitted
