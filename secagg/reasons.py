@@ -123,6 +123,16 @@ class Reason(StrEnum):
     TOO_MANY_ROUNDS = ("too_many_rounds", FAILED_PRECONDITION, "the job has more rounds than allowed")
     MASK_SETTINGS_MISSING = ("mask_settings_missing", FAILED_PRECONDITION, "mask mode without settings")
     MASK_THRESHOLD_TOO_LOW = ("mask_threshold_too_low", FAILED_PRECONDITION, "mask threshold too low")
+    DISTRIBUTED_DP_MODE = (
+        "distributed_dp_mode",
+        FAILED_PRECONDITION,
+        "distributed_gaussian in a mode where one party sees a single update (he, plain)",
+    )
+    DISTRIBUTED_DP_SITES = (
+        "distributed_dp_sites",
+        FAILED_PRECONDITION,
+        "distributed_gaussian's min_honest_sites exceeds the job's min_sites or mask threshold",
+    )
     MODEL_SIZE_UNKNOWN = ("model_size_unknown", FAILED_PRECONDITION, "the model size cannot be read")
     BUDGET_EXCEEDED = (
         "budget_exceeded",

@@ -55,6 +55,18 @@ class GaussianFilter(_Filter):
     noise_multiplier: float = Field(gt=0, allow_inf_nan=False)
 
 
+class DistributedGaussianFilter(_Filter):
+    """Distributed DP (modes ``mask`` and ``tee`` only): each site clips to ``clip``, quantises at the
+    mask's fixed point (``frac_bits``, which must equal the job's ``mask.frac_bits``) and adds a share
+    of Skellam noise so that any ``min_honest_sites`` honest sites' sum carries ``noise_multiplier``."""
+
+    name: Literal["distributed_gaussian"]
+    clip: float = Field(gt=0, allow_inf_nan=False)
+    noise_multiplier: float = Field(gt=0, allow_inf_nan=False)
+    min_honest_sites: int = Field(ge=1, le=100_000)
+    frac_bits: int = Field(16, ge=0, le=30)
+
+
 class DpsgdFilter(_Filter):
     """DP-SGD inside local training; the only filter a site cannot add after training."""
 
@@ -67,7 +79,9 @@ class DpsgdFilter(_Filter):
     epochs: int = Field(1, ge=1, le=10_000)
 
 
-AnyFilter = SvtFilter | PercentileFilter | ExcludeFilter | GaussianFilter | DpsgdFilter
+AnyFilter = (
+    SvtFilter | PercentileFilter | ExcludeFilter | GaussianFilter | DistributedGaussianFilter | DpsgdFilter
+)
 FilterSpec = Annotated[AnyFilter, Field(discriminator="name")]
 
 #: per filter, each parameter that bounds the guarantee and whether a *smaller* value is the stronger
@@ -77,6 +91,7 @@ STRONGER_WHEN_SMALLER: dict[str, dict[str, bool]] = {
     "svt": {"fraction": True, "epsilon": True, "noise_var": True, "gamma": True},
     "percentile": {"percentile": True, "gamma": True},
     "gaussian": {"clip": True, "noise_multiplier": False},
+    "distributed_gaussian": {"clip": True, "noise_multiplier": False, "min_honest_sites": False},
     "dpsgd": {"target_epsilon": True, "target_delta": True, "max_grad_norm": True},
 }
 

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from secagg.errors import ConfigError, PolicyRefusal
-from secagg.jobs.filters import STRONGER_WHEN_SMALLER, TRAINING_TIME_FILTERS, AnyFilter, ExcludeFilter
+from secagg.jobs.filters import (
+    STRONGER_WHEN_SMALLER,
+    TRAINING_TIME_FILTERS,
+    AnyFilter,
+    DistributedGaussianFilter,
+    ExcludeFilter,
+)
 from secagg.jobs.signer import SUBMIT_ROLES, SignerInfo
 from secagg.jobs.spec import JobSpec
 from secagg.modes import traits
@@ -24,11 +30,22 @@ from secagg.policy.params import count_parameters
 from secagg.privacy.accounting import Composition, compose
 from secagg.privacy.specs import stronger_or_equal, worst_case_spends
 from secagg.privacy.spend import Spend
+from secagg.reasons import Reason as Code
 
 OK = "ok"
 
 #: filters whose privacy cost depends on how many entries the update has
-SIZE_DEPENDENT = frozenset({"svt"})
+SIZE_DEPENDENT = frozenset({"svt", "distributed_gaussian"})
+DISTRIBUTED = "distributed_gaussian"
+
+
+def distributed_dp_allowed(mode: str) -> bool:
+    """Modes where distributed noise is enough: no party but an attested enclave sees one update
+    (``mask``, ``tee-mask``: masked vectors only; ``tee``: plaintext only inside the measured enclave).
+    In ``he`` every site holds the secret key and in ``plain`` the aggregator reads each update, so a
+    share of the noise would leave one update almost bare."""
+    t = traits(mode)
+    return t.hides_single_update or t.attested
 
 
 @dataclass(frozen=True)
@@ -168,6 +185,53 @@ def _privacy_rules(policy: SitePolicy, job: JobSpec) -> tuple[list[Reason], list
             )
         )
     return reasons, chain
+
+
+def _distributed_rules(job: JobSpec, chain: Sequence[AnyFilter]) -> list[Reason]:
+    """``distributed_gaussian`` only where one update is hidden, and never with fewer sites in a sum
+    than the honest sites its noise shares are split across."""
+    out: list[Reason] = []
+    for f in chain:
+        if not isinstance(f, DistributedGaussianFilter):
+            continue
+        m = f.min_honest_sites
+        if not distributed_dp_allowed(job.mode):
+            out.append(
+                Reason(
+                    "privacy.distributed_gaussian",
+                    False,
+                    Code.DISTRIBUTED_DP_MODE,
+                    f"distributed_gaussian splits its noise across {m} sites, but in mode {job.mode} "
+                    "a single site's update is visible to some party, where its share of the noise "
+                    "protects it hardly at all; use mask, tee-mask or tee.",
+                )
+            )
+            continue
+        floor = [("min_sites", job.min_sites)]
+        if traits(job.mode).masked and job.mask is not None:
+            floor.append(("mask threshold", job.mask.threshold))
+        short = [f"{what} {v}" for what, v in floor if v < m]
+        if short:
+            out.append(
+                Reason(
+                    "privacy.distributed_gaussian",
+                    False,
+                    Code.DISTRIBUTED_DP_SITES,
+                    f"distributed_gaussian needs {m} honest sites in every sum, but the job's "
+                    f"{' and '.join(short)} would let a round be summed over fewer.",
+                )
+            )
+        else:
+            out.append(
+                Reason(
+                    "privacy.distributed_gaussian",
+                    True,
+                    OK,
+                    f"Any {m} honest sites' noise shares add up to noise multiplier "
+                    f"{f.noise_multiplier} on the sum; every round sums at least {m} sites.",
+                )
+            )
+    return out
 
 
 def worst_case_spend(
@@ -321,6 +385,8 @@ def decide(
 
     privacy_reasons, chain = _privacy_rules(policy, job)
     reasons += privacy_reasons
+
+    reasons += _distributed_rules(job, chain)
 
     budget_reason, worst, n_params = _budget_rule(policy, job, chain, n_params, job_root)
     reasons.append(budget_reason)

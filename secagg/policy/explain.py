@@ -33,6 +33,16 @@ def describe_filter(f: AnyFilter, n_params: int | None = None) -> str:
         return f"never share the tensors {', '.join(f.tensors)}"
     if f.name == "gaussian":
         return f"clip the update to norm {f.clip} and add Gaussian noise (multiplier {f.noise_multiplier})"
+    if f.name == "distributed_gaussian":
+        return (
+            f"distributed DP: clip the update to norm {f.clip}, round it at random to the fixed point "
+            f"2^-{f.frac_bits} and add this site's 1/{f.min_honest_sites} share of Skellam noise, so "
+            f"that the sum of any {f.min_honest_sites} honest sites carries noise multiplier "
+            f"{f.noise_multiplier} (Agarwal, Kairouz, Liu 2021); only in mask, tee-mask and tee, "
+            "where no party but an attested enclave sees one site's update; the ledger charges the "
+            "sum's guarantee, which assumes at least "
+            f"{f.min_honest_sites} honest sites in every round"
+        )
     return (
         f"DP-SGD during training to epsilon {f.target_epsilon}, delta {f.target_delta} per round, "
         f"gradient norm {f.max_grad_norm}"
@@ -58,7 +68,8 @@ def describe_policy(policy: SitePolicy) -> list[str]:
     )
     if b is not None and any(f.name in SIZE_DEPENDENT for f in policy.privacy.required):
         lines.append(
-            "  (svt's cost is counted per shared coordinate; the job's worst case is computed from its "
+            "  (svt's cost is counted per shared coordinate, distributed_gaussian's grows slightly with "
+            "the entry count through its rounding bound; the job's worst case is computed from its "
             "model's parameter count and its number of rounds, as the privacy ledger will debit it)"
         )
     a = policy.attestation

@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from secagg.errors import ConfigError
+from secagg.privacy.distributed import distributed_gaussian
 from secagg.privacy.exclude import exclude
 from secagg.privacy.gaussian import gaussian
 from secagg.privacy.percentile import percentile
@@ -99,6 +100,19 @@ class GaussianSpec(_Spec):
     delta: float = Field(1e-5, gt=0, lt=1)
 
 
+class DistributedGaussianSpec(_Spec):
+    """Distributed DP (Skellam shares, :mod:`secagg.privacy.distributed`): ``noise_multiplier`` is
+    the target for the *sum* of any ``min_honest_sites`` honest sites; ``frac_bits`` is the mask
+    protocol's fixed point, which the job's ``mask.frac_bits`` must equal."""
+
+    name: Literal["distributed_gaussian"] = "distributed_gaussian"
+    clip: float = Field(gt=0, allow_inf_nan=False)
+    noise_multiplier: float = Field(gt=0, allow_inf_nan=False)
+    min_honest_sites: int = Field(ge=1)
+    frac_bits: int = Field(16, ge=0, le=30)
+    delta: float = Field(1e-5, gt=0, lt=1)
+
+
 class DpsgdSpec(_Spec):
     """DP-SGD inside local training (:mod:`secagg.privacy.dpsgd_runtime`); not an update filter, so
     :func:`build_chain` leaves it out: the agent installs it in the training subprocess.
@@ -112,7 +126,8 @@ class DpsgdSpec(_Spec):
 
 
 FilterSpec = Annotated[
-    SvtSpec | PercentileSpec | ExcludeSpec | GaussianSpec | DpsgdSpec, Field(discriminator="name")
+    SvtSpec | PercentileSpec | ExcludeSpec | GaussianSpec | DistributedGaussianSpec | DpsgdSpec,
+    Field(discriminator="name"),
 ]
 
 #: specs that act inside training rather than on the finished update
@@ -145,8 +160,8 @@ def parse_specs(data: Sequence[Mapping[str, Any] | BaseModel]) -> list[FilterSpe
 
 
 def _as_spec(spec: FilterSpec | Mapping[str, Any] | BaseModel) -> FilterSpec:
-    if isinstance(spec, SvtSpec | PercentileSpec | ExcludeSpec | GaussianSpec | DpsgdSpec):
-        return spec
+    if isinstance(spec, _Spec):
+        return spec  # type: ignore[return-value]
     return parse_specs([spec])[0]
 
 
@@ -162,6 +177,8 @@ def build_filter(spec: FilterSpec) -> Filter:
         return functools.partial(exclude, **params)
     if isinstance(spec, GaussianSpec):
         return functools.partial(gaussian, **params)
+    if isinstance(spec, DistributedGaussianSpec):
+        return functools.partial(distributed_gaussian, **params)
     raise ConfigError(f"unknown privacy filter spec {spec!r}")
 
 
@@ -196,7 +213,9 @@ def stronger_or_equal(
     svt: fraction, epsilon, noise_var and gamma no larger (tau does not change the guarantee);
     percentile: percentile no larger, and gamma no larger when the policy sets one; exclude: every policy
     pattern (and its regex) also in the job; gaussian: noise multiplier no smaller, clip, sample rate and
-    delta no larger; dpsgd: target epsilon, target delta and max grad norm no larger.
+    delta no larger; distributed_gaussian: noise multiplier and min_honest_sites no smaller, clip and
+    delta no larger, the same frac_bits (the fixed point, not a privacy knob); dpsgd: target epsilon,
+    target delta and max grad norm no larger.
 
     ``noise_var`` is NVFlare's eps_3 (release noise scale ``2 gamma / noise_var``): a *larger* value means
     *less* noise, so it must not grow.
@@ -232,6 +251,14 @@ def stronger_or_equal(
             and job_spec.sample_rate <= policy_spec.sample_rate
             and job_spec.delta <= policy_spec.delta
         )
+    if isinstance(job_spec, DistributedGaussianSpec) and isinstance(policy_spec, DistributedGaussianSpec):
+        return (
+            job_spec.noise_multiplier >= policy_spec.noise_multiplier
+            and job_spec.min_honest_sites >= policy_spec.min_honest_sites
+            and job_spec.clip <= policy_spec.clip
+            and job_spec.delta <= policy_spec.delta
+            and job_spec.frac_bits == policy_spec.frac_bits
+        )
     return False
 
 
@@ -263,6 +290,7 @@ def chain_shortfalls(
 def spend_of(spec: FilterSpec | Mapping[str, Any] | BaseModel, n_params: int) -> Spend | None:
     """What one round through ``spec`` costs at most, for an update of ``n_params`` entries (admission).
 
+    distributed_gaussian's cost grows (slightly) with ``n_params``: the rounding inflates the norm.
     DP-SGD's noise multiplier depends on the data set size, unknown before training; its worst case is
     its target ``(epsilon, delta)`` per round, composed basically.
     """
@@ -277,6 +305,10 @@ def spend_of(spec: FilterSpec | Mapping[str, Any] | BaseModel, n_params: int) ->
 
         eps = rdp_epsilon([(spec.noise_multiplier, spec.sample_rate, 1)], spec.delta)
         return Spend("gaussian", eps, spec.delta, spec.noise_multiplier, spec.sample_rate, 1)
+    if isinstance(spec, DistributedGaussianSpec):
+        from secagg.privacy.distributed import spend
+
+        return spend(spec.noise_multiplier, spec.clip, spec.frac_bits, n_params, spec.delta)
     return None
 
 

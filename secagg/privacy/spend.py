@@ -21,8 +21,9 @@ from secagg.errors import ConfigError, UpdateRejected
 #: an update: local model minus global model, as ordered named float32 tensors
 Update = dict[str, npt.NDArray[np.float32]]
 
-#: mechanisms whose releases compose by Renyi DP (Gaussian noise with a known noise multiplier)
-RDP_MECHANISMS = frozenset({"gaussian", "dpsgd"})
+#: mechanisms whose releases compose by Renyi DP (Gaussian noise with a known noise multiplier;
+#: distributed_gaussian's receipt carries the multiplier of a Gaussian whose RDP curve dominates its own)
+RDP_MECHANISMS = frozenset({"gaussian", "distributed_gaussian", "dpsgd"})
 
 
 @dataclass(frozen=True)

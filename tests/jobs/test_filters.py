@@ -20,6 +20,12 @@ BASE: dict[str, dict[str, Any]] = {
     "svt": {"name": "svt", "fraction": 0.25, "epsilon": 0.1, "noise_var": 0.1, "gamma": 1e-5, "tau": 1e-6},
     "percentile": {"name": "percentile", "percentile": 25, "gamma": 0.01},
     "gaussian": {"name": "gaussian", "clip": 1.0, "noise_multiplier": 1.1},
+    "distributed_gaussian": {
+        "name": "distributed_gaussian",
+        "clip": 1.0,
+        "noise_multiplier": 1.1,
+        "min_honest_sites": 4,
+    },
     "dpsgd": {"name": "dpsgd", "target_epsilon": 1.0, "target_delta": 1e-5, "max_grad_norm": 1.0},
 }
 ADAPTER: TypeAdapter[FilterSpec] = TypeAdapter(FilterSpec)
