@@ -19,7 +19,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from secagg.errors import UpdateRejected
+from secagg.errors import ConfigError, UpdateRejected
 
 Bundle = "OrderedDict[str, np.ndarray]"
 
@@ -57,7 +57,22 @@ class BundleSpec:
 
     @classmethod
     def from_json(cls, text: str) -> BundleSpec:
-        return cls(tuple(TensorSpec(str(n), tuple(int(d) for d in s)) for n, s in json.loads(text)))
+        """The spec :meth:`to_json` wrote; :class:`ConfigError` for anything else."""
+        try:
+            items = json.loads(text)
+            if not isinstance(items, list):
+                raise TypeError("not a list")
+            out = []
+            for item in items:
+                name, shape = item  # ValueError/TypeError unless a pair
+                if not isinstance(name, str) or not isinstance(shape, list):
+                    raise TypeError("each tensor is [name, [dims]]")
+                if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                    raise TypeError(f"tensor {name!r} has a shape that is not a list of sizes")
+                out.append(TensorSpec(name, tuple(shape)))
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise ConfigError(f"not a bundle spec ([[name, [dims]], ...]): {exc}") from None
+        return cls(tuple(out))
 
     def check(self, bundle: Mapping[str, np.ndarray]) -> None:
         """Refuse a bundle that does not match this spec exactly, naming every difference."""
@@ -117,9 +132,20 @@ def from_safetensors(data: bytes) -> OrderedDict[str, np.ndarray]:
         header = json.loads(data[8 : 8 + header_len])
     except Exception as exc:  # safetensors raises its own error types for malformed input
         raise UpdateRejected(f"not a valid safetensors bundle: {exc}", code="malformed") from None
-    meta = header.get("__metadata__") or {}
-    order = json.loads(meta["order"]) if "order" in meta else sorted(tensors)
-    if sorted(order) != sorted(tensors):
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict | None):
+        raise UpdateRejected("safetensors metadata is not an object", code="malformed")
+    order: object = sorted(tensors)
+    if meta and "order" in meta:
+        try:
+            order = json.loads(meta["order"])
+        except (TypeError, ValueError, RecursionError):
+            raise UpdateRejected("safetensors order metadata is not JSON", code="malformed") from None
+    if (
+        not isinstance(order, list)
+        or not all(isinstance(n, str) for n in order)
+        or sorted(order) != sorted(tensors)
+    ):
         raise UpdateRejected("safetensors order metadata does not match its tensors", code="malformed")
     return OrderedDict((n, tensors[n]) for n in order)
 

@@ -149,7 +149,7 @@ class Channel:
         head = self._read(head_len, deadline)
         try:
             header = json.loads(head.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
             raise self._fail(MalformedFrame("frame header is not UTF-8 JSON")) from None
         if not isinstance(header, dict):
             raise self._fail(MalformedFrame("frame header is not a JSON object"))

@@ -44,9 +44,15 @@ def _load(data: bytes, fmt: str, keys: set[str]) -> dict[str, Any]:
         obj = json.loads(d)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IntegrityError(f"{fmt} message is not JSON: {exc}") from None
+    except (RecursionError, ValueError):  # nested past the stack; an integer of too many digits
+        raise IntegrityError(f"{fmt} message is not JSON a message can hold") from None
     if not isinstance(obj, dict) or set(obj) != keys | {"format"} or obj["format"] != fmt:
         raise IntegrityError(f"{fmt} message must hold exactly format={fmt!r} and {sorted(keys)}")
-    if rfc8785.dumps(obj) != d:
+    try:
+        canonical = rfc8785.dumps(obj)
+    except (rfc8785.CanonicalizationError, RecursionError):  # NaN, an integer past 2^53
+        raise IntegrityError(f"{fmt} message holds a value canonical JSON cannot (RFC 8785)") from None
+    if canonical != d:
         raise IntegrityError(f"{fmt} message is not canonical JSON (RFC 8785)")
     return obj
 

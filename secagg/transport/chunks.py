@@ -16,6 +16,8 @@ from secagg.errors import UpdateRejected
 from secagg.transport.generated import secagg_pb2 as pb
 
 MAX_CHUNK = 4 * 1024 * 1024
+#: a stream header is a JSON object of task fields, never larger than a data piece
+MAX_HEADER = MAX_CHUNK
 
 
 def _pieces(payload: Iterable[bytes]) -> Iterator[bytes]:
@@ -67,9 +69,11 @@ def read_header(chunks: Iterator[pb.Chunk]) -> dict[str, Any]:
         raise UpdateRejected("empty stream", code="truncated") from None
     if first.WhichOneof("part") != "header_json":
         raise UpdateRejected("stream does not start with a header", code="malformed")
+    if len(first.header_json) > MAX_HEADER:
+        raise UpdateRejected(f"stream header over {MAX_HEADER} bytes", code="malformed")
     try:
         header = json.loads(first.header_json)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the interpreter's stack
         raise UpdateRejected("stream header is not JSON", code="malformed") from None
     if not isinstance(header, dict):
         raise UpdateRejected("stream header is not an object", code="malformed")
@@ -93,7 +97,8 @@ def copy_payload(
             digest.update(chunk.data)
             sink.write(chunk.data)
         elif part == "trailer_sha256":
-            if not hmac.compare_digest(chunk.trailer_sha256, digest.hexdigest()):
+            # as bytes: compare_digest refuses str with non-ASCII characters (TypeError)
+            if not hmac.compare_digest(chunk.trailer_sha256.encode(), digest.hexdigest().encode()):
                 raise UpdateRejected("payload digest does not match its trailer", code="corrupt")
             if expected_bytes is not None and total != expected_bytes:
                 raise UpdateRejected(

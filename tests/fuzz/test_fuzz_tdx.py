@@ -36,7 +36,7 @@ def _length_at_fields(rng: random.Random) -> bytes:
     cert_size_at = sig_len_at + 4 + 128 + 2
     auth_size_at = cert_size_at + 4 + tdx.QE_REPORT_SIZE + 64
     at, width = rng.choice(((sig_len_at, 4), (cert_size_at, 4), (auth_size_at, 2)))
-    value = rng.choice((0, 1, 2**(8 * width) - 1, 2**(8 * width - 1), rng.getrandbits(8 * width)))
+    value = rng.choice((0, 1, 2 ** (8 * width) - 1, 2 ** (8 * width - 1), rng.getrandbits(8 * width)))
     q[at : at + width] = value.to_bytes(width, "little")
     if rng.random() < 0.3:
         q = q[: rng.randrange(len(q))]
