@@ -97,12 +97,16 @@ def _delta(site: str, round_: int) -> OrderedDict[str, np.ndarray]:
     return OrderedDict((k, (rng.standard_normal(v.shape) * 0.05).astype(np.float32)) for k, v in INIT.items())
 
 
-def expected_final(rounds: int, sites: list[str]) -> OrderedDict[str, np.ndarray]:
-    """FedAvg of the pure updates in float64: what every mode should come within its bound of."""
+def expected_final(
+    rounds: int, sites: list[str], participants: dict[int, list[str]] | None = None
+) -> OrderedDict[str, np.ndarray]:
+    """FedAvg of the pure updates in float64 (round r over ``participants[r]``, default every site):
+    what every mode should come within its bound of."""
     g = OrderedDict((k, v.astype(np.float64)) for k, v in INIT.items())
-    total = sum(samples(s) for s in sites)
     for r in range(1, rounds + 1):
-        ds = {s: _delta(s, r) for s in sites}
+        these = (participants or {}).get(r, sites)
+        total = sum(samples(s) for s in these)
+        ds = {s: _delta(s, r) for s in these}
         for k in g:
-            g[k] = g[k] + sum(samples(s) / total * ds[s][k].astype(np.float64) for s in sites)
+            g[k] = g[k] + sum(samples(s) / total * ds[s][k].astype(np.float64) for s in these)
     return g

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from secagg.chaos import job as chaos_job
+from secagg.chaos import net
 from secagg.chaos.shim import ENV_KILL, ENV_MARK, POINTS
 from secagg.demo.engine import SimSite, _free_port, _start, _stop, _write_policies, dev_policy, prepare_job
 
@@ -37,6 +38,10 @@ class RunSpec:
     #: seconds each site's training sleeps (the window for a kill while sites train)
     sleep: float = 0.0
     round_timeout: float = 30.0
+    #: seconds the target site's link is cut (its own network namespace), from the end of round 1
+    partition_s: float | None = None
+    #: the job's min_sites (default: every site)
+    min_sites: int | None = None
     #: the whole run's bound; past it every process is killed and the run reported as timed out
     timeout: float = 300.0
 
@@ -56,6 +61,8 @@ class Outcome:
     #: the kill points reached (lines of the mark file)
     hits: list[str] = field(default_factory=list)
     restarts: int = 0
+    #: seconds into the run at which the partition began and ended
+    partition: list[float] = field(default_factory=list)
     #: the aggregator's peak resident set (VmHWM), bytes, over all its incarnations
     peak_rss: int = 0
 
@@ -83,6 +90,22 @@ def _vm_hwm(pid: int) -> int:
     return 0
 
 
+def _partition(link: net.Link, seconds: float, out: Path, started: float, result: Outcome, log) -> None:  # noqa: ANN001
+    """Cut the link once round 1 has completed; mend it ``seconds`` later."""
+    now = time.monotonic() - started
+    if not result.partition:
+        agg_log = out / "state" / "aggregator" / "audit.jsonl"
+        text = agg_log.read_text(errors="replace") if agg_log.is_file() else ""
+        if '"event":"round_completed"' in text:
+            link.cut()
+            result.partition.append(now)
+            log(f"    {link.ns}: link cut for {seconds:.0f} s")
+    elif len(result.partition) == 1 and now - result.partition[0] >= seconds:
+        link.mend()
+        result.partition.append(now)
+        log(f"    {link.ns}: link mended")
+
+
 def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
     """Provision, sign, start, inject ``spec.fault``, restart the killed process once, stop by itself."""
     from secagg.jobs.sign import sign_job
@@ -98,16 +121,18 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
         out / "job-src",
         mode=spec.mode,
         rounds=spec.rounds,
-        min_sites=spec.sites,
+        min_sites=spec.min_sites or spec.sites,
         round_timeout=spec.round_timeout,
         sleep=spec.sleep,
     )
     prepare_job(src, out / "job", n_sites=spec.sites)
+    link = net.Link.make("chaos") if spec.partition_s is not None else None
+    host = link.host_ip if link is not None else "127.0.0.1"
     ws = out / "workspace"
     provision(
         Project(
             name=f"chaos-{spec.mode}",
-            aggregator=AggregatorSpec(host="127.0.0.1", port=_free_port()),
+            aggregator=AggregatorSpec(host=host, port=_free_port()),
             sites=[SiteSpec(name=n, org=f"org-{n}") for n in names],
             admins=[AdminSpec(name=SUBMITTER, org="chaos", role="lead")],
             key_holder=names[0],
@@ -134,7 +159,7 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
             "--job",
             str(out / "job"),
             "--host",
-            "127.0.0.1",
+            host,
             "--exit-when-done",
             *(["--insecure-dev-tee"] if spec.mode == "tee" else []),
         ]
@@ -158,19 +183,23 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
         if faulty and spec.fault is not None:
             env[ENV_KILL], env[ENV_MARK] = spec.fault, str(mark)
         launcher = "secagg.chaos.shim" if faulty else "secagg.cli"
-        return _start([sys.executable, "-m", launcher, *cmds[name]], logs / f"{name}.{n}.log", env)
+        inside = link.prefix() if link is not None and name == spec.target else []
+        return _start([*inside, sys.executable, "-m", launcher, *cmds[name]], logs / f"{name}.{n}.log", env)
 
     result = Outcome(spec, out, 0.0, False)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     started = time.monotonic()
     try:
-        procs["aggregator"] = start("aggregator", spec.target == "aggregator", 0)
+        faulty = spec.fault is not None
+        procs["aggregator"] = start("aggregator", faulty and spec.target == "aggregator", 0)
         for n in names:
-            procs[n] = start(n, spec.target == n, 0)
+            procs[n] = start(n, faulty and spec.target == n, 0)
         deadline = started + spec.timeout
         agg_done_at: float | None = None
         while True:
             result.peak_rss = max(result.peak_rss, _vm_hwm(procs["aggregator"].pid))
+            if link is not None and spec.partition_s is not None:
+                _partition(link, spec.partition_s, out, started, result, log)
             for name, p in list(procs.items()):
                 rc = p.poll()
                 if rc is None or getattr(p, "_chaos_seen", False):
@@ -200,6 +229,8 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
         _stop(alive)
         for n, p in alive:
             result.exits.append((n, p.returncode))
+        if link is not None:
+            link.close()
     result.seconds = time.monotonic() - started
     result.hits = mark.read_text().split("\n")[:-1] if mark.is_file() else []
     return result

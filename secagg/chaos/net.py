@@ -1,0 +1,99 @@
+"""A site behind its own network namespace and veth pair, so the harness can cut its link (``ip link
+set ... down``) without touching loopback, which other processes on the machine share.
+
+``tc netem`` (delay, loss) needs the kernel's sch_netem module; where it is missing (``Specified
+qdisc kind is unknown``) only full partitions can be run: :func:`netem_available` says which.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)  # noqa: S603, S607
+
+
+def available() -> str | None:
+    """None when namespaces can be made here, else why not."""
+    if shutil.which("ip") is None:
+        return "no ip command"
+    if os.geteuid() != 0:
+        return "not root"
+    return None
+
+
+def netem_available() -> bool:
+    if shutil.which("tc") is None:
+        return False
+    with Link.make("chnetem") as link:
+        p = subprocess.run(  # noqa: S603
+            ["tc", "qdisc", "add", "dev", link.host_if, "root", "netem", "delay", "1ms"],  # noqa: S607
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return p.returncode == 0
+
+
+@dataclass
+class Link:
+    """Namespace ``ns`` holding ``peer_if`` (``site_ip``), joined to ``host_if`` (``host_ip``) here."""
+
+    ns: str
+    host_if: str
+    peer_if: str
+    host_ip: str
+    site_ip: str
+
+    @classmethod
+    def make(cls, tag: str) -> Link:
+        n = os.getpid() % 200 + 20
+        link = cls(f"{tag}{n}", f"{tag[:6]}{n}a", f"{tag[:6]}{n}b", f"10.231.{n}.1", f"10.231.{n}.2")
+        link.close()  # a leftover of an earlier killed run
+        _ip("netns", "add", link.ns)
+        _ip("link", "add", link.host_if, "type", "veth", "peer", "name", link.peer_if)
+        _ip("link", "set", link.peer_if, "netns", link.ns)
+        _ip("addr", "add", f"{link.host_ip}/24", "dev", link.host_if)
+        _ip("link", "set", link.host_if, "up")
+        _ip("netns", "exec", link.ns, "ip", "addr", "add", f"{link.site_ip}/24", "dev", link.peer_if)
+        _ip("netns", "exec", link.ns, "ip", "link", "set", link.peer_if, "up")
+        _ip("netns", "exec", link.ns, "ip", "link", "set", "lo", "up")
+        return link
+
+    def prefix(self) -> list[str]:
+        """What a command is started with to run inside the namespace."""
+        # nsenter, not `ip netns exec`: that remounts /sys, and the agent then finds no writable pids
+        # cgroup to confine the job in (sandbox_unavailable); only the network must differ
+        return ["nsenter", f"--net=/var/run/netns/{self.ns}"]
+
+    def cut(self) -> None:
+        _ip("netns", "exec", self.ns, "ip", "link", "set", self.peer_if, "down")
+
+    def mend(self) -> None:
+        _ip("netns", "exec", self.ns, "ip", "link", "set", self.peer_if, "up")
+        _ip(
+            "netns",
+            "exec",
+            self.ns,
+            "ip",
+            "route",
+            "replace",
+            f"{self.host_ip}/32",
+            "dev",
+            self.peer_if,
+            check=False,
+        )
+
+    def close(self) -> None:
+        _ip("link", "del", self.host_if, check=False)
+        _ip("netns", "del", self.ns, check=False)
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
