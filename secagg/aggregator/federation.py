@@ -362,7 +362,7 @@ class Federation:
                 if cur is None:
                     return {str(Signal.CANCELLED): True}
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self.stopping:  # a stopping service answers its long polls at once
                     return None
                 self.cond.wait(timeout=min(left, 1.0))
 
@@ -733,7 +733,7 @@ class Federation:
                 if got is not None:
                     return got
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self.stopping:
                     return None
                 self.cond.wait(timeout=min(left, 1.0))
 
@@ -771,7 +771,7 @@ class Federation:
         with self.cond:
             while (blob := self.store.get_blob(HE_KEY_BLOB)) is None:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self.stopping:
                     return None
                 self.cond.wait(timeout=min(left, 1.0))
             return blob

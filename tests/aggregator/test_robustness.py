@@ -353,3 +353,15 @@ def test_post_fields_and_waits_are_typed() -> None:
     assert rpc.seconds_field(-5, hi=30) == 0.0
     d = rpc.declined(json.dumps({"message": "m" * 10_000, "scope": "round"}).encode(), "")
     assert d.round_only and len(d.message) == rpc.MAX_TEXT and d.code == "declined"
+
+
+def test_long_polls_end_at_once_when_the_service_stops(make_fed: Callable[..., Federation]) -> None:
+    """A stop is honoured while sites wait: every long poll returns instead of running its timeout."""
+    fed = make_fed()
+    job = fed.job
+    assert job is not None
+    fed.stopping = True
+    assert fed.stop_event.is_set()
+    assert fed.roster(job.job_id, 1, wait_s=120) is None
+    assert fed.key_release(wait_s=120) is None
+    assert fed.next_task("site-1", 0, 0, 0, wait_s=120)["kind"] in ("train", "wait")
