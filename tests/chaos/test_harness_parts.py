@@ -1,0 +1,73 @@
+"""The harness's pure parts, without processes: the plan, the reference model, the tables and the
+plot, the kill-point launcher's refusal of a point it does not know, and the leftover scan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from secagg.chaos import job, shim
+from secagg.chaos.checks import Report, _leftovers
+from secagg.chaos.run import Outcome, RunSpec
+from secagg.chaos.scenarios import Row, load_table, plan, plot, table
+
+
+def test_plan_expands_every_point_per_mode() -> None:
+    runs = plan(["kill-aggregator", "kill-site"], ["plain", "he"])
+    assert len(runs) == 2 * (len(shim.AGGREGATOR_POINTS) + len(shim.SITE_POINTS))
+    site_runs = [p.spec for p in runs if p.scenario == "kill-site"]
+    assert all(s.dp and s.target == "site-2" for s in site_runs)
+    assert {p.spec.fault for p in runs} == {f"{x}@2" for x in shim.POINTS}
+    with pytest.raises(ValueError, match="unknown scenario"):
+        plan(["nope"], ["plain"])
+
+
+def test_expected_final_follows_the_participants() -> None:
+    sites = ["site-1", "site-2", "site-3"]
+    everyone = job.expected_final(2, sites)
+    assert np.array_equal(job.expected_final(2, sites, {1: sites, 2: sites})["head"], everyone["head"])
+    without = job.expected_final(2, sites, {2: ["site-1", "site-3"]})
+    assert not np.array_equal(without["head"], everyone["head"])
+
+
+def test_unknown_kill_point_is_refused() -> None:
+    with pytest.raises(SystemExit, match="unknown point"):
+        shim.install("agg-nowhere", 2)
+
+
+def _row(scenario: str, label: str, mode: str, sites: int, ok: bool) -> Row:
+    rep = Report(
+        completed=3, finished=True, model_ok=ok, model_note="max |err| 1e-08", audit_ok=4, audit_total=4
+    )
+    return Row(scenario, label, mode, sites, 3, 10.0, 1.5, 200 << 20, True, 0, rep.to_dict())
+
+
+def test_tables_and_plot(tmp_path: Path) -> None:
+    rows = [_row("kill-aggregator", "agg-upload", "plain", 5, True), _row("load", "10 sites", "he", 10, True)]
+    lines = table(rows)
+    assert lines[0].startswith("| scenario | point | mode | runs | rounds completed | rounds lost |")
+    assert (
+        "`secagg chaos --scenario kill-aggregator --modes plain --sites 5 --rounds 3 --points agg-upload`"
+        in lines[2]
+    )
+    assert "--load-sites 10" in lines[3]
+    assert load_table(rows)[2] == "| he | 10 | 3/3 | 1.50 | 200 |"
+    plot(rows, tmp_path / "load.png")
+    assert (tmp_path / "load.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_leftover_scan_finds_temp_files_and_spool(tmp_path: Path) -> None:
+    o = Outcome(RunSpec("plain", 2, 1), tmp_path, 1.0, False)
+    (tmp_path / "state" / "aggregator" / "spool" / "j" / "2-1").mkdir(parents=True)
+    (tmp_path / "state" / "aggregator" / "spool" / "j" / "2-1" / ".site-1-x.part").write_bytes(b"x")
+    (tmp_path / "state" / "site-1").mkdir(parents=True)
+    (tmp_path / "state" / "site-1" / ".progress.json.ab.tmp").write_bytes(b"x")
+    (tmp_path / "state" / "site-1" / "audit.jsonl").write_bytes(b"")
+    r = Report()
+    _leftovers(o, r)
+    assert r.leftovers == [
+        "state/aggregator/spool/j/2-1/.site-1-x.part",
+        "state/site-1/.progress.json.ab.tmp",
+    ]
