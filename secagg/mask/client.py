@@ -171,10 +171,19 @@ class MaskClient:
 
     # -- phase 3 -------------------------------------------------------------------------------------
     def masked_input(
-        self, vec: np.ndarray, weight: float, shares_for_me: list[EncryptedShare]
+        self,
+        vec: np.ndarray,
+        weight: float,
+        shares_for_me: list[EncryptedShare],
+        *,
+        integers: np.ndarray | None = None,
     ) -> MaskedInput:
         """Mask the (already weight-scaled) update. Pairwise masks go to exactly the neighbours whose
-        shares reached us: those are the sites the aggregator can later unmask if they drop."""
+        shares reached us: those are the sites the aggregator can later unmask if they drop.
+
+        ``integers`` (distributed DP, :mod:`secagg.privacy.distributed`): the site's noised integer
+        share, already in the fixed point; it is reduced mod 2^32 as it is, never clipped (clipping a
+        noised entry would change the honest sum's noise), and ``vec`` is ignored."""
         self._expect(_Phase.SHARED, "masked_input")
         held: dict[str, tuple[Share, Share]] = {}
         for sh in shares_for_me:
@@ -217,7 +226,13 @@ class MaskClient:
         # survivors' total is ever revealed
         size = int(np.size(vec))
         y = np.empty(size + 1, dtype=np.uint32)
-        quantize(vec, cfg.clip, cfg.frac_bits, out=y[:size])
+        if integers is None:
+            quantize(vec, cfg.clip, cfg.frac_bits, out=y[:size])
+        else:
+            size = int(np.size(integers))
+            y = np.empty(size + 1, dtype=np.uint32)
+            # two's complement mod 2^32: the sum of the residues is the integer sum mod 2^32
+            np.copyto(y[:size], np.asarray(integers, dtype=np.int64) & 0xFFFFFFFF, casting="unsafe")
         quantize(np.array([w]), cfg.max_weight, cfg.frac_bits, out=y[size:])
         assert self._self_seed is not None
         plus: list[bytes] = [self._self_seed]

@@ -187,6 +187,13 @@ def _privacy_rules(policy: SitePolicy, job: JobSpec) -> tuple[list[Reason], list
     return reasons, chain
 
 
+def distributed_filter(policy: SitePolicy, job: JobSpec) -> DistributedGaussianFilter | None:
+    """The ``distributed_gaussian`` filter of the chain admission built for ``job`` under ``policy``
+    (the job's own request or the site's requirement), so a mode can finish its encoding."""
+    _, chain = _privacy_rules(policy, job)
+    return next((f for f in chain if isinstance(f, DistributedGaussianFilter)), None)
+
+
 def _distributed_rules(job: JobSpec, chain: Sequence[AnyFilter]) -> list[Reason]:
     """``distributed_gaussian`` only where one update is hidden, and never with fewer sites in a sum
     than the honest sites its noise shares are split across."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from secagg.agent.modes.base import ModeContext, Outgoing, Sent, StoredGlobal
+from secagg.errors import ConfigError
 
 #: what every site of the round collects alike; the other collected topic is addressed to one site
 BROADCAST = frozenset({"mask-keyroster", "mask-unmask"})
@@ -78,7 +79,8 @@ def run_protocol(ctx: ModeContext, out: Outgoing, mode: str, envelope: Envelope)
     )
     ctx.maybe_drop(round_, "upload")
     mine = [EncryptedShare.from_bytes(b) for b in unpack(collect("mask-myshares"))]
-    frames = list(envelope.uploaded(client.masked_input(out.weighted, out.weight, mine).to_bytes()))
+    vec, weight, integers = _distributed(ctx, out, cfg.frac_bits)
+    frames = list(envelope.uploaded(client.masked_input(vec, weight, mine, integers=integers).to_bytes()))
     size = sum(len(f) for f in frames)
     header = {
         "job_id": job_id,
@@ -94,6 +96,36 @@ def run_protocol(ctx: ModeContext, out: Outgoing, mode: str, envelope: Envelope)
     request = UnmaskRequest.from_bytes(collect("mask-unmask"))
     post("mask-unmask-resp", client.unmask(request).to_bytes())
     return Sent(sent, accepted)
+
+
+def _distributed(ctx: ModeContext, out: Outgoing, mask_frac_bits: int) -> tuple[Any, float, Any]:
+    """What to mask: the weighted update, or (``distributed_gaussian``) the site's integer share.
+
+    The share is in units of 2^-f (the filter's ``frac_bits``); the mask reads its sum in units of
+    2^-F (``mask_frac_bits``). Sending the share as it is with weight 2^-(F - f) makes the sum of
+    weights ``n 2^-(F-f)`` and the aggregate ``sum(shares) 2^-f / n``: the uniform mean over the
+    survivors, the exact Skellam sum read back, and no entry scaled (scaling would eat the 32-bit
+    headroom the noise needs). Sample-count weights would scale each site's share and noise by its
+    own weight, so the sum would no longer be Skellam: distributed DP averages uniformly.
+    """
+    from secagg.policy.decide import distributed_filter
+    from secagg.privacy.distributed import MAX_OVERFLOW, integers_of, overflow_probability
+
+    f = distributed_filter(ctx.load_policy(), out.spec)
+    if f is None:
+        return out.weighted, out.weight, None
+    shift = mask_frac_bits - f.frac_bits
+    if shift < 0:
+        raise ConfigError(
+            f"distributed_gaussian: frac_bits {f.frac_bits} is finer than the mask's {mask_frac_bits} "
+            f"for {len(out.sites)} sites"
+        )
+    p = overflow_probability(
+        len(out.sites), f.min_honest_sites, f.noise_multiplier, f.clip, f.frac_bits, out.weighted.size
+    )
+    if p > MAX_OVERFLOW:
+        raise ConfigError(f"distributed_gaussian: the 32-bit sum could wrap (probability {p:.2g} a round)")
+    return None, 2.0**-shift, integers_of(out.weighted, out.weight, f.frac_bits)
 
 
 class MaskMode(StoredGlobal):
