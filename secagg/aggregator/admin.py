@@ -25,7 +25,7 @@ import grpc
 
 from secagg.aggregator.federation import Federation
 from secagg.aggregator.modes import mode_class
-from secagg.aggregator.rpc import abort, caller
+from secagg.aggregator.rpc import MAX_NAME, abort, caller
 from secagg.errors import ConfigError, IdentityError, PolicyRefusal, SecaggError, UsageError
 from secagg.events import TERMINAL, Event
 from secagg.metrics import CONNECTED_WITHIN_S
@@ -122,8 +122,11 @@ class AdminConsole:
     def handle(self, request: pb.AdminRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         ident = self._identity(context)
         self._active = context.is_active
-        command, job_id = request.command, request.job_id
+        command, job_id = request.command[:MAX_NAME], request.job_id
         try:
+            if len(job_id) > MAX_NAME:  # an audit line must not carry whatever a request sends
+                job_id = job_id[:MAX_NAME]
+                raise UsageError(f"job id longer than {MAX_NAME} characters")
             handler = self._COMMANDS.get(command)
             if handler is None:
                 raise UsageError(f"unknown admin command {command!r}")

@@ -151,21 +151,29 @@ class Federation:
     def _record_submission(
         self, job_id: str, spec: JobSpec, submitter: str, pkg: Path, job_root: Path
     ) -> None:
-        """The store row and its ``job_submitted`` line are one step: if the audit line cannot be
-        written (a value RFC 8785 refuses, a full disk), the row and the package go again, so no job
-        is left "running" that the log never saw (and a restart cannot resume it)."""
-        self.store.add_job(job_id, spec.name, submitter, spec.model_dump_json(), str(pkg))
+        """The ``job_submitted`` line and the store row are one step, the line first: if it cannot be
+        written (a value RFC 8785 refuses, a full disk) nothing is kept; if the row then cannot be
+        written, a ``job_failed`` line follows it. So no job is ever "running" in the store without
+        its submission in the log, and a crash between the two leaves only a line (a restart resumes
+        nothing the log never saw)."""
         try:
             self.audit.append(
                 Event.JOB_SUBMITTED, job=job_id, submitter=submitter, mode=spec.mode, rounds=spec.rounds
             )
-        except Exception as exc:  # noqa: BLE001 - undone and reported as the submission's refusal
-            self.store.remove_job(job_id)
+        except Exception as exc:  # noqa: BLE001 - reported as the submission's refusal
             shutil.rmtree(job_root, ignore_errors=True)
             raise ConfigError(
-                f"job {spec.name} cannot be recorded in the audit log ({type(exc).__name__}: {_short(exc)}); "
-                "nothing was kept"
+                f"job {spec.name} cannot be recorded in the audit log ({type(exc).__name__}: "
+                f"{_short(exc)}); nothing was kept"
             ) from None
+        try:
+            self.store.add_job(job_id, spec.name, submitter, spec.model_dump_json(), str(pkg))
+        except Exception as exc:  # noqa: BLE001 - the line above is closed by a job_failed line
+            shutil.rmtree(job_root, ignore_errors=True)
+            reason = f"{type(exc).__name__}: {_short(exc)}"
+            with contextlib.suppress(Exception):
+                self.audit.append(Event.JOB_FAILED, job=job_id, code=Reason.ERROR, reason=reason)
+            raise ConfigError(f"job {job_id} cannot be stored ({reason}); nothing was kept") from None
 
     def _activate(self, job_id: str, spec: JobSpec, pkg: Path, *, resumed: bool) -> None:
         mode_cls = self._require_mode(spec.mode)

@@ -91,13 +91,6 @@ class StateStore:
             (job_id, name, submitter, spec_json, package_path, JobState.RUNNING.value, time.time()),
         )
 
-    def remove_job(self, job_id: str) -> None:
-        """Undo :meth:`add_job` of a submission that could not be audited (it never ran a round)."""
-        self._exec(
-            "DELETE FROM jobs WHERE job_id = ? AND NOT EXISTS (SELECT 1 FROM rounds WHERE job_id = ?)",
-            (job_id, job_id),
-        )
-
     def set_job_state(self, job_id: str, state: str, reason: str | None = None) -> None:
         state = JobState(state)
         finished = time.time() if state.terminal else None

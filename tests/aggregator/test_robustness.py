@@ -61,10 +61,28 @@ def test_a_submission_whose_audit_line_fails_leaves_no_row_and_no_package(
     assert bare_fed.store.jobs() == []  # admin list shows nothing, a restart resumes nothing
     assert bare_fed.job is None
     assert not any((bare_fed.state_dir / "jobs").iterdir())
-    assert Event.JOB_SUBMITTED not in _events(bare_fed) if bare_fed.audit.path.exists() else True
+    assert not bare_fed.audit.path.exists() or Event.JOB_SUBMITTED not in _events(bare_fed)
     monkeypatch.setattr(bare_fed.audit, "append", real)
     job_id = bare_fed.submit(write_job(tmp_path / "job2"), "tester")  # the aggregator serves on
     assert [r.job_id for r in bare_fed.store.jobs()] == [job_id]
+
+
+def test_a_submission_whose_store_row_fails_is_closed_by_a_failed_line(
+    bare_fed: Federation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    def full_disk(*args: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(bare_fed.store, "add_job", full_disk)
+    with pytest.raises(SecaggError, match="nothing was kept"):
+        bare_fed.submit(write_job(tmp_path / "job"), "tester")
+    monkeypatch.undo()
+    assert bare_fed.store.jobs() == [] and bare_fed.job is None
+    events = [r for r in _audit(bare_fed) if r.get("job")]
+    assert [r["event"] for r in events] == [Event.JOB_SUBMITTED, Event.JOB_FAILED]
+    assert "disk is full" in events[-1]["reason"]
 
 
 def test_rounds_past_2_53_never_leave_a_running_job_without_its_submitted_line(

@@ -139,3 +139,13 @@ def test_a_non_admin_cannot_tell_existing_job_ids_from_missing_ones(live: Live) 
             assert reason == "not_admin" and status == grpc.StatusCode.PERMISSION_DENIED
             answers.append(details.replace(job_id, "<id>"))
     assert answers[:4] == answers[4:]  # the same answer whether or not the job exists
+
+
+def test_an_admin_request_with_an_oversize_job_id_is_a_usage_error_with_a_short_audit_line(
+    live: Live,
+) -> None:
+    request = pb.AdminRequest(command="status", job_id="j" * 100_000)
+    status, reason, _ = _refused(lambda: list(live.stub.Admin(request, timeout=20)))
+    assert reason == "usage" and status == grpc.StatusCode.INVALID_ARGUMENT
+    last = live.audit()[-1]
+    assert last["event"] == "admin_failed" and len(last["job"]) <= 256
