@@ -126,7 +126,7 @@ class Reason(StrEnum):
     DISTRIBUTED_DP_MODE = (
         "distributed_dp_mode",
         FAILED_PRECONDITION,
-        "distributed_gaussian in a mode where one party sees a single update (he, plain)",
+        "distributed_gaussian outside mask and tee-mask (he, plain, tee)",
     )
     DISTRIBUTED_DP_SITES = (
         "distributed_dp_sites",

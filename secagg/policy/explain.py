@@ -38,8 +38,8 @@ def describe_filter(f: AnyFilter, n_params: int | None = None) -> str:
             f"distributed DP: clip the update to norm {f.clip}, round it at random to the fixed point "
             f"2^-{f.frac_bits} and add this site's 1/{f.min_honest_sites} share of Skellam noise, so "
             f"that the sum of any {f.min_honest_sites} honest sites carries noise multiplier "
-            f"{f.noise_multiplier} (Agarwal, Kairouz, Liu 2021); only in mask, tee-mask and tee, "
-            "where no party but an attested enclave sees one site's update; the ledger charges the "
+            f"{f.noise_multiplier} (Agarwal, Kairouz, Liu 2021); only in mask and tee-mask, where "
+            "nobody sees one site's update; the ledger charges the "
             "sum's guarantee, which assumes at least "
             f"{f.min_honest_sites} honest sites in every round"
         )
