@@ -3,11 +3,17 @@
 A fresh interpreter (not a fork) so that the peak RSS (VmHWM) is the aggregator's own, not the parent's
 inherited one. ``prepare`` (imports, loading the public context: once per job) runs before the clock
 starts; the RSS after it is reported as the baseline the round's work adds to.
+
+After the step (and after its peak RSS is read), the same process measures the floor the step is held
+against: one read of every file the sites uploaded and one write of a file the size of the result,
+fsynced (the step's result is fsynced too), in 16 MiB blocks, as ``dd`` would, on the same machine in
+the same page-cache state.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 from pathlib import Path
@@ -32,6 +38,36 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+#: block size of the floor's reads and writes
+FLOOR_BLOCK = 16 * 1024 * 1024
+
+
+def uploaded_files(work: Path, sites: int) -> list[Path]:
+    """Every file the sites uploaded (``up-N`` and its ``up-N.<part>`` messages)."""
+    names = {f"up-{i}" for i in range(sites)}
+    return sorted(p for p in work.iterdir() if p.name in names or p.name.split(".")[0] in names)
+
+
+def floor_seconds(inputs: list[Path], result_bytes: int, scratch: Path) -> float:
+    """Seconds to read every input once and write (and fsync) ``result_bytes`` bytes."""
+    buf = bytearray(FLOOR_BLOCK)
+    block = bytes(FLOOR_BLOCK)
+    out = scratch / "floor.out"
+    t0 = clock()
+    for path in inputs:
+        with path.open("rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+    with out.open("wb", buffering=0) as fh:
+        left = result_bytes
+        while left > 0:
+            left -= fh.write(memoryview(block)[: min(left, FLOOR_BLOCK)])
+        os.fsync(fh.fileno())
+    took = lap(t0).wall
+    out.unlink()
+    return took
+
+
 def measure(mode: str, work: Path, sites: int) -> dict[str, float | int]:
     from secagg.bench.modes import make_aggregator
 
@@ -42,11 +78,16 @@ def measure(mode: str, work: Path, sites: int) -> dict[str, float | int]:
     step.run()
     took = lap(t0)
     peak = peak_rss_bytes()
+    inputs = uploaded_files(work, sites)
+    result = (work / "down-0").stat().st_size
     return {
         "aggregate_s": took.wall,
         "aggregate_cpu_s": took.cpu,
         "baseline_rss_bytes": baseline,
         "peak_rss_bytes": peak,
+        "floor_s": floor_seconds(inputs, result, work),
+        "floor_read_bytes": sum(p.stat().st_size for p in inputs),
+        "floor_write_bytes": result,
     }
 
 

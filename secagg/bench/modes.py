@@ -4,7 +4,9 @@
   to ``WORK/up-<i>*``: exactly the bytes that would go to the transport.
 * an :class:`AggregatorStep` (run by :mod:`secagg.bench.child` in its own process, so its peak RSS is
   the aggregator's alone) reads the spooled uploads, combines them and writes each site's download
-  to ``WORK/down-<i>``.
+  to ``WORK/down-<i>``. Each is the aggregator service's own windowed combiner
+  (:mod:`secagg.aggregator.modes.windows`): uploads read in lockstep a window at a time (the window
+  from ``WORK/window-bytes``), the result written window by window.
 * ``unprotect`` turns site 1's download back into the weighted average and, as every secagg site does
   with each new global model in every mode, computes its SHA-256 fingerprint (the agent signs it to
   prove that all sites hold the same model: :mod:`secagg.agent.consistency`), timed.
@@ -79,6 +81,18 @@ def _read_spec(work: Path) -> BundleSpec:
     return BundleSpec.from_json((work / "spec.json").read_text())
 
 
+def write_window(work: Path, window_bytes: int) -> None:
+    """The combine's window for the aggregator step (read in its own process)."""
+    (work / "window-bytes").write_text(str(int(window_bytes)))
+
+
+def read_window(work: Path) -> int:
+    from secagg.aggregator.modes.windows import DEFAULT_WINDOW_BYTES
+
+    path = work / "window-bytes"
+    return int(path.read_text()) if path.is_file() else DEFAULT_WINDOW_BYTES
+
+
 # ---------------------------------------------------------------------------------------- plain ----
 class _OneFileEachWay:
     """Modes whose site sends one upload file and receives the one broadcast result file."""
@@ -122,21 +136,26 @@ class PlainMode(_OneFileEachWay):
         return lap(t0), out
 
 
-def _sum_plain(spec: BundleSpec, payloads: Any) -> bytes:
-    total = np.zeros(spec.size, dtype=np.float64)
-    for data in payloads:
-        total += spec.flatten(from_safetensors(data))
-    return to_safetensors(spec.unflatten(total), order=spec.names)
-
-
 class PlainAggregator:
+    """The aggregator service's :class:`~secagg.aggregator.modes.plain.PlainCombiner`: every upload's
+    safetensors read at its offsets a window at a time; the float32 result bundle written window by
+    window."""
+
     def prepare(self, work: Path, sites: int) -> None:
+        from secagg.aggregator.modes.plain import PlainCombiner
+
         self.work, self.sites, self.spec = work, sites, _read_spec(work)
+        self.combiner = PlainCombiner(self.spec, read_window(work))
 
     def run(self) -> None:
-        payloads = (up_path(self.work, i).read_bytes() for i in range(self.sites))
-        # every site downloads the same result: write it once
-        down_path(self.work, 0).write_bytes(_sum_plain(self.spec, payloads))
+        from contextlib import ExitStack
+
+        from secagg.aggregator.modes.windows import write_bundle
+
+        uploads = {f"site-{i + 1:05d}": up_path(self.work, i) for i in range(self.sites)}
+        with ExitStack() as stack:
+            # every site downloads the same result: write it once
+            write_bundle(down_path(self.work, 0), self.spec, self.combiner.windows(stack, 1, uploads))
 
 
 # ------------------------------------------------------------------------------------------- he ----
@@ -304,9 +323,12 @@ class MaskAggregator:
         self.length: int = cfg["length"]
         self.config = MaskConfig(cfg["threshold"], cfg["neighbours"], cfg["clip"], cfg["frac_bits"])
         self.spec = _read_spec(work)
+        self.window = read_window(work)
 
     def run(self) -> None:
-        from secagg.mask import AdvertiseKeys, EncryptedShare, MaskedInput, MaskServer, UnmaskResponse
+        from secagg.aggregator.modes.windows import FileSource, window_elements, write_bundle
+        from secagg.mask import AdvertiseKeys, EncryptedShare, MaskServer, UnmaskResponse
+        from secagg.mask.spooled import MaskedSource
 
         server = MaskServer(self.config, self.names, MaskMode.job, MaskMode.round, self.length)
         for i in range(self.sites):
@@ -320,15 +342,19 @@ class MaskAggregator:
             for sh in lst:
                 sh.to_bytes()
         for i in range(self.sites):
-            server.collect_masked(MaskedInput.from_bytes(up_path(self.work, i, ".masked").read_bytes()))
+            server.collect_masked_source(MaskedSource(FileSource(up_path(self.work, i, ".masked"))))
         server.unmask_request().to_bytes()
         responses = [
             UnmaskResponse.from_bytes(up_path(self.work, i, ".unmask").read_bytes())
             for i in range(self.sites)
         ]
-        total, _weight = server.finish(responses)
-        # the aggregator learns the sum (that is the protocol's output) and sends it as the new model
-        down_path(self.work, 0).write_bytes(to_safetensors(self.spec.unflatten(total), order=self.spec.names))
+        try:
+            unmasked = server.finish_windows(responses, window_elements(self.window))
+            # the aggregator learns the sum (that is the protocol's output) and sends it as the new
+            # model, written window by window as it is unmasked
+            write_bundle(down_path(self.work, 0), self.spec, unmasked.windows)
+        finally:
+            server.close()
 
 
 # ------------------------------------------------------------------------------------------ tee ----
@@ -424,15 +450,36 @@ class TEEMode(_OneFileEachWay):
         return lap(t0), out
 
 
+class _BenchEnclave:
+    """The enclave's chunk opener, with the benchmark's key (what :class:`secagg.tee.enclave.Enclave`
+    does with the keys it generated)."""
+
+    def __init__(self, key: Any, keys_sha256: bytes) -> None:
+        from secagg.tee import suites
+
+        self.keys = {suites.MLKEM768_X25519: key}
+        self.keys_sha256 = keys_sha256
+
+    def open_update_chunk(self, raw: bytes, expect: Any, job: str, round: int, site: str) -> bytes:
+        from secagg.tee.sealing import Context, open_chunk
+
+        return open_chunk(raw, self.keys, Context(job, int(round), site, self.keys_sha256), expect)
+
+
 class TEEAggregator:
-    """Inside the enclave: open each site's chunks, sum in float64, sign the new model's fingerprint."""
+    """Inside the enclave: the aggregator service's :class:`~secagg.aggregator.modes.tee.TeeCombiner`
+    (each upload opened a chunk at a time as the windowed sum reaches it), the result bundle written
+    window by window and its fingerprint hashed as it is written, then signed."""
 
     def prepare(self, work: Path, sites: int) -> None:
         from cryptography.hazmat.primitives import serialization
 
+        from secagg.aggregator.modes.tee import TeeCombiner
+
         self.work, self.sites, self.spec = work, sites, _read_spec(work)
-        self.key = _tee_key((work / "tee-agg.seed").read_bytes())
-        self.keys_sha256 = (work / "tee-keys.sha256").read_bytes()
+        key = _tee_key((work / "tee-agg.seed").read_bytes())
+        enclave = _BenchEnclave(key, (work / "tee-keys.sha256").read_bytes())
+        self.combiner = TeeCombiner(self.spec, read_window(work), enclave, _TEE_JOB)
         self.sig_key = serialization.load_pem_private_key((work / "tee-sig.pem").read_bytes(), None)
         self.names = [f"site-{i + 1}" for i in range(sites)]
         # imported here, not in run(): module loading is start-up cost, not round cost
@@ -440,29 +487,24 @@ class TEEAggregator:
         import secagg.tee.sealing  # noqa: F401
 
     def run(self) -> None:
+        from contextlib import ExitStack
+
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        from secagg.bundle import fingerprint
-        from secagg.tee import modelsig, suites
-        from secagg.tee.sealing import open_chunks
+        from secagg.aggregator.modes.windows import Fingerprint, write_bundle
+        from secagg.tee import modelsig
 
-        keys = {suites.MLKEM768_X25519: self.key}
-        spec = self.spec
-        # the same parse and sum as plain's aggregator (_sum_plain); each upload is opened as it is
-        # read, chunk by chunk, as the aggregator service's TeeCombiner does
-        total = np.zeros(spec.size, dtype=np.float64)
-        for i, name in enumerate(self.names):
-            with up_path(self.work, i).open("rb") as fh:
-                payload = open_chunks(unframe(fh), keys, _tee_context(name, self.keys_sha256))
-            total += spec.flatten(from_safetensors(payload))
-        model = spec.unflatten(total)
-        result = to_safetensors(model, order=spec.names)
+        uploads = {name: up_path(self.work, i) for i, name in enumerate(self.names)}
+        fp = Fingerprint(self.spec)
+        with ExitStack() as stack:
+            # every site downloads the same signed model: write it once
+            write_bundle(
+                down_path(self.work, 0), self.spec, self.combiner.windows(stack, _TEE_ROUND, uploads), fp
+            )
         assert isinstance(self.sig_key, ec.EllipticCurvePrivateKey)
-        # the fingerprint of the float32 tensors just serialised (not of a re-parse of the bytes):
-        # the aggregator service signs it the same way, and the site checks it against what it parses
-        signature = modelsig.sign(self.sig_key, fingerprint(model), _TEE_JOB, _TEE_ROUND)
-        # every site downloads the same signed model: write it once
-        down_path(self.work, 0).write_bytes(result)
+        # the fingerprint of the float32 tensors as written: the aggregator service signs it the
+        # same way, and the site checks it against what it parses
+        signature = modelsig.sign(self.sig_key, fp.hexdigest(), _TEE_JOB, _TEE_ROUND)
         _tee_sig_path(self.work).write_bytes(signature)
 
 

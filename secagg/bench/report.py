@@ -53,6 +53,26 @@ def markdown_table(results: Sequence[ModeResult]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def memory_table(results: Sequence[ModeResult]) -> str:
+    """The aggregator's step against its floor and one upload (BENCHMARKS.md, "Large models in bounded
+    memory"): peak RSS is the aggregator process's own, the floor one read of every upload and one
+    write of the result on the same machine."""
+    rows = [
+        "| params | sites | mode | aggregate s | floor s | x floor | agg peak RSS MiB | one upload MiB "
+        "| RSS / upload |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        floor = "-" if r.floor_s is None else _fmt_s(r.floor_s)
+        ratio = "-" if r.floor_ratio is None else f"{r.floor_ratio:.2f}"
+        per = "-" if r.rss_per_upload is None else f"{r.rss_per_upload:.2f}"
+        rows.append(
+            f"| {r.params:,} | {r.sites} | {r.mode} | {_fmt_s(r.aggregate_s)} | {floor} | {ratio} "
+            f"| {r.peak_rss_bytes / _MB:.0f} | {r.uplink_bytes / _MB:.1f} | {per} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def chart(results: Sequence[ModeResult], path: Path, title: str) -> None:
     import matplotlib
 
@@ -94,7 +114,14 @@ def write_outputs(results: Sequence[ModeResult], out: Path, title: str) -> tuple
     js = out / "results.json"
     js.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     md = out / "results.md"
-    md.write_text(f"# {title}\n\n" + markdown_table(results) + "\n## Goals\n\n" + markdown(evaluate(results)))
+    md.write_text(
+        f"# {title}\n\n"
+        + markdown_table(results)
+        + "\n## Aggregator memory and floor\n\n"
+        + memory_table(results)
+        + "\n## Goals\n\n"
+        + markdown(evaluate(results))
+    )
     png = out / "results.png"
     chart(results, png, title)
     return js, md, png
@@ -111,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = [r for path in args.results for r in load_results(path)]
     print(markdown_table(results))
+    print(memory_table(results))
     print(markdown(evaluate(results)))
     return 0
 

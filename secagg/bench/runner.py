@@ -5,7 +5,10 @@ Timing rules (the same for every mode):
 * ``protect_s``: one site's client work for one round, from its float32 update to the bytes it hands
   the transport (weighting, encryption / masking / sealing, serialisation); mean over sites.
 * ``aggregate_s``: the aggregator's work for all sites, from spooled uploads to the bytes it sends back
-  (deserialisation, checks, combination, serialisation), in a child process (:mod:`.child`).
+  (deserialisation, checks, combination, serialisation), in a child process (:mod:`.child`), whose
+  peak RSS is ``peak_rss_bytes``; ``floor_s`` is one read of every upload and one write of the result
+  in that process (the least any aggregator could do), ``rss_per_upload`` the peak over one site's
+  upload.
 * ``unprotect_s``: site 1 turning its download into the weighted average.
 * ``round_s`` = protect + aggregate + unprotect: sites work in parallel, so one site's times count once.
   Network transfer is not included; bytes are reported instead.
@@ -29,11 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from secagg.aggregator.modes.windows import DEFAULT_WINDOW_BYTES
 from secagg.errors import ConfigError
 
 from .clock import Lap, settle
 from .layouts import LAYOUTS, layout_spec
-from .modes import make_mode
+from .modes import make_mode, write_window
 from .workload import Workload
 
 if TYPE_CHECKING:  # grpc and the provisioning code load only for --transport (the child's RSS baseline)
@@ -55,6 +59,8 @@ class BenchConfig:
     seed: int = 0
     #: also move every upload and download through the mTLS gRPC transport (secagg.bench.wire)
     transport: bool = False
+    #: the aggregator's combine window (bytes of float64 accumulator)
+    window_bytes: int = DEFAULT_WINDOW_BYTES
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -66,6 +72,8 @@ class BenchConfig:
             raise ConfigError(f"every site count must be >= 2 (mask mode needs two), got {list(self.sites)}")
         if self.repeats < 1:
             raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
+        if self.window_bytes < 8:
+            raise ConfigError(f"--window-bytes must be >= 8 (one float64), got {self.window_bytes}")
 
     @property
     def all_modes(self) -> tuple[str, ...]:
@@ -101,6 +109,13 @@ class ModeResult:
     transport_cpu_s: float | None = None
     round_transport_s: float | None = None
     round_transport_cpu_s: float | None = None
+    #: one read of every upload plus one write of the result, in the aggregator's process (median)
+    floor_s: float | None = None
+    #: aggregate_s / floor_s
+    floor_ratio: float | None = None
+    #: peak_rss_bytes / uplink_bytes (one site's upload)
+    rss_per_upload: float | None = None
+    window_bytes: int | None = None
     runs: list[dict[str, float]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -117,6 +132,7 @@ def _no_progress(_desc: str, _advance: int) -> None:
 
 
 def run_aggregator_child(mode: str, work: Path, sites: int) -> dict[str, Any]:
+    """The aggregator step in a fresh interpreter (:mod:`.child`): its peak RSS is its own."""
     out = work / "child-result.json"
     cmd = [sys.executable, "-m", "secagg.bench.child", mode, str(work), str(sites), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -141,12 +157,16 @@ class ModeRun:
     busy one would show a difference that is the machine's, not the mode's.
     """
 
-    def __init__(self, mode_name: str, wl: Workload, scratch: Path) -> None:
+    def __init__(
+        self, mode_name: str, wl: Workload, scratch: Path, window_bytes: int = DEFAULT_WINDOW_BYTES
+    ) -> None:
         self.name, self.wl = mode_name, wl
         self.expected = wl.expected()
         self.work = Path(tempfile.mkdtemp(prefix=f"{mode_name}-{wl.sites}-", dir=scratch))
         self.mode = make_mode(mode_name)
         self.info = self.mode.setup(self.work, wl)
+        self.window_bytes = window_bytes
+        write_window(self.work, window_bytes)
         self.runs: list[dict[str, float]] = []
 
     def round(
@@ -197,6 +217,7 @@ class ModeRun:
                 "downlink_bytes": mode.downlink_bytes(work, 0),
                 "transport_s": legs.wall,
                 "transport_cpu_s": legs.cpu,
+                "floor_s": float(agg.get("floor_s", float("nan"))),
             }
         )
         progress(f"{label}: done", 1)
@@ -220,6 +241,8 @@ class ModeRun:
             }
         raw = 4 * wl.size
         uplink = int(max(run["uplink_bytes"] for run in runs))
+        floor = statistics.median(run["floor_s"] for run in runs)
+        peak = int(max(run["peak_rss_bytes"] for run in runs))
         return ModeResult(
             mode=self.name,
             layout="",
@@ -240,8 +263,12 @@ class ModeRun:
             unprotect_cpu_s=med["unprotect_cpu_s"],
             round_cpu_s=round_cpu_s,
             max_abs_err=max(run["max_abs_err"] for run in runs),
-            peak_rss_bytes=int(max(run["peak_rss_bytes"] for run in runs)),
+            peak_rss_bytes=peak,
             baseline_rss_bytes=int(max(run["baseline_rss_bytes"] for run in runs)),
+            floor_s=floor,
+            floor_ratio=med["aggregate_s"] / floor if floor > 0 else None,
+            rss_per_upload=peak / uplink if uplink else None,
+            window_bytes=self.window_bytes,
             runs=runs,
             info=self.info,
             **with_wire,
@@ -296,7 +323,7 @@ def run_bench(
 
                 wire = Wire(n, scratch)
             for name in config.all_modes:
-                runs.append(ModeRun(name, wl, scratch))
+                runs.append(ModeRun(name, wl, scratch, config.window_bytes))
             # interleaved: round r of every mode, then round r + 1 (see ModeRun)
             for _ in range(config.repeats):
                 for run in runs:

@@ -1,5 +1,5 @@
 """``secagg bench [--params N] [--layout flat|segresnet] [--sites N[,N...]] [--modes LIST]
-[--compare nvflare] [--transport] [--repeats N] [--out DIR]``, or ``secagg bench --training
+[--compare nvflare] [--transport] [--window-bytes B] [--repeats N] [--out DIR]``, or ``secagg bench --training
 [--volume V] [--steps N] [--batch B] [--device auto|cpu|cuda] [--repeats N] [--out DIR]`` for the
 training-overhead table, or ``secagg bench --demo-compare [--rounds N] [--peers LIST] [--out DIR]`` for the
 demo's round before and after the per-job worker, beside NVIDIA FLARE's and Flower's simulations."""
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from secagg.aggregator.modes.windows import DEFAULT_WINDOW_BYTES
 from secagg.errors import ConfigError, UsageError
 
 T = TypeVar("T")
@@ -63,6 +64,7 @@ _TABLE_DEFAULTS: dict[str, object] = {
     "modes": ("plain", "he", "mask", "tee"),
     "compare": None,
     "transport": False,
+    "window_bytes": DEFAULT_WINDOW_BYTES,
 }
 #: flags that only apply with --training (default None: not given)
 _TRAINING_ONLY = ("volume", "steps", "batch", "device", "init_filters")
@@ -127,6 +129,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="also move every upload and download through secagg's mTLS gRPC transport on 127.0.0.1 "
         "and report the round including it",
     )
+    p.add_argument(
+        "--window-bytes",
+        type=_positive,
+        default=_TABLE_DEFAULTS["window_bytes"],
+        help="the aggregator's combine window, bytes of float64 accumulator (default: %(default)s)",
+    )
     p.add_argument("--repeats", type=_positive, default=3, help="rounds per mode; medians are reported")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help="output folder (default: a new folder under ./bench-out/)")
@@ -186,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{', '.join(extra)}: only used with --demo-compare")
     from rich.console import Console
 
-    from secagg.bench.report import markdown_table, write_outputs
+    from secagg.bench.report import markdown_table, memory_table, write_outputs
     from secagg.bench.runner import BenchConfig, run_bench, steps
     from secagg.bench.targets import evaluate, markdown
 
@@ -199,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         seed=args.seed,
         transport=args.transport,
+        window_bytes=args.window_bytes,
     )
     if "nvflare-he" in config.all_modes:
         from secagg.bench.nvflare_he import require_nvflare
@@ -213,7 +222,9 @@ def run(args: argparse.Namespace) -> int:
     size = "SegResNet" if config.layout == "segresnet" else f"{results[0].params:,} params"
     title = f"secagg bench: {config.layout} ({size}), median of {config.repeats}"
     js, md, png = write_outputs(results, out, title)
-    sys.stdout.write(markdown_table(results) + "\n" + markdown(evaluate(results)))
+    sys.stdout.write(
+        markdown_table(results) + "\n" + memory_table(results) + "\n" + markdown(evaluate(results))
+    )
     console.print(f"wrote {js}, {md}, {png}")
     return 0
 

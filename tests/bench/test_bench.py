@@ -63,6 +63,7 @@ def test_cli_writes_results_table_and_chart(tiny_run: tuple[Path, CliRun]) -> No
     out, proc = tiny_run
     assert proc.returncode == 0, proc.stderr
     assert "| mode |" in proc.stdout and "| tee |" in proc.stdout  # the table is printed
+    assert "| floor s |" in proc.stdout and "| RSS / upload |" in proc.stdout  # and the memory table
     results = json.loads((out / "results.json").read_text())
     assert [r["mode"] for r in results] == ["plain", "he", "mask", "tee"]
     assert (out / "results.md").read_text().count("| flat | 3 |") == 4
@@ -86,6 +87,10 @@ def test_results_have_every_field_with_sane_values(
             assert 0 < r[key] < 60, (mode, key, r[key])
         assert 0 <= r["max_abs_err"] < 1e-6, (mode, r["max_abs_err"])
         assert r["peak_rss_bytes"] >= r["baseline_rss_bytes"] > 1_000_000
+        # the floor: one read of every upload and one write of the result, in the aggregator's process
+        assert 0 < r["floor_s"] < 60 and r["floor_ratio"] == pytest.approx(r["aggregate_s"] / r["floor_s"])
+        assert r["rss_per_upload"] == pytest.approx(r["peak_rss_bytes"] / r["uplink_bytes"])
+        assert r["window_bytes"] == 16 * 1024 * 1024
     assert by_mode["he"]["uplink_ratio"] > 1  # ciphertexts are bigger than float32
     assert by_mode["mask"]["uplink_ratio"] < 1.2  # masked uint32 plus small key and share messages
     assert by_mode["plain"]["uplink_ratio"] < 1.05
@@ -257,3 +262,40 @@ def test_rounds_of_the_modes_are_interleaved(tmp_path: Path) -> None:
         "tee x2 sites, run 2/2",
     ]
     assert [(r.mode, r.repeats, len(r.runs)) for r in results] == [("plain", 2, 2), ("tee", 2, 2)]
+
+
+def test_the_floor_reads_every_uploaded_file_and_writes_the_result_size(tmp_path: Path) -> None:
+    from secagg.bench.child import floor_seconds, uploaded_files
+
+    for name, size in [("up-0", 10), ("up-1.keys", 3), ("up-1.masked", 5), ("up-10", 1), ("down-0", 7)]:
+        (tmp_path / name).write_bytes(b"x" * size)
+    files = uploaded_files(tmp_path, 2)
+    assert [p.name for p in files] == ["up-0", "up-1.keys", "up-1.masked"]  # not up-10, not down-0
+    assert floor_seconds(files, 20 * 1024 * 1024 + 3, tmp_path) > 0
+    assert not (tmp_path / "floor.out").exists()
+
+
+@pytest.mark.parametrize("mode", ["plain", "mask", "tee"])
+def test_a_window_of_a_few_values_gives_the_same_download(tmp_path: Path, mode: str) -> None:
+    """The bench's aggregator steps are the service's windowed combiners: a 40-byte window (5 values,
+    dividing no tensor) and the default window write the same result, byte for byte."""
+    from secagg.bench.modes import down_path, make_aggregator, make_mode, write_window
+    from secagg.bundle import BundleSpec, TensorSpec
+
+    spec = BundleSpec((TensorSpec("a", (7, 11)), TensorSpec("b", (3,)), TensorSpec("c", (13, 17, 2))))
+    wl = Workload(spec, 2, seed=1)
+    work = tmp_path / mode
+    work.mkdir()
+    m = make_mode(mode)
+    m.setup(work, wl)
+    m.protect_all(work, wl)
+    results = []
+    for window in (40, 16 * 1024 * 1024):
+        write_window(work, window)
+        step = make_aggregator(mode)
+        step.prepare(work, 2)
+        step.run()
+        results.append(down_path(work, 0).read_bytes())
+    assert results[0] == results[1]
+    _lap, out = m.unprotect(work, wl, 0)
+    assert float(np.max(np.abs(out - wl.expected()))) < 1e-6
