@@ -63,12 +63,14 @@ def _upload(live: Live, header: dict[str, Any] | None = None, *, raw_header: str
     if raw_header is not None:
         stream = [pb.Chunk(header_json=raw_header), *list(encode_stream({}, [b"x"]))[1:]]
     else:
-        stream = list(encode_stream(header, [b"x"]))
+        stream = list(encode_stream(header or {}, [b"x"]))
     return lambda: live.stub.UploadResult(iter(stream), timeout=20)
 
 
 def _head(live: Live, **over: Any) -> dict[str, Any]:
-    cur = live.fed.job.current  # type: ignore[union-attr]
+    job = live.fed.job
+    assert job is not None and job.current is not None
+    cur = job.current
     return {"job_id": live.job_id, "round": cur.round, "attempt": cur.attempt, "bytes": 1, **over}
 
 
