@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -45,6 +45,24 @@ class SnpVerification:
     checks: list[Check] = field(default_factory=list)
 
 
+#: what cryptography raises for a certificate it cannot read (some fields are parsed lazily, on use)
+_CERT_ERRORS = (
+    ValueError,
+    TypeError,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    UnsupportedAlgorithm,
+)
+
+
+def _parsed(cert: x509.Certificate) -> x509.Certificate:
+    """``cert`` once the fields every check reads parse: cryptography reads the names and the
+    extensions only when first used, so a malformed one would otherwise fail deep inside a check."""
+    _ = cert.subject, cert.issuer, cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc
+    return cert
+
+
 def load_certificates(blobs: Iterable[bytes], *, what: str = "certificate data") -> list[x509.Certificate]:
     """Certificates from PEM (one or many), DER, or an extended report's GUID certificate table.
 
@@ -61,14 +79,14 @@ def load_certificates(blobs: Iterable[bytes], *, what: str = "certificate data")
             where += f" ({len(data)} bytes)"
             if data.lstrip().startswith(b"-----BEGIN"):
                 try:
-                    out.extend(x509.load_pem_x509_certificates(data))
-                except ValueError as exc:
+                    out.extend(_parsed(c) for c in x509.load_pem_x509_certificates(data))
+                except _CERT_ERRORS as exc:
                     msg = f"{where}: PEM that holds no readable certificate ({exc})"
                     raise CertificateDataError(msg) from None
             elif data[:1] == b"\x30":
                 try:
-                    out.append(x509.load_der_x509_certificate(data))
-                except ValueError as exc:
+                    out.append(_parsed(x509.load_der_x509_certificate(data)))
+                except _CERT_ERRORS as exc:
                     raise CertificateDataError(f"{where}: not a DER certificate ({exc})") from None
             else:
                 try:
@@ -236,6 +254,23 @@ def _candidate_chains(
 
 
 def verify_report(
+    report: SnpReport,
+    certs: Sequence[x509.Certificate] = (),
+    *,
+    product: Product | None = None,
+    crls: Sequence[bytes] = (),
+    now: dt.datetime | None = None,
+) -> SnpVerification:
+    """:func:`_verify_report`, with a certificate whose key or signature algorithm cannot be used (read
+    lazily, so only found during the checks) reported as a failed chain, not as an exception."""
+    try:
+        return _verify_report(report, certs, product=product, crls=crls, now=now)
+    except _CERT_ERRORS as exc:
+        detail = f"a certificate cannot be used: {type(exc).__name__}: {exc}"
+        raise VerificationError(f"cert_chain: {detail}", [Check("cert_chain", False, detail)]) from None
+
+
+def _verify_report(
     report: SnpReport,
     certs: Sequence[x509.Certificate] = (),
     *,

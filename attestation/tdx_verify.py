@@ -15,7 +15,7 @@ import hmac
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -50,6 +50,23 @@ def _p256(cert_or_raw: x509.Certificate | bytes) -> ec.EllipticCurvePublicKey:
 
 
 def verify_quote(quote: TdxQuote, *, now: dt.datetime | None = None) -> TdxVerification:
+    """:func:`_verify_quote`, with a PCK chain certificate that cryptography cannot use (an unknown
+    curve or algorithm, a malformed field read lazily) reported as a failed chain, not an exception."""
+    try:
+        return _verify_quote(quote, now=now)
+    except (
+        ValueError,
+        TypeError,
+        x509.InvalidVersion,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+        UnsupportedAlgorithm,
+    ) as exc:
+        detail = f"a PCK chain certificate cannot be used: {type(exc).__name__}: {exc}"
+        raise VerificationError(f"pck_chain: {detail}", [Check("pck_chain", False, detail)]) from None
+
+
+def _verify_quote(quote: TdxQuote, *, now: dt.datetime | None = None) -> TdxVerification:
     now = now or dt.datetime.now(dt.UTC)
     checks: list[Check] = []
 
@@ -59,7 +76,7 @@ def verify_quote(quote: TdxQuote, *, now: dt.datetime | None = None) -> TdxVerif
 
     try:
         chain = x509.load_pem_x509_certificates(quote.pck_chain_pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise ParseError(f"TDX PCK certificate chain is not PEM: {exc}") from exc
     if len(chain) != 3:
         raise fail("pck_chain", f"expected PCK, intermediate CA and root (3 certificates), got {len(chain)}")

@@ -43,7 +43,7 @@ def _field_swap(rng: random.Random) -> bytes:
     where = obj["evidence"] if rng.random() < 0.8 else obj
     key = rng.choice(sorted(where))
     where[key] = rng.choice(_ODD_VALUES)
-    if rng.random() < 0.2:
+    if rng.random() < 0.2 and isinstance(obj["evidence"], dict):
         obj["evidence"]["tcb"] = {"snp": rng.choice((-1, 0, 255, 256, 2**53 - 1, 1.5, "8"))}
     return bytes(rfc8785.dumps(obj))
 
