@@ -245,6 +245,12 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
+def load_rows(path: Path) -> list[Row]:
+    """The rows a suite wrote to ``results.json`` (to tabulate several suites together)."""
+    fields = set(Row.__dataclass_fields__)
+    return [Row(**{k: v for k, v in d.items() if k in fields}) for d in json.loads(path.read_text())]
+
+
 def write(out: Path, rows: list[Row]) -> None:
     (out / "results.json").write_text(
         json.dumps([asdict(r) | {"ok": r.ok} for r in rows], indent=1, default=str)
@@ -253,13 +259,13 @@ def write(out: Path, rows: list[Row]) -> None:
     if any(r.scenario == "load" for r in rows):
         text += ["## Load", "", *load_table(rows), "", "![load](load.png)", ""]
         plot(rows, out / "load.png")
-    findings = [f"- {r.scenario} {r.label} {r.mode}: {'; '.join(_why(r))}" for r in rows if not r.ok]
+    findings = [f"- {r.scenario} {r.label} {r.mode}: {'; '.join(why(r))}" for r in rows if not r.ok]
     if findings:
         text += ["## Not ok", "", *findings, ""]
     (out / "results.md").write_text("\n".join(text))
 
 
-def _why(r: Row) -> list[str]:
+def why(r: Row) -> list[str]:
     rep = r.report
     why = []
     if not r.hit:

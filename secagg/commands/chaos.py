@@ -44,12 +44,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--load-rounds", type=int, default=10, help="rounds of a load run (default: 10)")
     p.add_argument("--out", type=Path, help="output folder (default: a new folder under ./chaos-out/)")
+    p.add_argument(
+        "--tabulate",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="run nothing: print the table (and findings) of earlier runs' results.json files",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from secagg.chaos.scenarios import MODES, plan, run_suite
+    from secagg.chaos.scenarios import MODES, load_rows, plan, run_suite, table, why
     from secagg.chaos.shim import POINTS
+
+    if args.tabulate:
+        rows = [r for path in args.tabulate for r in load_rows(path)]
+        print("\n".join(table(rows)))
+        for r in rows:
+            if not r.ok:
+                print(f"- {r.scenario} {r.label} {r.mode}: {'; '.join(why(r))}")
+        return 0
 
     bad = [m for m in args.modes if m not in MODES]
     if bad:
