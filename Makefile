@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint proto bench clean chaos chaos-ci
+.PHONY: demo test lint proto bench clean chaos chaos-ci fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,8 +16,9 @@ demo: $(STAMP)
 	$(VENV)/bin/secagg demo $(ARGS)
 
 # one worker per core, each test file on one worker (files share module fixtures and federations)
+# the fuzz targets (tests/fuzz) run as a smoke here: SECAGG_FUZZ=smoke, a few dozen inputs each
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist loadfile $(PYTEST_ARGS)
+	SECAGG_FUZZ=$${SECAGG_FUZZ:-smoke} $(PY) -m pytest -q -n auto --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check secagg attestation tests
@@ -43,3 +44,10 @@ chaos-ci: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-out simulate-out bench-out chaos-out .pytest_cache .mypy_cache .ruff_cache
+
+# every fuzz target for FUZZ_EXECS executions (10^6 by default; FUZZ_SECONDS time-boxes each target);
+# per-target executions, crashes, wall time in fuzz-out/results.{json,md}, crash inputs in fuzz-out/crashes
+FUZZ_EXECS   ?= 1000000
+FUZZ_SECONDS ?= inf
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz.run --execs $(FUZZ_EXECS) --max-seconds $(FUZZ_SECONDS) --out fuzz-out $(ARGS)
