@@ -501,9 +501,11 @@ class Federation:
             else:
                 final = None
         if final is not None:
-            self.store.set_round_metrics(
-                job.job_id, job.spec.rounds, {"final": final, **self._round_metrics(job.spec.rounds)}
-            )
+            # the last round's row already holds the sites' evaluation of the model after the round
+            # before it: the final evaluation goes beside it, never over it
+            last = [r for r in self.store.rounds(job.job_id) if r.round == job.spec.rounds]
+            kept = last[-1].metrics if last else {}
+            self.store.set_round_metrics(job.job_id, job.spec.rounds, {**kept, "final": final})
             self.store.set_job_state(job.job_id, JobState.FINISHED)
             self.audit.append(Event.JOB_FINISHED, job=job.job_id, rounds=job.spec.rounds)
             return
