@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from secagg.jobs import JobSpec, SignerInfo
 from secagg.policy import SitePolicy
@@ -93,3 +94,13 @@ def test_budget_is_checked_against_the_sum_level_epsilon() -> None:
 def test_a_weaker_job_request_is_refused() -> None:
     d = _decide(policy(), job(privacy=[{**DDG, "min_honest_sites": 2}]), LEAD, n_params=N)
     assert "privacy_weaker" in codes(d)
+
+
+def test_example_policy_is_explained_in_words() -> None:
+    from pathlib import Path
+
+    from secagg.policy.explain import describe_policy
+
+    doc = yaml.safe_load((Path(__file__).parents[2] / "policies" / "distributed-dp.yaml").read_text())
+    text = "\n".join(describe_policy(SitePolicy.model_validate(doc)))
+    assert "Skellam" in text and "any 3 honest sites" in text and "noise multiplier 1.1" in text
