@@ -11,7 +11,9 @@ from tests.integration.harness import TEST_POLICY, make_tiny_job, start, write_p
 pytestmark = pytest.mark.slow
 
 
-def test_the_final_evaluation_does_not_replace_the_last_rounds_metrics(tmp_path: Path, workspace: Path) -> None:
+def test_the_final_evaluation_does_not_replace_the_last_rounds_metrics(
+    tmp_path: Path, workspace: Path
+) -> None:
     job = make_tiny_job(tmp_path / "job", workspace, mode="plain", rounds=3)
     run = start(tmp_path, workspace, job, policies=write_policies(tmp_path, TEST_POLICY))
     try:
