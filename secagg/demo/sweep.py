@@ -1,4 +1,6 @@
-"""The price of privacy: final global AUC against epsilon, for SVT and the Gaussian filter.
+"""The price of privacy: final global AUC against epsilon, for SVT, the Gaussian filter and
+distributed DP (``distributed_gaussian``: Skellam shares whose sum carries the noise, run in ``mask``
+mode whatever the sweep's mode, since only a masked sum may carry distributed noise).
 
 Each setting is one real federation whose job asks for the filter in its ``privacy:`` list, at sites
 whose policy carries a budget just large enough to admit it. The planned epsilon is the job's worst
@@ -29,7 +31,7 @@ DELTA = 1e-5
 
 @dataclass(frozen=True)
 class Setting:
-    mechanism: str  # "svt", "gaussian", or "none" for the reference run without a filter
+    mechanism: str  # "svt", "gaussian", "distributed_gaussian", or "none" (no filter)
     filter: dict[str, Any] | None = None
 
     @property
@@ -57,6 +59,24 @@ def _gaussian(noise_multiplier: float) -> Setting:
     return Setting("gaussian", {"name": "gaussian", "clip": 0.2, "noise_multiplier": noise_multiplier})
 
 
+def _distributed(noise_multiplier: float) -> Setting:
+    return Setting(
+        "distributed_gaussian",
+        {
+            "name": "distributed_gaussian",
+            "clip": 0.2,
+            "noise_multiplier": noise_multiplier,
+            # every demo round sums all its sites (at least 2, the smallest mask threshold)
+            "min_honest_sites": 2,
+        },
+    )
+
+
+def mode_for(setting: Setting, mode: str) -> str:
+    """The mode a setting runs in: distributed noise only under masking (admission refuses the rest)."""
+    return "mask" if setting.mechanism == "distributed_gaussian" else mode
+
+
 #: clip 0.2 is about the norm of one site's update here; SVT's gamma 0.05 about its largest entries
 SETTINGS: tuple[Setting, ...] = (
     Setting("none"),
@@ -68,6 +88,10 @@ SETTINGS: tuple[Setting, ...] = (
     _gaussian(0.5),
     _gaussian(0.3),
     _gaussian(0.1),
+    _distributed(1.0),
+    _distributed(0.5),
+    _distributed(0.3),
+    _distributed(0.1),
 )
 
 
@@ -167,7 +191,7 @@ def plot(rows: Sequence[Row], path: Path, rounds: int) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for mech, marker in (("svt", "o"), ("gaussian", "s")):
+    for mech, marker in (("svt", "o"), ("gaussian", "s"), ("distributed_gaussian", "^")):
         pts = sorted((r.spent_epsilon or r.planned_epsilon, r.final_auc) for r in rows if r.mechanism == mech)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=mech)
@@ -239,7 +263,7 @@ def federation_runner(
         policy = DEMO_POLICY if setting.filter is None else budget_policy(planned, DELTA)
         result = run_federation(
             folder,
-            mode=mode,
+            mode=mode_for(setting, mode),
             rounds=rounds,
             sites=list(sites),
             params=params,

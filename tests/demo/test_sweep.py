@@ -125,4 +125,18 @@ def test_sweep_table_and_plot_from_a_stubbed_runner(tmp_path: Path) -> None:
     assert "\n".join(lines) in md and "privacy-sweep.png" in md
     data = json.loads((tmp_path / "privacy-sweep.json").read_text())
     assert data["rounds"] == 3 and len(data["rows"]) == len(sweep.SETTINGS)
-    assert {r["mechanism"] for r in data["rows"]} == {"none", "svt", "gaussian"}
+    assert {r["mechanism"] for r in data["rows"]} == {"none", "svt", "gaussian", "distributed_gaussian"}
+
+
+def test_distributed_gaussian_settings_run_masked_and_cost_the_sum_level_epsilon() -> None:
+    from secagg.privacy.accounting import rdp_epsilon
+    from secagg.privacy.distributed import effective_noise_multiplier
+
+    ddg = [s for s in sweep.SETTINGS if s.mechanism == "distributed_gaussian"]
+    assert len(ddg) >= 4
+    for s in ddg:
+        assert sweep.mode_for(s, "plain") == "mask"
+        assert s.filter is not None
+        z_eff = effective_noise_multiplier(s.filter["noise_multiplier"], s.filter["clip"], 16, 513)
+        assert sweep.planned_epsilon(s, 513, 3) == rdp_epsilon([(z_eff, 1.0, 1)] * 3, sweep.DELTA)
+    assert sweep.mode_for(sweep.SETTINGS[1], "plain") == "plain"
