@@ -6,6 +6,7 @@ mods. This package knows nothing of the agent, gRPC or the CLI.
 """
 
 from secagg.privacy.accounting import Composition, compose, rdp_epsilon
+from secagg.privacy.distributed import distributed_gaussian
 from secagg.privacy.exclude import exclude
 from secagg.privacy.gaussian import gaussian
 from secagg.privacy.ledger import BudgetExhausted, Entry, Ledger
@@ -13,6 +14,7 @@ from secagg.privacy.nvflare import from_nvflare
 from secagg.privacy.percentile import percentile
 from secagg.privacy.release import Release, prepare_release
 from secagg.privacy.specs import (
+    DistributedGaussianSpec,
     DpsgdSpec,
     ExcludeSpec,
     Filter,
@@ -32,6 +34,7 @@ from secagg.privacy.spend import Spend, Update
 from secagg.privacy.svt import svt, svt_epsilon
 
 __all__ = [
+    "DistributedGaussianSpec",
     "DpsgdSpec",
     "BudgetExhausted",
     "Composition",
@@ -50,6 +53,7 @@ __all__ = [
     "build_chain",
     "chain_shortfalls",
     "compose",
+    "distributed_gaussian",
     "exclude",
     "from_nvflare",
     "gaussian",
