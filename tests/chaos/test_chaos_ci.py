@@ -18,7 +18,10 @@ from secagg.chaos.scenarios import KILL_SITE
 pytestmark = [
     pytest.mark.chaos,
     pytest.mark.skipif(not os.environ.get("SECAGG_CHAOS_CI"), reason="fault harness: run with make chaos-ci"),
+    # two federations a test; on a loaded 2-core machine a round can take a minute
+    pytest.mark.timeout(1200),
 ]
+BOUND_S = 500.0
 
 SITES, ROUNDS = 5, 2
 
@@ -33,9 +36,9 @@ def _assert_clean(rep: Report, what: str) -> None:
 def test_kill_aggregator_during_upload(mode: str, tmp_path: Path) -> None:
     ref = None
     if mode in ("plain", "tee"):  # bit for bit against the fault-free run
-        models = final_models(run(RunSpec(mode, SITES, ROUNDS), tmp_path / "ref"))
+        models = final_models(run(RunSpec(mode, SITES, ROUNDS, timeout=BOUND_S), tmp_path / "ref"))
         ref = models["site-1"]
-    o = run(RunSpec(mode, SITES, ROUNDS, fault="agg-upload@2", sleep=0.5, timeout=150), tmp_path / "kill")
+    o = run(RunSpec(mode, SITES, ROUNDS, fault="agg-upload@2", sleep=0.5, timeout=BOUND_S), tmp_path / "kill")
     assert o.hits == ["agg-upload 2"] and o.restarts == 1
     rep = check(o, ref)
     _assert_clean(rep, f"{mode} aggregator kill")
@@ -53,7 +56,9 @@ def test_kill_aggregator_during_upload(mode: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", ["plain", "he", "mask", "tee"])
 def test_kill_site_after_debit(mode: str, tmp_path: Path) -> None:
     o = run(
-        RunSpec(mode, SITES, ROUNDS, fault="site-debit@2", target=KILL_SITE, dp=True, sleep=0.5, timeout=150),
+        RunSpec(
+            mode, SITES, ROUNDS, fault="site-debit@2", target=KILL_SITE, dp=True, sleep=0.5, timeout=BOUND_S
+        ),
         tmp_path / "kill",
     )
     assert o.hits == ["site-debit 2"] and o.restarts == 1
