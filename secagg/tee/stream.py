@@ -144,8 +144,12 @@ class SealedSource:
                 f"read of {n} bytes at {offset} outside a sealed upload of {self._size}",
                 code=Reason.TRUNCATED,
             )
-        out = bytearray()
         i = bisect.bisect_right(self._starts, offset) - 1
+        lo = offset - self._starts[i]
+        chunk = self._chunk(i) if n else b""
+        if lo + n <= len(chunk):
+            return chunk[lo : lo + n]  # within one chunk: one copy
+        out = bytearray()
         pos = offset
         while len(out) < n:
             chunk = self._chunk(i)

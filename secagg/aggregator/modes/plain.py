@@ -69,7 +69,7 @@ class PlainCombiner:
         def blame(i: int, exc: Exception) -> Exception:
             return BadUpload(uploads[sites[i]], exc, sites[i])
 
-        return sum_windows([r.add_into for r in readers], self.spec.size, self.elements, blame)
+        return sum_windows(readers, self.spec.size, self.elements, blame)
 
     def sum_to(self, round_: int, uploads: Mapping[str, Path], out: Path) -> None:
         """The float64 sum, written to ``out`` window by window (temporary file, then renamed)."""

@@ -99,7 +99,10 @@ class FileSource:
             raise UpdateRejected(
                 f"read of {n} bytes at {offset} outside an upload of {self._size}", code=Reason.TRUNCATED
             )
-        out = bytearray()
+        first = os.pread(self._fd, n, offset)
+        if len(first) == n:
+            return first  # the usual case: one read, no copy
+        out = bytearray(first)
         while len(out) < n:
             piece = os.pread(self._fd, n - len(out), offset + len(out))
             if not piece:
@@ -270,49 +273,63 @@ class BundleReader:
 
     def add_into(self, acc: np.ndarray, start: int, stop: int) -> None:
         """``acc[i - start] += value[i]`` for every ``i`` in ``[start, stop)`` (float64, exactly the
-        in-memory sum's operation); refuses (``non_finite``) a window holding NaN or infinity."""
+        in-memory sum's operation). Values are not checked here: :func:`sum_windows` checks the
+        window's sum once and, only if it is not finite, each upload's window (:meth:`check`)."""
         for lo, hi, e in self._pieces:
             a, b = max(lo, start), min(hi, stop)
             if a >= b:
                 continue
             item = e.dtype.itemsize
-            raw = self.src.read(e.start + (a - lo) * item, (b - a) * item)
-            vals = np.frombuffer(raw, dtype=e.dtype)
-            if vals.dtype.kind == "f" and not np.isfinite(vals).all():
-                raise UpdateRejected(f"tensor {e.name} contains NaN or Inf", code=Reason.NON_FINITE)
+            vals = np.frombuffer(self.src.read(e.start + (a - lo) * item, (b - a) * item), dtype=e.dtype)
             part = acc[a - start : b - start]
             np.add(part, vals, out=part, casting="unsafe")
 
+    def check(self, start: int, stop: int) -> None:
+        """Refuse (``non_finite``) an upload whose window ``[start, stop)`` holds NaN or infinity."""
+        for lo, hi, e in self._pieces:
+            a, b = max(lo, start), min(hi, stop)
+            if a >= b or e.dtype.kind != "f":
+                continue
+            item = e.dtype.itemsize
+            vals = np.frombuffer(self.src.read(e.start + (a - lo) * item, (b - a) * item), dtype=e.dtype)
+            if not np.isfinite(vals).all():
+                raise UpdateRejected(f"tensor {e.name} contains NaN or Inf", code=Reason.NON_FINITE)
+
     def check_all(self, elements: int, size: int) -> None:
         """Read the whole upload once, a window at a time, so a non-finite value is refused now."""
-        acc = np.zeros(min(elements, max(size, 1)), dtype=np.float64)
         for start, stop in window_ranges(size, elements):
-            self.add_into(acc[: stop - start], start, stop)
+            self.check(start, stop)
 
     def close(self) -> None:
         self.src.close()
 
 
 # -------------------------------------------------------------------------------------------- sum
-#: reader of one site's window: ``add(acc, start, stop)`` adds it into the accumulator
-Adder = Callable[[np.ndarray, int, int], None]
-
-
 def sum_windows(
-    adders: Sequence[Adder], size: int, elements: int, blame: Callable[[int, Exception], Exception]
+    readers: Sequence[BundleReader], size: int, elements: int, blame: Callable[[int, Exception], Exception]
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """The float64 sum of the sources, one window at a time: ``(start, window)``; the window buffer is
+    """The float64 sum of the uploads, one window at a time: ``(start, window)``; the window buffer is
     reused, so a consumer must use it before asking for the next. ``blame(i, exc)`` turns an upload's
-    refusal into the exception that names it (:class:`~secagg.aggregator.modes.BadUpload`)."""
+    refusal into the exception that names it (:class:`~secagg.aggregator.modes.BadUpload`).
+
+    A NaN or infinity in any upload makes the window's sum non-finite, so the sum is checked once per
+    window; only then is each upload's window checked, to name the one at fault (a sum that overflows
+    from finite float64 values stays as the in-memory sum would have it)."""
     acc = np.empty(min(elements, max(size, 1)), dtype=np.float64)
     for start, stop in window_ranges(size, elements):
         part = acc[: stop - start]
         part.fill(0.0)
-        for i, add in enumerate(adders):
+        for i, reader in enumerate(readers):
             try:
-                add(part, start, stop)
+                reader.add_into(part, start, stop)
             except UpdateRejected as exc:
                 raise blame(i, exc) from exc
+        if not np.isfinite(part).all():
+            for i, reader in enumerate(readers):
+                try:
+                    reader.check(start, stop)
+                except UpdateRejected as exc:
+                    raise blame(i, exc) from exc
         yield start, part
 
 
