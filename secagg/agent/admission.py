@@ -15,6 +15,7 @@ from secagg.agent.relay import Relay
 from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
 from secagg.errors import PolicyRefusal, SecaggError
+from secagg.events import Event
 from secagg.jobs.job import VerifiedJob
 from secagg.policy.admit import admit_job, debited_rounds, remaining_worst_case
 from secagg.policy.check import load_policy
@@ -22,6 +23,7 @@ from secagg.policy.decide import Decision, decide
 from secagg.policy.model import SitePolicy
 from secagg.privacy.ledger import Ledger
 from secagg.provision.kit import Kit
+from secagg.reasons import Reason
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,11 @@ class Admission:
             self._sandbox_check(policy)
         except SecaggError as exc:
             shutil.rmtree(dest, ignore_errors=True)
-            self.audit.append("job_refused", job=job_id, code=exc.code, reason=str(exc))
+            self.audit.append(Event.JOB_REFUSED, job=job_id, code=exc.code, reason=str(exc))
             self.relay.decline(job_id, 0, exc.code, str(exc))
             raise
         self.audit.append(
-            "job_admitted",
+            Event.JOB_ADMITTED,
             job=job_id,
             signers=[s.describe() for s in job.signers],
             mode=job.spec.mode,
@@ -112,7 +114,7 @@ class Admission:
             stamp = self._policy_stamp()
         except OSError as exc:
             raise PolicyRefusal(
-                f"site policy {self.policy_path} is unreadable: {exc}", code="policy_unreadable"
+                f"site policy {self.policy_path} is unreadable: {exc}", code=Reason.POLICY_UNREADABLE
             ) from None
         if stamp == adm.policy_stamp:
             return adm
@@ -120,9 +122,9 @@ class Admission:
             decision = decide(self.load_policy(), adm.job.spec, list(adm.job.signers), job_root=adm.job.root)
         except SecaggError as exc:
             raise PolicyRefusal(
-                f"site policy {self.policy_path} no longer loads: {exc}", code="policy_invalid"
+                f"site policy {self.policy_path} no longer loads: {exc}", code=Reason.POLICY_INVALID
             ) from None
-        self.audit.append("policy_reloaded", job=job_id, round=round_, accept=decision.accept)
+        self.audit.append(Event.POLICY_RELOADED, job=job_id, round=round_, accept=decision.accept)
         if not decision.accept:
             failed = "; ".join(r.text for r in decision.reasons if not r.ok)
             code = next((r.code for r in decision.reasons if not r.ok), "policy")

@@ -13,8 +13,10 @@ import os
 from secagg.agent.modes.base import ModeContext, Outgoing, Sent, StoredGlobal, Task, upload
 from secagg.agent.protect import protect_plain
 from secagg.errors import IntegrityError, PolicyRefusal
+from secagg.events import Event
 from secagg.framing import frame
 from secagg.fsio import atomic_write
+from secagg.reasons import Reason
 from secagg.tee.site import KeyPin, TrustedAggregator, verify_aggregator
 from secagg.transport.tls import probe_server_certificate
 
@@ -39,7 +41,8 @@ class TeeMode(StoredGlobal):
         policy = ctx.load_policy()
         if policy.attestation is None:
             raise PolicyRefusal(
-                "this site's policy has no attestation section: it accepts no TEE", code="attestation_missing"
+                "this site's policy has no attestation section: it accepts no TEE",
+                code=Reason.ATTESTATION_MISSING,
             )
         nonce = os.urandom(32)
         evidence = ctx.relay.attest(job_id, nonce)
@@ -56,7 +59,7 @@ class TeeMode(StoredGlobal):
                 job=job_id,
             )
         except PolicyRefusal as exc:
-            ctx.audit.append("aggregator_refused", job=job_id, code=exc.code, reason=str(exc))
+            ctx.audit.append(Event.AGGREGATOR_REFUSED, job=job_id, code=exc.code, reason=str(exc))
             raise
         atomic_write(pin_file, pin.to_json().encode())
         if policy.attestation.allow_insecure_dev_tee:
@@ -64,7 +67,7 @@ class TeeMode(StoredGlobal):
                 "INSECURE dev TEE accepted by this site's policy: the aggregator is NOT hardware-isolated"
             )
         ctx.audit.append(
-            "aggregator_attested",
+            Event.AGGREGATOR_ATTESTED,
             job=job_id,
             round=header.get("round"),
             insecure_dev_tee=policy.attestation.allow_insecure_dev_tee or None,
