@@ -211,14 +211,19 @@ def distributed_gaussian(
 def integers_of(weighted: npt.NDArray[np.float32], weight: float, frac_bits: int) -> npt.NDArray[np.int64]:
     """The integer share back from ``flatten(update) * weight`` (how the agent hands it to a mode).
 
-    Refuses (``ConfigError``) unless multiplying the recovered share by ``weight`` again gives the very
-    same float32 vector, so a rounding slip can never change what is masked.
+    Refuses (``ConfigError``) unless multiplying the recovered share by ``weight`` again, in the same
+    dtype, gives the very same vector, so a rounding slip can never change what is masked.
     """
     w = float(weight)
     if not (math.isfinite(w) and w > 0):
         raise ConfigError(f"distributed_gaussian: cannot recover the share from weight {weight!r}")
-    k = np.rint(np.asarray(weighted, dtype=np.float64) / w * 2.0**frac_bits).astype(np.int64)
-    again = (k.astype(np.float64) * 2.0**-frac_bits).astype(np.float32) * w
-    if not np.array_equal(again.astype(np.float32), np.asarray(weighted, dtype=np.float32)):
+    given = np.asarray(weighted)
+    if given.dtype not in (np.float32, np.float64):
+        raise ConfigError(f"distributed_gaussian: cannot recover the share from {given.dtype} values")
+    k = np.rint(given.astype(np.float64) / w * 2.0**frac_bits).astype(np.int64)
+    # the agent's product, redone in the agent's dtype (float64 from BundleSpec.flatten): equal bit
+    # for bit, or the share was not recovered exactly
+    again = (k.astype(np.float64) * 2.0**-frac_bits).astype(given.dtype) * given.dtype.type(w)
+    if not np.array_equal(again, given):
         raise ConfigError("distributed_gaussian: the weighted update is not an integer share")
     return k

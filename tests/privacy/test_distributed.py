@@ -99,14 +99,17 @@ def test_the_filter_outputs_an_exact_share_the_mask_mode_recovers() -> None:
     flat = np.concatenate([out["w"].ravel(), out["b"]])
     k = flat.astype(np.float64) * 2**16
     assert np.array_equal(k, np.rint(k))  # integers in units of 2^-16
-    for weight in (1.0, 0.37, 1 / 3, 1e-3):
-        weighted = flat * weight  # exactly what the agent hands the mode
-        assert np.array_equal(D.integers_of(weighted, weight, 16), k.astype(np.int64))
+    for weight in (1.0, 0.37, 1 / 3, 1e-3, 117 / 463):
+        # the agent hands the mode BundleSpec.flatten (float64) times the weight; float32 too
+        for weighted in (flat.astype(np.float64) * weight, flat * weight):
+            assert np.array_equal(D.integers_of(weighted, weight, 16), k.astype(np.int64))
 
 
 def test_integers_of_refuses_what_is_not_a_share() -> None:
     with pytest.raises(ConfigError):
         D.integers_of(np.array([0.1234567], np.float32) * 0.3, 0.3, 16)
+    with pytest.raises(ConfigError):
+        D.integers_of(np.array([0.1234567]) * 0.3, 0.3, 16)
     with pytest.raises(ConfigError):
         D.integers_of(np.zeros(3, np.float32), 0.0, 16)
 
