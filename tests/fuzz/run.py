@@ -58,7 +58,10 @@ def _signature(exc: BaseException) -> str:
     return f"{type(exc).__name__} at {where}"
 
 
-def run_target(t: Target, execs: int, max_seconds: float, seed: int, out: Path, max_rss: int) -> dict:
+def run_target(
+    t: Target, execs: int, max_seconds: float, seed: int, out: Path, max_rss: int, keep_current: bool = False
+) -> dict:
+    current = out / f"current-{t.name}.bin" if keep_current else None
     seeds = [bytes(s) for s in t.seeds()]
     rng = random.Random(f"{seed}:{t.name}")
     proc = psutil.Process()
@@ -71,6 +74,8 @@ def run_target(t: Target, execs: int, max_seconds: float, seed: int, out: Path, 
         # each seed as is first, then mutations
         data = seeds[n] if n < len(seeds) else t.generate(seeds, rng)
         n += 1
+        if current is not None:  # survives a crash of the process itself (an abort in native code)
+            current.write_bytes(data)
         signal.setitimer(signal.ITIMER_REAL, 2 * t.time_bound)
         try:
             t.check(data)
@@ -128,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=18)
     ap.add_argument("--max-rss-mib", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=Path("fuzz-out"))
+    ap.add_argument(
+        "--keep-current", action="store_true", help="write each input to OUT/current-<target>.bin first"
+    )
     args = ap.parse_args(argv)
     targets = all_targets()
     if args.targets:
@@ -138,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for t in targets:
-        row = run_target(t, args.execs, args.max_seconds, args.seed, args.out, args.max_rss_mib << 20)
+        row = run_target(
+            t, args.execs, args.max_seconds, args.seed, args.out, args.max_rss_mib << 20, args.keep_current
+        )
         rows.append(row)
         print(
             f"{t.name}: {row['executions']:,} executions, {row['crashes']} crashes, {row['wall_s']} s "
