@@ -111,6 +111,17 @@ class Reason(StrEnum):
     NOT_ADMIN = ("not_admin", PERMISSION_DENIED, "the certificate's role is not an admin role")
     SIGNER_ROLE = ("signer_role", FAILED_PRECONDITION, "the job is not signed by a role that may submit")
 
+    # ---- YAML files the project reads (secagg.safeyaml)
+    YAML_INVALID = ("yaml_invalid", FAILED_PRECONDITION, "a YAML file that does not parse or is not UTF-8")
+    YAML_ALIAS = ("yaml_alias", FAILED_PRECONDITION, "YAML anchors, aliases or merge keys (not allowed)")
+    YAML_DUPLICATE_KEY = ("yaml_duplicate_key", FAILED_PRECONDITION, "a YAML mapping repeats a key")
+    YAML_TOO_DEEP = ("yaml_too_deep", FAILED_PRECONDITION, "YAML nested too deep or too many nodes")
+    YAML_TYPE = ("yaml_type", FAILED_PRECONDITION, "a YAML tag or key type outside plain JSON data")
+    YAML_NUMBER = ("yaml_number", FAILED_PRECONDITION, "a YAML number spelling YAML 1.1 reads otherwise")
+    FILE_TOO_LARGE = ("file_too_large", FAILED_PRECONDITION, "a configuration file over its size limit")
+    NOT_A_FILE = ("not_a_file", FAILED_PRECONDITION, "a directory, pipe, device or socket given as a file")
+    FILE_MISSING = ("file_missing", FAILED_PRECONDITION, "a configuration file that does not exist")
+    JOB_SPEC_INVALID = ("job_spec_invalid", FAILED_PRECONDITION, "job.yaml has a setting out of its range")
     # ---- jobs
     JOB_REJECTED = ("job_rejected", FAILED_PRECONDITION, "the job package failed verification")
     SIGSTORE_REJECTED = ("sigstore_rejected", FAILED_PRECONDITION, "the sigstore bundle failed verification")

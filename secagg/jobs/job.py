@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from cryptography import x509
 from pydantic import ValidationError
 
+from secagg import safeyaml
 from secagg.errors import ConfigError
 from secagg.jobs.errors import JobRejected
 from secagg.jobs.keyless import BundleRejected, SigstoreIdentity, verify_bundle
@@ -24,7 +24,8 @@ from secagg.jobs.manifest import MANIFEST, SIGNATURE, SIGSTORE_BUNDLE, Manifest,
 from secagg.jobs.package import DEFAULT_MAX_BYTES, PackageView, TarView, copy_files, extract, scan, scan_dir
 from secagg.jobs.signer import SignerInfo
 from secagg.jobs.signing import verify_signature
-from secagg.jobs.spec import JobSpec
+from secagg.jobs.spec import JobSpec, spec_problem
+from secagg.reasons import Reason
 
 JOB_FILE = "job.yaml"
 
@@ -53,18 +54,28 @@ class VerifiedJob(Job):
         return self.signers[0]
 
 
+#: a job.yaml is a page of settings; anything larger is refused before it is parsed
+JOB_YAML_MAX_BYTES = safeyaml.MAX_BYTES
+
+
+class JobSpecError(ConfigError):
+    """``job.yaml`` parsed but a setting is missing, of the wrong type or out of its range."""
+
+    code = Reason.JOB_SPEC_INVALID
+
+
 def parse_spec(data: bytes, source: str = JOB_FILE) -> JobSpec:
-    try:
-        raw = yaml.safe_load(data)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({exc})") from None
+    """``job.yaml`` through :mod:`secagg.safeyaml` (no aliases, no repeated keys, bounded) and the
+    :class:`JobSpec` ranges; each problem is named by its field, the message bounded in length."""
+    raw = safeyaml.load(data, source, JOB_YAML_MAX_BYTES)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of settings")
+        raise JobSpecError(f"{source}: expected a mapping of settings")
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+        problems = [spec_problem(e) for e in exc.errors()[:5]]
+        more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+        raise JobSpecError(f"{source}: " + "; ".join(problems) + more) from None
 
 
 def load_job(path: Path | str, max_bytes: int = DEFAULT_MAX_BYTES) -> Job:

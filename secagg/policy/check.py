@@ -21,11 +21,13 @@ import jsonschema
 import yaml
 from pydantic import ValidationError
 
+from secagg import safeyaml
 from secagg.errors import ConfigError
 from secagg.jobs.filters import AnyFilter
 from secagg.modes import ATTESTED
 from secagg.policy.decide import SIZE_DEPENDENT, worst_case_spend
 from secagg.policy.model import SitePolicy
+from secagg.reasons import Reason
 
 Path_ = tuple[str | int, ...]
 
@@ -294,29 +296,35 @@ def _semantic(policy: SitePolicy) -> list[tuple[Path_, str, str]]:
     return out
 
 
-def _parse(text: str) -> tuple[Any, _Lines, list[PolicyIssue]]:
+#: a policy is a page of rules; a bigger file is refused before it is read
+MAX_POLICY_BYTES = safeyaml.MAX_BYTES
+#: refusals that are authoring mistakes, reported as issues with their line like any other
+_AS_ISSUES = frozenset({Reason.YAML_INVALID, Reason.YAML_NUMBER})
+
+
+def _parse(text: str | bytes, source: str = "policy") -> tuple[Any, _Lines, list[PolicyIssue]]:
+    """The document, its line map and its repeated keys (each an issue). A document that is hostile
+    rather than mistaken (aliases, too deep, too large, odd tags) raises :class:`SafeYamlError`."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        return (
-            None,
-            _Lines(None),
-            [PolicyIssue(line, "", f"not valid YAML: {problem}", "check indentation and quoting")],
+        parsed = safeyaml.parse(text, source, MAX_POLICY_BYTES)
+    except safeyaml.SafeYamlError as exc:
+        if exc.code not in _AS_ISSUES:
+            raise
+        hint = (
+            "check indentation and quoting" if exc.code == Reason.YAML_INVALID else "see policies/README.md"
         )
-    lines = _Lines(root)
+        problem = exc.problem.removeprefix(f"{source}:{exc.line}: ").removeprefix(f"{source}: ")
+        return None, _Lines(None), [PolicyIssue(max(exc.line, 1), "", problem, hint)]
+    lines = _Lines(parsed.root)
     issues = [
         PolicyIssue(line, _dotted(p), "key appears twice (the second would silently win)", "keep one")
         for p, line in lines.duplicates
     ]
-    return data, lines, issues
+    return parsed.data, lines, issues
 
 
-def check_policy_text(text: str) -> tuple[SitePolicy | None, list[PolicyIssue]]:
-    data, lines, issues = _parse(text)
+def check_policy_text(text: str, source: str = "policy") -> tuple[SitePolicy | None, list[PolicyIssue]]:
+    data, lines, issues = _parse(text, source)
     if data is None:
         return None, issues or [PolicyIssue(1, "", "the policy is empty", "start with version: 1")]
     validator = jsonschema.Draft202012Validator(schema())
@@ -336,12 +344,12 @@ def check_policy_text(text: str) -> tuple[SitePolicy | None, list[PolicyIssue]]:
 
 def check_policy_file(path: Path | str) -> list[PolicyIssue]:
     """Every schema and semantic problem of a policy file; empty means it is usable."""
-    return check_policy_text(_read(Path(path)))[1]
+    return check_policy_text(_read(Path(path)), str(path))[1]
 
 
 def load_policy(path: Path | str) -> SitePolicy:
     path = Path(path)
-    policy, issues = check_policy_text(_read(path))
+    policy, issues = check_policy_text(_read(path), str(path))
     if policy is None:
         shown = "; ".join(i.format(str(path)) for i in issues[:5])
         more = f" (and {len(issues) - 5} more; run secagg policy check)" if len(issues) > 5 else ""
@@ -350,7 +358,10 @@ def load_policy(path: Path | str) -> SitePolicy:
 
 
 def _read(path: Path) -> str:
+    """The policy's text: a regular file of at most :data:`MAX_POLICY_BYTES`, else the specific
+    refusal (no such file, a directory, FIFO or device, too large, not UTF-8)."""
+    data = safeyaml.read_file(path, MAX_POLICY_BYTES, what="policy file")
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read policy {path}: {exc}") from None
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise safeyaml.SafeYamlError(f"{path}: not UTF-8 text (byte {exc.start})") from None

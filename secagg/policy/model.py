@@ -15,7 +15,7 @@ from attestation.options import ValidationOptions
 from secagg.jobs.filters import FilterSpec
 from secagg.jobs.keyless import SigstoreIdentity
 from secagg.jobs.package import DEFAULT_MAX_BYTES
-from secagg.jobs.spec import Mode
+from secagg.jobs.spec import MAX_SAFE_INT, Mode
 
 AttestationType = Literal["sev-snp", "tdx", "dev-tee"]
 
@@ -39,8 +39,9 @@ class Signers(_Strict):
 
 
 class Budget(_Strict):
-    epsilon: float = Field(gt=0)
-    delta: float = Field(ge=0, lt=1)
+    #: finite: an infinite budget would admit every job (the ledger refuses it too)
+    epsilon: float = Field(gt=0, allow_inf_nan=False)
+    delta: float = Field(ge=0, lt=1, allow_inf_nan=False)
 
 
 class Privacy(_Strict):
@@ -69,13 +70,13 @@ class Attestation(_Strict):
     min_tcb: MinTcb | None = None
     min_tee_tcb_svn: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{32}$")
     debug_allowed: bool = False
-    max_age_s: int = Field(default=300, ge=1)
+    max_age_s: int = Field(default=300, ge=1, le=MAX_SAFE_INT)
     allow_insecure_dev_tee: bool = False
     # SEV-SNP only
     vmpl: int | None = Field(default=None, ge=0, le=3)
     host_data: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{2,64}$")
     id_key_digests: list[Annotated[str, Field(pattern=_HEX48)]] | None = None
-    min_guest_svn: int | None = Field(default=None, ge=0)
+    min_guest_svn: int | None = Field(default=None, ge=0, le=2**32 - 1)
     signing_key: Literal["vcek", "vlek"] | None = None
     # TDX only
     mr_seam: list[Annotated[str, Field(pattern=_HEX48)]] | None = None
@@ -94,10 +95,10 @@ class Attestation(_Strict):
 
 
 class Limits(_Strict):
-    max_package_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1)
-    max_rounds: int | None = Field(default=None, ge=1)
-    min_sites_per_round: int = Field(default=1, ge=1)
-    mask_min_threshold: int = Field(default=2, ge=2)
+    max_package_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1, le=MAX_SAFE_INT)
+    max_rounds: int | None = Field(default=None, ge=1, le=MAX_SAFE_INT)
+    min_sites_per_round: int = Field(default=1, ge=1, le=MAX_SAFE_INT)
+    mask_min_threshold: int = Field(default=2, ge=2, le=MAX_SAFE_INT)
     #: the smallest share of a round's total weight any other site may hold, so that this site's
     #: update cannot dominate a sum that is meant to hide it
     min_weight_share: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)
@@ -106,12 +107,12 @@ class Limits(_Strict):
 class SandboxSettings(_Strict):
     """How the job's training worker is confined (``secagg.agent.sandbox``); null means no limit."""
 
-    memory_bytes: int | None = Field(default=8 * 2**30, ge=64 * 2**20)
+    memory_bytes: int | None = Field(default=8 * 2**30, ge=64 * 2**20, le=MAX_SAFE_INT)
     #: tasks: processes *and threads* (torch starts one per core)
-    processes: int | None = Field(default=256, ge=1)
-    open_files: int | None = Field(default=1024, ge=16)
-    file_size_bytes: int | None = Field(default=4 * 2**30, ge=1)
-    cpu_seconds: int | None = Field(default=86400, ge=1)
+    processes: int | None = Field(default=256, ge=1, le=MAX_SAFE_INT)
+    open_files: int | None = Field(default=1024, ge=16, le=MAX_SAFE_INT)
+    file_size_bytes: int | None = Field(default=4 * 2**30, ge=1, le=MAX_SAFE_INT)
+    cpu_seconds: int | None = Field(default=86400, ge=1, le=MAX_SAFE_INT)
     #: refuse the job where a fresh network namespace cannot be made (else it is applied where it can)
     require_netns: bool = False
     #: let the worker use the NVIDIA devices (/dev/nvidia*, read-write with ioctl)

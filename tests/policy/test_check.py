@@ -146,7 +146,7 @@ def test_load_policy_raises_config_error(tmp_path: Path) -> None:
     p.write_text(BAD)
     with pytest.raises(ConfigError, match=r"p.yaml:1: version"):
         load_policy(p)
-    with pytest.raises(ConfigError, match="cannot read policy"):
+    with pytest.raises(ConfigError, match="missing.yaml: no such policy file"):
         load_policy(tmp_path / "missing.yaml")
 
 
