@@ -76,14 +76,18 @@ class BundleSpec:
 
     def check(self, bundle: Mapping[str, np.ndarray]) -> None:
         """Refuse a bundle that does not match this spec exactly, naming every difference."""
+        self.check_shapes({n: tuple(a.shape) for n, a in bundle.items()})
+        for t in self.tensors:
+            if not np.all(np.isfinite(bundle[t.name])):
+                raise UpdateRejected(f"tensor {t.name} contains NaN or Inf", code="non_finite")
+
+    def check_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Refuse tensor names and shapes (in the order given) that differ from this spec, naming every
+        difference; shared by a bundle in memory and one read from its safetensors header."""
         want = {t.name: t.shape for t in self.tensors}
-        missing = [n for n in want if n not in bundle]
-        extra = [n for n in bundle if n not in want]
-        wrong = [
-            f"{n} {tuple(bundle[n].shape)} != {want[n]}"
-            for n in want
-            if n in bundle and tuple(bundle[n].shape) != want[n]
-        ]
+        missing = [n for n in want if n not in shapes]
+        extra = [n for n in shapes if n not in want]
+        wrong = [f"{n} {shapes[n]} != {want[n]}" for n in want if n in shapes and shapes[n] != want[n]]
         problems = []
         if missing:
             problems.append(f"missing tensors: {', '.join(missing)}")
@@ -93,9 +97,6 @@ class BundleSpec:
             problems.append(f"wrong shapes: {'; '.join(wrong)}")
         if problems:
             raise UpdateRejected("; ".join(problems), code="bad_shape")
-        for n in want:
-            if not np.all(np.isfinite(bundle[n])):
-                raise UpdateRejected(f"tensor {n} contains NaN or Inf", code="non_finite")
 
     def flatten(self, bundle: Mapping[str, np.ndarray]) -> np.ndarray:
         """All tensors concatenated in bundle order, float64 (the slot stream's input)."""

@@ -217,23 +217,7 @@ class Layout:
 
     def check(self, spec: BundleSpec) -> None:
         """Refuse a layout whose names or shapes differ from the spec (as :meth:`BundleSpec.check`)."""
-        want = {t.name: t.shape for t in spec.tensors}
-        missing = [n for n in want if n not in self.entries]
-        extra = [n for n in self.order if n not in want]
-        wrong = [
-            f"{n} {self.entries[n].shape} != {want[n]}"
-            for n in want
-            if n in self.entries and self.entries[n].shape != want[n]
-        ]
-        problems = []
-        if missing:
-            problems.append(f"missing tensors: {', '.join(missing)}")
-        if extra:
-            problems.append(f"unexpected tensors: {', '.join(extra)}")
-        if wrong:
-            problems.append(f"wrong shapes: {'; '.join(wrong)}")
-        if problems:
-            raise UpdateRejected("; ".join(problems), code=Reason.BAD_SHAPE)
+        spec.check_shapes({n: tuple(self.entries[n].shape) for n in self.order})
 
 
 def _entry(name: str, info: object, base: int) -> Entry:
