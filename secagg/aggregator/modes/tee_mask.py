@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from secagg.aggregator.modes import ModeContext
 from secagg.aggregator.modes.mask import MaskMode
 from secagg.aggregator.modes.tee import TeeMode
 from secagg.aggregator.rounds import Phase, RoundRun, Signal
@@ -34,13 +33,11 @@ MAX_MESSAGE = 16 * 1024 * 1024
 
 
 class TeeMaskMode(TeeMode, MaskMode):
-    """``MaskMode``'s phases with ``TeeMode``'s enclave at both ends of every message."""
+    """``MaskMode``'s phases with ``TeeMode``'s enclave at both ends of every message (``TeeMode``'s
+    constructor refuses an aggregator without an enclave)."""
 
     name = "tee-mask"
     sees_model = True  # the average, inside the enclave; never a single site's update
-
-    def __init__(self, ctx: ModeContext) -> None:
-        super().__init__(ctx)  # TeeMode refuses an aggregator without an enclave
 
     def post(self, site: str, topic: str, round_: RoundRun, payload: bytes) -> None:
         opened = self._open(payload, site, round_, purpose(topic, round_.attempt), MAX_MESSAGE)
