@@ -20,6 +20,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from secagg.errors import ConfigError, UpdateRejected
+from secagg.reasons import Reason
 
 Bundle = "OrderedDict[str, np.ndarray]"
 
@@ -79,7 +80,7 @@ class BundleSpec:
         self.check_shapes({n: tuple(a.shape) for n, a in bundle.items()})
         for t in self.tensors:
             if not np.all(np.isfinite(bundle[t.name])):
-                raise UpdateRejected(f"tensor {t.name} contains NaN or Inf", code="non_finite")
+                raise UpdateRejected(f"tensor {t.name} contains NaN or Inf", code=Reason.NON_FINITE)
 
     def check_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
         """Refuse tensor names and shapes (in the order given) that differ from this spec, naming every
@@ -96,7 +97,7 @@ class BundleSpec:
         if wrong:
             problems.append(f"wrong shapes: {'; '.join(wrong)}")
         if problems:
-            raise UpdateRejected("; ".join(problems), code="bad_shape")
+            raise UpdateRejected("; ".join(problems), code=Reason.BAD_SHAPE)
 
     def flatten(self, bundle: Mapping[str, np.ndarray]) -> np.ndarray:
         """All tensors concatenated in bundle order, float64 (the slot stream's input)."""
@@ -110,7 +111,9 @@ class BundleSpec:
 
     def unflatten(self, vec: np.ndarray, dtype: type = np.float32) -> OrderedDict[str, np.ndarray]:
         if vec.shape != (self.size,):
-            raise UpdateRejected(f"flat vector has {vec.size} values, spec has {self.size}", code="bad_shape")
+            raise UpdateRejected(
+                f"flat vector has {vec.size} values, spec has {self.size}", code=Reason.BAD_SHAPE
+            )
         out: OrderedDict[str, np.ndarray] = OrderedDict()
         pos = 0
         for t in self.tensors:
@@ -132,22 +135,22 @@ def from_safetensors(data: bytes) -> OrderedDict[str, np.ndarray]:
         header_len = struct.unpack("<Q", data[:8])[0]
         header = json.loads(data[8 : 8 + header_len])
     except Exception as exc:  # safetensors raises its own error types for malformed input
-        raise UpdateRejected(f"not a valid safetensors bundle: {exc}", code="malformed") from None
+        raise UpdateRejected(f"not a valid safetensors bundle: {exc}", code=Reason.MALFORMED) from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict | None):
-        raise UpdateRejected("safetensors metadata is not an object", code="malformed")
+        raise UpdateRejected("safetensors metadata is not an object", code=Reason.MALFORMED)
     order: object = sorted(tensors)
     if meta and "order" in meta:
         try:
             order = json.loads(meta["order"])
         except (TypeError, ValueError, RecursionError):
-            raise UpdateRejected("safetensors order metadata is not JSON", code="malformed") from None
+            raise UpdateRejected("safetensors order metadata is not JSON", code=Reason.MALFORMED) from None
     if (
         not isinstance(order, list)
         or not all(isinstance(n, str) for n in order)
         or sorted(order) != sorted(tensors)
     ):
-        raise UpdateRejected("safetensors order metadata does not match its tensors", code="malformed")
+        raise UpdateRejected("safetensors order metadata does not match its tensors", code=Reason.MALFORMED)
     return OrderedDict((n, tensors[n]) for n in order)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from secagg.errors import UpdateRejected
+from secagg.reasons import Reason
 
 _LEN = struct.Struct(">I")
 MAX_RECORD = 64 * 1024 * 1024
@@ -27,13 +28,13 @@ def unframe(fh: BinaryIO) -> Iterator[bytes]:
         if not head:
             return
         if len(head) != 4:
-            raise UpdateRejected("record stream cut inside a length prefix", code="truncated")
+            raise UpdateRejected("record stream cut inside a length prefix", code=Reason.TRUNCATED)
         (n,) = _LEN.unpack(head)
         if n == 0 or n > MAX_RECORD:
-            raise UpdateRejected(f"record length {n} out of range", code="malformed")
+            raise UpdateRejected(f"record length {n} out of range", code=Reason.MALFORMED)
         rec = fh.read(n)
         if len(rec) != n:
-            raise UpdateRejected("record stream cut inside a record", code="truncated")
+            raise UpdateRejected("record stream cut inside a record", code=Reason.TRUNCATED)
         yield rec
 
 
@@ -45,14 +46,14 @@ def count_records(fh: BinaryIO) -> int:
         if not head:
             return count
         if len(head) != 4:
-            raise UpdateRejected("record stream cut inside a length prefix", code="truncated")
+            raise UpdateRejected("record stream cut inside a length prefix", code=Reason.TRUNCATED)
         (n,) = _LEN.unpack(head)
         if n == 0 or n > MAX_RECORD:
-            raise UpdateRejected(f"record length {n} out of range", code="malformed")
+            raise UpdateRejected(f"record length {n} out of range", code=Reason.MALFORMED)
         pos = fh.tell()
         fh.seek(0, 2)
         end = fh.tell()
         if pos + n > end:
-            raise UpdateRejected("record stream cut inside a record", code="truncated")
+            raise UpdateRejected("record stream cut inside a record", code=Reason.TRUNCATED)
         fh.seek(pos + n)
         count += 1

@@ -63,6 +63,7 @@ class Reason(StrEnum):
     POLICY = ("policy", FAILED_PRECONDITION, "a site policy said no")
     UPDATE_REJECTED = ("update_rejected", FAILED_PRECONDITION, "the aggregator refuses a site's update")
     UNAVAILABLE = ("unavailable", "UNAVAILABLE", "the aggregator cannot be reached")
+    ADMIN = ("admin", FAILED_PRECONDITION, "the aggregator failed an admin command and named no reason")
     UNHEALTHY = ("unhealthy", FAILED_PRECONDITION, "a health check failed")
     DEMO_FAILED = ("demo_failed", FAILED_PRECONDITION, "the demo federation did not finish")
     SIMULATION_FAILED = ("simulation_failed", FAILED_PRECONDITION, "the simulated federation did not finish")

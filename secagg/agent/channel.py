@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from secagg.errors import SecaggError
+from secagg.reasons import Reason
 
 #: the largest header either end accepts or sends
 MAX_HEADER = 1 << 20
@@ -43,31 +44,31 @@ _PAYLOAD_LEN = struct.Struct(">Q")
 class ChannelError(SecaggError):
     """The channel cannot carry on: the peer broke the frame format, went away or timed out."""
 
-    code = "channel_error"
+    code: str = Reason.CHANNEL_ERROR
 
 
 class ChannelClosed(ChannelError):
     """The peer closed its end at a frame boundary (or the channel was closed here)."""
 
-    code = "channel_closed"
+    code: str = Reason.CHANNEL_CLOSED
 
 
 class MalformedFrame(ChannelError):
     """Bytes that are not a frame: truncated, or a header that is not a UTF-8 JSON object."""
 
-    code = "malformed_frame"
+    code: str = Reason.MALFORMED_FRAME
 
 
 class FrameTooLarge(MalformedFrame):
     """A header or payload length over the cap; refused before anything of that size is read."""
 
-    code = "frame_too_large"
+    code: str = Reason.FRAME_TOO_LARGE
 
 
 class ChannelTimeout(ChannelError):
     """No complete frame within the time allowed."""
 
-    code = "channel_timeout"
+    code: str = Reason.CHANNEL_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -201,4 +202,3 @@ def socketpair(*, max_payload: int = 0) -> tuple[Channel, socket.socket]:
     """A new channel for the agent and the raw socket to hand to the worker (then close it here)."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     return Channel(mine, max_payload=max_payload), theirs
-

@@ -30,7 +30,7 @@ MAX_REPLY_BYTES = 64 << 30
 class AdminError(SecaggError):
     """The aggregator refused or failed an admin command; ``code`` is the aggregator's reason code."""
 
-    def __init__(self, message: str, code: str = "admin") -> None:
+    def __init__(self, message: str, code: str = Reason.ADMIN) -> None:
         super().__init__(message)
         self.code = code
 
@@ -50,7 +50,8 @@ def _error(exc: grpc.RpcError, target: str) -> AdminError:
         return AdminError(message if sep and code == sent else details, code=sent)
     if sep and code.isidentifier():
         return AdminError(message, code=code)
-    return AdminError(details, code=status.name.lower() if status is not None else "admin")
+    named = reasons.lookup(status.name.lower()) if status is not None else None
+    return AdminError(details, code=named or Reason.ADMIN)
 
 
 class _Flushing:

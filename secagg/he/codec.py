@@ -35,6 +35,7 @@ from secagg.errors import ConfigError, UpdateRejected
 from secagg.he import sealio
 from secagg.he.context import CONTEXT_ID_BYTES, PublicContext, SecretContext
 from secagg.he.params import CkksParams
+from secagg.reasons import Reason
 
 FRAME_MAGIC = b"SAHC"
 FRAME_VERSION = 2
@@ -59,18 +60,18 @@ def _frame(context_id: bytes, index: int, blob: bytes) -> bytes:
 
 def _unframe(data: bytes, context_id: bytes, params: CkksParams) -> tuple[int, memoryview]:
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise UpdateRejected("HE ciphertext must be bytes", code="bad_ciphertext")
+        raise UpdateRejected("HE ciphertext must be bytes", code=Reason.BAD_CIPHERTEXT)
     if len(data) < _FRAME.size or len(data) > max_frame_bytes(params):
         raise UpdateRejected(
-            f"HE ciphertext frame has an impossible size: {len(data)} bytes", code="bad_ciphertext"
+            f"HE ciphertext frame has an impossible size: {len(data)} bytes", code=Reason.BAD_CIPHERTEXT
         )
     magic, version, cid, index = _FRAME.unpack_from(data)
     if magic != FRAME_MAGIC or version != FRAME_VERSION:
-        raise UpdateRejected("not a secagg HE ciphertext frame", code="bad_ciphertext")
+        raise UpdateRejected("not a secagg HE ciphertext frame", code=Reason.BAD_CIPHERTEXT)
     if cid != context_id:
         raise UpdateRejected(
             f"HE ciphertext was made under another key (context {cid.hex()}, expected {context_id.hex()})",
-            code="wrong_context",
+            code=Reason.WRONG_CONTEXT,
         )
     return index, memoryview(data)[_FRAME.size :]
 
@@ -126,7 +127,8 @@ def _load_ciphertext(tools: _Seal, blob: memoryview) -> sealapi.Ciphertext:
         ct = sealio.load_ciphertext(tools.context, blob)
     except Exception as exc:  # SEAL raises bare ValueError/RuntimeError on any bad input
         raise UpdateRejected(
-            f"HE ciphertext does not parse under this context: {type(exc).__name__}", code="bad_ciphertext"
+            f"HE ciphertext does not parse under this context: {type(exc).__name__}",
+            code=Reason.BAD_CIPHERTEXT,
         ) from None
     ok = (
         ct.size() == 2
@@ -139,7 +141,7 @@ def _load_ciphertext(tools: _Seal, blob: memoryview) -> sealapi.Ciphertext:
     if not ok:
         raise UpdateRejected(
             "HE ciphertext is not a fresh encryption under these parameters (size, level or scale)",
-            code="bad_ciphertext",
+            code=Reason.BAD_CIPHERTEXT,
         )
     return ct
 
@@ -153,12 +155,12 @@ def encrypt_vector(ctx: SecretContext, vec: np.ndarray, weight: float) -> Iterat
     params = ctx.params
     arr = np.asarray(vec)
     if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.number):
-        raise UpdateRejected("HE update must be a non-empty flat numeric vector", code="bad_shape")
+        raise UpdateRejected("HE update must be a non-empty flat numeric vector", code=Reason.BAD_SHAPE)
     if np.iscomplexobj(arr):
-        raise UpdateRejected("HE update must be real", code="bad_shape")
+        raise UpdateRejected("HE update must be real", code=Reason.BAD_SHAPE)
     arr = arr.astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
-        raise UpdateRejected("HE update contains NaN or infinity", code="non_finite")
+        raise UpdateRejected("HE update contains NaN or infinity", code=Reason.NON_FINITE)
     if not (isinstance(weight, float | int) and math.isfinite(weight) and 0.0 < weight <= 1.0):
         raise UpdateRejected(f"HE weight must be a normalised weight in (0, 1], got {weight!r}", "bad_weight")
     peak = float(np.max(np.abs(arr)))
@@ -166,7 +168,7 @@ def encrypt_vector(ctx: SecretContext, vec: np.ndarray, weight: float) -> Iterat
         raise UpdateRejected(
             f"HE update has |value| {peak:.4g} above {params.max_abs_value:g}, the largest these CKKS "
             f"parameters ({params.describe()}) add without overflow",
-            code="out_of_range",
+            code=Reason.OUT_OF_RANGE,
         )
     scaled = arr * float(weight)
     return _encrypt_chunks(ctx, scaled)
@@ -198,7 +200,7 @@ def _parse_frame(ctx: PublicContext, tools: _Seal, index: int, data: bytes) -> s
     framed_index, blob = _unframe(data, ctx.context_id, ctx.params)
     if framed_index != index:
         raise UpdateRejected(
-            f"HE ciphertext frame says index {framed_index}, received as {index}", code="bad_index"
+            f"HE ciphertext frame says index {framed_index}, received as {index}", code=Reason.BAD_INDEX
         )
     return _load_ciphertext(tools, blob)
 
@@ -234,7 +236,8 @@ def sum_streams(
                 data = next(stream, None)
                 if data is None:
                     raise UpdateRejected(
-                        f"HE stream is incomplete: {index} of {n_ciphertexts} ciphertexts", code="incomplete"
+                        f"HE stream is incomplete: {index} of {n_ciphertexts} ciphertexts",
+                        code=Reason.INCOMPLETE,
                     )
                 ct = _parse_frame(ctx, tools, index, data)
             except UpdateRejected as exc:
@@ -318,12 +321,14 @@ class CiphertextAccumulator:
         if other is self:
             raise ConfigError("cannot merge an HE accumulator into itself")
         if other._ctx.context_id != self._ctx.context_id or other._n != self._n:
-            raise UpdateRejected("cannot merge HE sums of another context or length", code="wrong_context")
+            raise UpdateRejected(
+                "cannot merge HE sums of another context or length", code=Reason.WRONG_CONTEXT
+            )
         if other.contributions == 0:
             raise UpdateRejected(
                 f"HE stream is incomplete: {sum(1 for c in other._counts if c == 0)} of {other._n} "
                 "ciphertexts missing or counts uneven",
-                code="incomplete",
+                code=Reason.INCOMPLETE,
             )
         with self._lock, other._lock:
             for i, ct in enumerate(other._sums):
@@ -342,7 +347,7 @@ class CiphertextAccumulator:
         if self.contributions == 0:
             raise UpdateRejected(
                 f"HE sum is incomplete: counts {min(self._counts)}..{max(self._counts)}",
-                code="incomplete",
+                code=Reason.INCOMPLETE,
             )
         return self._result_frames()
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from secagg.errors import IntegrityError
+from secagg.reasons import Reason
 
 
 class JobRejected(IntegrityError):
     """A job package that failed verification; ``failures`` lists each reason, in the order found."""
 
-    code = "job_rejected"
+    code: str = Reason.JOB_REJECTED
 
     def __init__(self, failures: Sequence[str], *, subject: str = "job package") -> None:
         self.failures = list(failures)

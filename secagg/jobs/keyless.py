@@ -22,6 +22,7 @@ from sigstore.verify.policy import Identity
 
 from secagg.errors import ConfigError, IntegrityError
 from secagg.jobs.signer import SignerInfo
+from secagg.reasons import Reason
 
 Instance = Literal["production", "staging"]
 IN_TOTO = "application/vnd.in-toto+json"
@@ -36,7 +37,7 @@ class SigstoreIdentity:
 
 
 class BundleRejected(IntegrityError):
-    code = "sigstore_rejected"
+    code: str = Reason.SIGSTORE_REJECTED
 
 
 def trusted_root(instance: Instance = "production", path: Path | None = None) -> TrustedRoot:

@@ -38,6 +38,7 @@ from secagg.mask.messages import (
 from secagg.mask.prg import apply_masks
 from secagg.mask.quantize import quantize
 from secagg.provision.identity import verify_cert
+from secagg.reasons import Reason
 
 
 class _Phase(Enum):
@@ -219,7 +220,7 @@ class MaskClient:
         w = float(weight)
         if not (np.isfinite(w) and 0 <= w <= self.config.max_weight):
             raise UpdateRejected(
-                f"weight {weight!r} outside [0, max_weight={self.config.max_weight}]", code="bad_weight"
+                f"weight {weight!r} outside [0, max_weight={self.config.max_weight}]", code=Reason.BAD_WEIGHT
             )
         cfg = self.config
         # the weight rides as one more element, so it is masked like the update and only the

@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader
 from secagg.client import TrainingRefused
 from secagg.privacy.accounting import rdp_epsilon
 from secagg.privacy.spend import Spend
+from secagg.reasons import Reason
 
 _NOT_FROM_LOADER = (
     "an optimizer step used a batch that did not come from the training DataLoader; iterate a "
@@ -67,7 +68,7 @@ _NOT_FROM_LOADER = (
 class DpSgdRefused(TrainingRefused):
     """The training script did something DP-SGD cannot account for; the round must not be uploaded."""
 
-    code = "dpsgd_refused"
+    code: str = Reason.DPSGD_REFUSED
 
 
 @dataclass(frozen=True)

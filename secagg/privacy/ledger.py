@@ -28,6 +28,7 @@ from typing import Any
 from secagg.errors import ConfigError, PolicyRefusal
 from secagg.privacy.accounting import Composition, compose
 from secagg.privacy.spend import Spend
+from secagg.reasons import Reason
 
 FILENAME = "privacy-ledger.sqlite"
 SCHEMA_VERSION = "1"
@@ -78,7 +79,7 @@ class BudgetExhausted(PolicyRefusal):
     """The release would take the data set past its privacy budget; nothing was recorded."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="budget_exhausted")
+        super().__init__(message, code=Reason.BUDGET_EXHAUSTED)
 
 
 @dataclass(frozen=True)

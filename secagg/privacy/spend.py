@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.errors import ConfigError, UpdateRejected
+from secagg.reasons import Reason
 
 #: an update: local model minus global model, as ordered named float32 tensors
 Update = dict[str, npt.NDArray[np.float32]]
@@ -100,10 +101,10 @@ def as_update(update: Mapping[str, Any]) -> Update:
     for name, value in update.items():
         arr = np.asarray(value)
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise UpdateRejected(f"tensor {name!r} has non-numeric dtype {arr.dtype}", code="bad_update")
+            raise UpdateRejected(f"tensor {name!r} has non-numeric dtype {arr.dtype}", code=Reason.BAD_UPDATE)
         arr32 = np.array(arr, dtype=np.float32, copy=True)
         if not np.isfinite(arr32).all():
-            raise UpdateRejected(f"tensor {name!r} holds NaN or infinity", code="non_finite")
+            raise UpdateRejected(f"tensor {name!r} holds NaN or infinity", code=Reason.NON_FINITE)
         out[name] = arr32
     return out
 

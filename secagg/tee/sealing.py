@@ -32,6 +32,7 @@ import rfc8785
 from cryptography.exceptions import InvalidTag
 
 from secagg.errors import UpdateRejected
+from secagg.reasons import Reason
 from secagg.tee import suites
 
 MAX_CHUNK = 4 * 1024 * 1024
@@ -58,14 +59,16 @@ class ChunkHeader:
     @classmethod
     def from_bytes(cls, data: bytes) -> ChunkHeader:
         if len(data) < HEADER_SIZE:
-            raise UpdateRejected(f"sealed chunk too short: {len(data)} bytes", code="tee_chunk_malformed")
+            raise UpdateRejected(
+                f"sealed chunk too short: {len(data)} bytes", code=Reason.TEE_CHUNK_MALFORMED
+            )
         magic, version, code, upload, index, total = _HEADER.unpack_from(data)
         if magic != MAGIC or version != VERSION or code not in _SUITE_NAMES:
             raise UpdateRejected(
-                "not a sealed chunk of a known version and suite", code="tee_chunk_malformed"
+                "not a sealed chunk of a known version and suite", code=Reason.TEE_CHUNK_MALFORMED
             )
         if total < 1 or index >= total:
-            raise UpdateRejected(f"chunk index {index} outside 0..{total - 1}", code="tee_chunk_order")
+            raise UpdateRejected(f"chunk index {index} outside 0..{total - 1}", code=Reason.TEE_CHUNK_ORDER)
         return cls(_SUITE_NAMES[code], bytes(upload), index, total)
 
 
@@ -190,28 +193,28 @@ def open_chunks(
             if header.suite not in private_keys:
                 raise UpdateRejected(
                     f"sealed to suite {header.suite}, which this aggregator did not offer",
-                    code="tee_chunk_mixed",
+                    code=Reason.TEE_CHUNK_MIXED,
                 )
         elif (header.upload_id, header.suite, header.total) != (first.upload_id, first.suite, first.total):
-            raise UpdateRejected(f"chunk {expected} belongs to another upload", code="tee_chunk_mixed")
+            raise UpdateRejected(f"chunk {expected} belongs to another upload", code=Reason.TEE_CHUNK_MIXED)
         if header.index != expected:
             raise UpdateRejected(
                 f"expected chunk {expected} of {first.total}, got chunk {header.index} "
                 "(dropped, duplicated or reordered)",
-                code="tee_chunk_order",
+                code=Reason.TEE_CHUNK_ORDER,
             )
         info = suites.info(header.suite)
         body = memoryview(raw)[HEADER_SIZE:]
         if max_bytes is not None and opened + len(body) - info.enc_length - info.tag_length > max_bytes:
-            raise UpdateRejected(f"sealed update exceeds {max_bytes} bytes", code="tee_chunk_size")
+            raise UpdateRejected(f"sealed update exceeds {max_bytes} bytes", code=Reason.TEE_CHUNK_SIZE)
         out.append(_decrypt(raw, header, private_keys, ctx))
         opened += len(out[-1])
         expected += 1
     if first is None:
-        raise UpdateRejected("sealed update has no chunks", code="tee_chunk_truncated")
+        raise UpdateRejected("sealed update has no chunks", code=Reason.TEE_CHUNK_TRUNCATED)
     if expected != first.total:
         raise UpdateRejected(
-            f"sealed update truncated: {expected} of {first.total} chunks", code="tee_chunk_truncated"
+            f"sealed update truncated: {expected} of {first.total} chunks", code=Reason.TEE_CHUNK_TRUNCATED
         )
     return b"".join(out)
 
@@ -228,7 +231,7 @@ def _decrypt(
         raise UpdateRejected(
             f"chunk {header.index} does not open for job {ctx.job!r} round {ctx.round} site "
             f"{ctx.site!r} (tampered, or replayed from another site, round or key)",
-            code="tee_chunk_auth",
+            code=Reason.TEE_CHUNK_AUTH,
         ) from None
 
 
@@ -242,13 +245,14 @@ def open_chunk(
     header = ChunkHeader.from_bytes(raw)
     if header.suite not in private_keys:
         raise UpdateRejected(
-            f"sealed to suite {header.suite}, which this aggregator did not offer", code="tee_chunk_mixed"
+            f"sealed to suite {header.suite}, which this aggregator did not offer",
+            code=Reason.TEE_CHUNK_MIXED,
         )
     if (header.upload_id, header.suite, header.total) != (expect.upload_id, expect.suite, expect.total):
-        raise UpdateRejected(f"chunk {expect.index} belongs to another upload", code="tee_chunk_mixed")
+        raise UpdateRejected(f"chunk {expect.index} belongs to another upload", code=Reason.TEE_CHUNK_MIXED)
     if header.index != expect.index:
         raise UpdateRejected(
             f"expected chunk {expect.index} of {expect.total}, got chunk {header.index}",
-            code="tee_chunk_order",
+            code=Reason.TEE_CHUNK_ORDER,
         )
     return _decrypt(raw, header, private_keys, ctx)

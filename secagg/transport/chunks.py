@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 from secagg.errors import UpdateRejected
+from secagg.reasons import Reason
 from secagg.transport.generated import secagg_pb2 as pb
 
 MAX_CHUNK = 4 * 1024 * 1024
@@ -66,17 +67,17 @@ def read_header(chunks: Iterator[pb.Chunk]) -> dict[str, Any]:
     try:
         first = next(chunks)
     except StopIteration:
-        raise UpdateRejected("empty stream", code="truncated") from None
+        raise UpdateRejected("empty stream", code=Reason.TRUNCATED) from None
     if first.WhichOneof("part") != "header_json":
-        raise UpdateRejected("stream does not start with a header", code="malformed")
+        raise UpdateRejected("stream does not start with a header", code=Reason.MALFORMED)
     if len(first.header_json) > MAX_HEADER:
-        raise UpdateRejected(f"stream header over {MAX_HEADER} bytes", code="malformed")
+        raise UpdateRejected(f"stream header over {MAX_HEADER} bytes", code=Reason.MALFORMED)
     try:
         header = json.loads(first.header_json)
     except (ValueError, RecursionError):  # RecursionError: nested past the interpreter's stack
-        raise UpdateRejected("stream header is not JSON", code="malformed") from None
+        raise UpdateRejected("stream header is not JSON", code=Reason.MALFORMED) from None
     if not isinstance(header, dict):
-        raise UpdateRejected("stream header is not an object", code="malformed")
+        raise UpdateRejected("stream header is not an object", code=Reason.MALFORMED)
     return header
 
 
@@ -90,24 +91,24 @@ def copy_payload(
         part = chunk.WhichOneof("part")
         if part == "data":
             if len(chunk.data) > MAX_CHUNK:
-                raise UpdateRejected("chunk larger than 4 MiB", code="malformed")
+                raise UpdateRejected("chunk larger than 4 MiB", code=Reason.MALFORMED)
             total += len(chunk.data)
             if total > max_bytes:
-                raise UpdateRejected(f"payload exceeds the limit of {max_bytes} bytes", code="oversize")
+                raise UpdateRejected(f"payload exceeds the limit of {max_bytes} bytes", code=Reason.OVERSIZE)
             digest.update(chunk.data)
             sink.write(chunk.data)
         elif part == "trailer_sha256":
             # as bytes: compare_digest refuses str with non-ASCII characters (TypeError)
             if not hmac.compare_digest(chunk.trailer_sha256.encode(), digest.hexdigest().encode()):
-                raise UpdateRejected("payload digest does not match its trailer", code="corrupt")
+                raise UpdateRejected("payload digest does not match its trailer", code=Reason.CORRUPT)
             if expected_bytes is not None and total != expected_bytes:
                 raise UpdateRejected(
-                    f"payload has {total} bytes, header announced {expected_bytes}", code="truncated"
+                    f"payload has {total} bytes, header announced {expected_bytes}", code=Reason.TRUNCATED
                 )
             return total
         else:
-            raise UpdateRejected("second header inside a stream", code="malformed")
-    raise UpdateRejected("stream cut off before its trailer", code="truncated")
+            raise UpdateRejected("second header inside a stream", code=Reason.MALFORMED)
+    raise UpdateRejected("stream cut off before its trailer", code=Reason.TRUNCATED)
 
 
 def read_all(chunks: Iterator[pb.Chunk], *, max_bytes: int) -> tuple[dict[str, Any], bytes]:

@@ -89,14 +89,32 @@ def test_no_code_a_refusal_carries_is_missing_from_the_registry() -> None:
     assert not missing, f"add these codes to secagg/reasons.py: {missing}"
 
 
-def test_the_aggregator_names_no_code_inline() -> None:
-    for path in (ROOT / "aggregator").rglob("*.py"):
-        kw = {
-            node.value.value
-            for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.keyword) and node.arg == "code" and isinstance(node.value, ast.Constant)
-        }
-        assert not kw, (path, kw)
+def test_no_code_is_named_inline_anywhere() -> None:
+    """Every refusal names its code through the registry (``Reason.X``), so a renamed or retired code
+    is one edit and a typo fails at import, not in an operator's dashboard."""
+    inline = {}
+    for path in ROOT.rglob("*.py"):
+        if path.name == "reasons.py":
+            continue
+        found = _literal_codes(path)
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):  # annotated class attributes and parameter defaults too
+            if (
+                isinstance(node, ast.AnnAssign)
+                and getattr(node.target, "id", None) == "code"
+                and isinstance(node.value, ast.Constant)
+            ):
+                found.add(str(node.value.value))
+            if isinstance(node, ast.arguments):
+                names = [a.arg for a in node.args + node.kwonlyargs]
+                defaults = [None] * (len(node.args) - len(node.defaults)) + list(node.defaults)
+                defaults += list(node.kw_defaults)
+                for name, default in zip(names, defaults, strict=True):
+                    if name == "code" and isinstance(default, ast.Constant) and default.value is not None:
+                        found.add(str(default.value))
+        if found:
+            inline[str(path.relative_to(ROOT))] = sorted(found)
+    assert not inline, f"name these codes as Reason members: {inline}"
 
 
 class _Context:
