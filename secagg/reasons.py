@@ -89,6 +89,7 @@ class Reason(StrEnum):
     WRONG_CONTEXT = ("wrong_context", FAILED_PRECONDITION, "a ciphertext under another HE context")
     BAD_UPDATE = ("bad_update", FAILED_PRECONDITION, "an update that cannot be combined")
     BAD_INDEX = ("bad_index", FAILED_PRECONDITION, "a share or slot index that is not valid")
+    BAD_LENGTH = ("bad_length", FAILED_PRECONDITION, "a result stream with more parts than its model has")
     IDENTITY_MISMATCH = (
         "identity_mismatch",
         FAILED_PRECONDITION,
@@ -134,6 +135,11 @@ class Reason(StrEnum):
     TOO_FEW_SITES = ("too_few_sites", FAILED_PRECONDITION, "the job's min_sites is below the policy's")
     TOO_MANY_ROUNDS = ("too_many_rounds", FAILED_PRECONDITION, "the job has more rounds than allowed")
     MASK_SETTINGS_MISSING = ("mask_settings_missing", FAILED_PRECONDITION, "mask mode without settings")
+    PRIVACY_WEAKER = (
+        "privacy_weaker",
+        FAILED_PRECONDITION,
+        "the job asks for weaker privacy filter settings than the site requires",
+    )
     MASK_THRESHOLD_TOO_LOW = ("mask_threshold_too_low", FAILED_PRECONDITION, "mask threshold too low")
     DISTRIBUTED_DP_MODE = (
         "distributed_dp_mode",

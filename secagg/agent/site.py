@@ -31,7 +31,7 @@ from secagg.agent.worker import TrainingFailed
 from secagg.auditlog import AuditLog
 from secagg.bundle import BundleSpec, fingerprint, from_safetensors
 from secagg.errors import ConfigError, PolicyRefusal, SecaggError
-from secagg.events import Event
+from secagg.events import SITE_REFUSALS, Event
 from secagg.fsio import atomic_write
 from secagg.policy.model import SitePolicy
 from secagg.provision.kit import Kit
@@ -115,11 +115,11 @@ class SiteAgent:
     def _observe(self, record: dict[str, Any]) -> None:
         """Metrics follow the audit trail, so they can never say more than the audit log does."""
         event = record["event"]
-        if event == "uploaded":
+        if event == Event.UPLOADED:
             self.metrics.sent(self._mode, int(record.get("bytes") or 0))
             self.metrics.round_done(self._mode, time.monotonic() - self._round_started)
-        elif event in ("round_declined", "job_refused", "aggregator_refused"):
-            self.metrics.refused(str(record.get("code", "refused")))
+        elif event in SITE_REFUSALS:
+            self.metrics.refused(str(record.get("code", Reason.REFUSED)))
 
     def _observe_budget(self) -> None:
         ledger = self.releaser.ledger

@@ -49,6 +49,7 @@ from typing import Any
 from secagg.agent.channel import Channel, ChannelClosed
 from secagg.agent.worker_codes import WorkerError
 from secagg.errors import PolicyRefusal
+from secagg.reasons import Reason
 
 #: exit status of a worker whose task ended in an error frame
 FAILED = 1
@@ -214,7 +215,7 @@ def _run_script(script: Path, args: list[str], worker: _Worker) -> dict[str, Any
 
 def _dp_refusal(worker: _Worker) -> dict[str, Any] | None:
     reason = worker.dpsgd.refused()
-    return _refused("dpsgd_refused", reason) if reason else None
+    return _refused(Reason.DPSGD_REFUSED, reason) if reason else None
 
 
 def main(argv: list[str]) -> int:

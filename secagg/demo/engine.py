@@ -39,6 +39,7 @@ import numpy as np
 import yaml
 
 from secagg.errors import ConfigError, SecaggError
+from secagg.events import Event
 from secagg.jobs.spec import JobSpec
 from secagg.modes import NAMES, traits
 from secagg.reasons import Reason
@@ -454,12 +455,12 @@ class _Watch:
                     rec = json.loads(line)
                 except ValueError:
                     continue  # a line being written
-                if rec.get("event") in ("round_declined", "job_refused"):
+                if rec.get("event") in (Event.ROUND_DECLINED, Event.JOB_REFUSED):
                     raise self._explain(name, rec)
 
     def _explain(self, site: str, rec: dict[str, Any]) -> SecaggError:
         code, reason = str(rec.get("code", "")), str(rec.get("reason", ""))
-        if rec.get("event") == "job_refused":
+        if rec.get("event") == Event.JOB_REFUSED:
             return self.failed(f"{site} refused the job: {code}: {reason}")
         if not code.startswith("training_") and code != Reason.NO_UPDATE:
             return self.failed(f"{site} declined round {rec.get('round', '?')}: {code}: {reason}")

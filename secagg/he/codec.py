@@ -162,7 +162,9 @@ def encrypt_vector(ctx: SecretContext, vec: np.ndarray, weight: float) -> Iterat
     if not np.all(np.isfinite(arr)):
         raise UpdateRejected("HE update contains NaN or infinity", code=Reason.NON_FINITE)
     if not (isinstance(weight, float | int) and math.isfinite(weight) and 0.0 < weight <= 1.0):
-        raise UpdateRejected(f"HE weight must be a normalised weight in (0, 1], got {weight!r}", "bad_weight")
+        raise UpdateRejected(
+            f"HE weight must be a normalised weight in (0, 1], got {weight!r}", Reason.BAD_WEIGHT
+        )
     peak = float(np.max(np.abs(arr)))
     if peak > params.max_abs_value:
         raise UpdateRejected(
@@ -257,7 +259,7 @@ def sum_streams(
             raise StreamRejected(
                 k,
                 UpdateRejected(
-                    f"HE stream has more than the expected {n_ciphertexts} ciphertexts", "bad_length"
+                    f"HE stream has more than the expected {n_ciphertexts} ciphertexts", Reason.BAD_LENGTH
                 ),
             )
 
@@ -303,7 +305,9 @@ class CiphertextAccumulator:
 
     def add(self, index: int, data: bytes) -> None:
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self._n:
-            raise UpdateRejected(f"HE ciphertext index {index!r} is outside 0..{self._n - 1}", "bad_index")
+            raise UpdateRejected(
+                f"HE ciphertext index {index!r} is outside 0..{self._n - 1}", Reason.BAD_INDEX
+            )
         ct = _parse_frame(self._ctx, self._seal, index, data)
         with self._lock:
             current = self._sums[index]
@@ -370,14 +374,20 @@ def decrypt_vector(ctx: SecretContext, ciphertexts: Iterable[bytes], length: int
     received = 0
     for data in ciphertexts:
         if received >= expected:
-            raise UpdateRejected(f"HE result has more than the expected {expected} ciphertexts", "bad_length")
+            raise UpdateRejected(
+                f"HE result has more than the expected {expected} ciphertexts", Reason.BAD_LENGTH
+            )
         index, blob = _unframe(data, ctx.context_id, params)
         if index != received:
-            raise UpdateRejected(f"HE result ciphertext {received} arrived as index {index}", "bad_index")
+            raise UpdateRejected(
+                f"HE result ciphertext {received} arrived as index {index}", Reason.BAD_INDEX
+            )
         decryptor.decrypt(_load_ciphertext(tools, blob), plain)
         slots = np.array(tools.encoder.decode_complex(plain), dtype=np.complex128)
         out[received * per : (received + 1) * per] = slots.view(np.float64)
         received += 1
     if received != expected:
-        raise UpdateRejected(f"HE result is truncated: {received} of {expected} ciphertexts", "bad_length")
+        raise UpdateRejected(
+            f"HE result is truncated: {received} of {expected} ciphertexts", Reason.BAD_LENGTH
+        )
     return out[:length]

@@ -32,7 +32,7 @@ from secagg.privacy.specs import stronger_or_equal, worst_case_spends
 from secagg.privacy.spend import Spend
 from secagg.reasons import Reason as Code
 
-OK = "ok"
+OK = Code.OK
 
 #: filters whose privacy cost depends on how many entries the update has
 SIZE_DEPENDENT = frozenset({"svt", "distributed_gaussian"})
@@ -96,7 +96,9 @@ class Decision:
 
 def _signer_rule(policy: SitePolicy, signers: Sequence[SignerInfo]) -> Reason:
     if not signers:
-        return Reason("signer", False, "signer_unverified", "No verified signature: the signer is unknown.")
+        return Reason(
+            "signer", False, Code.SIGNER_UNVERIFIED, "No verified signature: the signer is unknown."
+        )
     for s in signers:
         if s.kind == "provisioned" and s.name in policy.signers.submitters and s.role in SUBMIT_ROLES:
             return Reason("signer", True, OK, f"Signed by {s.describe()}, a submitter this site trusts.")
@@ -105,7 +107,7 @@ def _signer_rule(policy: SitePolicy, signers: Sequence[SignerInfo]) -> Reason:
         ):
             return Reason("signer", True, OK, f"Signed by {s.describe()}, which this site trusts.")
     who = ", ".join(s.describe() for s in signers)
-    return Reason("signer", False, "signer_untrusted", f"Signed by {who}, whom this site does not trust.")
+    return Reason("signer", False, Code.SIGNER_UNTRUSTED, f"Signed by {who}, whom this site does not trust.")
 
 
 def _weaker_knobs(job_f: AnyFilter, site_f: AnyFilter) -> list[str]:
@@ -162,7 +164,7 @@ def _privacy_rules(policy: SitePolicy, job: JobSpec) -> tuple[list[Reason], list
                 Reason(
                     rule,
                     False,
-                    "privacy_weaker",
+                    Code.PRIVACY_WEAKER,
                     f"The job's {site_f.name} settings are "
                     f"weaker than this site allows: {'; '.join(problems)}.",
                 )
@@ -276,7 +278,7 @@ def _budget_rule(
         c = worst_case_spend(chain, job.rounds, n_params or 0, budget.delta)
     except ConfigError as exc:
         text = f"The job's worst-case privacy spend is not a finite number ({exc})."
-        return Reason("budget", False, "budget_exceeded", text), None, n_params
+        return Reason("budget", False, Code.BUDGET_EXCEEDED, text), None, n_params
     size = f" of a {n_params}-parameter update" if sized else ""
     spend = (
         f"worst-case privacy spend over {job.rounds} rounds{size}, epsilon {c.epsilon:.4g}, "
@@ -285,14 +287,14 @@ def _budget_rule(
     limit = f"the budget (epsilon {budget.epsilon}, delta {budget.delta})"
     if c.epsilon <= budget.epsilon and c.delta <= budget.delta:
         return Reason("budget", True, OK, f"The {spend} is within {limit}."), c, n_params
-    return Reason("budget", False, "budget_exceeded", f"The {spend} is more than {limit}."), c, n_params
+    return Reason("budget", False, Code.BUDGET_EXCEEDED, f"The {spend} is more than {limit}."), c, n_params
 
 
 def _size_unknown(names: Sequence[str], why: str) -> Reason:
     return Reason(
         "budget",
         False,
-        "model_size_unknown",
+        Code.MODEL_SIZE_UNKNOWN,
         f"The job uses {', '.join(sorted(set(names)))}, whose privacy cost grows with the number of "
         f"entries it shares, and the model's size is unknown ({why}); the budget cannot be checked.",
     )
@@ -318,7 +320,7 @@ def decide(
             Reason(
                 "mode",
                 False,
-                "mode_not_allowed",
+                Code.MODE_NOT_ALLOWED,
                 f"Mode {job.mode} is not allowed; this site accepts {', '.join(policy.modes)}.",
             )
         )
@@ -339,7 +341,7 @@ def decide(
             Reason(
                 "rounds",
                 False,
-                "too_many_rounds",
+                Code.TOO_MANY_ROUNDS,
                 f"{job.rounds} rounds is more than this site's limit of {lim.max_rounds}.",
             )
         )
@@ -357,7 +359,7 @@ def decide(
             Reason(
                 "min_sites",
                 False,
-                "too_few_sites",
+                Code.TOO_FEW_SITES,
                 f"The job would aggregate as few as "
                 f"{job.min_sites} sites; this site requires at least {lim.min_sites_per_round} "
                 "so its update is never combined with too few others.",
@@ -369,7 +371,7 @@ def decide(
                 Reason(
                     "mask",
                     False,
-                    "mask_settings_missing",
+                    Code.MASK_SETTINGS_MISSING,
                     "Mode mask without mask settings (threshold) in job.yaml.",
                 )
             )
@@ -378,7 +380,7 @@ def decide(
                 Reason(
                     "mask",
                     False,
-                    "mask_threshold_too_low",
+                    Code.MASK_THRESHOLD_TOO_LOW,
                     f"Mask threshold "
                     f"{job.mask.threshold} is below this site's minimum {lim.mask_min_threshold}.",
                 )
@@ -409,7 +411,7 @@ def decide(
                 Reason(
                     "attestation",
                     False,
-                    "attestation_missing",
+                    Code.ATTESTATION_MISSING,
                     f"Mode {job.mode} needs attestation rules in the policy, and there are none.",
                 )
             )

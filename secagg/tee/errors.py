@@ -13,20 +13,20 @@ from secagg.reasons import Reason
 
 #: every reason code :class:`AttestationRefused` may carry, in the order they are reported
 REASON_CODES = (
-    "tee_malformed",
-    "tee_dev_not_allowed",
-    "tee_type",
-    "tee_chain",
-    "tee_replay",
-    "tee_channel_binding",
-    "tee_key_binding",
-    "tee_debug",
-    "tee_measurement",
-    "tee_tcb",
-    "tee_stale",
-    "tee_policy",
-    "tee_suite",
-    "tee_key_changed",
+    Reason.TEE_MALFORMED,
+    Reason.TEE_DEV_NOT_ALLOWED,
+    Reason.TEE_TYPE,
+    Reason.TEE_CHAIN,
+    Reason.TEE_REPLAY,
+    Reason.TEE_CHANNEL_BINDING,
+    Reason.TEE_KEY_BINDING,
+    Reason.TEE_DEBUG,
+    Reason.TEE_MEASUREMENT,
+    Reason.TEE_TCB,
+    Reason.TEE_STALE,
+    Reason.TEE_POLICY,
+    Reason.TEE_SUITE,
+    Reason.TEE_KEY_CHANGED,
 )
 
 

@@ -21,6 +21,7 @@ from attestation.errors import ParseError
 from attestation.evidence import AttestationResult, detect, verify_and_validate
 from attestation.options import ValidationOptions, VerifyOptions
 from secagg.errors import IntegrityError
+from secagg.reasons import Reason
 from secagg.tee import modelsig, relaysig, sealing, suites
 from secagg.tee.binding import NONCE_SIZE, report_data, report_data_from_digests
 from secagg.tee.errors import AttestationRefused
@@ -28,13 +29,13 @@ from secagg.tee.messages import EvidenceMessage, KeyAnnouncement
 
 #: validation field (as reported by the attestation package) -> reason code
 _FIELD_CODES = {
-    "measurement": "tee_measurement",
-    "debug": "tee_debug",
-    "min_tcb": "tee_tcb",
-    "tee_tcb_svn": "tee_tcb",
-    "guest_svn": "tee_tcb",
-    "collateral": "tee_tcb",
-    "timestamp": "tee_stale",
+    "measurement": Reason.TEE_MEASUREMENT,
+    "debug": Reason.TEE_DEBUG,
+    "min_tcb": Reason.TEE_TCB,
+    "tee_tcb_svn": Reason.TEE_TCB,
+    "guest_svn": Reason.TEE_TCB,
+    "collateral": Reason.TEE_TCB,
+    "timestamp": Reason.TEE_STALE,
 }
 
 
@@ -98,7 +99,7 @@ class KeyPin:
         pinned = self._pins.setdefault(job, digest)
         if not hmac.compare_digest(pinned, digest):
             raise AttestationRefused(
-                ["tee_key_changed"],
+                [Reason.TEE_KEY_CHANGED],
                 [
                     f"key_pin: aggregator keys changed within job {job!r} (pinned {pinned[:16]}..., "
                     f"now {digest[:16]}...)"
@@ -129,28 +130,31 @@ def _binding_failures(
         claimed = report_data_from_digests(msg.nonce, msg.announcement.digest(), msg.tls_cert_sha256)
     except ValueError:
         claimed, actual = b"", b"?"
-    out = []
+    out: list[tuple[str, str]] = []
     other_nonce = not hmac.compare_digest(msg.nonce, nonce)
     if hmac.compare_digest(claimed, actual):
         if other_nonce:
             out.append(
                 (
-                    "tee_replay",
+                    Reason.TEE_REPLAY,
                     f"report_data: evidence was made for another nonce ({msg.nonce.hex()[:16]}...)",
                 )
             )
         if not hmac.compare_digest(msg.tls_cert_sha256, tls_sha):
             out.append(
                 (
-                    "tee_channel_binding",
+                    Reason.TEE_CHANNEL_BINDING,
                     "report_data: evidence binds another TLS certificate than this channel's",
                 )
             )
     else:
         if other_nonce:
-            out.append(("tee_replay", "report_data: the answer names another nonce than ours"))
-        out.append(("tee_key_binding", "report_data: evidence does not bind the announced keys"))
-    return out or [("tee_key_binding", "report_data: does not equal the expected binding")]
+            out.append((Reason.TEE_REPLAY, "report_data: the answer names another nonce than ours"))
+        out.append((Reason.TEE_KEY_BINDING, "report_data: evidence does not bind the announced keys"))
+    default: list[tuple[str, str]] = [
+        (Reason.TEE_KEY_BINDING, "report_data: does not equal the expected binding")
+    ]
+    return out or default
 
 
 def verify_aggregator(
@@ -189,11 +193,11 @@ def verify_aggregator(
             else EvidenceMessage.from_bytes(evidence_msg)
         )
     except IntegrityError as exc:
-        raise AttestationRefused(["tee_malformed"], [f"message: {exc}"]) from None
+        raise AttestationRefused([Reason.TEE_MALFORMED], [f"message: {exc}"]) from None
     try:
         kind = detect(msg.evidence)
     except ParseError as exc:
-        raise AttestationRefused(["tee_malformed"], [f"evidence: {exc}"]) from None
+        raise AttestationRefused([Reason.TEE_MALFORMED], [f"evidence: {exc}"]) from None
     expected = report_data(nonce, msg.announcement, tls_cert_der)
     verifier_certs = list(trusted_dev_keys) if kind == "dev-tee" else [*certs, *msg.certs]
     res = verify_and_validate(
@@ -211,33 +215,33 @@ def verify_aggregator(
     for err in res.errors:
         field = err.split(":", 1)[0]
         if field == "parse":
-            failures.append(("tee_malformed", err))
+            failures.append((Reason.TEE_MALFORMED, err))
         elif field == "insecure_dev_tee":
             failures.append(
                 (
-                    "tee_dev_not_allowed",
+                    Reason.TEE_DEV_NOT_ALLOWED,
                     "insecure dev TEE refused: the site policy does not set "
                     "allow_insecure_dev_tee (dev TEE evidence is not hardware-backed)",
                 )
             )
         elif field == "options":
-            failures.append(("tee_policy", err))
+            failures.append((Reason.TEE_POLICY, err))
         elif field == "type":
-            failures.append(("tee_type", err))
+            failures.append((Reason.TEE_TYPE, err))
         elif not res.verified:
-            failures.append(("tee_chain", f"not authentic: {err}"))
+            failures.append((Reason.TEE_CHAIN, f"not authentic: {err}"))
         elif field == "report_data":
             failures += _binding_failures(msg, nonce, hashlib.sha256(tls_cert_der).digest(), res.report_data)
         else:
-            failures.append((_FIELD_CODES.get(field.split(".")[0], "tee_policy"), err))
+            failures.append((_FIELD_CODES.get(field.split(".")[0], Reason.TEE_POLICY), err))
     if not failures and res.decision != "accept":
-        failures.append(("tee_chain", "evidence was not verified"))
+        failures.append((Reason.TEE_CHAIN, "evidence was not verified"))
     if failures:
         raise AttestationRefused([c for c, _ in failures], [d for _, d in failures])
     suite = suites.strongest(msg.announcement.suites, allowed_suites)
     if suite is None:
         raise AttestationRefused(
-            ["tee_suite"],
+            [Reason.TEE_SUITE],
             [
                 f"suite: aggregator offers {list(msg.announcement.suites)}, "
                 f"policy allows {list(allowed_suites)}"

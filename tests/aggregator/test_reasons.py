@@ -117,6 +117,35 @@ def test_no_code_is_named_inline_anywhere() -> None:
     assert not inline, f"name these codes as Reason members: {inline}"
 
 
+def test_no_code_travels_as_a_bare_literal() -> None:
+    """Codes passed positionally, listed, mapped or compared (``Reason("rule", False, "x", ...)``,
+    ``AttestationRefused(["tee_x"], ...)``) come from the registry too; dict keys are other vocabularies
+    (validation fields) and stay literal."""
+    codes = {r.value for r in Reason if "_" in r.value}  # one-word codes are also ordinary words
+    bare = []
+    for path in ROOT.rglob("*.py"):
+        if path.name == "reasons.py" or "generated" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            parts: list[ast.expr] = []
+            if isinstance(node, ast.Call):
+                parts = [*node.args, *(k.value for k in node.keywords)]
+            elif isinstance(node, ast.List | ast.Tuple | ast.Set):
+                parts = list(node.elts)
+            elif isinstance(node, ast.Dict):
+                parts = [v for v in node.values if v is not None]
+            elif isinstance(node, ast.Compare):
+                parts = [node.left, *node.comparators]
+            elif isinstance(node, ast.Return) and node.value is not None:
+                parts = [node.value]
+            bare += [
+                f"{path.relative_to(ROOT)}:{p.lineno} {p.value}"
+                for p in parts
+                if isinstance(p, ast.Constant) and p.value in codes
+            ]
+    assert not bare, bare
+
+
 class _Context:
     """Records what a handler ends a call with."""
 
