@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     common.add_argument("--target", help="aggregator HOST:PORT (default: from the kit)")
     common.add_argument("--json", action="store_true", help="print the reply as JSON")
     p = sub.add_parser("admin", help="role-based admin console (status, list, submit, abort, download, logs)")
-    s = p.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+    s = p.add_subparsers(dest="admin_action", metavar="ACTION", required=True)
     s.add_parser(
         "status", parents=[common], help="the job, its round, sites' heartbeats, declined tasks"
     ).add_argument("job_id", nargs="?", default="", help="a job (default: the current one)")
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     kit = load_kit(args.kit, kind="admin")
     with AdminClient(kit, args.target) as client:
-        cmd = args.admin_command
+        cmd = args.admin_action
         if cmd == "status":
             _print(client.status(args.job_id), args.json, _format_status)
         elif cmd == "list":

@@ -58,3 +58,28 @@ def test_no_event_is_spelled_inline_anywhere() -> None:
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not any(str(m).startswith("secagg.aggregator") for m in imported), path.name
         assert "fed.payload" not in path.read_text(), path.name
+
+
+def test_no_event_name_is_compared_or_listed_as_a_literal() -> None:
+    """Readers of the audit trail (site metrics, simulate's refusal reader, observers) compare against
+    the registry, so a renamed event cannot silently stop being counted. Reason codes that share a
+    name with an event (``job_stopped``) live in reasons.py and are excluded with it."""
+    names = {v for v in VALUES if "_" in v}  # one-word names (``refused``) are ordinary words too
+    bare = []
+    for path in ROOT.rglob("*.py"):
+        if path.name in ("events.py", "reasons.py") or "generated" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            parts: list[ast.expr] = []
+            if isinstance(node, ast.Compare):
+                parts = [node.left, *node.comparators]
+            elif isinstance(node, ast.List | ast.Tuple | ast.Set):
+                parts = list(node.elts)
+            elif isinstance(node, ast.Call):
+                parts = [*node.args, *(k.value for k in node.keywords)]
+            bare += [
+                f"{path.relative_to(ROOT)}:{p.lineno} {p.value}"
+                for p in parts
+                if isinstance(p, ast.Constant) and p.value in names
+            ]
+    assert not bare, bare
