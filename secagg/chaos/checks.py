@@ -3,8 +3,6 @@ the final model, the sites' privacy ledgers, every audit chain, and what was lef
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 from collections import Counter
@@ -176,33 +174,24 @@ def _ledgers(o: Outcome, r: Report) -> None:
 
 
 def _audit(o: Outcome, r: Report) -> None:
-    """``secagg audit verify LOG --kit KIT`` on every node's log: the command's own parser and handler,
-    in this process (the same code and outcome, without a Python start-up per log)."""
-    import argparse
-
-    from secagg.commands import audit
+    """What ``secagg audit verify LOG --kit KIT`` checks, on every node's log: the same library call
+    (hash chain, signed head, truncation) in this process, without a Python start-up per log. The
+    harness calls the library, not the command, so that no layer below the CLI imports a command."""
+    from secagg.auditlog import verify_audit
     from secagg.errors import SecaggError
-
-    parser = argparse.ArgumentParser(prog="secagg")
-    audit.register(parser.add_subparsers(dest="command"))
+    from secagg.provision.kit import load_kit
 
     for node in ["aggregator", *o.spec.names]:
         log = o.state / node / "audit.jsonl"
         if not log.exists():
             continue
         r.audit_total += 1
-        err = io.StringIO()
-        args = parser.parse_args(["audit", "verify", str(log), "--kit", str(o.workspace / node)])
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            try:
-                rc = int(args.func(args) or 0)
-            except SecaggError as exc:  # what the CLI prints as its one line, exiting non-zero
-                print(f"secagg: {exc.code}: {exc}", file=err)
-                rc = 1
-        if rc == 0:
-            r.audit_ok += 1
+        try:
+            verify_audit(log, cert=load_kit(o.workspace / node).cert, allow_missing_head=False)
+        except SecaggError as exc:  # what the CLI prints as its one line, exiting non-zero
+            r.audit_errors.append(f"{node}: secagg: {exc.code}: {exc}")
         else:
-            r.audit_errors.append(f"{node}: {err.getvalue().strip()}")
+            r.audit_ok += 1
 
 
 def _leftovers(o: Outcome, r: Report) -> None:

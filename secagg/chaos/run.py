@@ -14,6 +14,7 @@ from secagg.chaos import job as chaos_job
 from secagg.chaos import net
 from secagg.chaos.shim import ENV_KILL, ENV_MARK, POINTS
 from secagg.demo.engine import SimSite, _free_port, _start, _stop, _write_policies, dev_policy, prepare_job
+from secagg.modes import traits
 
 SUBMITTER = "submitter@chaos"
 #: the budget and filter of a run with ``dp`` (what a site kill after its debit is about)
@@ -161,7 +162,7 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
             "--host",
             host,
             "--exit-when-done",
-            *(["--insecure-dev-tee"] if spec.mode == "tee" else []),
+            *(["--insecure-dev-tee"] if traits(spec.mode).attested else []),
         ]
     }
     for s in sims:

@@ -71,3 +71,29 @@ def test_leftover_scan_finds_temp_files_and_spool(tmp_path: Path) -> None:
         "state/aggregator/spool/j/2-1/.site-1-x.part",
         "state/site-1/.progress.json.ab.tmp",
     ]
+
+
+def test_audit_check_verifies_each_log_against_its_kit(tmp_path: Path, workspace: Path) -> None:
+    """The harness's audit check is the library's ``verify_audit`` with each node's own certificate:
+    a signed, intact log counts, a truncated one or one signed by another node is named."""
+    import shutil
+
+    from secagg.auditlog import AuditLog
+    from secagg.chaos.checks import _audit
+    from secagg.provision.kit import load_kit
+
+    shutil.copytree(workspace, tmp_path / "workspace")
+    o = Outcome(RunSpec("plain", 2, 1), tmp_path, 1.0, False)
+    for node, signer in (("aggregator", "aggregator"), ("site-1", "site-1"), ("site-2", "site-1")):
+        (o.state / node).mkdir(parents=True)
+        log = AuditLog(
+            o.state / node / "audit.jsonl", key=load_kit(o.workspace / signer).private_key, node=signer
+        )
+        for i in range(3):
+            log.append("round_completed", job="j", round=i + 1)
+    path = o.state / "aggregator" / "audit.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]))  # the last line removed
+    r = Report()
+    _audit(o, r)
+    assert (r.audit_total, r.audit_ok) == (3, 1)
+    assert [e.split(":")[0] for e in r.audit_errors] == ["aggregator", "site-2"]
