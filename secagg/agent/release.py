@@ -21,6 +21,7 @@ from secagg.errors import PolicyRefusal
 from secagg.events import Event
 from secagg.jobs.filters import DpsgdFilter
 from secagg.policy.model import SitePolicy
+from secagg.privacy.ledger import FILENAME as LEDGER_FILE
 from secagg.privacy.ledger import Ledger
 from secagg.privacy.release import Release, prepare_release
 from secagg.privacy.specs import build_chain
@@ -53,7 +54,7 @@ class Releaser:
 
     @property
     def path(self) -> Path:
-        return self.state.root / "privacy-ledger.sqlite"
+        return self.state.root / LEDGER_FILE
 
     def close(self) -> None:
         if self.ledger is not None:

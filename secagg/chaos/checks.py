@@ -148,7 +148,7 @@ def _model(o: Outcome, r: Report, reference: dict[str, np.ndarray] | None) -> No
 
 
 def _ledgers(o: Outcome, r: Report) -> None:
-    from secagg.privacy.ledger import Ledger
+    from secagg.privacy.ledger import FILENAME, Ledger
 
     accepted = {
         (str(x.get("site")), str(x.get("job")), int(x["round"]))
@@ -156,7 +156,7 @@ def _ledgers(o: Outcome, r: Report) -> None:
         if x.get("event") == Event.UPLOAD_ACCEPTED
     }
     for site in o.spec.names:
-        path = o.state / site / "privacy-ledger.sqlite"
+        path = o.state / site / FILENAME
         if not path.is_file():
             continue
         uploaded = {(job, rnd) for s, job, rnd in accepted if s == site}
