@@ -18,6 +18,7 @@ import grpc
 from secagg import reasons
 from secagg.errors import SecaggError
 from secagg.reasons import Reason
+from secagg.topics import Topic
 from secagg.transport.chunks import encode_stream, read_all
 from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.generated import secagg_pb2_grpc as rpc
@@ -87,14 +88,14 @@ class Relay:
         best effort (the audit log has it)."""
         body = {"code": code, "message": message} | ({"scope": "round"} if round_only else {})
         try:
-            self.post_json("declined", body, job_id=job_id, round_=round_)
+            self.post_json(Topic.DECLINED, body, job_id=job_id, round_=round_)
         except grpc.RpcError as exc:
             log.warning("could not report the declined task: %s", exc.details())
 
     def audit_head(self, job_id: str, head: dict[str, Any]) -> None:
         """Relay this site's signed audit head at the end of a job; best effort (the head file has it)."""
         try:
-            self.post_json("audit-head", head, job_id=job_id, round_=0)
+            self.post_json(Topic.AUDIT_HEAD, head, job_id=job_id, round_=0)
         except grpc.RpcError as exc:
             log.warning("could not relay the audit head: %s", exc.details())
 

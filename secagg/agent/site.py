@@ -36,6 +36,7 @@ from secagg.fsio import atomic_write
 from secagg.policy.model import SitePolicy
 from secagg.provision.kit import Kit
 from secagg.reasons import Reason
+from secagg.topics import Topic
 from secagg.transport.generated import secagg_pb2_grpc as rpc
 from secagg.transport.tls import channel
 
@@ -289,9 +290,9 @@ class SiteAgent:
                 self.kit.private_key, fp, job_id, round_, attempt, self.name, n_samples=n_samples
             ),
         }
-        self.relay.post_json("ready", ready, job_id=job_id, round_=round_)
+        self.relay.post_json(Topic.READY, ready, job_id=job_id, round_=round_)
         roster: dict[str, Any] = json.loads(
-            self.relay.collect("roster", job_id=job_id, round_=round_, attempt=attempt)
+            self.relay.collect(Topic.ROSTER, job_id=job_id, round_=round_, attempt=attempt)
         )
         if roster.get("attempt") != attempt or self.name not in roster["weights"]:
             self.audit.append(Event.NOT_IN_ROSTER, job=job_id, round=round_)
@@ -354,5 +355,5 @@ class SiteAgent:
         mode.check_global(task, fingerprint(from_safetensors(global_bytes)))
         atomic_write(self.state.job_dir(job_id) / "final.safetensors", global_bytes)
         result = self.trainer.run(adm, job_id, "evaluate", round_, global_bytes)
-        self.relay.post_json("final", result.metrics, job_id=job_id, round_=round_)
+        self.relay.post_json(Topic.FINAL, result.metrics, job_id=job_id, round_=round_)
         self.state.set_progress(job_id, round=round_, attempt=1)

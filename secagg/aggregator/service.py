@@ -35,6 +35,7 @@ from secagg.events import Event
 from secagg.provision.identity import Identity
 from secagg.provision.kit import Kit
 from secagg.reasons import Reason
+from secagg.topics import Topic
 from secagg.transport.chunks import encode_stream, read_header
 from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.generated import secagg_pb2_grpc as rpc
@@ -206,16 +207,16 @@ class FederationService(rpc.FederationServicer):
 
         def post() -> None:
             f = post_fields(request.topic, request.job_id, request.round, request.reason)
-            if f.topic == "ready":
+            if f.topic == Topic.READY:
                 self.fed.post_ready(site.name, f.job_id, f.round, request.payload)
-            elif f.topic == "declined":
+            elif f.topic == Topic.DECLINED:
                 d = declined(request.payload, f.reason)
                 self.fed.decline(site.name, f.job_id, f.round, d.code, d.message, round_only=d.round_only)
-            elif f.topic == "final":
+            elif f.topic == Topic.FINAL:
                 self.fed.post_final(site.name, f.job_id, request.payload)
-            elif f.topic == "audit-head":
+            elif f.topic == Topic.AUDIT_HEAD:
                 self.fed.accept_audit_head(site, f.job_id, request.payload)
-            elif f.topic == "he-key":
+            elif f.topic == Topic.HE_KEY:
                 self.fed.accept_key_release(site.name, request.payload)
             elif f.topic in POST_TOPICS:
                 self.fed.mode_post(site.name, f.topic, f.job_id, f.round, request.payload)
@@ -237,21 +238,21 @@ class FederationService(rpc.FederationServicer):
         yield from self._stream(context, site.name, self._collect(request, site, wait))
 
     def _collect(self, request: pb.CollectRequest, site: Identity, wait: float) -> Iterator[pb.Message]:
-        if request.topic == "roster":
+        if request.topic == Topic.ROSTER:
             roster = self.fed.roster(request.job_id, request.round, wait)
             if roster is not None:
                 yield pb.Message(
-                    topic="roster",
+                    topic=Topic.ROSTER,
                     job_id=request.job_id,
                     round=request.round,
                     sender=self.kit.name,
                     payload=json.dumps(roster).encode(),
                     signal=pb.Message.CANCELLED if roster.get(Signal.CANCELLED) else pb.Message.NONE,
                 )
-        elif request.topic == "he-key":
+        elif request.topic == Topic.HE_KEY:
             blob = self.fed.key_release(wait)
             if blob is not None:
-                yield pb.Message(topic="he-key", sender=self.kit.config.key_holder, payload=blob)
+                yield pb.Message(topic=Topic.HE_KEY, sender=self.kit.config.key_holder, payload=blob)
         elif request.topic in COLLECT_TOPICS:
             data = self.fed.mode_collect(
                 site.name, request.topic, request.job_id, request.round, request.attempt, wait

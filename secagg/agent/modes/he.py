@@ -20,8 +20,9 @@ from secagg.events import Event
 from secagg.framing import unframe
 from secagg.fsio import atomic_write
 from secagg.strategy import StrategyState, make_strategy
+from secagg.topics import Topic
 
-HE_KEY_TOPIC = "he-key"
+HE_KEY_TOPIC = Topic.HE_KEY
 
 
 class HeMode:

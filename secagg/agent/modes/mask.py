@@ -15,9 +15,10 @@ from typing import Any, Protocol
 
 from secagg.agent.modes.base import ModeContext, Outgoing, Sent, StoredGlobal
 from secagg.errors import ConfigError
+from secagg.topics import Topic
 
 #: what every site of the round collects alike; the other collected topic is addressed to one site
-BROADCAST = frozenset({"mask-keyroster", "mask-unmask"})
+BROADCAST = frozenset({Topic.MASK_KEYROSTER, Topic.MASK_UNMASK})
 
 
 class Envelope(Protocol):
@@ -70,15 +71,15 @@ def run_protocol(ctx: ModeContext, out: Outgoing, mode: str, envelope: Envelope)
     def collect(topic: str) -> bytes:
         return envelope.collected(topic, relay.collect(topic, job_id=job_id, round_=round_, attempt=attempt))
 
-    post("mask-keys", client.advertise().to_bytes())
-    keyroster = [AdvertiseKeys.from_bytes(b) for b in unpack(collect("mask-keyroster"))]
+    post(Topic.MASK_KEYS, client.advertise().to_bytes())
+    keyroster = [AdvertiseKeys.from_bytes(b) for b in unpack(collect(Topic.MASK_KEYROSTER))]
     shares = client.share_keys(keyroster)
     post(
-        "mask-shares",
+        Topic.MASK_SHARES,
         json.dumps({k: base64.b64encode(v.to_bytes()).decode() for k, v in shares.items()}).encode(),
     )
     ctx.maybe_drop(round_, "upload")
-    mine = [EncryptedShare.from_bytes(b) for b in unpack(collect("mask-myshares"))]
+    mine = [EncryptedShare.from_bytes(b) for b in unpack(collect(Topic.MASK_MYSHARES))]
     vec, weight, integers = _distributed(ctx, out, cfg.frac_bits)
     frames = list(envelope.uploaded(client.masked_input(vec, weight, mine, integers=integers).to_bytes()))
     size = sum(len(f) for f in frames)
@@ -93,8 +94,8 @@ def run_protocol(ctx: ModeContext, out: Outgoing, mode: str, envelope: Envelope)
     accepted = relay.upload(header, frames)
     sent += size
     ctx.maybe_drop(round_, "unmask")
-    request = UnmaskRequest.from_bytes(collect("mask-unmask"))
-    post("mask-unmask-resp", client.unmask(request).to_bytes())
+    request = UnmaskRequest.from_bytes(collect(Topic.MASK_UNMASK))
+    post(Topic.MASK_UNMASK_RESP, client.unmask(request).to_bytes())
     return Sent(sent, accepted)
 
 

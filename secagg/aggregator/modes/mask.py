@@ -39,12 +39,13 @@ from secagg.mask.messages import AdvertiseKeys, EncryptedShare, UnmaskResponse
 from secagg.mask.server import MaskServer
 from secagg.mask.spooled import MaskedSource
 from secagg.reasons import Reason
+from secagg.topics import Topic
 
 # the phases after the roster; "upload" is the round engine's own upload phase
-KEYS, SHARES, UPLOAD, UNMASK = "mask-keys", "mask-shares", "upload", "mask-unmask"
+KEYS, SHARES, UPLOAD, UNMASK = Topic.MASK_KEYS, Topic.MASK_SHARES, "upload", Topic.MASK_UNMASK
 #: what sites post in the phases, and what they collect when a phase closes
-POST_TOPICS = frozenset({"mask-keys", "mask-shares", "mask-unmask-resp"})
-COLLECT_TOPICS = frozenset({"mask-keyroster", "mask-myshares", "mask-unmask"})
+POST_TOPICS = frozenset({Topic.MASK_KEYS, Topic.MASK_SHARES, Topic.MASK_UNMASK_RESP})
+COLLECT_TOPICS = frozenset({Topic.MASK_KEYROSTER, Topic.MASK_MYSHARES, Topic.MASK_UNMASK})
 
 
 @dataclass
@@ -76,7 +77,7 @@ class MaskRun:
         """A site's message for the current phase (identity from its certificate, never the payload)."""
         if site not in self.sites:
             raise UpdateRejected(f"{site} is not in this round's roster", code=Reason.NOT_IN_ROSTER)
-        if topic == "mask-keys" and self.phase == KEYS:
+        if topic == Topic.MASK_KEYS and self.phase == KEYS:
             msg = AdvertiseKeys.from_bytes(payload)
             if msg.site != site:
                 raise UpdateRejected(
@@ -84,12 +85,12 @@ class MaskRun:
                 )
             self.server.collect_keys(msg)
             self.advertised.add(site)
-        elif topic == "mask-shares" and self.phase == SHARES:
+        elif topic == Topic.MASK_SHARES and self.phase == SHARES:
             raw = json.loads(payload)
             shares = {str(k): EncryptedShare.from_bytes(base64.b64decode(v)) for k, v in raw.items()}
             self.server.collect_shares(site, shares)
             self.shared.add(site)
-        elif topic == "mask-unmask-resp" and self.phase == UNMASK:
+        elif topic == Topic.MASK_UNMASK_RESP and self.phase == UNMASK:
             resp = UnmaskResponse.from_bytes(payload)
             if resp.site != site:
                 raise UpdateRejected(
@@ -139,16 +140,16 @@ class MaskRun:
         """Close the current phase; returns (weighted sum, total weight) after unmasking."""
         now = time.monotonic()
         if self.phase == KEYS:
-            self.published["mask-keyroster"] = {"*": pack([m.to_bytes() for m in self.server.roster()])}
+            self.published[Topic.MASK_KEYROSTER] = {"*": pack([m.to_bytes() for m in self.server.roster()])}
             self.phase = SHARES
         elif self.phase == SHARES:
             routed = self.server.route_shares()
-            self.published["mask-myshares"] = {
+            self.published[Topic.MASK_MYSHARES] = {
                 s: pack([sh.to_bytes() for sh in routed.get(s, [])]) for s in self.shared
             }
             self.phase = UPLOAD
         elif self.phase == UPLOAD:
-            self.published["mask-unmask"] = {"*": self.server.unmask_request().to_bytes()}
+            self.published[Topic.MASK_UNMASK] = {"*": self.server.unmask_request().to_bytes()}
             self.phase = UNMASK
         else:
             try:
