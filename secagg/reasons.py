@@ -241,6 +241,13 @@ class Reason(StrEnum):
     TEE_CHUNK_SIZE = ("tee_chunk_size", FAILED_PRECONDITION, "a sealed chunk of the wrong size")
     TEE_CHUNK_TRUNCATED = ("tee_chunk_truncated", FAILED_PRECONDITION, "sealed chunks end early")
 
+    # ---- hostile input (#18, bad input found: h-badinput)
+    PACKAGE_TOO_LARGE = (
+        "package_too_large",
+        FAILED_PRECONDITION,
+        "a job package over its size limit (decompressed, tar headers included)",
+    )
+
 
 #: the codes an agent treats as "the round moved on without me": redo what comes next, no error
 STALE = frozenset({Reason.LATE, Reason.WRONG_ROUND, Reason.NOT_IN_ROSTER})

@@ -84,7 +84,7 @@ def load_job(path: Path | str, max_bytes: int = DEFAULT_MAX_BYTES) -> Job:
     view = scan(path, max_bytes)
     try:
         if view.failures:
-            raise JobRejected(view.failures, subject=str(path))
+            raise view.refusal()
         if JOB_FILE not in view.files:
             raise ConfigError(f"{path}: no {JOB_FILE}")
         spec = parse_spec(view.read(JOB_FILE))
@@ -143,6 +143,8 @@ def verify_job(
     path = Path(path)
     view = scan(path, max_bytes)
     try:
+        if view.incomplete:  # the listing stopped (size, entries, unreadable): nothing more is known
+            raise view.refusal()
         failures = list(view.failures)
         manifest, manifest_bytes = None, None
         if MANIFEST not in view.files:

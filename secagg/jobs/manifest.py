@@ -43,9 +43,9 @@ class Manifest(BaseModel):
 def build_manifest(view: PackageView) -> Manifest:
     """Hash every file of a package that passed the safety scan."""
     if view.failures:
-        raise JobRejected(view.failures, subject=f"{view.location}")
+        raise view.refusal()
     files = {}
-    for name in sorted(view.files):
+    for name in view.order(list(view.files)):
         if name in META_FILES:
             continue
         digest, size = view.digest(name)
@@ -74,23 +74,26 @@ def check_files(manifest: Manifest, view: PackageView) -> list[str]:
     present = {n for n in view.files if n not in META_FILES}
     for name in sorted(present - manifest.files.keys()):
         failures.append(f"{name}: file not listed in the manifest")
-    for name, entry in sorted(manifest.files.items()):
+    # hashed in the order the package reads fastest (a tarball: one pass), reported in name order
+    found: dict[str, list[str]] = {}
+    for name in view.order(list(manifest.files)):
+        entry, problems = manifest.files[name], found.setdefault(name, [])
         if name not in present:
-            failures.append(f"{name}: listed in the manifest but missing")
+            problems.append(f"{name}: listed in the manifest but missing")
             continue
         if view.files[name] != entry.size:
-            failures.append(f"{name}: size {view.files[name]} differs from the manifest's {entry.size}")
+            problems.append(f"{name}: size {view.files[name]} differs from the manifest's {entry.size}")
             continue
         try:
             digest, size = view.digest(name)
         except JobRejected as exc:
-            failures += exc.failures
+            problems += exc.failures
             continue
         if size != entry.size:
-            failures.append(f"{name}: size {size} differs from the manifest's {entry.size}")
+            problems.append(f"{name}: size {size} differs from the manifest's {entry.size}")
         elif digest != entry.sha256:
-            failures.append(f"{name}: SHA-256 differs from the manifest (file modified)")
-    return failures
+            problems.append(f"{name}: SHA-256 differs from the manifest (file modified)")
+    return failures + [p for name in sorted(found) for p in found[name]]
 
 
 def write_manifest(root: Path, manifest: Manifest) -> Path:
