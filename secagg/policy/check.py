@@ -139,7 +139,14 @@ def _schema_issue(err: jsonschema.ValidationError, lines: _Lines) -> list[Policy
 
 
 #: the field a too-costly filter is reported at
-_COST_KNOB = {"svt": "epsilon", "dpsgd": "target_epsilon", "gaussian": "noise_multiplier"}
+_COST_KNOB = {
+    "svt": "epsilon",
+    "dpsgd": "target_epsilon",
+    "gaussian": "noise_multiplier",
+    "distributed_gaussian": "noise_multiplier",
+}
+#: filters composed by Renyi DP: they need a budget delta > 0 (reported by its own rule)
+_NEEDS_DELTA = frozenset({"gaussian", "distributed_gaussian"})
 
 
 def _one_round_floor(f: AnyFilter, budget_delta: float) -> float | None:
@@ -151,7 +158,7 @@ def _one_round_floor(f: AnyFilter, budget_delta: float) -> float | None:
         eps = worst_case_spend([f], rounds=1, n_params=1, budget_delta=budget_delta).epsilon
     except ConfigError:
         return math.inf
-    return eps if math.isfinite(eps) or f.name != "gaussian" else None
+    return eps if math.isfinite(eps) or f.name not in _NEEDS_DELTA else None
 
 
 def _semantic(policy: SitePolicy) -> list[tuple[Path_, str, str]]:
@@ -281,9 +288,13 @@ def _semantic(policy: SitePolicy) -> list[tuple[Path_, str, str]]:
                     "lower it or raise privacy.budget.delta",
                 )
             )
-        if f.name == "gaussian" and budget is not None and budget.delta == 0:
+        if f.name in _NEEDS_DELTA and budget is not None and budget.delta == 0:
             out.append(
-                (where, "the gaussian filter needs a budget delta > 0", "set privacy.budget.delta, e.g. 1e-5")
+                (
+                    where,
+                    f"the {f.name} filter needs a budget delta > 0",
+                    "set privacy.budget.delta, e.g. 1e-5",
+                )
             )
     if "mask" in policy.modes and policy.limits.min_sites_per_round < policy.limits.mask_min_threshold:
         out.append(

@@ -1,20 +1,27 @@
 """distributed_gaussian end to end: a mask federation adds Skellam shares at each site, the unmasked
 integer sum is the uniform mean plus the honest sum's noise, every site's ledger charges exactly the
-sum-level epsilon accounting computes, and an ``he`` job with the filter is refused at admission."""
+sum-level epsilon accounting computes, the same in tee-mask (the sum formed in the dev-TEE enclave from
+masked shares), and an ``he`` job with the filter is refused at admission."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from secagg.events import Event
 from secagg.privacy.accounting import rdp_epsilon
 from secagg.privacy.distributed import effective_noise_multiplier
 from secagg.privacy.ledger import Ledger
 from secagg.reasons import Reason
+from secagg.tee.attester import DevTeeAttester
+from secagg.tee.enclave import Enclave
 from tests.integration.harness import INIT, SAMPLES, make_tiny_job, start, write_policies
 from tests.integration.tinyjob_train import delta
 
@@ -47,12 +54,31 @@ def _uniform_mean(rounds: int) -> dict[str, np.ndarray]:
     return g
 
 
-def test_mask_federation_charges_the_sum_level_epsilon(tmp_path: Path, workspace: Path) -> None:
+MEASUREMENT = hashlib.sha384(b"aggregator image").digest()
+#: tee-mask: the mask protocol with its server in the (insecure, software) dev-TEE enclave
+TEE_MASK_POLICY = _policy(
+    modes=["plain", "tee-mask"],
+    attestation={
+        "types": ["dev-tee"],
+        "measurements": [MEASUREMENT.hex()],
+        "allow_insecure_dev_tee": True,
+        "max_age_s": 600,
+    },
+)
+
+
+@pytest.mark.parametrize("mode", ["mask", "tee-mask"])
+def test_masked_federation_charges_the_sum_level_epsilon(tmp_path: Path, workspace: Path, mode: str) -> None:
     rounds = 2
     job = make_tiny_job(
-        tmp_path / "job", workspace, mode="mask", rounds=rounds, extra={"mask": {"threshold": 2, "clip": 1.0}}
+        tmp_path / "job", workspace, mode=mode, rounds=rounds, extra={"mask": {"threshold": 2, "clip": 1.0}}
     )
-    run = start(tmp_path, workspace, job, policies=write_policies(tmp_path, _policy()))
+    if mode == "mask":
+        policies, enclave = write_policies(tmp_path, _policy()), None
+    else:
+        policies = write_policies(tmp_path, TEE_MASK_POLICY)
+        enclave = Enclave(DevTeeAttester(ec.generate_private_key(ec.SECP384R1()), MEASUREMENT))
+    run = start(tmp_path, workspace, job, policies=policies, enclave=enclave)
     try:
         run.join()
         assert not run.errors, run.errors
@@ -74,6 +100,10 @@ def test_mask_federation_charges_the_sum_level_epsilon(tmp_path: Path, workspace
             ]
             assert all(e.spend.noise_multiplier == z_eff for e in entries)
             assert ledger.total()[0] == expected
+        if mode == "tee-mask":  # every site attested the enclave each round before it sent anything
+            audit = (tmp_path / "state" / site / "audit.jsonl").read_text().splitlines()
+            attested = [r for r in map(json.loads, audit) if r["event"] == Event.AGGREGATOR_ATTESTED]
+            assert len(attested) >= rounds
 
 
 def test_he_job_with_distributed_gaussian_is_refused_at_admission(tmp_path: Path, workspace: Path) -> None:

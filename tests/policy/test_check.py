@@ -210,3 +210,32 @@ def test_examples_usable_by_attest_verify(name: str) -> None:
 
     opts = load_options(ROOT / "policies" / f"{name}.yaml")
     assert opts.types is not None and "sev-snp" in opts.types and opts.measurements
+
+
+DISTRIBUTED = """\
+version: 1
+signers: {submitters: [a]}
+modes: [mask]
+privacy:
+  required:
+    - {name: distributed_gaussian, clip: 1.0, noise_multiplier: 0.1, min_honest_sites: 2}
+  budget: {epsilon: 1.0, delta: 1.0e-5}
+limits: {min_sites_per_round: 2, mask_min_threshold: 2}
+"""
+
+
+def test_distributed_gaussian_one_round_cost_is_checked_as_gaussian_is() -> None:
+    from secagg.privacy import compose, worst_case_spends
+
+    # the figure is the sum-level epsilon of one round, by the accounting admission uses
+    spec = {"name": "distributed_gaussian", "clip": 1.0, "noise_multiplier": 0.1, "min_honest_sites": 2}
+    floor = compose(worst_case_spends([spec], 1, 1), 1e-5).epsilon
+    found = issues(DISTRIBUTED)
+    assert has(found, 6, "privacy.required[0].noise_multiplier", f"spends epsilon {floor:.4g}, more than")
+    assert len(found) == 1
+    # enough noise for the budget: nothing to report
+    assert check_policy_text(DISTRIBUTED.replace("noise_multiplier: 0.1", "noise_multiplier: 10"))[1] == []
+    # composed by Renyi DP: a budget without delta cannot hold it, said as for gaussian
+    no_delta = issues(DISTRIBUTED.replace("delta: 1.0e-5", "delta: 0"))
+    assert has(no_delta, 6, "privacy.required[0]", "distributed_gaussian filter needs a budget delta > 0")
+    assert len(no_delta) == 1

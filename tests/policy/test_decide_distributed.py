@@ -65,8 +65,11 @@ def test_a_job_asking_for_it_in_he_is_refused_too() -> None:
     assert codes(d) == [Reason.DISTRIBUTED_DP_MODE]
 
 
-def test_mask_accepts_with_the_ledger_worst_case() -> None:
-    d = _decide(policy(), job(), LEAD, n_params=N)
+@pytest.mark.parametrize("mode", ["mask", "tee-mask"])
+def test_masked_modes_accept_with_the_ledger_worst_case(mode: str) -> None:
+    # tee-mask: the enclave sums masked integer shares as mask's server does, so no party sees one
+    # update and the Skellam sum stays exact (plain tee is refused: its enclave reads each update)
+    d = _decide(policy(modes=["mask", "tee-mask"]), job(mode=mode), LEAD, n_params=N)
     assert d.accept, [r.text for r in d.failed]
     expected = compose(worst_case_spends([DDG], N, 10), 1e-5)
     assert d.worst_case is not None and d.worst_case.epsilon == expected.epsilon
