@@ -177,6 +177,8 @@ class Federation:
 
     def _activate(self, job_id: str, spec: JobSpec, pkg: Path, *, resumed: bool) -> None:
         mode_cls = self._require_mode(spec.mode)
+        if resumed:
+            self._clear_dead_attempts(job_id)
         init = _read_member(pkg, spec.model)
         bundle = from_safetensors(init)
         bspec = BundleSpec.of(bundle)
@@ -206,6 +208,14 @@ class Federation:
         self.audit.append(
             Event.JOB_RESUMED if resumed else Event.JOB_STARTED, job=job_id, round=self.job.completed + 1
         )
+
+    def _clear_dead_attempts(self, job_id: str) -> None:
+        """A restart runs the round in flight again as a new attempt: what the killed process spooled
+        (uploads, a half-received temp file) and its partial round result are never read again, and
+        would otherwise stay on disk for good (RELIABILITY.md F1)."""
+        self.spool.discard_job(job_id)
+        for partial in (self.state_dir / "jobs" / job_id).glob("round-*.partial"):
+            partial.unlink(missing_ok=True)
 
     def _require_mode(self, mode: str) -> type[ModeBase]:
         """Refuse, before anything is written, a job this aggregator cannot run."""
@@ -237,6 +247,7 @@ class Federation:
             self.job.current = None
             self.cond.notify_all()
         self.store.set_job_state(job_id, JobState.ABORTED, reason=f"aborted by {by}")
+        self.spool.discard_job(job_id)
         self.audit.append(Event.JOB_ABORTED, job=job_id, by=by)
 
     # ---------------------------------------------------------------- site-facing operations
@@ -507,6 +518,7 @@ class Federation:
             kept = last[-1].metrics if last else {}
             self.store.set_round_metrics(job.job_id, job.spec.rounds, {**kept, "final": final})
             self.store.set_job_state(job.job_id, JobState.FINISHED)
+            self.spool.discard_job(job.job_id)
             self.audit.append(Event.JOB_FINISHED, job=job.job_id, rounds=job.spec.rounds)
             return
         with self.cond:
@@ -622,12 +634,10 @@ class Federation:
         with self.cond:
             if self.job is not job or job.state.terminal:
                 return
-            cur = job.current
             job.state = JobState.FAILED
             job.current = None
             self.cond.notify_all()
-        if cur is not None:
-            self.spool.discard(job.job_id, cur.round, cur.attempt)
+        self.spool.discard_job(job.job_id)
         self.store.set_job_state(job.job_id, JobState.FAILED, reason=reason)
         self.audit.append(
             Event.JOB_FAILED, job=job.job_id, code=getattr(exc, "code", Reason.ERROR), reason=reason
@@ -681,7 +691,11 @@ class Federation:
             state = job.strategy_state or strategy.init_state(job.global_model)
             new_global, state = strategy.apply(job.global_model, avg, state)
             atomic_write(result.with_name(f"strategy-{cur.round}.bin"), state.to_bytes())
-            atomic_write(result, plain_result_bundle(job.bundle_spec, new_global))
+            published = plain_result_bundle(job.bundle_spec, new_global)
+            atomic_write(result, published)
+            # the next round starts from the model as published (what every site holds and a restart
+            # reloads), not from the unrounded sum: a restart then changes nothing (RELIABILITY.md F2)
+            new_global = job.bundle_spec.flatten(from_safetensors(published))
             job.strategy_state = state
         seconds = time.monotonic() - cur.started
         self.store.add_round(
@@ -694,7 +708,7 @@ class Federation:
             self._round_metrics(cur.round - 1, cur),
             seconds,
         )
-        self.spool.discard(job.job_id, cur.round, cur.attempt)
+        self.spool.discard_round(job.job_id, cur.round)
         self.audit.append(
             Event.ROUND_COMPLETED,
             job=job.job_id,
