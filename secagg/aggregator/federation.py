@@ -41,7 +41,7 @@ from secagg.auditlog import AuditLog, check_head_signature, parse_head
 from secagg.bundle import BundleSpec, from_safetensors
 from secagg.errors import ConfigError, SecaggError, UpdateRejected
 from secagg.events import Event
-from secagg.fsio import atomic_write
+from secagg.fsio import atomic_write, remove_stale_temps
 from secagg.jobs.spec import JobSpec
 from secagg.provision.identity import Identity
 from secagg.provision.kit import Kit
@@ -214,8 +214,10 @@ class Federation:
         (uploads, a half-received temp file) and its partial round result are never read again, and
         would otherwise stay on disk for good (RELIABILITY.md F1)."""
         self.spool.discard_job(job_id)
-        for partial in (self.state_dir / "jobs" / job_id).glob("round-*.partial"):
+        job_root = self.state_dir / "jobs" / job_id
+        for partial in job_root.glob("round-*.partial"):
             partial.unlink(missing_ok=True)
+        remove_stale_temps(job_root)  # a round result or strategy state whose atomic write was cut
 
     def _require_mode(self, mode: str) -> type[ModeBase]:
         """Refuse, before anything is written, a job this aggregator cannot run."""
@@ -250,6 +252,23 @@ class Federation:
         self.spool.discard_job(job_id)
         self.audit.append(Event.JOB_ABORTED, job=job_id, by=by)
 
+    def owed_final(self, seen_within_s: float) -> list[str]:
+        """Sites of a finished job that are still owed its final model: not declined, no final
+        metrics from them, and in contact within ``seen_within_s`` (a site restarting after a crash,
+        not one gone for good). An aggregator about to exit waits, bounded, for these (F4)."""
+        with self.cond:
+            job = self.job
+            if job is None or job.state != JobState.FINISHED:
+                return []
+            now = time.time()
+            return sorted(
+                s
+                for s in self.sites
+                if s not in job.final_metrics
+                and s not in job.declined
+                and now - self.heartbeats.get(s, float("-inf")) <= seen_within_s
+            )
+
     # ---------------------------------------------------------------- site-facing operations
     def heartbeat(self, site: str) -> str:
         with self.cond:
@@ -262,6 +281,7 @@ class Federation:
         """Block until this site has something to do; return the task header (payload: see ``payload``)."""
         deadline = time.monotonic() + wait_s
         with self.cond:
+            self.heartbeats[site] = time.time()  # last contact: see ``owed_final``
             while True:
                 task = self._task_for(site, after_round, after_attempt, has_global)
                 if task is not None:
@@ -281,7 +301,19 @@ class Federation:
         if job.state in (JobState.ABORTED, JobState.FAILED):
             return {**base, "kind": "stop", "reason": f"job {job.state}"}
         if job.state == JobState.FINISHED:
-            return {**base, "kind": "stop", "reason": "job finished"} if after_round >= 0 else None
+            if after_round < 0:
+                return None
+            if site in job.final_metrics or site in job.declined or after_round > job.spec.rounds:
+                return {**base, "kind": "stop", "reason": "job finished"}
+            # a site that came back after the job finished without it (restarted late): it still
+            # gets the final model, which every site of the job is owed (RELIABILITY.md F4)
+            return {
+                **base,
+                "kind": "finalize",
+                "round": job.spec.rounds + 1,
+                "attempt": 1,
+                **self._payload_header(has_global),
+            }
         if job.state == JobState.FINALIZING:
             if site in job.final_metrics or after_round > job.spec.rounds:
                 return None
@@ -473,11 +505,16 @@ class Federation:
     def post_final(self, site: str, job_id: str, payload: bytes) -> None:
         metrics = final_metrics(payload)
         with self.cond:
-            if self.job is None or self.job.job_id != job_id or self.job.state != JobState.FINALIZING:
+            job = self.job
+            ending = (JobState.FINALIZING, JobState.FINISHED)
+            if job is None or job.job_id != job_id or job.state not in ending:
                 raise UpdateRejected(f"job {job_id} is not finalizing", code=Reason.LATE)
-            self.job.final_metrics[site] = metrics
+            # after the job finished (a site restarted late): it holds the final model now; its
+            # metrics come too late for the stored final evaluation, which is never rewritten
+            late = job.state == JobState.FINISHED
+            job.final_metrics[site] = metrics
             self.cond.notify_all()
-        self.audit.append(Event.SITE_FINAL, job=job_id, site=site)
+        self.audit.append(Event.SITE_FINAL, job=job_id, site=site, late=late or None)
 
     def accept_audit_head(self, site: Identity, job_id: str, payload: bytes) -> None:
         """A site's audit head at the end of a job, signed by its certificate key: recorded here, so the

@@ -86,3 +86,33 @@ def test_a_restart_between_rounds_leaves_the_final_model_bit_identical(
     got = (tmp_path / "killed" / "jobs" / b / "round-2.bin").read_bytes()
     again.store.close()
     assert got == want
+
+
+
+def test_a_site_back_after_the_job_finished_still_gets_the_final_model(
+    tmp_path: Path, workspace: Path
+) -> None:
+    """RELIABILITY.md F4: a site restarted late is owed the final model; the stored final
+    evaluation is not rewritten by its late metrics, and an exiting aggregator knows to wait."""
+    fed = _fed(workspace, tmp_path / "state")
+    job_id = fed.submit(write_job(tmp_path / "job", rounds=1), "tester")
+    _round(fed, 1)
+    job = fed.job
+    assert job is not None and job.state == "finalizing"
+    assert fed.next_task("site-1", 1, 1, 1, 0.0)["kind"] == "finalize"
+    fed.post_final("site-1", job_id, b'{"auc": 0.5}')
+    fed.next_task("site-2", 1, 1, 1, 0.0)  # site-2 was in contact, then crashed before its final
+    job.finalize_started -= 10 * job.spec.round_timeout  # the finalize window ran out without it
+    while job.state != "finished":
+        fed.step()
+    assert fed.owed_final(60.0) == ["site-2"]
+    task = fed.next_task("site-2", 1, 1, 1, 0.0)  # restarted: it holds round 1, not the final model
+    assert task["kind"] == "finalize" and task["round"] == 2
+    assert b"".join(fed.payload(task)) == (tmp_path / "state" / "jobs" / job_id / "round-1.bin").read_bytes()
+    fed.post_final("site-2", job_id, b'{"auc": 0.25}')
+    assert fed.owed_final(60.0) == []
+    assert fed.next_task("site-2", 2, 1, 1, 0.0)["kind"] == "stop"
+    assert fed.store.rounds(job_id)[-1].metrics["final"] == {"site-1": {"auc": 0.5}}
+    lines = fed.audit.path.read_text().splitlines()
+    assert '"late":true' in lines[-1] and '"site_final"' in lines[-1]
+    fed.store.close()
