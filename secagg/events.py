@@ -67,6 +67,8 @@ class Event(StrEnum):
     AUDIT_HEAD_CREATED = "audit_head_created"
     #: aggregator: a site's signed audit head at the end of a job, checked against its certificate
     SITE_AUDIT_HEAD = "site_audit_head"
+    # ---- h-faults (#18 faults): a retried attempt re-sends the round's kept release, no second debit
+    RELEASE_REUSED = "release_reused"
 
 
 #: aggregator events that are refusals; their ``code`` field is the reason code

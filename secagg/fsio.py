@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -46,3 +47,23 @@ def atomic_write(
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+#: the name :func:`atomic_write` gives its temporary file: ``.NAME.<16 hex>.tmp``
+_TEMP = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes a killed process left in ``folder`` (not below it).
+
+    Called by a process that owns ``folder`` as it starts, before it writes there: a temporary file
+    is only ever a write cut short (``kill -9`` between its creation and its rename), never read.
+    Returns what was removed."""
+    removed: list[Path] = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if _TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed

@@ -3,7 +3,9 @@
 :meth:`Releaser.release` runs the policy's filters and debits the budget (through
 :func:`secagg.privacy.release.prepare_release`, invariant 3, with or without a budget);
 :meth:`Releaser.uploaded` is the one place that records an upload (ledger mark, progress, audit), so a
-round is never counted as done before the aggregator acknowledged it.
+round is never counted as done before the aggregator acknowledged it. A retried attempt of a round
+already debited re-sends that round's release instead of debiting again
+(:mod:`~secagg.agent.kept_release`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from secagg.agent.admission import Admitted
+from secagg.agent.kept_release import KeptReleases, chain_digest
 from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
 from secagg.errors import PolicyRefusal
@@ -38,6 +41,7 @@ class Releaser:
     def __init__(self, *, state: SiteState, audit: AuditLog, data_name: str) -> None:
         self.state, self.audit, self.data_name = state, audit, data_name
         self.ledger: Ledger | None = None
+        self.kept = KeptReleases(state)
 
     def ledger_for(self, policy: SitePolicy) -> Ledger:
         """The data set's durable ledger, with the budget the current policy declares."""
@@ -89,8 +93,17 @@ class Releaser:
         update: OrderedDict[str, np.ndarray],
         training_spends: list[Spend],
     ) -> Release:
-        """Every filter the policy requires, then the durable debit (invariant 3, one path for all)."""
+        """Every filter the policy requires, then the durable debit (invariant 3, one path for all).
+
+        A retried attempt of a round this site already debited (its upload accepted, cut short or
+        never sent) gets that round's kept release back, with no second debit: the same released
+        vector, under the same filter chain, whose debit the ledger holds."""
         ledger = self.ledger_for(policy) if policy.privacy.budget is not None else None
+        chain = chain_digest(adm.decision.effective_privacy)
+        kept = self.kept.reuse(job_id, round_, chain, ledger)
+        if kept is not None:
+            self.audit.append(Event.RELEASE_REUSED, job=job_id, round=round_, debit=kept.debit_id)
+            return kept
         release = prepare_release(
             ledger,
             build_chain(adm.decision.effective_privacy),
@@ -102,7 +115,13 @@ class Releaser:
         )
         if ledger is None and any(sp.epsilon > 0 for sp in release.spends):
             self.audit.append(Event.SPEND_WITHOUT_BUDGET, job=job_id, round=round_)
+        if release.debit_id:  # after the debit committed: a crash before this only over-counts
+            self.kept.keep(job_id, round_, release, chain)
         return release
+
+    def end_job(self, job_id: str) -> None:
+        """The job is over: its kept releases go (no round of it is retried again)."""
+        self.kept.drop_job(job_id)
 
     def uploaded(
         self, release: Release, job_id: str, round_: int, attempt: int, *, size: int, accepted: bool

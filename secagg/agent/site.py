@@ -220,6 +220,7 @@ class SiteAgent:
             self.audit.append(Event.JOB_STOPPED, job=job_id, reason=header.get("reason"))
             self.relay.audit_head(job_id, self.audit.head())
             self.trainer.end_job(job_id)
+            self.releaser.end_job(job_id)
             return job_id, stop_after_job
         try:
             if kind == "train":
@@ -229,6 +230,7 @@ class SiteAgent:
                 self.audit.append(Event.JOB_DONE, job=job_id)
                 self.relay.audit_head(job_id, self.audit.head())
                 self.trainer.end_job(job_id)
+                self.releaser.end_job(job_id)
                 return job_id, stop_after_job
         except RoundMovedOn as exc:
             self.audit.append(Event.ROUND_ABANDONED, job=job_id, round=header.get("round"), reason=str(exc))

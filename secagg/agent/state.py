@@ -1,6 +1,7 @@
 """A site's durable state: progress per job, the global model it holds, its HE secret context.
 
-Everything is written atomically, so a killed agent restarts from the last round it completed.
+Everything is written atomically, so a killed agent restarts from the last round it completed; the
+temporary file of a write a kill cut short is removed when the agent starts again.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from secagg.fsio import atomic_write
+from secagg.fsio import atomic_write, remove_stale_temps
 
 
 class SiteState:
@@ -17,6 +18,15 @@ class SiteState:
         # absolute: the training subprocess runs in the job folder and gets paths below this root
         self.root = root.resolve()
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Atomic writes a killed agent cut short (its progress, task record, kept release, global
+        model): temporary files nobody reads, removed before this agent writes anything."""
+        remove_stale_temps(self.root)
+        for job in (self.root / "jobs").glob("*"):
+            remove_stale_temps(job)
+            remove_stale_temps(job / "io")
 
     def last_job(self) -> str:
         f = self.root / "last-job"

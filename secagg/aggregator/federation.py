@@ -41,7 +41,7 @@ from secagg.auditlog import AuditLog, check_head_signature, parse_head
 from secagg.bundle import BundleSpec, from_safetensors
 from secagg.errors import ConfigError, SecaggError, UpdateRejected
 from secagg.events import Event
-from secagg.fsio import atomic_write
+from secagg.fsio import atomic_write, remove_stale_temps
 from secagg.jobs.spec import JobSpec
 from secagg.provision.identity import Identity
 from secagg.provision.kit import Kit
@@ -177,6 +177,8 @@ class Federation:
 
     def _activate(self, job_id: str, spec: JobSpec, pkg: Path, *, resumed: bool) -> None:
         mode_cls = self._require_mode(spec.mode)
+        if resumed:
+            self._clear_dead_attempts(job_id)
         init = _read_member(pkg, spec.model)
         bundle = from_safetensors(init)
         bspec = BundleSpec.of(bundle)
@@ -206,6 +208,16 @@ class Federation:
         self.audit.append(
             Event.JOB_RESUMED if resumed else Event.JOB_STARTED, job=job_id, round=self.job.completed + 1
         )
+
+    def _clear_dead_attempts(self, job_id: str) -> None:
+        """A restart runs the round in flight again as a new attempt: what the killed process spooled
+        (uploads, a half-received temp file) and its partial round result are never read again, and
+        would otherwise stay on disk for good (RELIABILITY.md F1)."""
+        self.spool.discard_job(job_id)
+        job_root = self.state_dir / "jobs" / job_id
+        for partial in job_root.glob("round-*.partial"):
+            partial.unlink(missing_ok=True)
+        remove_stale_temps(job_root)  # a round result or strategy state whose atomic write was cut
 
     def _require_mode(self, mode: str) -> type[ModeBase]:
         """Refuse, before anything is written, a job this aggregator cannot run."""
@@ -237,7 +249,25 @@ class Federation:
             self.job.current = None
             self.cond.notify_all()
         self.store.set_job_state(job_id, JobState.ABORTED, reason=f"aborted by {by}")
+        self.spool.discard_job(job_id)
         self.audit.append(Event.JOB_ABORTED, job=job_id, by=by)
+
+    def owed_final(self, seen_within_s: float) -> list[str]:
+        """Sites of a finished job that are still owed its final model: not declined, no final
+        metrics from them, and in contact within ``seen_within_s`` (a site restarting after a crash,
+        not one gone for good). An aggregator about to exit waits, bounded, for these (F4)."""
+        with self.cond:
+            job = self.job
+            if job is None or job.state != JobState.FINISHED:
+                return []
+            now = time.time()
+            return sorted(
+                s
+                for s in self.sites
+                if s not in job.final_metrics
+                and s not in job.declined
+                and now - self.heartbeats.get(s, float("-inf")) <= seen_within_s
+            )
 
     # ---------------------------------------------------------------- site-facing operations
     def heartbeat(self, site: str) -> str:
@@ -251,6 +281,7 @@ class Federation:
         """Block until this site has something to do; return the task header (payload: see ``payload``)."""
         deadline = time.monotonic() + wait_s
         with self.cond:
+            self.heartbeats[site] = time.time()  # last contact: see ``owed_final``
             while True:
                 task = self._task_for(site, after_round, after_attempt, has_global)
                 if task is not None:
@@ -270,7 +301,19 @@ class Federation:
         if job.state in (JobState.ABORTED, JobState.FAILED):
             return {**base, "kind": "stop", "reason": f"job {job.state}"}
         if job.state == JobState.FINISHED:
-            return {**base, "kind": "stop", "reason": "job finished"} if after_round >= 0 else None
+            if after_round < 0:
+                return None
+            if site in job.final_metrics or site in job.declined or after_round > job.spec.rounds:
+                return {**base, "kind": "stop", "reason": "job finished"}
+            # a site that came back after the job finished without it (restarted late): it still
+            # gets the final model, which every site of the job is owed (RELIABILITY.md F4)
+            return {
+                **base,
+                "kind": "finalize",
+                "round": job.spec.rounds + 1,
+                "attempt": 1,
+                **self._payload_header(has_global),
+            }
         if job.state == JobState.FINALIZING:
             if site in job.final_metrics or after_round > job.spec.rounds:
                 return None
@@ -462,11 +505,16 @@ class Federation:
     def post_final(self, site: str, job_id: str, payload: bytes) -> None:
         metrics = final_metrics(payload)
         with self.cond:
-            if self.job is None or self.job.job_id != job_id or self.job.state != JobState.FINALIZING:
+            job = self.job
+            ending = (JobState.FINALIZING, JobState.FINISHED)
+            if job is None or job.job_id != job_id or job.state not in ending:
                 raise UpdateRejected(f"job {job_id} is not finalizing", code=Reason.LATE)
-            self.job.final_metrics[site] = metrics
+            # after the job finished (a site restarted late): it holds the final model now; its
+            # metrics come too late for the stored final evaluation, which is never rewritten
+            late = job.state == JobState.FINISHED
+            job.final_metrics[site] = metrics
             self.cond.notify_all()
-        self.audit.append(Event.SITE_FINAL, job=job_id, site=site)
+        self.audit.append(Event.SITE_FINAL, job=job_id, site=site, late=late or None)
 
     def accept_audit_head(self, site: Identity, job_id: str, payload: bytes) -> None:
         """A site's audit head at the end of a job, signed by its certificate key: recorded here, so the
@@ -507,6 +555,7 @@ class Federation:
             kept = last[-1].metrics if last else {}
             self.store.set_round_metrics(job.job_id, job.spec.rounds, {**kept, "final": final})
             self.store.set_job_state(job.job_id, JobState.FINISHED)
+            self.spool.discard_job(job.job_id)
             self.audit.append(Event.JOB_FINISHED, job=job.job_id, rounds=job.spec.rounds)
             return
         with self.cond:
@@ -622,12 +671,10 @@ class Federation:
         with self.cond:
             if self.job is not job or job.state.terminal:
                 return
-            cur = job.current
             job.state = JobState.FAILED
             job.current = None
             self.cond.notify_all()
-        if cur is not None:
-            self.spool.discard(job.job_id, cur.round, cur.attempt)
+        self.spool.discard_job(job.job_id)
         self.store.set_job_state(job.job_id, JobState.FAILED, reason=reason)
         self.audit.append(
             Event.JOB_FAILED, job=job.job_id, code=getattr(exc, "code", Reason.ERROR), reason=reason
@@ -681,7 +728,11 @@ class Federation:
             state = job.strategy_state or strategy.init_state(job.global_model)
             new_global, state = strategy.apply(job.global_model, avg, state)
             atomic_write(result.with_name(f"strategy-{cur.round}.bin"), state.to_bytes())
-            atomic_write(result, plain_result_bundle(job.bundle_spec, new_global))
+            published = plain_result_bundle(job.bundle_spec, new_global)
+            atomic_write(result, published)
+            # the next round starts from the model as published (what every site holds and a restart
+            # reloads), not from the unrounded sum: a restart then changes nothing (RELIABILITY.md F2)
+            new_global = job.bundle_spec.flatten(from_safetensors(published))
             job.strategy_state = state
         seconds = time.monotonic() - cur.started
         self.store.add_round(
@@ -694,7 +745,7 @@ class Federation:
             self._round_metrics(cur.round - 1, cur),
             seconds,
         )
-        self.spool.discard(job.job_id, cur.round, cur.attempt)
+        self.spool.discard_round(job.job_id, cur.round)
         self.audit.append(
             Event.ROUND_COMPLETED,
             job=job.job_id,

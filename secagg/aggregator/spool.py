@@ -7,7 +7,9 @@ One owner for the layout and the names, so nothing else builds or parses a spool
 
 A file is written under a temporary name, fsynced and renamed: a ``.upload`` is always whole. Names are
 for people looking at the folder: the site and round of an upload travel as values (:class:`Spooled`),
-never read back from a path. Rounds are discarded whole once combined or retried.
+never read back from a path. Rounds are discarded whole once combined or retried; a restarted
+aggregator discards the whole job's spool (every attempt of a dead process is over: RELIABILITY.md F1),
+and a job that ends leaves nothing.
 """
 
 from __future__ import annotations
@@ -84,6 +86,20 @@ class Spool:
     def discard(self, job_id: str, round_: int, attempt: int) -> None:
         """Drop every upload of one attempt of a round (combined, or run again)."""
         shutil.rmtree(self.folder(job_id, round_, attempt), ignore_errors=True)
+
+    def discard_round(self, job_id: str, round_: int) -> None:
+        """Drop every attempt of a round, those of an earlier (killed) process included: once the
+        round has committed, none of them is ever read again."""
+        job = self.root / _component(job_id, "job id")
+        if job.is_dir():
+            for folder in job.glob(f"{int(round_)}-*"):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def discard_job(self, job_id: str) -> None:
+        """Drop everything spooled for a job: on a restart (the rounds in flight start again as new
+        attempts, so what a killed process spooled, half-written temp files too, is dead) and when
+        the job ends."""
+        shutil.rmtree(self.root / _component(job_id, "job id"), ignore_errors=True)
 
 
 __all__ = ["PART_SUFFIX", "SUFFIX", "Spool", "Spooled"]

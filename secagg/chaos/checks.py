@@ -46,6 +46,8 @@ class Report:
     audit_total: int = 0
     audit_errors: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
+    #: processes that ended with an error of their own (not the injected kill): name, code, last line
+    exit_errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -118,6 +120,12 @@ def _rounds(o: Outcome, r: Report) -> None:
                 )
     if o.timed_out:
         r.refusals.append(f"run timed out after {o.seconds:.0f} s")
+    for name, rc in o.exits:
+        if rc in (0, -9) or rc is None:
+            continue
+        logs = sorted((o.out / "logs").glob(f"{name}.*.log"))
+        lines = [x for x in logs[-1].read_text(errors="replace").splitlines() if x.strip()] if logs else []
+        r.exit_errors.append(f"{name} exited {rc}: {lines[-1] if lines else '(no output)'}")
 
 
 def _model(o: Outcome, r: Report, reference: dict[str, np.ndarray] | None) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from secagg.chaos import job as chaos_job
 from secagg.chaos import net
-from secagg.chaos.shim import ENV_KILL, ENV_MARK, POINTS
+from secagg.chaos.shim import ENV_CLOCK, ENV_KILL, ENV_MARK, POINTS
 from secagg.demo.engine import SimSite, _free_port, _start, _stop, _write_policies, dev_policy, prepare_job
 from secagg.modes import traits
 
@@ -45,6 +45,8 @@ class RunSpec:
     min_sites: int | None = None
     #: the whole run's bound; past it every process is killed and the run reported as timed out
     timeout: float = 300.0
+    #: seconds the target site's wall clock is moved (see :func:`secagg.chaos.shim.skew_clock`)
+    clock_skew_s: float | None = None
 
     @property
     def names(self) -> list[str]:
@@ -149,6 +151,7 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
     mark = out / "kills.txt"
     base_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     base_env.pop(ENV_KILL, None)
+    base_env.pop(ENV_CLOCK, None)
     cmds: dict[str, list[str]] = {
         "aggregator": [
             "aggregator",
@@ -183,7 +186,10 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
         env = dict(base_env)
         if faulty and spec.fault is not None:
             env[ENV_KILL], env[ENV_MARK] = spec.fault, str(mark)
-        launcher = "secagg.chaos.shim" if faulty else "secagg.cli"
+        skewed = spec.clock_skew_s is not None and name == spec.target
+        if skewed:
+            env[ENV_CLOCK] = str(spec.clock_skew_s)
+        launcher = "secagg.chaos.shim" if faulty or skewed else "secagg.cli"
         inside = link.prefix() if link is not None and name == spec.target else []
         return _start([*inside, sys.executable, "-m", launcher, *cmds[name]], logs / f"{name}.{n}.log", env)
 

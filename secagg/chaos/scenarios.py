@@ -25,7 +25,9 @@ PARTITIONS = {
     "partition-60s": (60.0, 30.0, False),
     "partition-timeout": (45.0, 15.0, True),
 }
-SCENARIOS = ("baseline", "kill-aggregator", "kill-site", *PARTITIONS, "load")
+#: clock-skew: seconds the site's wall clock is moved (ahead, behind)
+SKEWS = (600.0, -600.0)
+SCENARIOS = ("baseline", "kill-aggregator", "kill-site", *PARTITIONS, "clock-skew", "load")
 #: the round every kill hits (not the first, so a restart has a committed round to resume from)
 KILL_ROUND = 2
 #: the site every site kill hits
@@ -84,6 +86,19 @@ def plan(
                     timeout=300.0 + cut,
                 )
                 out.append(Planned(sc, f"{cut:.0f} s cut", spec))
+            elif sc == "clock-skew":
+                for skew in SKEWS:
+                    # the skewed site may be refused (or refuse): the job goes on without it
+                    spec = RunSpec(
+                        mode,
+                        sites,
+                        rounds,
+                        target=KILL_SITE,
+                        clock_skew_s=skew,
+                        min_sites=sites - 1,
+                        round_timeout=20.0,
+                    )
+                    out.append(Planned(sc, f"{skew:+.0f} s", spec))
             elif sc == "load":
                 for n in load_sites:
                     t = 120.0 + 30.0 * n
@@ -183,6 +198,8 @@ def command(scenario: str, mode: str, label: str, sites: int, rounds: int) -> st
     if scenario == "load":
         n = label.split()[0]
         return f"secagg chaos --scenario load --modes {mode} --load-sites {n} --load-rounds {rounds}"
+    if scenario == "clock-skew":
+        return f"secagg chaos --scenario clock-skew --modes {mode} --sites {sites} --rounds {rounds}"
     extra = f" --points {label}" if scenario.startswith("kill") else ""
     return f"secagg chaos --scenario {scenario} --modes {mode} --sites {sites} --rounds {rounds}{extra}"
 

@@ -13,6 +13,12 @@ Points (see :data:`POINTS`): in the aggregator ``agg-train`` (train tasks handed
 ``site-train`` (its worker training), ``site-debit`` (budget debited, nothing uploaded),
 ``site-upload`` (first chunk of the upload streamed), ``site-uploaded`` (upload accepted, not yet
 recorded by the site).
+
+``SECAGG_CHAOS_CLOCK=SECONDS`` (issue #18: clock skew) runs the process with its wall clock moved by
+SECONDS (negative: behind): ``time.time`` and ``datetime.datetime.now`` / ``utcnow`` read the real
+clock plus the offset, installed before any secagg module is imported, so certificate validity,
+dev-TEE evidence age, audit and ledger times all see the skewed clock. Monotonic clocks and the TLS
+library's own (C) clock are not moved: the TLS handshake checks certificates at the real time.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 ENV_KILL = "SECAGG_CHAOS_KILL"
 ENV_MARK = "SECAGG_CHAOS_MARK"
+ENV_CLOCK = "SECAGG_CHAOS_CLOCK"
 
 AGGREGATOR_POINTS = ("agg-train", "agg-upload", "agg-combine", "agg-publish")
 SITE_POINTS = ("site-train", "site-debit", "site-upload", "site-uploaded")
@@ -184,7 +191,32 @@ def _install_site(point: str, round_: int) -> None:
         _wrap(Releaser, "uploaded", uploaded)
 
 
+def skew_clock(offset_s: float) -> None:
+    """Move this process's wall clock (as Python reads it) by ``offset_s`` seconds."""
+    import datetime as dt
+    import time
+
+    real_time = time.time
+    delta = dt.timedelta(seconds=offset_s)
+    real_datetime = dt.datetime
+
+    class SkewedDatetime(dt.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return real_datetime.now(tz) + delta
+
+        @classmethod
+        def utcnow(cls) -> Any:
+            return real_datetime.now(dt.UTC).replace(tzinfo=None) + delta
+
+    time.time = lambda: real_time() + offset_s
+    dt.datetime = SkewedDatetime  # type: ignore[misc]
+
+
 def main(argv: list[str]) -> int:
+    clock = os.environ.get(ENV_CLOCK, "")
+    if clock:
+        skew_clock(float(clock))
     spec = os.environ.get(ENV_KILL, "")
     if spec:
         point, _, r = spec.partition("@")

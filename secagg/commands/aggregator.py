@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+import time
 from pathlib import Path
 
 from secagg.provision.kit import load_kit
@@ -52,6 +53,12 @@ def run_serve(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             job = server.fed.job
             if args.exit_when_done and job is not None and job.state.terminal:  # finished, aborted, failed
+                # a site that crashed near the end and is coming back is still owed the final model:
+                # wait for it a round timeout at most (a site seen in the last two is coming back)
+                timeout = job.spec.round_timeout
+                until = time.monotonic() + timeout
+                while server.fed.owed_final(2 * timeout) and time.monotonic() < until and not stop.wait(0.5):
+                    pass
                 stop.wait(3.0)  # let sites fetch their stop task
                 break
     finally:

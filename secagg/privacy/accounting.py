@@ -19,13 +19,48 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from secagg.privacy.spend import Spend
+
+#: the RDP orders Opacus' ``RDPAccountant`` searches (its ``DEFAULT_ALPHAS``)
+_ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+
+def _full_batch_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Opacus' own computation for releases without subsampling (``sample_rate`` 0 or 1: the Gaussian
+    filter), in numpy, operation for operation (``analysis.rdp.compute_rdp`` at ``q == 1``, then
+    ``get_privacy_spent``), so the result is the same float.
+
+    Why not Opacus itself: importing it imports torch, which took a restarted agent (admission checks
+    the ledger) past a minute on a loaded machine, so it missed its round or the final model
+    (RELIABILITY.md F4, F5). Subsampled releases (DP-SGD) still go to Opacus."""
+    import numpy as np
+
+    def one(z: float, q: float, steps: int) -> Any:
+        per: list[float]
+        if q == 0:
+            per = [0.0 for _ in _ALPHAS]
+        elif z == 0:
+            per = [np.inf for _ in _ALPHAS]
+        else:
+            per = [a / (2 * z**2) for a in _ALPHAS]
+        return np.array(per) * steps
+
+    rdp = sum(one(z, q, s) for z, q, s in history)
+    orders = np.atleast_1d(_ALPHAS)
+    rdp_vec = np.atleast_1d(rdp)
+    eps = rdp_vec - (np.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)
+    if np.isnan(eps).all():
+        return math.inf
+    return float(eps[np.nanargmin(eps)])
 
 
 @lru_cache(maxsize=256)
 def _rdp_epsilon_cached(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
-    from opacus.accountants import RDPAccountant  # heavy import (torch): only when RDP is needed
+    if all(q in (0.0, 1.0) for _, q, _ in history):
+        return _full_batch_epsilon(history, delta)
+    from opacus.accountants import RDPAccountant  # heavy import (torch): only for subsampled releases
 
     acc = RDPAccountant()
     acc.history = list(history)

@@ -94,3 +94,53 @@ def test_dpsgd_required_but_not_applied_or_overspent_is_refused() -> None:
     with pytest.raises(PolicyRefusal) as exc:
         Releaser.training_spends(_adm(dp), (over,))
     assert exc.value.code == "dpsgd_overspent"
+
+
+# ---- F3 (RELIABILITY.md): a retried attempt of a round already debited re-sends, never re-debits
+
+
+def test_a_retried_attempt_resends_the_kept_release_without_a_second_debit(tmp_path: Path) -> None:
+    policy = _policy({"epsilon": 50.0, "delta": 1e-3})
+    rel = _releaser(tmp_path)
+    first = rel.release(_adm(GAUSS), policy, "job", 2, _update(), [])
+    rel.close()  # the agent is killed after its debit, before (or during, or after) its upload
+    again = _releaser(tmp_path)  # restarted on the same state; the round is retried as attempt 2
+    second = again.release(_adm(GAUSS), policy, "job", 2, _update(), [])
+    assert second.debit_id == first.debit_id
+    assert np.array_equal(second.update["w"], first.update["w"])  # the same released vector
+    assert second.spends == first.spends
+    assert again.ledger is not None
+    assert len({e.debit_id for e in again.ledger.entries()}) == 1  # one debit for the round
+    assert any(e["event"] == "release_reused" for e in _events(tmp_path))
+    # the next round is a new release and a new debit; the kept round-2 file goes
+    third = again.release(_adm(GAUSS), policy, "job", 3, _update(), [])
+    assert third.debit_id != first.debit_id
+    assert [(e.job, e.round) for e in again.ledger.entries()] == [("job", 2), ("job", 3)]
+    assert not again.kept.path("job", 2).exists()
+    again.end_job("job")
+    assert not again.kept.path("job", 3).exists()
+
+
+def test_a_kept_release_is_not_reused_under_another_chain_or_without_its_debit(tmp_path: Path) -> None:
+    policy = _policy({"epsilon": 50.0, "delta": 1e-3})
+    rel = _releaser(tmp_path)
+    first = rel.release(_adm(GAUSS), policy, "job", 1, _update(), [])
+    # the policy now requires more noise: the kept vector did not go through it, so a new release
+    stronger = GaussianFilter(name="gaussian", clip=1.0, noise_multiplier=2.0)
+    second = rel.release(_adm(stronger), policy, "job", 1, _update(), [])
+    assert second.debit_id != first.debit_id
+    # a kept file whose debit the ledger does not hold (another ledger, or a forged file) is ignored
+    other = tmp_path / "other"
+    rel2 = Releaser(state=SiteState(other / "state"), audit=AuditLog(other / "audit.jsonl"), data_name="data")
+    rel2.kept.path("job", 1).write_bytes(rel.kept.path("job", 1).read_bytes())
+    third = rel2.release(_adm(stronger), policy, "job", 1, _update(), [])
+    assert third.debit_id not in (first.debit_id, second.debit_id)
+    # a torn file is ignored too
+    rel2.kept.path("job", 1).write_bytes(b"\x08\x00\x00")
+    assert rel2.kept.reuse("job", 1, "x", rel2.ledger) is None
+
+
+def test_without_a_budget_nothing_is_kept(tmp_path: Path) -> None:
+    rel = _releaser(tmp_path)
+    rel.release(_adm(GAUSS), _policy(None), "job", 1, _update(), [])
+    assert not rel.kept.path("job", 1).exists()
