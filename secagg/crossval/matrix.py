@@ -1,7 +1,7 @@
 """The cross-site metrics matrix: rows are models (the final global model, then each site's last local
 model), columns are the evaluating sites; each cell is what that site measured of that model on its
 own held-out data. Written by the aggregator to the job's output as ``cross_site.json`` and a heat map
-``cross_site.png`` of one metric (the one reported in the most cells), and returned by ``admin
+``cross_site.png`` of one metric (see :meth:`Matrix.plotted_metric`), and returned by ``admin
 download``.
 """
 
@@ -40,11 +40,13 @@ class Matrix:
         return [GLOBAL] + [s for s in self.sites if s in self.cells and s != GLOBAL]
 
     def plotted_metric(self) -> str | None:
-        """The metric reported in the most cells (ties: the first by name); None without any."""
+        """The metric reported in the most cells; of those, the first the script reports (its own
+        order, so a script that sends ``{"val_auc": ..., "n_val": ...}`` gets AUC drawn); None
+        without any."""
         counts = Counter(m for row in self.cells.values() for cell in row.values() for m in cell)
         if not counts:
             return None
-        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        return sorted(counts.items(), key=lambda kv: -kv[1])[0][0]  # a stable sort keeps that order
 
     def table(self, metric: str) -> dict[str, dict[str, float]]:
         """``model -> evaluator -> value`` of one metric (NaN where a cell lacks it)."""
@@ -114,7 +116,9 @@ def heat_map(matrix: Matrix, metric: str, path: Path) -> None:
     for i in range(len(rows)):
         for j in range(len(matrix.sites)):
             if math.isfinite(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.3g}", ha="center", va="center", color="w", fontsize=8)
+                light = float(np.asarray(im.norm(data[i, j]))) > 0.6  # dark text on viridis' light end
+                shade = "k" if light else "w"
+                ax.text(j, i, f"{data[i, j]:.3g}", ha="center", va="center", color=shade, fontsize=8)
     ax.set_title(f"cross-site {metric}")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
