@@ -226,9 +226,43 @@ def write_job(out: Path, fed: Federation, extra: dict[str, Any] | None = None) -
             f"| {r['round']} | {len(r['participants'])} | {r['seconds']:.2f} | " + " | ".join(cells) + " |"
         )
     lines += ["", "![metrics per round](metrics.png)", ""] if plotted else [""]
+    if fed.cross_site is not None:  # evaluation: cross_site
+        summary["cross_site"] = fed.cross_site.to_dict()
+        lines += _job_matrix_lines(fed, out)
     lines += ["## Logs", ""]
     lines += [f"- {site}: training log `{path}`" for site, path in fed.train_logs.items()]
     lines += [f"- TensorBoard: `tensorboard --logdir {summary['tensorboard']}`", ""]
     (out / "report.md").write_text("\n".join(lines))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def _job_matrix_lines(fed: Federation, out: Path) -> list[str]:
+    """A simulated job's cross-site matrix: its files copied beside the report, one metric tabled."""
+    from secagg.crossval.matrix import JSON_FILE, PNG_FILE
+
+    matrix = fed.cross_site
+    assert matrix is not None
+    src = fed.state / "aggregator" / "jobs" / fed.job_id
+    for name in (JSON_FILE, PNG_FILE):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
+    metric = matrix.plotted_metric()
+    lines = ["## Cross-site evaluation", ""]
+    if matrix.not_shared:
+        who = ", ".join(f"{s} ({code})" for s, code in sorted(matrix.not_shared.items()))
+        lines += [f"Local models were not evaluated: not shared by {who}.", ""]
+    if metric is None:
+        return [*lines, "No site reported a metric.", ""]
+    table = matrix.table(metric)
+    lines += [
+        f"{metric}, as each site (column) measured each model (row) on its own held-out data; "
+        f"every metric in `{JSON_FILE}`.",
+        "",
+        "| model | " + " | ".join(matrix.sites) + " |",
+        "|---" * (len(matrix.sites) + 1) + "|",
+    ]
+    for model, row in table.items():
+        lines.append(f"| {model} | " + " | ".join(cell(row.get(s)) for s in matrix.sites) + " |")
+    lines += ["", f"![cross-site {metric}]({PNG_FILE})", ""] if (out / PNG_FILE).is_file() else [""]
+    return lines

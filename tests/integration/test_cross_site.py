@@ -23,13 +23,14 @@ from tests.integration.tinyjob_train import delta
 
 pytestmark = pytest.mark.slow
 SITES = list(SAMPLES)
-SHARING = TEST_POLICY.replace("limits:", "privacy:\n  share_local_model_for_evaluation: true\nlimits:")
+SHARING = TEST_POLICY.replace("modes: [plain, he]", "modes: [plain, he, mask]").replace(
+    "limits:", "privacy:\n  share_local_model_for_evaluation: true\nlimits:"
+)
 
 
 def _job(tmp: Path, workspace: Path, mode: str) -> Path:
-    job = make_tiny_job(
-        tmp / "job", workspace, mode=mode, rounds=1, round_timeout=20, extra={"evaluation": "cross_site"}
-    )
+    extra: dict = {"evaluation": "cross_site"} | ({"mask": {"threshold": 2}} if mode == "mask" else {})
+    job = make_tiny_job(tmp / "job", workspace, mode=mode, rounds=1, round_timeout=20, extra=extra)
     shutil.copy(HERE / "xsite_train.py", job / "train.py")
     shutil.copy(HERE / "tinyjob_train.py", job / "tinyjob_train.py")
     from secagg.jobs.sign import sign_job
@@ -88,7 +89,7 @@ def _no_local_model_in_the_clear(agg: Path) -> None:
         assert not any(n in data for n in needles), f"{p} holds a local model in the clear"
 
 
-@pytest.mark.parametrize("mode", ["plain", "he"])
+@pytest.mark.parametrize("mode", ["plain", "he", "mask"])
 def test_every_site_evaluates_every_model(tmp_path: Path, workspace: Path, mode: str) -> None:
     matrix, agg, audit = _run(tmp_path, workspace, mode, {s: SHARING for s in SITES})
     assert matrix["shared"] is True and matrix["not_shared"] == {}
@@ -100,7 +101,9 @@ def test_every_site_evaluates_every_model(tmp_path: Path, workspace: Path, mode:
         for evaluator, got in cells[owner].items():
             assert got["weight_sum"] == pytest.approx(want, rel=1e-5)
             assert got["evaluator_n"] == SAMPLES[evaluator]
+            assert got["is_global"] == 0.0  # task.model named the site whose model it was
     assert {s: c["evaluator_n"] for s, c in cells["global"].items()} == SAMPLES
+    assert all(c["is_global"] == 1.0 for c in cells["global"].values())
     relayed = [(r["site"], r["to"]) for r in audit if r["event"] == "xsite_relayed"]
     assert sorted(relayed) == sorted((a, b) for a in SITES for b in SITES if a != b)
     assert matrix["plotted_metric"] == "weight_sum"  # the first the script reports

@@ -15,7 +15,8 @@ def main() -> None:
         n = int((task.data_dir / "n.txt").read_text())
         if task.task == "evaluate":
             total = float(sum(np.asarray(v, np.float64).sum() for v in g.values()))
-            client.send(metrics={"weight_sum": total, "evaluator_n": float(n)})
+            is_global = float(task.model == "global" and client.model == "global")
+            client.send(metrics={"weight_sum": total, "evaluator_n": float(n), "is_global": is_global})
             continue
         d = delta(task.site, task.round, {k: tuple(v.shape) for k, v in g.items()})
         local = OrderedDict((k, v + d[k]) for k, v in g.items())
