@@ -11,6 +11,12 @@
         train(model, task.data_dir, task.params)         # unchanged training code
         client.send(model.state_dict(), num_samples=n_train, metrics=metrics)
 
+Evaluation is the ``evaluate`` task: it hands over a model (``client.receive()``) and asks only for
+metrics (``client.send(metrics=...)``: numbers). It comes after the last round with the final global
+model and, in a job with ``evaluation: cross_site``, again with each other site's last local model
+(``task.model`` names whose; ``"global"`` for the global one): the same lines above evaluate all of
+them, on this site's held-out data. Such metrics leave the site bounded: at most 32, finite, rounded.
+
 ``client.tasks()`` blocks until the agent hands over the next round and ends when the job is over, so
 the interpreter, the imports and the data set stay loaded for the whole job. The one-round form, the
 same body without the loop (module attributes ``client.task``, ``client.round``, ... instead of
@@ -71,6 +77,9 @@ class Task:
     site: str
     data_dir: Path
     params: dict[str, Any]
+    #: the model ``receive`` returns: ``"global"``, or in a job with ``evaluation: cross_site`` the
+    #: name of the site whose last local model this ``evaluate`` task measures on this site's data
+    model: str = "global"
 
     @classmethod
     def of(cls, spec: Mapping[str, Any]) -> Task:
@@ -80,6 +89,7 @@ class Task:
             str(spec["site"]),
             Path(spec["data_dir"]),
             dict(spec.get("params") or {}),
+            str(spec.get("model") or "global"),
         )
 
 
@@ -183,6 +193,8 @@ def __getattr__(name: str) -> Any:
         return dict(_task().get("params", {}))
     if name == "site":
         return str(_task()["site"])
+    if name == "model":
+        return str(_task().get("model") or "global")
     raise AttributeError(name)
 
 

@@ -69,6 +69,23 @@ class Event(StrEnum):
     SITE_AUDIT_HEAD = "site_audit_head"
     # ---- h-faults (#18 faults): a retried attempt re-sends the round's kept release, no second debit
     RELEASE_REUSED = "release_reused"
+    # ---- cross-site evaluation (h-xsite)
+    #: aggregator: a site's signed answer whether it shares its last local model
+    XSITE_CONSENT = "xsite_consent"
+    #: aggregator: the consents are fixed; ``share`` says whether local models travel at all
+    XSITE_CONSENTS_FIXED = "xsite_consents_fixed"
+    #: aggregator: a sealed local model relayed (sender, recipient, bytes; never its content)
+    XSITE_RELAYED = "xsite_relayed"
+    #: aggregator: a site's metrics of the models it evaluated
+    XSITE_METRICS = "xsite_metrics"
+    #: aggregator: the cross-site matrix written to the job's output
+    XSITE_MATRIX = "xsite_matrix"
+    #: site: its local model sealed to the other sites (or why not)
+    XSITE_SHARED = "xsite_shared"
+    XSITE_NOT_SHARED = "xsite_not_shared"
+    #: site: another site's local model evaluated here (or refused, with a code)
+    XSITE_EVALUATED = "xsite_evaluated"
+    XSITE_REFUSED = "xsite_refused"
 
 
 #: aggregator events that are refusals; their ``code`` field is the reason code

@@ -247,6 +247,37 @@ class Reason(StrEnum):
         FAILED_PRECONDITION,
         "a job package over its size limit (decompressed, tar headers included)",
     )
+    # ---- cross-site evaluation (secagg.agent.evaluation, secagg.aggregator.evaluation; h-xsite)
+    XSITE_NOT_SHARED = (
+        "xsite_not_shared",
+        FAILED_PRECONDITION,
+        "a site's policy does not share its local model for evaluation: only the global model is evaluated",
+    )
+    XSITE_NO_LOCAL_MODEL = (
+        "xsite_no_local_model",
+        FAILED_PRECONDITION,
+        "the site has no local model of the last round to share (it did not upload in that round)",
+    )
+    XSITE_UNSAFE_RELEASE = (
+        "xsite_unsafe_release",
+        FAILED_PRECONDITION,
+        "the site's release is protected only in the sum (distributed_gaussian): its local model stays",
+    )
+    XSITE_TOO_LARGE = (
+        "xsite_too_large",
+        FAILED_PRECONDITION,
+        "the sealed local model does not fit in one relayed message",
+    )
+    XSITE_ENVELOPE = (
+        "xsite_envelope",
+        FAILED_PRECONDITION,
+        "a sealed local model or a signed consent does not verify (wrong sender, recipient, job or tampered)",
+    )
+    XSITE_PROTOCOL = (
+        "xsite_protocol",
+        FAILED_PRECONDITION,
+        "a cross-site evaluation message out of turn, from a site not taking part, or duplicated",
+    )
 
 
 #: the codes an agent treats as "the round moved on without me": redo what comes next, no error

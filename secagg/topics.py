@@ -32,6 +32,17 @@ class Topic(StrEnum):
     MASK_MYSHARES = "mask-myshares"
     MASK_UNMASK = "mask-unmask"
     MASK_UNMASK_RESP = "mask-unmask-resp"
+    # ---- cross-site evaluation after the last round (secagg.crossval)
+    #: posted: a site's signed consent to share its last local model
+    XSITE_CONSENT = "xsite-consent"
+    #: posted: a site's local model sealed to one other site, relayed opaque
+    XSITE_MODEL = "xsite-model"
+    #: posted: a site's bounded metrics of the models it evaluated
+    XSITE_METRICS = "xsite-metrics"
+    #: collected: every site's consent, once the aggregator fixed the set
+    XSITE_CONSENTS = "xsite-consents"
+    #: collected: the sealed models addressed to this site
+    XSITE_INBOX = "xsite-inbox"
 
 
 __all__ = ["Topic"]

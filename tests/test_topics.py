@@ -7,6 +7,7 @@ from pathlib import Path
 
 import secagg
 from secagg.aggregator.modes import COLLECT_TOPICS, POST_TOPICS
+from secagg.crossval import wire
 from secagg.topics import Topic
 
 ROOT = Path(secagg.__file__).parent
@@ -51,4 +52,22 @@ def test_the_check_sees_an_inline_topic() -> None:
 
 def test_wire_strings_are_unchanged_and_the_mode_topics_registered() -> None:
     assert Topic.READY == "ready" and Topic.AUDIT_HEAD == "audit-head" and Topic.HE_KEY == "he-key"
-    assert POST_TOPICS | COLLECT_TOPICS <= VALUES
+    assert POST_TOPICS | COLLECT_TOPICS | wire.POST_TOPICS | wire.COLLECT_TOPICS <= VALUES
+
+
+def test_every_topic_set_anywhere_is_registered() -> None:
+    """A module-level ``*_TOPICS`` set (what a side posts or collects) holds only registered topics,
+    so a new topic cannot bypass the registry by being spelled where the test above does not look."""
+    import importlib
+    import pkgutil
+
+    unregistered = {}
+    wire_sides = ("secagg.agent", "secagg.aggregator", "secagg.crossval", "secagg.mask", "secagg.tee")
+    for info in pkgutil.walk_packages(secagg.__path__, "secagg."):
+        if not info.name.startswith(wire_sides) or info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if name.endswith("TOPICS") and isinstance(value, frozenset | set) and not value <= VALUES:
+                unregistered[f"{info.name}.{name}"] = sorted(value - VALUES)
+    assert not unregistered, unregistered

@@ -21,6 +21,7 @@ import numpy as np
 
 from secagg.agent.admission import Admission, Admitted
 from secagg.agent.consistency import BadSampleCount, check_roster, sample_count, sign_fingerprint
+from secagg.agent.evaluation import CrossSiteEvaluation, keep_local_model
 from secagg.agent.modes import ModeContext, Outgoing, SiteMode, Task, make_mode
 from secagg.agent.relay import TRANSIENT, Relay, RoundMovedOn, is_stale
 from secagg.agent.release import Releaser
@@ -100,6 +101,14 @@ class SiteAgent:
             site=self.name, data_dir=self.data_dir, state=self.state, load_policy=self.admission.load_policy
         )
         self._modes: dict[str, SiteMode] = {}
+        self.cross_site = CrossSiteEvaluation(
+            kit=kit,
+            state=self.state,
+            relay=self.relay,
+            audit=self.audit,
+            trainer=self.trainer,
+            load_policy=self.admission.load_policy,
+        )
         from secagg.metrics import SiteMetrics
 
         #: Prometheus metrics (rounds, bytes, refusals, privacy budget): never values or data
@@ -345,6 +354,8 @@ class SiteAgent:
         )
         sent = mode.protect_and_send(out)
         self.releaser.uploaded(release, job_id, round_, attempt, size=sent.bytes, accepted=sent.accepted)
+        if spec.evaluation == "cross_site" and round_ == spec.rounds and sent.accepted:
+            keep_local_model(self.state, job_id, bspec, bundle, release.update)
 
     def _maybe_drop(self, round_: int, phase: str) -> None:
         if self.simulate_dropout == (round_, phase):
@@ -358,4 +369,6 @@ class SiteAgent:
         atomic_write(self.state.job_dir(job_id) / "final.safetensors", global_bytes)
         result = self.trainer.run(adm, job_id, "evaluate", round_, global_bytes)
         self.relay.post_json(Topic.FINAL, result.metrics, job_id=job_id, round_=round_)
+        if adm.job.spec.evaluation == "cross_site":
+            self.cross_site.run(adm, job_id, round_, global_bytes, result.metrics)
         self.state.set_progress(job_id, round=round_, attempt=1)

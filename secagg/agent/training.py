@@ -62,9 +62,22 @@ class Trainer:
         self._workers[job_id] = (confinement, worker)
         return worker
 
-    def run(self, adm: Admitted, job_id: str, task_kind: str, round_: int, global_bytes: bytes) -> RunResult:
+    def run(
+        self,
+        adm: Admitted,
+        job_id: str,
+        task_kind: str,
+        round_: int,
+        global_bytes: bytes,
+        *,
+        model: str = "global",
+    ) -> RunResult:
+        """One task in the job's worker. ``model`` names what ``global_bytes`` is, for an ``evaluate``
+        task: ``global`` (the global model), or the site whose local model is evaluated here
+        (cross-site evaluation, :mod:`secagg.agent.evaluation`); the script reads it as ``task.model``."""
         task = {
             "task": task_kind,
+            "model": model,
             "round": round_,
             "site": self.site,
             "data_dir": str(self.data_dir),

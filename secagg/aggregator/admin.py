@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from secagg.aggregator.evaluation import download_files
 from secagg.aggregator.federation import Federation
 from secagg.aggregator.modes import mode_class
 from secagg.aggregator.rpc import MAX_NAME, abort, caller
@@ -297,6 +298,7 @@ class AdminConsole:
             raise ConfigError(f"job {job_id} has no completed round to download yet")
         # the mode says which files make its result (he: every round's encrypted sum, and how to read them)
         files = mode_class(str(mode)).download(job_id, rounds)
+        files += download_files(self.fed.state_dir / "jobs" / job_id)  # evaluation: cross_site's matrix
         files.append(("audit.jsonl", b"".join(self._job_lines(job_id))))
         sizes = [{"name": n, "bytes": len(f) if isinstance(f, bytes) else f.stat().st_size} for n, f in files]
         header = {

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from secagg.aggregator.evaluation import cross_site
 from secagg.aggregator.modes import BadUpload, ModeBase, ModeContext, Step, mode_class, plain_result_bundle
 from secagg.aggregator.modes.he import HE_KEY_BLOB
 from secagg.aggregator.rounds import JobRun, JobState, Phase, RoundRun, Signal, retry_delay
@@ -516,6 +517,53 @@ class Federation:
             self.cond.notify_all()
         self.audit.append(Event.SITE_FINAL, job=job_id, site=site, late=late or None)
 
+    # ---------------------------------------------------------------- cross-site evaluation
+    def xsite_post(self, site: Identity, topic: str, job_id: str, payload: bytes) -> None:
+        """A site's consent, sealed model or metrics for the finalizing job's cross-site evaluation
+        (:mod:`secagg.aggregator.evaluation`)."""
+        with self.cond:
+            job = self.job
+            if job is None or job.job_id != job_id or job.state != JobState.FINALIZING:
+                raise UpdateRejected(f"job {job_id} is not finalizing", code=Reason.LATE)
+            xsite = cross_site(job, self.state_dir, job.finalize_started)
+            if xsite is None:
+                raise UpdateRejected(
+                    f"job {job_id} asks for no cross-site evaluation", code=Reason.XSITE_PROTOCOL
+                )
+            event, fields = xsite.post(site.name, site.cert, self.kit.config.project, topic, payload)
+            self.cond.notify_all()
+        self.audit.append(event, job=job_id, **fields)
+
+    def _write_matrix(self, job: JobRun, final: dict[str, dict[str, Any]]) -> None:
+        """The cross-site matrix into the job's output; a failure to draw it does not fail the job."""
+        try:
+            _, written = job.evaluation.finish(list(self.sites), final)
+        except Exception as exc:  # noqa: BLE001 - the job's model is done; its matrix is an extra
+            log.exception("job %s: cannot write the cross-site matrix", job.job_id)
+            self.audit.append(Event.XSITE_MATRIX, job=job.job_id, files=[], reason=_short(exc))
+            return
+        self.audit.append(Event.XSITE_MATRIX, job=job.job_id, files=[p.name for p in written])
+
+    def xsite_collect(self, site: str, topic: str, job_id: str, wait_s: float) -> bytes | Signal | None:
+        """What the cross-site evaluation published for ``site`` under ``topic``; a :class:`Signal`
+        when there is nothing for it (it is over, or the site is left out); None after ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        with self.cond:
+            while True:
+                job = self.job
+                if job is None or job.job_id != job_id or job.state != JobState.FINALIZING:
+                    return Signal.CANCELLED
+                xsite = cross_site(job, self.state_dir, job.finalize_started)
+                if xsite is None:
+                    return Signal.CANCELLED
+                got = xsite.collect(site, topic)
+                if got is not None:
+                    return got
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stopping:
+                    return None
+                self.cond.wait(timeout=min(left, 1.0))
+
     def accept_audit_head(self, site: Identity, job_id: str, payload: bytes) -> None:
         """A site's audit head at the end of a job, signed by its certificate key: recorded here, so the
         aggregator's own log anchors how far that site's log reached (a later truncation shows)."""
@@ -535,20 +583,42 @@ class Federation:
             if job is None:
                 self.cond.wait(timeout=0.5)
                 return
+            notes: list[tuple[Event, dict[str, Any]]] = []
             if job.state == JobState.FINALIZING:
                 done = len(job.final_metrics) >= len(self.sites) - len(job.declined) or (
                     time.monotonic() - job.finalize_started > job.spec.round_timeout
                     and len(job.final_metrics) >= 1
                 )
+                xsite = cross_site(job, self.state_dir, job.finalize_started)
+                if xsite is not None:  # evaluation: cross_site: finished only when its matrix is
+                    xdone, notes = xsite.advance(set(self.sites) - job.declined, time.monotonic())
+                    done = done and xdone
                 if not done:
-                    self.cond.wait(timeout=0.5)
-                    return
-                job.state = JobState.FINISHED
-                self.cond.notify_all()
-                final = dict(job.final_metrics)
+                    if notes:
+                        self.cond.notify_all()
+                    else:
+                        self.cond.wait(timeout=0.5)
+                    final = None
+                else:
+                    final = dict(job.final_metrics)
+                    if job.evaluation is None:  # else finished once its matrix is written, below
+                        job.state = JobState.FINISHED
+                        self.cond.notify_all()
             else:
                 final = None
+        for event, fields in notes:
+            self.audit.append(event, job=job.job_id, **fields)
+        if final is None and job.state == JobState.FINALIZING:
+            return
         if final is not None:
+            if job.evaluation is not None:
+                # written before the sites are told to stop, so a download after the job sees it
+                self._write_matrix(job, final)
+                with self.cond:
+                    if job.state != JobState.FINALIZING:
+                        return  # aborted while the matrix was being written
+                    job.state = JobState.FINISHED
+                    self.cond.notify_all()
             # the last round's row already holds the sites' evaluation of the model after the round
             # before it: the final evaluation goes beside it, never over it
             last = [r for r in self.store.rounds(job.job_id) if r.round == job.spec.rounds]

@@ -90,6 +90,8 @@ class JobRun:
     finalize_started: float = 0.0
     #: attempts retried in a row since the last completed round (the backoff grows with it)
     retries: int = 0
+    #: ``evaluation: cross_site``: its state once finalizing (``secagg.aggregator.evaluation.CrossSite``)
+    evaluation: Any = None
 
 
 #: the first retry of a round runs at once; each further one in a row waits twice as long, up to this

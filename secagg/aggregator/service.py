@@ -30,6 +30,8 @@ from secagg.aggregator.rpc import (
     post_fields,
     seconds_field,
 )
+from secagg.crossval.wire import COLLECT_TOPICS as XSITE_COLLECT_TOPICS
+from secagg.crossval.wire import POST_TOPICS as XSITE_POST_TOPICS
 from secagg.errors import IdentityError, SecaggError, UpdateRejected
 from secagg.events import Event
 from secagg.provision.identity import Identity
@@ -218,6 +220,8 @@ class FederationService(rpc.FederationServicer):
                 self.fed.accept_audit_head(site, f.job_id, request.payload)
             elif f.topic == Topic.HE_KEY:
                 self.fed.accept_key_release(site.name, request.payload)
+            elif f.topic in XSITE_POST_TOPICS:
+                self.fed.xsite_post(site, f.topic, f.job_id, request.payload)
             elif f.topic in POST_TOPICS:
                 self.fed.mode_post(site.name, f.topic, f.job_id, f.round, request.payload)
             else:
@@ -253,10 +257,13 @@ class FederationService(rpc.FederationServicer):
             blob = self.fed.key_release(wait)
             if blob is not None:
                 yield pb.Message(topic=Topic.HE_KEY, sender=self.kit.config.key_holder, payload=blob)
-        elif request.topic in COLLECT_TOPICS:
-            data = self.fed.mode_collect(
-                site.name, request.topic, request.job_id, request.round, request.attempt, wait
-            )
+        elif request.topic in COLLECT_TOPICS or request.topic in XSITE_COLLECT_TOPICS:
+            if request.topic in XSITE_COLLECT_TOPICS:
+                data = self.fed.xsite_collect(site.name, request.topic, request.job_id, wait)
+            else:
+                data = self.fed.mode_collect(
+                    site.name, request.topic, request.job_id, request.round, request.attempt, wait
+                )
             if data is not None:
                 if isinstance(data, Signal):
                     # also as the JSON payload that agents before the ``signal`` field look for

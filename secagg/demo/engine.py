@@ -10,7 +10,8 @@ rounds written into its ``job.yaml``), so the same folder can be signed and subm
 deployment unchanged.
 
 The demo is this engine on its bundled job and data (:func:`secagg.demo.run.run_federation`); it adds
-only what needs the data it made (the central AUC and the cross-site matrix).
+only what needs the data it made (the central AUC). Its cross-site matrix is the federated one: the
+bundled job asks for ``evaluation: cross_site`` and the engine reads what the aggregator wrote.
 
 A new user's mistakes end the run early with one line (:class:`SecaggError` subclasses, each with its
 reason code): no ``job.yaml``, a model file that is not safetensors, a missing data folder, a script that
@@ -38,6 +39,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from secagg.crossval.matrix import Matrix
+from secagg.crossval.matrix import read as read_matrix
 from secagg.errors import ConfigError, SecaggError
 from secagg.events import Event
 from secagg.jobs.spec import JobSpec
@@ -56,13 +59,15 @@ SAVE_HINT = 'safetensors.torch.save_file(model.state_dict(), "model.safetensors"
 
 def dev_policy(submitter: str) -> str:
     """A permissive development site policy: trusts ``submitter``, allows every runnable mode (the
-    dev-TEE is a software stand-in that protects nothing: local runs only). Real sites write their own
-    (see policies/)."""
+    dev-TEE is a software stand-in that protects nothing: local runs only) and shares the site's local
+    model for a job's cross-site evaluation. Real sites write their own (see policies/)."""
     return f"""\
 version: 1
 signers:
   submitters: [{submitter}]
 modes: [{", ".join(RUNNABLE_MODES)}]
+privacy:
+  share_local_model_for_evaluation: true
 attestation:
   types: [dev-tee]
   allow_insecure_dev_tee: true
@@ -220,6 +225,8 @@ class Federation:
     train_logs: dict[str, Path] = field(default_factory=dict)
     #: the mean over the sites of what each reported for the initial model (round 1's evaluation)
     initial_metrics: dict[str, float] = field(default_factory=dict)
+    #: ``evaluation: cross_site``: the matrix the aggregator wrote (None for other jobs, or none written)
+    cross_site: Matrix | None = None
 
     @property
     def state(self) -> Path:
@@ -357,7 +364,8 @@ def run_job(
         _mean(rows[0].metrics.get("sites")) if rows and rows[0].metrics.get("evaluated_round") == 0 else {}
     )
     per_round = _per_round(agg_state, spec.rounds)
-    return Federation(out, out / "job", spec, names, job_id, per_round, seconds, train_logs, initial)
+    matrix = read_matrix(agg_state / "jobs" / job_id) if job_id else None
+    return Federation(out, out / "job", spec, names, job_id, per_round, seconds, train_logs, initial, matrix)
 
 
 def _write_policies(folder: Path, sites: Sequence[SimSite], default: str) -> dict[str, Path]:

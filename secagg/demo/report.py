@@ -4,6 +4,7 @@ metrics.png, summary.json), in the output folder."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,9 @@ def write(
         "per_round": main.per_round,
         "seconds": main.seconds,
         "median_round_seconds": median_round_seconds(main),
-        "cross_site": matrix or {},
+        "cross_site": {
+            m: {s: _finite_or_none(v) for s, v in row.items()} for m, row in (matrix or {}).items()
+        },
         **extra,
     }
     lines = [f"# secagg demo: {main.mode} mode, {len(sites)} sites, {main.rounds} rounds", ""]
@@ -108,24 +111,43 @@ def write(
             "",
         ]
     if matrix:
-        lines += _matrix_lines(matrix, sites)
+        png = main.matrix_png
+        if png is not None:
+            shutil.copyfile(png, out / "cross_site.png")
+        lines += _matrix_lines(matrix, sites, with_png=png is not None)
+        if main.not_shared:
+            summary["cross_site_not_shared"] = main.not_shared
+            who = ", ".join(f"{s} ({code})" for s, code in sorted(main.not_shared.items()))
+            lines[-1:-1] = [f"No site's local model was evaluated: not shared by {who}.", ""]
     (out / "report.md").write_text("\n".join(lines))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
 
 
-def _matrix_lines(matrix: dict[str, dict[str, float]], sites: list[str]) -> list[str]:
+def cell(value: float | None) -> str:
+    """A matrix cell: 4 decimals, or a dash where no site measured it."""
+    return "-" if value is None or not np.isfinite(value) else f"{value:.4f}"
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _matrix_lines(matrix: dict[str, dict[str, float]], sites: list[str], *, with_png: bool) -> list[str]:
     lines = [
         "## Cross-site validation (AUC)",
         "",
-        "Rows: each site's local-only model (trained on its own data for as many epochs) and the "
-        "federated global model; columns: each site's held-out split.",
+        "Measured by the federation itself (the job asks for `evaluation: cross_site`): after the last "
+        "round each site evaluated, on its own held-out split, the global model and each other site's "
+        "last local model, which reached it sealed to its key (the aggregator relays ciphertext only). "
+        "Rows: the model; columns: the site whose held-out split measured it; a site's own local model "
+        "is measured only by the others (-).",
         "",
         "| model | " + " | ".join(sites) + " |",
         "|---" * (len(sites) + 1) + "|",
     ]
     for name, row in matrix.items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[s]:.4f}" for s in sites) + " |")
-    lines.append("")
+        lines.append(f"| {name} | " + " | ".join(cell(row.get(s)) for s in sites) + " |")
+    lines += ["", "![cross-site matrix](cross_site.png)", ""] if with_png else [""]
     return lines
 
 
@@ -204,9 +226,43 @@ def write_job(out: Path, fed: Federation, extra: dict[str, Any] | None = None) -
             f"| {r['round']} | {len(r['participants'])} | {r['seconds']:.2f} | " + " | ".join(cells) + " |"
         )
     lines += ["", "![metrics per round](metrics.png)", ""] if plotted else [""]
+    if fed.cross_site is not None:  # evaluation: cross_site
+        summary["cross_site"] = fed.cross_site.to_dict()
+        lines += _job_matrix_lines(fed, out)
     lines += ["## Logs", ""]
     lines += [f"- {site}: training log `{path}`" for site, path in fed.train_logs.items()]
     lines += [f"- TensorBoard: `tensorboard --logdir {summary['tensorboard']}`", ""]
     (out / "report.md").write_text("\n".join(lines))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def _job_matrix_lines(fed: Federation, out: Path) -> list[str]:
+    """A simulated job's cross-site matrix: its files copied beside the report, one metric tabled."""
+    from secagg.crossval.matrix import JSON_FILE, PNG_FILE
+
+    matrix = fed.cross_site
+    assert matrix is not None
+    src = fed.state / "aggregator" / "jobs" / fed.job_id
+    for name in (JSON_FILE, PNG_FILE):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
+    metric = matrix.plotted_metric()
+    lines = ["## Cross-site evaluation", ""]
+    if matrix.not_shared:
+        who = ", ".join(f"{s} ({code})" for s, code in sorted(matrix.not_shared.items()))
+        lines += [f"Local models were not evaluated: not shared by {who}.", ""]
+    if metric is None:
+        return [*lines, "No site reported a metric.", ""]
+    table = matrix.table(metric)
+    lines += [
+        f"{metric}, as each site (column) measured each model (row) on its own held-out data; "
+        f"every metric in `{JSON_FILE}`.",
+        "",
+        "| model | " + " | ".join(matrix.sites) + " |",
+        "|---" * (len(matrix.sites) + 1) + "|",
+    ]
+    for model, row in table.items():
+        lines.append(f"| {model} | " + " | ".join(cell(row.get(s)) for s in matrix.sites) + " |")
+    lines += ["", f"![cross-site {metric}]({PNG_FILE})", ""] if (out / PNG_FILE).is_file() else [""]
+    return lines

@@ -2,8 +2,9 @@
 on the bundled job (``job_template/``) and the data it makes (:mod:`secagg.demo.data`).
 
 The demo is the one place that sees every site's data, because it made the split; it uses that only to
-evaluate (global validation AUC on the union of the held-out splits, and the cross-site matrix), never
-to train the federated model.
+evaluate (global validation AUC on the union of the held-out splits), never to train the federated
+model. The cross-site matrix is the federation's own (the bundled job asks for ``evaluation:
+cross_site``): each site measured the global model and the other sites' last local models itself.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import yaml
 
 from secagg.bundle import to_safetensors
+from secagg.crossval.matrix import PNG_FILE
 from secagg.demo.data import SiteData, write_site
 from secagg.demo.engine import RUNNABLE_MODES, Federation, SimSite, dev_policy, run_job
 from secagg.errors import SecaggError
@@ -49,6 +51,10 @@ class RunResult:
     final_model: dict[str, np.ndarray]
     seconds: float
     matrix: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the heat map the aggregator drew of the whole matrix (None where none was written)
+    matrix_png: Path | None = None
+    #: sites that did not share their local model for the matrix, with the reason code
+    not_shared: dict[str, str] = field(default_factory=dict)
 
 
 def _template() -> ModuleType:
@@ -87,6 +93,8 @@ def make_job(
         "round_timeout": 120,
         "strategy": strategy or {"name": "fedavg"},
         "params": params,
+        # the cross-site matrix comes from the federation itself (secagg.agent.evaluation)
+        "evaluation": "cross_site",
     }
     if privacy:
         spec["privacy"] = privacy
@@ -165,28 +173,29 @@ def _collect(fed: Federation, sites: list[SiteData], exclude: set[str] | None = 
         per_round.append({"round": r, "auc": tmpl.auc(model, xv, yv), "seconds": timing.get(r, float("nan"))})
         final = bundle
     assert final is not None
-    return RunResult(fed.spec.mode, rounds, per_round, per_round[-1]["auc"], dict(final), fed.seconds)
+    png = fed.state / "aggregator" / "jobs" / fed.job_id / PNG_FILE
+    return RunResult(
+        fed.spec.mode,
+        rounds,
+        per_round,
+        per_round[-1]["auc"],
+        dict(final),
+        fed.seconds,
+        auc_matrix(fed),
+        png if png.is_file() else None,
+        dict(fed.cross_site.not_shared) if fed.cross_site is not None else {},
+    )
 
 
-def cross_site_matrix(
-    final: dict[str, np.ndarray], sites: list[SiteData], params: dict[str, Any], rounds: int
-) -> dict[str, dict[str, float]]:
-    """Rows: each site's local-only model and the global model; columns: each site's held-out split."""
-    import torch
+GLOBAL_ROW = "global (federated)"
 
-    tmpl = _template()
-    rows: dict[str, dict[str, float]] = {}
-    models: dict[str, Any] = {}
-    for s in sites:
-        m = tmpl.make_model()
-        local_params = {**params, "epochs": int(params.get("epochs", 2)) * rounds}
-        tmpl.train(m, torch.from_numpy(s.x_train), torch.from_numpy(s.y_train), local_params)
-        models[f"{s.name} local-only"] = m
-    g = tmpl.make_model()
-    g.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in final.items()})
-    models["global (federated)"] = g
-    for name, m in models.items():
-        rows[name] = {
-            s.name: tmpl.auc(m, torch.from_numpy(s.x_val), torch.from_numpy(s.y_val)) for s in sites
-        }
-    return rows
+
+def auc_matrix(fed: Federation, metric: str = "val_auc") -> dict[str, dict[str, float]]:
+    """The federated cross-site matrix of the demo's AUC: rows the global model and each site's last
+    local model (``SITE local``), columns the site whose held-out split measured it; NaN where no
+    site measured it (a site's own local model is measured only by the others)."""
+    if fed.cross_site is None:
+        return {}
+    table = fed.cross_site.table(metric)
+    return {(GLOBAL_ROW if model == "global" else f"{model} local"): row for model, row in table.items()}
+

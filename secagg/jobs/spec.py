@@ -18,6 +18,8 @@ from secagg.strategy.spec import StrategySpec
 
 #: the names of :data:`secagg.modes.MODES` (a test holds the two equal)
 Mode = Literal["plain", "he", "mask", "tee", "tee-mask"]
+#: ``evaluation:`` in job.yaml (see ``JobSpec.evaluation``)
+Evaluation = Literal["global", "cross_site"]
 MODES: tuple[str, ...] = NAMES
 
 
@@ -116,6 +118,10 @@ class JobSpec(_Strict):
     mask: MaskSpec | None = None
     privacy: list[FilterSpec] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
+    #: what the sites evaluate after the last round: ``global``, each site the final global model on
+    #: its held-out data (as always); ``cross_site``, also every site's last local model on every other
+    #: site's data where every site's policy shares it (:mod:`secagg.agent.evaluation`)
+    evaluation: Evaluation = "global"
 
     @model_validator(mode="before")
     @classmethod

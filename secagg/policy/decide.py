@@ -426,6 +426,12 @@ def decide(
                 )
             )
 
+    if job.evaluation == "cross_site":
+        from secagg.policy.evaluation import share_decision
+
+        share = share_decision(policy, job, chain)
+        reasons.append(Reason("evaluation", True, OK, share.text))
+
     return Decision(
         accept=all(r.ok for r in reasons),
         reasons=reasons,

@@ -72,6 +72,16 @@ def describe_policy(policy: SitePolicy) -> list[str]:
             "the entry count through its rounding bound; the job's worst case is computed from its "
             "model's parameter count and its number of rounds, as the privacy ledger will debit it)"
         )
+    lines.append(
+        "Cross-site evaluation: this site's last local model "
+        + (
+            "MAY be sealed to the other sites and evaluated there, where every site allows it "
+            "(share_local_model_for_evaluation: true)"
+            if policy.privacy.share_local_model_for_evaluation
+            else "is never shared (share_local_model_for_evaluation: false), so in a job of this "
+            "site only the global model is evaluated"
+        )
+    )
     a = policy.attestation
     if a is not None:
         lines.append(

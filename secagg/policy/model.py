@@ -47,6 +47,10 @@ class Budget(_Strict):
 class Privacy(_Strict):
     required: list[FilterSpec] = Field(default_factory=list)
     budget: Budget | None = None
+    #: a job with ``evaluation: cross_site`` may send this site's last local model (the global model
+    #: plus its released update), sealed to each other site, to be evaluated there; off by default,
+    #: because it shows the other sites one site's release that the job's mode otherwise hides
+    share_local_model_for_evaluation: bool = False
 
 
 _HEX48 = r"^[0-9a-fA-F]{96}$"

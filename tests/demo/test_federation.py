@@ -100,3 +100,17 @@ def test_demo_runs_through_the_simulate_engine(demo: Path) -> None:
     assert (run / "policies" / "site-1.yaml").is_file() and not (run / "policies" / "site-2.yaml").exists()
     for site in ("site-1", "site-2"):
         assert "secagg worker:" in (run / "logs" / f"{site}.train.log").read_text()
+
+
+def test_cross_site_matrix_comes_from_the_federation(demo: Path) -> None:
+    """The demo's matrix is what the sites measured in the federation (evaluation: cross_site); here
+    site-2's own policy does not share its local model, so only the global model's row is there."""
+    summary = json.loads((demo / "summary.json").read_text())
+    kept = next((demo / "plain" / "state" / "aggregator" / "jobs").glob("*/cross_site.json"))
+    federated = json.loads(kept.read_text())
+    assert federated["not_shared"] == {"site-2": "xsite_not_shared"} and federated["models"] == ["global"]
+    assert summary["cross_site"] == {
+        "global (federated)": {s: c["val_auc"] for s, c in federated["matrix"]["global"].items()}
+    }
+    assert summary["cross_site_not_shared"] == {"site-2": "xsite_not_shared"}
+    assert "not shared by site-2 (xsite_not_shared)" in (demo / "report.md").read_text()

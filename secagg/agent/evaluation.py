@@ -1,0 +1,216 @@
+"""Cross-site evaluation at a site: share the last local model sealed, evaluate the others' models.
+
+For a job with ``evaluation: cross_site``, after the site evaluated the final global model
+(:meth:`secagg.agent.site.SiteAgent._finalize`):
+
+1. it decides whether it shares its last local model (:func:`secagg.policy.evaluation.share_decision`,
+   from the policy as it is now, and whether it has such a model) and posts that as a signed consent;
+2. it checks every site's signed consent as the aggregator fixed them: local models travel only if
+   every one of them shares, so the aggregator cannot make a site's model go to a site that refused,
+   nor give a refusing site the others';
+3. if so, it seals its model to each other consenting site (:mod:`secagg.crossval.seal`) and posts
+   the envelopes, then opens the ones addressed to it (checking each sender's signature) and has the
+   job's code evaluate each, one ``evaluate`` task each, with ``task.model`` naming the owner;
+4. it posts the metrics: numbers only, bounded and rounded (:func:`secagg.crossval.wire.bounded_metrics`).
+
+What it shares is its *released* local model of the last round: the global model it trained from plus
+its update after every filter of its policy (:func:`keep_local_model`, called when that upload was
+accepted), never the raw trained weights; this is the release its ledger already debited, so sharing
+spends no budget. A peer's model is written only to the job's confined I/O folder for the evaluation
+and removed after it; it is never kept in the site's state.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+import numpy as np
+
+from secagg.agent.admission import Admitted
+from secagg.agent.relay import Relay, RoundMovedOn, is_stale
+from secagg.agent.state import SiteState
+from secagg.agent.training import Trainer
+from secagg.auditlog import AuditLog
+from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
+from secagg.crossval import wire
+from secagg.crossval.seal import Consent, Envelope, EnvelopeError, open_model, seal_model
+from secagg.errors import SecaggError
+from secagg.events import Event
+from secagg.fsio import atomic_write
+from secagg.policy.evaluation import share_decision
+from secagg.policy.model import SitePolicy
+from secagg.provision.kit import Kit
+from secagg.reasons import Reason
+
+#: the site's last released local model of a cross-site job, in its job folder
+LOCAL_FILE = "xsite-local.safetensors"
+#: an envelope's JSON is base64 (4/3) plus a few hundred bytes: a model past this cannot be relayed
+MAX_SHARED_MODEL_BYTES = (7 << 20) * 3 // 4 - 4096
+
+
+def keep_local_model(
+    state: SiteState, job_id: str, bspec: BundleSpec, global_bundle: Mapping[str, np.ndarray], update: Any
+) -> None:
+    """Keep the last round's released local model (global + released update) for the evaluation."""
+    local = {
+        k: (np.asarray(global_bundle[k], np.float64) + np.asarray(update[k], np.float64)).astype(np.float32)
+        for k in bspec.names
+    }
+    atomic_write(state.job_dir(job_id) / LOCAL_FILE, to_safetensors(local, order=bspec.names), mode=0o600)
+
+
+class CrossSiteEvaluation:
+    """One site's part of the workflow (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        kit: Kit,
+        state: SiteState,
+        relay: Relay,
+        audit: AuditLog,
+        trainer: Trainer,
+        load_policy: Callable[[], SitePolicy],
+    ) -> None:
+        self.kit, self.state, self.relay, self.audit = kit, state, relay, audit
+        self.trainer, self.load_policy = trainer, load_policy
+
+    @property
+    def me(self) -> str:
+        return self.kit.name
+
+    def run(
+        self, adm: Admitted, job_id: str, round_: int, global_bytes: bytes, global_metrics: dict[str, float]
+    ) -> None:
+        """The whole exchange; a round that moves on without this site ends it quietly (audited)."""
+        try:
+            self._run(adm, job_id, round_, global_bytes, global_metrics)
+        except RoundMovedOn as exc:
+            self.audit.append(Event.XSITE_REFUSED, job=job_id, code=exc.code, reason=str(exc))
+        except grpc.RpcError as exc:
+            if not is_stale(exc):
+                raise
+            self.audit.append(Event.XSITE_REFUSED, job=job_id, code=Reason.LATE, reason=str(exc.details()))
+        finally:
+            # a peer's model never stays in the job's I/O folder
+            (self.state.job_dir(job_id) / "io" / "global.safetensors").unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ the steps
+    def _run(
+        self, adm: Admitted, job_id: str, round_: int, global_bytes: bytes, global_metrics: dict[str, float]
+    ) -> None:
+        project = self.kit.config.project
+        share, code = self._my_share(adm, job_id)
+        mine = Consent(job_id, self.me, share, code).signed(self.kit.private_key, project)
+        self.relay.post(wire.CONSENT, json.dumps(mine.to_dict()).encode(), job_id=job_id, round_=round_)
+        consents = self._consents(job_id, round_, mine)
+        refusing = sorted(s for s, c in consents.items() if not c.share)
+        travel = len(consents) >= 2 and not refusing
+        if travel:
+            self._share(job_id, round_, sorted(s for s in consents if s != self.me))
+        else:
+            self.audit.append(
+                Event.XSITE_NOT_SHARED,
+                job=job_id,
+                code=code if not share else Reason.XSITE_NOT_SHARED,
+                sites=refusing,
+            )
+        results: dict[str, dict[str, float]] = {}
+        refused: dict[str, str] = {}
+        try:
+            results[wire.GLOBAL] = wire.bounded_metrics(global_metrics)
+        except wire.BadMetrics:
+            refused[wire.GLOBAL] = Reason.OUT_OF_RANGE
+        if travel:
+            bspec = BundleSpec.of(from_safetensors(global_bytes))
+            for sender, envelope in self._inbox(job_id, round_, set(consents)).items():
+                try:
+                    results[sender] = self._evaluate(adm, job_id, round_, bspec, sender, envelope)
+                    self.audit.append(Event.XSITE_EVALUATED, job=job_id, model=sender)
+                except (SecaggError, wire.BadMetrics) as exc:
+                    why = getattr(exc, "code", Reason.OUT_OF_RANGE)
+                    refused[sender] = why
+                    self.audit.append(
+                        Event.XSITE_REFUSED, job=job_id, model=sender, code=why, reason=str(exc)[:500]
+                    )
+        body = {"results": results, "refused": refused}
+        self.relay.post(wire.METRICS, json.dumps(body).encode(), job_id=job_id, round_=round_)
+
+    def _my_share(self, adm: Admitted, job_id: str) -> tuple[bool, str]:
+        decision = share_decision(self.load_policy(), adm.job.spec, adm.decision.effective_privacy)
+        if not decision.share:
+            return False, decision.code
+        local = self.state.job_dir(job_id) / LOCAL_FILE
+        if not local.is_file():
+            return False, Reason.XSITE_NO_LOCAL_MODEL
+        if local.stat().st_size > MAX_SHARED_MODEL_BYTES:
+            return False, Reason.XSITE_TOO_LARGE
+        return True, Reason.OK
+
+    def _certs(self) -> dict[str, Any]:
+        return {**self.kit.peer_certs(), self.me: self.kit.cert}
+
+    def _consents(self, job_id: str, round_: int, mine: Consent) -> dict[str, Consent]:
+        """Every consent the aggregator fixed, each checked against its site's certificate here."""
+        raw = json.loads(self.relay.collect(wire.CONSENTS, job_id=job_id, round_=round_, attempt=1))
+        if not isinstance(raw, dict):
+            raise EnvelopeError("the consents are not a JSON object")
+        certs, project = self._certs(), self.kit.config.project
+        out: dict[str, Consent] = {}
+        for site, doc in raw.items():
+            c = Consent.from_dict(doc)
+            if c.site != site or site not in certs or c.job != job_id:
+                raise EnvelopeError(f"consent of {c.site} in {c.job} listed as {site}'s")
+            c.verify(certs[site], project)
+            out[site] = c
+        if out.get(self.me) != mine:
+            raise EnvelopeError("the consents the aggregator fixed do not hold this site's own")
+        return out
+
+    def _share(self, job_id: str, round_: int, peers: list[str]) -> None:
+        model = (self.state.job_dir(job_id) / LOCAL_FILE).read_bytes()
+        certs, project = self._certs(), self.kit.config.project
+        for peer in peers:
+            env = seal_model(
+                model,
+                project=project,
+                job=job_id,
+                sender=self.me,
+                sender_key=self.kit.private_key,
+                recipient=peer,
+                recipient_cert=certs[peer],
+            )
+            self.relay.post(wire.MODEL, env.to_bytes(), job_id=job_id, round_=round_)
+        self.audit.append(Event.XSITE_SHARED, job=job_id, to=peers, bytes=len(model))
+
+    def _inbox(self, job_id: str, round_: int, sites: set[str]) -> dict[str, bytes]:
+        raw = json.loads(self.relay.collect(wire.INBOX, job_id=job_id, round_=round_, attempt=1))
+        if not isinstance(raw, dict):
+            raise EnvelopeError("the inbox is not a JSON object")
+        return {
+            str(s): base64.b64decode(v, validate=True)
+            for s, v in sorted(raw.items())
+            if s in sites and s != self.me and isinstance(v, str)
+        }
+
+    def _evaluate(
+        self, adm: Admitted, job_id: str, round_: int, bspec: BundleSpec, sender: str, data: bytes
+    ) -> dict[str, float]:
+        model = open_model(
+            Envelope.from_bytes(data),
+            project=self.kit.config.project,
+            job=job_id,
+            me=self.me,
+            my_key=self.kit.private_key,
+            sender_cert=self._certs()[sender],
+        )
+        bspec.check(from_safetensors(model))  # the job's model, finite: nothing else goes to the job's code
+        result = self.trainer.run(adm, job_id, "evaluate", round_, model, model=sender)
+        return wire.bounded_metrics(result.metrics)
+
+
+__all__ = ["LOCAL_FILE", "CrossSiteEvaluation", "keep_local_model"]

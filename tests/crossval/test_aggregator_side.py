@@ -1,0 +1,160 @@
+"""The aggregator's part of cross-site evaluation, without the network: what it takes, when each phase
+closes, what it publishes to whom, and the matrix it makes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from secagg.aggregator.evaluation import CrossSite
+from secagg.aggregator.rounds import Signal
+from secagg.crossval import wire
+from secagg.crossval.seal import Consent, EnvelopeError, seal_model
+from secagg.errors import UpdateRejected
+from secagg.provision.kit import Kit, load_kit
+from secagg.reasons import Reason
+
+SITES = ["site-1", "site-2", "site-3"]
+
+
+@pytest.fixture(scope="module")
+def kits(workspace: Path) -> dict[str, Kit]:
+    return {s: load_kit(workspace / s) for s in SITES}
+
+
+def _consent(kits: dict[str, Kit], site: str, share: bool = True, job: str = "job-1") -> bytes:
+    k = kits[site]
+    code = Reason.OK if share else Reason.XSITE_NOT_SHARED
+    return json.dumps(
+        Consent(job, site, share, code).signed(k.private_key, k.config.project).to_dict()
+    ).encode()
+
+
+def _post(x: CrossSite, kits: dict[str, Kit], site: str, topic: str, payload: bytes) -> None:
+    x.post(site, kits[site].cert, kits[site].config.project, topic, payload)
+
+
+def _model(kits: dict[str, Kit], sender: str, to: str) -> bytes:
+    k = kits[sender]
+    env = seal_model(
+        b"model",
+        project=k.config.project,
+        job="job-1",
+        sender=sender,
+        sender_key=k.private_key,
+        recipient=to,
+        recipient_cert=kits[to].cert,
+    )
+    return env.to_bytes()
+
+
+def _consented(tmp: Path, kits: dict[str, Kit], shares: dict[str, bool]) -> CrossSite:
+    x = CrossSite("job-1", tmp, round_timeout=30, started=0.0)
+    for site, share in shares.items():
+        _post(x, kits, site, wire.CONSENT, _consent(kits, site, share))
+    assert x.advance(set(SITES), now=1.0)[0] is False
+    return x
+
+
+def test_consents_are_fixed_when_every_site_answered(tmp_path: Path, kits: dict[str, Kit]) -> None:
+    x = CrossSite("job-1", tmp_path, round_timeout=30, started=0.0)
+    _post(x, kits, "site-1", wire.CONSENT, _consent(kits, "site-1"))
+    assert x.collect("site-1", wire.CONSENTS) is None  # not fixed yet
+    assert x.advance(set(SITES), now=1.0) == (False, [])
+    _post(x, kits, "site-2", wire.CONSENT, _consent(kits, "site-2"))
+    _post(x, kits, "site-3", wire.CONSENT, _consent(kits, "site-3"))
+    done, notes = x.advance(set(SITES), now=2.0)
+    assert not done and notes[0][1]["share"] is True
+    published = json.loads(x.collect("site-2", wire.CONSENTS))  # type: ignore[arg-type]
+    assert sorted(published) == SITES
+    with pytest.raises(UpdateRejected) as late:
+        _post(x, kits, "site-3", wire.CONSENT, _consent(kits, "site-3"))
+    assert late.value.code == Reason.LATE
+
+
+def test_a_site_silent_past_the_timeout_is_left_out(tmp_path: Path, kits: dict[str, Kit]) -> None:
+    x = CrossSite("job-1", tmp_path, round_timeout=30, started=0.0)
+    for site in ("site-1", "site-2"):
+        _post(x, kits, site, wire.CONSENT, _consent(kits, site))
+    assert x.advance(set(SITES), now=10.0)[0] is False and x.fixed is None
+    _, notes = x.advance(set(SITES), now=31.0)
+    assert notes[0][1]["missing"] == ["site-3"] and x.sharing == ["site-1", "site-2"]
+    assert x.collect("site-3", wire.CONSENTS) == Signal.NOT_FOR_YOU
+    assert x.matrix(SITES, {}).not_shared == {"site-3": "late"}
+
+
+def test_a_consent_for_someone_else_or_unsigned_is_refused(tmp_path: Path, kits: dict[str, Kit]) -> None:
+    x = CrossSite("job-1", tmp_path, round_timeout=30, started=0.0)
+    with pytest.raises(UpdateRejected) as other:
+        _post(x, kits, "site-1", wire.CONSENT, _consent(kits, "site-2"))  # site-1 posting site-2's
+    assert other.value.code == Reason.XSITE_ENVELOPE
+    with pytest.raises(UpdateRejected):
+        _post(x, kits, "site-1", wire.CONSENT, _consent(kits, "site-1", job="job-2"))
+    forged = json.loads(_consent(kits, "site-1"))
+    forged["share"] = False  # changed after signing
+    with pytest.raises(EnvelopeError):
+        _post(x, kits, "site-1", wire.CONSENT, json.dumps(forged).encode())
+
+
+def test_no_model_travels_when_one_site_refuses(tmp_path: Path, kits: dict[str, Kit]) -> None:
+    x = _consented(tmp_path, kits, {"site-1": True, "site-2": True, "site-3": False})
+    assert x.share_all is False and x.sharing == []
+    with pytest.raises(UpdateRejected) as refused:
+        _post(x, kits, "site-1", wire.MODEL, _model(kits, "site-1", "site-2"))
+    assert refused.value.code == Reason.XSITE_PROTOCOL
+    assert x.collect("site-1", wire.INBOX) == Signal.NOT_FOR_YOU
+    assert not (tmp_path / "xsite").exists()
+
+
+def test_models_are_relayed_sealed_and_published_per_recipient(tmp_path: Path, kits: dict[str, Kit]) -> None:
+    x = _consented(tmp_path, kits, dict.fromkeys(SITES, True))
+    pairs = [(a, b) for a in SITES for b in SITES if a != b]
+    for a, b in pairs[:-1]:
+        _post(x, kits, a, wire.MODEL, _model(kits, a, b))
+    last_a, last_b = pairs[-1]
+    assert x.collect(last_b, wire.INBOX) is None  # one envelope for it still missing
+    with pytest.raises(UpdateRejected) as misrouted:  # a site cannot post as another's sender
+        _post(x, kits, last_b, wire.MODEL, _model(kits, last_a, last_b))
+    assert misrouted.value.code == Reason.XSITE_ENVELOPE
+    _post(x, kits, last_a, wire.MODEL, _model(kits, last_a, last_b))
+    inbox = json.loads(x.collect(last_b, wire.INBOX))  # type: ignore[arg-type]
+    assert sorted(inbox) == sorted(s for s in SITES if s != last_b)
+    assert all(b"model" not in p.read_bytes() for p in (tmp_path / "xsite").iterdir())
+    assert x.advance(set(SITES), now=2.0) == (False, []) and x.models_closed
+
+
+def test_metrics_are_bounded_and_only_for_models_given(tmp_path: Path, kits: dict[str, Kit]) -> None:
+    x = _consented(tmp_path, kits, {"site-1": True, "site-2": True, "site-3": False})
+    with pytest.raises(UpdateRejected):  # no local model travelled: only the global one is measured
+        _post(x, kits, "site-1", wire.METRICS, json.dumps({"results": {"site-2": {"auc": 0.5}}}).encode())
+    too_many = {f"m{i}": 1.0 for i in range(wire.MAX_METRICS + 1)}
+    with pytest.raises(UpdateRejected) as bounded:
+        _post(x, kits, "site-1", wire.METRICS, json.dumps({"results": {"global": too_many}}).encode())
+    assert bounded.value.code == Reason.OUT_OF_RANGE
+    for site in SITES:
+        body = {"results": {"global": {"auc": 0.123456789, "n": 10}}}
+        _post(x, kits, site, wire.METRICS, json.dumps(body).encode())
+    assert x.advance(set(SITES), now=2.0) == (True, [])
+    matrix, written = x.finish(SITES, {})
+    assert [p.name for p in written] == ["cross_site.json", "cross_site.png"]
+    assert matrix.cells == {"global": {s: {"auc": 0.123457, "n": 10.0} for s in SITES}}
+    assert matrix.not_shared == {"site-3": "xsite_not_shared"} and matrix.models == ["global"]
+    assert x.collect("site-1", wire.CONSENTS) == Signal.CANCELLED
+
+
+def test_a_silent_evaluator_keeps_its_final_metrics_as_the_global_cell(
+    tmp_path: Path, kits: dict[str, Kit]
+) -> None:
+    x = _consented(tmp_path, kits, dict.fromkeys(SITES, False))
+    m = x.matrix(SITES, {"site-2": {"auc": 0.7, "label": "dropped"}})
+    assert m.cells == {"global": {"site-2": {"auc": 0.7}}}
+
+
+@pytest.mark.parametrize(
+    "bad", [{"x": float("inf")}, {"x": 1e16}, {"bad name": 1.0}, {"x": True}, {"x": "1"}]
+)
+def test_bounded_metrics_refuses(bad: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(wire.BadMetrics):
+        wire.bounded_metrics(bad)
