@@ -86,11 +86,16 @@ class CrossSiteEvaluation:
     def run(
         self, adm: Admitted, job_id: str, round_: int, global_bytes: bytes, global_metrics: dict[str, float]
     ) -> None:
-        """The whole exchange; a round that moves on without this site ends it quietly (audited)."""
+        """The whole exchange. A round that moves on without this site ends it quietly, and what the
+        aggregator relays that does not verify or parse ends it too (both audited, the agent goes on):
+        the global model's cell then comes from the final metrics the site already sent."""
         try:
             self._run(adm, job_id, round_, global_bytes, global_metrics)
         except RoundMovedOn as exc:
             self.audit.append(Event.XSITE_REFUSED, job=job_id, code=exc.code, reason=str(exc))
+        except (EnvelopeError, ValueError) as exc:  # ValueError: JSON or base64 that does not parse
+            code = getattr(exc, "code", Reason.MALFORMED)
+            self.audit.append(Event.XSITE_REFUSED, job=job_id, code=code, reason=str(exc)[:500])
         except grpc.RpcError as exc:
             if not is_stale(exc):
                 raise
@@ -131,8 +136,9 @@ class CrossSiteEvaluation:
                 try:
                     results[sender] = self._evaluate(adm, job_id, round_, bspec, sender, envelope)
                     self.audit.append(Event.XSITE_EVALUATED, job=job_id, model=sender)
-                except (SecaggError, wire.BadMetrics) as exc:
-                    why = getattr(exc, "code", Reason.OUT_OF_RANGE)
+                except (SecaggError, ValueError) as exc:  # BadMetrics and bad base64 are ValueErrors
+                    default = Reason.OUT_OF_RANGE if isinstance(exc, wire.BadMetrics) else Reason.MALFORMED
+                    why = getattr(exc, "code", default)
                     refused[sender] = why
                     self.audit.append(
                         Event.XSITE_REFUSED, job=job_id, model=sender, code=why, reason=str(exc)[:500]
@@ -187,21 +193,19 @@ class CrossSiteEvaluation:
             self.relay.post(wire.MODEL, env.to_bytes(), job_id=job_id, round_=round_)
         self.audit.append(Event.XSITE_SHARED, job=job_id, to=peers, bytes=len(model))
 
-    def _inbox(self, job_id: str, round_: int, sites: set[str]) -> dict[str, bytes]:
+    def _inbox(self, job_id: str, round_: int, sites: set[str]) -> dict[str, str]:
+        """The envelopes addressed to this site (base64, decoded one by one: one bad entry costs one cell)."""
         raw = json.loads(self.relay.collect(wire.INBOX, job_id=job_id, round_=round_, attempt=1))
         if not isinstance(raw, dict):
             raise EnvelopeError("the inbox is not a JSON object")
-        return {
-            str(s): base64.b64decode(v, validate=True)
-            for s, v in sorted(raw.items())
-            if s in sites and s != self.me and isinstance(v, str)
-        }
+        mine = sorted(raw.items())
+        return {str(s): v for s, v in mine if s in sites and s != self.me and isinstance(v, str)}
 
     def _evaluate(
-        self, adm: Admitted, job_id: str, round_: int, bspec: BundleSpec, sender: str, data: bytes
+        self, adm: Admitted, job_id: str, round_: int, bspec: BundleSpec, sender: str, data: str
     ) -> dict[str, float]:
         model = open_model(
-            Envelope.from_bytes(data),
+            Envelope.from_bytes(base64.b64decode(data, validate=True)),
             project=self.kit.config.project,
             job=job_id,
             me=self.me,
