@@ -17,7 +17,8 @@ What the aggregator holds of a local model is only ever the sealed envelope, on 
 It checks each envelope's and consent's signature against the caller's mTLS certificate so that
 garbage is refused at once, but the sites do not rely on that: they check every signature themselves.
 
-Known limit: this state lives in memory; an aggregator restarted during the evaluation writes the
+Known limits: an aborted job leaves its sealed envelopes (ciphertext) under ``xsite/``; this state
+lives in memory; an aggregator restarted during the evaluation writes the
 matrix from what is posted after the restart (the global row from the sites' final metrics at least).
 """
 

@@ -19,13 +19,14 @@ from secagg.crossval.matrix import JSON_FILE, PNG_FILE
 from secagg.crossval.wire import DIGITS
 from secagg.provision.kit import load_kit
 from tests.integration.harness import HERE, INIT, SAMPLES, TEST_POLICY, make_tiny_job, start, write_policies
+from tests.integration.test_tee import DEV_TEE, _enclave
 from tests.integration.tinyjob_train import delta
 
 pytestmark = pytest.mark.slow
 SITES = list(SAMPLES)
-SHARING = TEST_POLICY.replace("modes: [plain, he]", "modes: [plain, he, mask]").replace(
+SHARING = TEST_POLICY.replace("modes: [plain, he]", "modes: [plain, he, mask, tee]").replace(
     "limits:", "privacy:\n  share_local_model_for_evaluation: true\nlimits:"
-)
+) + DEV_TEE.split("min_sites_per_round: 2\n", 1)[1]  # the dev-TEE attestation rules of test_tee
 
 
 def _job(tmp: Path, workspace: Path, mode: str) -> Path:
@@ -50,7 +51,8 @@ def _rounded(x: float) -> float:
 
 def _run(tmp: Path, workspace: Path, mode: str, policies: dict[str, str]) -> tuple[dict, Path, list[dict]]:
     job = _job(tmp, workspace, mode)
-    run = start(tmp, workspace, job, policies=write_policies(tmp, policies))
+    enclave = _enclave() if mode == "tee" else None
+    run = start(tmp, workspace, job, policies=write_policies(tmp, policies), enclave=enclave)
     try:
         run.join(timeout=180)
         assert not run.errors, run.errors
@@ -89,7 +91,7 @@ def _no_local_model_in_the_clear(agg: Path) -> None:
         assert not any(n in data for n in needles), f"{p} holds a local model in the clear"
 
 
-@pytest.mark.parametrize("mode", ["plain", "he", "mask"])
+@pytest.mark.parametrize("mode", ["plain", "he", "mask", "tee"])
 def test_every_site_evaluates_every_model(tmp_path: Path, workspace: Path, mode: str) -> None:
     matrix, agg, audit = _run(tmp_path, workspace, mode, {s: SHARING for s in SITES})
     assert matrix["shared"] is True and matrix["not_shared"] == {}

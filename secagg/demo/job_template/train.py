@@ -55,7 +55,7 @@ def main() -> None:
         xv, yv = load(task.data_dir, "val")
         metrics = {"val_auc": auc(model, xv, yv), "n_val": float(len(yv))}
         metrics = {k: v for k, v in metrics.items() if v == v}  # drop NaN (a one-class split)
-        if task.task == "evaluate":  # secagg
+        if task.task == "evaluate":  # secagg: the final global model, or another site's (task.model)
             client.send(metrics=metrics)  # secagg
             continue
         x, y = load(task.data_dir, "train")
