@@ -8,7 +8,8 @@ from pathlib import Path
 
 from attestation.errors import OptionsError
 from attestation.evidence import verify_and_validate
-from attestation.options import VerifyOptions, load_options
+from attestation.options import ValidationOptions, VerifyOptions, options_from_mapping
+from secagg import safeyaml
 from secagg.errors import ConfigError, IntegrityError, PolicyRefusal, UsageError
 from secagg.reasons import Reason
 
@@ -54,6 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v.set_defaults(func=run_verify)
 
 
+def load_options(path: Path | str) -> ValidationOptions:
+    """Validation options from a YAML file (or a site policy's ``attestation`` section), read with
+    the project's hardened loader: ``attestation`` takes parsed data and reads no YAML itself."""
+    data = safeyaml.load_file(path, what="policy or options file")
+    try:
+        return options_from_mapping(data, str(path))
+    except OptionsError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
@@ -70,10 +81,7 @@ def run_verify(args: argparse.Namespace) -> int:
             raise UsageError(f"--nonce is not hex: {args.nonce!r}") from None
         if len(nonce) > 64:
             raise UsageError("--nonce is longer than 64 bytes")
-    try:
-        options = load_options(args.policy) if args.policy else None
-    except OptionsError as exc:
-        raise ConfigError(str(exc)) from None
+    options = load_options(args.policy) if args.policy else None
     if args.collateral is not None and not args.collateral.is_dir():
         raise ConfigError(f"--collateral {args.collateral} is not a folder")
     result = verify_and_validate(
