@@ -202,10 +202,28 @@ def _text(data: bytes | str, source: str, max_bytes: int) -> str:
         raise SafeYamlError(f"{source}: not UTF-8 text (byte {exc.start})", Reason.YAML_INVALID) from None
 
 
+def _unprintable(source: str, text: str, exc: yaml.reader.ReaderError) -> SafeYamlError:
+    """A control or other non-printable character (YAML allows tab, newline and printable Unicode)."""
+    position = max(0, min(int(exc.position), len(text)))
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+    problem = (
+        f"character U+{char:04X} (column {column}) is not allowed in YAML "
+        "(remove it, or write it as an escape in double quotes)"
+    )
+    err = SafeYamlError(f"{_where(source, line)}: {problem}", Reason.YAML_INVALID, line)
+    err.problem = problem
+    return err
+
+
 def parse(data: bytes | str, source: str = "<yaml>", max_bytes: int = MAX_BYTES) -> Parsed:
     """Compose and construct one document; repeated keys are listed (the last value kept), not raised."""
     text = _text(data, source, max_bytes)
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader refuses non-printable characters here, before parsing
+    except yaml.reader.ReaderError as exc:
+        raise _unprintable(source, text, exc) from None
     loader.source = source
     try:
         root = loader.get_single_node()

@@ -1,16 +1,15 @@
-"""Fuzz (late, #18): job.yaml, manifest.json and site policies, against the parsers on main.
+"""Fuzz (#18): job.yaml, manifest.json and site policies.
 
-These parsers belong to the jobs and policy owners; crashes found here are reported to them in issue
-#18 rather than fixed in this folder. Seeds: the repository's example policies and a job.yaml and
-manifest as the code writes them. Alias bombs are deliberately not generated (known, issue #18; they
-would take the shared test machine's memory), so this checks the remaining shapes.
+Seeds: the repository's example policies and a job.yaml and manifest as the code writes them. The
+crashes this found (a ``yaml.reader.ReaderError`` on a control character, ``rfc8785`` refusing an
+integer past 2^53 in a manifest) are fixed and kept as regressions in ``test_regressions``; alias
+bombs are refused by ``secagg.safeyaml`` and tested there (tests/test_safeyaml.py).
 """
 
 from __future__ import annotations
 
 import json
 
-import pytest
 from hypothesis import given
 
 from secagg.errors import SecaggError
@@ -18,9 +17,6 @@ from secagg.jobs.job import parse_spec
 from secagg.jobs.manifest import parse_manifest
 from secagg.policy.check import check_policy_text
 from tests.fuzz._harness import VECTORS, Target, inputs
-
-# known crashes in code of other owners (reported in #18): yaml ReaderError, rfc8785 IntegerDomainError
-pytestmark = pytest.mark.xfail(strict=False, reason="parsers of other owners; crashes reported in #18")
 
 _POLICIES = VECTORS.parent.parent / "policies"
 
@@ -52,6 +48,14 @@ def _policy(data: bytes) -> None:
     check_policy_text(data.decode("utf-8", "replace"))
 
 
+def _warm_rdp() -> None:
+    """A policy with a Gaussian filter is checked by RDP accounting, whose first use imports opacus
+    and torch (20-30 s on a loaded machine): once, before the timed inputs."""
+    from secagg.privacy.accounting import rdp_epsilon
+
+    rdp_epsilon([(1.0, 0.01, 1)], 1e-5)
+
+
 TARGETS = [
     Target("job_yaml", parse_spec, lambda: [JOB_YAML], (SecaggError,)),
     Target("manifest_json", parse_manifest, lambda: [_manifest()], (SecaggError,)),
@@ -60,6 +64,7 @@ TARGETS = [
         _policy,
         lambda: [p.read_bytes() for p in sorted(_POLICIES.glob("*.yaml"))],
         (SecaggError,),
+        warm=_warm_rdp,
     ),
 ]
 _T = {t.name: t for t in TARGETS}
