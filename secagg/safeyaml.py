@@ -254,6 +254,20 @@ def load(data: bytes | str, source: str = "<yaml>", max_bytes: int = MAX_BYTES) 
     return parsed.data
 
 
+def file_kind(mode: int) -> str | None:
+    """What a ``st_mode`` is when it is not a regular file ("a directory", "a named pipe (FIFO)", ...),
+    None for a regular file: the words a refusal uses instead of "no such file"."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket or special file"
+
+
 def read_file(path: Path | str, max_bytes: int = MAX_BYTES, what: str = "file") -> bytes:
     """A regular file's bytes, at most ``max_bytes``: its size is checked before it is read, and it is
     opened without blocking so that a FIFO named by mistake (or malice) is refused, not waited on."""
@@ -272,18 +286,7 @@ def read_file(path: Path | str, max_bytes: int = MAX_BYTES, what: str = "file") 
         raise SafeYamlError(f"{path}: cannot read {what} ({exc.strerror})", Reason.CONFIG) from None
     try:
         st = os.fstat(fd)
-        kind = (
-            "a directory"
-            if stat.S_ISDIR(st.st_mode)
-            else "a named pipe (FIFO)"
-            if stat.S_ISFIFO(st.st_mode)
-            else "a device"
-            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-            else None
-            if stat.S_ISREG(st.st_mode)
-            else "a special file"
-        )
-        if kind is not None:
+        if (kind := file_kind(st.st_mode)) is not None:
             raise SafeYamlError(f"{path}: is {kind}, not a {what}", Reason.NOT_A_FILE)
         if st.st_size > max_bytes:
             raise SafeYamlError(
@@ -315,6 +318,7 @@ __all__ = [
     "MAX_NODES",
     "Parsed",
     "SafeYamlError",
+    "file_kind",
     "load",
     "load_file",
     "parse",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from attestation.errors import OptionsError
@@ -53,6 +54,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="accept dev-only software-TEE evidence (NOT hardware-backed; demos and tests only)",
     )
     v.set_defaults(func=run_verify)
+
+
+#: how ``attestation`` labels a failure of the data given beside the evidence (``CertificateDataError``)
+_CERTS_PROBLEM = "certificates: "
+
+
+_CERTS_WHICH = re.compile(r"^certificate file(?: (\d+) of \d+)?")
+
+
+def _name_certs_file(problem: str, paths: list[Path]) -> str:
+    """``certificate file 2 of 3 (N bytes) is not ...`` as ``--certs PATH (N bytes) is not ...``."""
+    found = _CERTS_WHICH.match(problem)
+    if found is None:
+        return f"--certs {', '.join(map(str, paths))}: {problem}"
+    index = int(found.group(1) or 1) - 1
+    path = paths[index] if 0 <= index < len(paths) else ", ".join(map(str, paths))
+    return f"--certs {path}{problem[found.end() :]}"
 
 
 def load_options(path: Path | str) -> ValidationOptions:
@@ -113,6 +131,8 @@ def run_verify(args: argparse.Namespace) -> int:
         return 1
     first = result.errors[0] if result.errors else "unknown reason"
     more = f" (+{len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
+    if first.startswith(_CERTS_PROBLEM) and args.certs:  # the evidence was never judged: name the file
+        raise ConfigError(_name_certs_file(first.removeprefix(_CERTS_PROBLEM), args.certs) + more)
     if result.verified:  # authentic, but the policy does not accept it
         raise PolicyRefusal(f"attestation refused ({result.type}): {first}{more}", code=Reason.ATTESTATION)
     raise IntegrityError(f"attestation not verified ({result.type}): {first}{more}")
