@@ -1,6 +1,8 @@
-"""Fuzz (#18): job.yaml, manifest.json and site policies.
+"""Fuzz (#18): job packages (tar), job.yaml, manifest.json and site policies.
 
-Seeds: the repository's example policies and a job.yaml and manifest as the code writes them. The
+Seeds: the repository's example policies, a job.yaml and manifest as the code writes them, and job
+tarballs in ustar, pax and GNU formats (fuzzed *before* gzip, so mutations reach the tar headers:
+sizes, long names, member types, checksums). The
 crashes this found (a ``yaml.reader.ReaderError`` on a control character, ``rfc8785`` refusing an
 integer past 2^53 in a manifest) are fixed and kept as regressions in ``test_regressions``; alias
 bombs are refused by ``secagg.safeyaml`` and tested there (tests/test_safeyaml.py).
@@ -8,13 +10,19 @@ bombs are refused by ``secagg.safeyaml`` and tested there (tests/test_safeyaml.p
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import json
+import tarfile
+import tempfile
+from pathlib import Path
 
 from hypothesis import given
 
 from secagg.errors import SecaggError
-from secagg.jobs.job import parse_spec
-from secagg.jobs.manifest import parse_manifest
+from secagg.jobs.job import parse_spec, verify_job
+from secagg.jobs.manifest import FileEntry, Manifest, parse_manifest
 from secagg.policy.check import check_policy_text
 from tests.fuzz._harness import VECTORS, Target, inputs
 
@@ -56,7 +64,44 @@ def _warm_rdp() -> None:
     rdp_epsilon([(1.0, 0.01, 1)], 1e-5)
 
 
+#: the package limit in the tar target: small, so that blown-up sizes meet it quickly
+_TAR_LIMIT = 1 << 20
+
+
+def _tar_seeds() -> list[bytes]:
+    files = {
+        "job.yaml": JOB_YAML.replace(b"model.safetensors", b"train.py"),
+        "train.py": b"print('hi')\n",
+        "lib/" + "long_name_" * 12 + ".py": b"X = 1\n",
+    }
+    entries = {n: FileEntry(sha256=hashlib.sha256(d).hexdigest(), size=len(d)) for n, d in files.items()}
+    files["manifest.json"] = Manifest(files=entries).canonical()  # valid: verification goes past it
+    files["manifest.sig"] = b"{}"
+    out = []
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+            for name, data in files.items():
+                if fmt == tarfile.USTAR_FORMAT and len(name) > 100:
+                    continue
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        out.append(buf.getvalue())
+    return out
+
+
+def _job_tar(data: bytes) -> None:
+    """Gzip the (mutated) tar and verify it as a site would: listing, hashing, job.yaml, manifest.
+    No CA is given, so nothing is ever extracted (extraction follows a passed signature check)."""
+    with tempfile.TemporaryDirectory(prefix="fuzz-tar-") as tmp:
+        path = Path(tmp) / "job.tar.gz"
+        path.write_bytes(gzip.compress(data, compresslevel=1))
+        verify_job(path, None, max_bytes=_TAR_LIMIT)
+
+
 TARGETS = [
+    Target("job_tar", _job_tar, _tar_seeds, (SecaggError,)),
     Target("job_yaml", parse_spec, lambda: [JOB_YAML], (SecaggError,)),
     Target("manifest_json", parse_manifest, lambda: [_manifest()], (SecaggError,)),
     Target(
@@ -68,6 +113,11 @@ TARGETS = [
     ),
 ]
 _T = {t.name: t for t in TARGETS}
+
+
+@given(inputs(_T["job_tar"]))
+def test_job_tar(data: bytes) -> None:
+    _T["job_tar"].check(data)
 
 
 @given(inputs(_T["job_yaml"]))
