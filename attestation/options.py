@@ -124,4 +124,3 @@ def options_from_mapping(data: Any, source: str = "options") -> ValidationOption
     except ValidationError as exc:
         parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise OptionsError(f"{source}: " + "; ".join(parts)) from None
-
