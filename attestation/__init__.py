@@ -20,7 +20,7 @@ from attestation.errors import (
     VerificationError,
 )
 from attestation.evidence import AttestationResult, detect, verify_and_validate
-from attestation.options import ValidationOptions, VerifyOptions, load_options, options_from_mapping
+from attestation.options import ValidationOptions, VerifyOptions, options_from_mapping
 
 __all__ = [
     "AttestationError",
@@ -34,7 +34,6 @@ __all__ = [
     "VerificationError",
     "VerifyOptions",
     "detect",
-    "load_options",
     "options_from_mapping",
     "verify_and_validate",
 ]

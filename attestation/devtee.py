@@ -24,7 +24,13 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from attestation.errors import Check, InsecureDevTeeRefused, ParseError, VerificationError
+from attestation.errors import (
+    CertificateDataError,
+    Check,
+    InsecureDevTeeRefused,
+    ParseError,
+    VerificationError,
+)
 
 FORMAT = "secagg-dev-tee/1"
 MAX_SIZE = 16 * 1024
@@ -105,7 +111,10 @@ def make_dev_evidence(
 
 
 def looks_like_dev_evidence(data: bytes) -> bool:
-    return data[:1] == b"{" and b'"format":"' + FORMAT.encode() + b'"' in data[:MAX_SIZE]
+    """A JSON object naming the dev-TEE format, at any size (canonical JSON puts ``format`` after
+    ``evidence``): an oversized one is then refused by :func:`parse_dev_evidence` as too large, not
+    reported as unrecognised evidence."""
+    return data[:1] == b"{" and b'"format":"' + FORMAT.encode() + b'"' in data
 
 
 def _refuse_constant(name: str) -> None:
@@ -162,14 +171,27 @@ def parse_dev_evidence(data: bytes) -> DevEvidence:
     return out
 
 
-def trusted_keys_from_pem(blobs: Sequence[bytes]) -> list[bytes]:
-    """SPKI DER of public keys given as PEM public keys or certificates (to pin the dev key)."""
+def trusted_keys_from_pem(blobs: Sequence[bytes], *, what: str = "certificate file") -> list[bytes]:
+    """SPKI DER of public keys given as PEM public keys or certificates (to pin the dev key).
+
+    A blob that is neither raises :class:`CertificateDataError` naming ``what`` and its position (as
+    ``snp_verify.load_certificates`` does), so bad ``--certs`` are not taken for bad evidence."""
     out: list[bytes] = []
-    for blob in blobs:
-        if b"BEGIN CERTIFICATE" in blob:
-            out.extend(_spki(c.public_key()) for c in x509.load_pem_x509_certificates(blob))  # type: ignore[arg-type]
-        else:
-            out.append(_spki(serialization.load_pem_public_key(blob)))  # type: ignore[arg-type]
+    for i, blob in enumerate(blobs, 1):
+        data = bytes(blob)
+        where = f"{what} {i} of {len(blobs)}" if len(blobs) > 1 else what
+        where += f" ({len(data)} bytes)"
+        try:
+            if b"BEGIN CERTIFICATE" in data:
+                certs = x509.load_pem_x509_certificates(data)
+                out.extend(_spki(c.public_key()) for c in certs)  # type: ignore[arg-type]
+            else:
+                out.append(_spki(serialization.load_pem_public_key(data)))  # type: ignore[arg-type]
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            reason = str(exc).split(". See https://")[0][:120]  # cryptography appends a FAQ link
+            raise CertificateDataError(
+                f"{where} is not a PEM public key or PEM certificate ({reason})"
+            ) from None
     return out
 
 

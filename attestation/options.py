@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.functional_validators import AfterValidator
 
@@ -111,7 +110,11 @@ class ValidationOptions(BaseModel):
 
 
 def options_from_mapping(data: Any, source: str = "options") -> ValidationOptions:
-    """Build options from a parsed mapping; a site policy's ``attestation`` section is taken as is."""
+    """Build options from a parsed mapping; a site policy's ``attestation`` section is taken as is.
+
+    This package reads no YAML itself: a file of options is read by the caller with the project's one
+    hardened loader (``secagg.safeyaml``: no aliases, bounded), and the data passed in here, so that
+    ``attestation`` stays below ``secagg`` and there is one YAML loader to keep safe, not two."""
     if isinstance(data, dict) and isinstance(data.get("attestation"), dict) and "version" in data:
         data = data["attestation"]
     if not isinstance(data, dict):
@@ -121,15 +124,3 @@ def options_from_mapping(data: Any, source: str = "options") -> ValidationOption
     except ValidationError as exc:
         parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise OptionsError(f"{source}: " + "; ".join(parts)) from None
-
-
-def load_options(path: str | Path) -> ValidationOptions:
-    """Load validation options from a small YAML file (or a site policy with an ``attestation`` section)."""
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise OptionsError(f"cannot read {p}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise OptionsError(f"{p}: not valid YAML: {exc}") from None
-    return options_from_mapping(data, str(p))

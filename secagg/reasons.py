@@ -278,6 +278,8 @@ class Reason(StrEnum):
         FAILED_PRECONDITION,
         "a cross-site evaluation message out of turn, from a site not taking part, or duplicated",
     )
+    # ---- hostile input, continued (#18: h-badinput)
+    MANIFEST_INVALID = ("manifest_invalid", FAILED_PRECONDITION, "manifest.json does not parse or validate")
 
 
 #: the codes an agent treats as "the round moved on without me": redo what comes next, no error

@@ -202,10 +202,28 @@ def _text(data: bytes | str, source: str, max_bytes: int) -> str:
         raise SafeYamlError(f"{source}: not UTF-8 text (byte {exc.start})", Reason.YAML_INVALID) from None
 
 
+def _unprintable(source: str, text: str, exc: yaml.reader.ReaderError) -> SafeYamlError:
+    """A control or other non-printable character (YAML allows tab, newline and printable Unicode)."""
+    position = max(0, min(int(exc.position), len(text)))
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+    problem = (
+        f"character U+{char:04X} (column {column}) is not allowed in YAML "
+        "(remove it, or write it as an escape in double quotes)"
+    )
+    err = SafeYamlError(f"{_where(source, line)}: {problem}", Reason.YAML_INVALID, line)
+    err.problem = problem
+    return err
+
+
 def parse(data: bytes | str, source: str = "<yaml>", max_bytes: int = MAX_BYTES) -> Parsed:
     """Compose and construct one document; repeated keys are listed (the last value kept), not raised."""
     text = _text(data, source, max_bytes)
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader refuses non-printable characters here, before parsing
+    except yaml.reader.ReaderError as exc:
+        raise _unprintable(source, text, exc) from None
     loader.source = source
     try:
         root = loader.get_single_node()
@@ -236,6 +254,20 @@ def load(data: bytes | str, source: str = "<yaml>", max_bytes: int = MAX_BYTES) 
     return parsed.data
 
 
+def file_kind(mode: int) -> str | None:
+    """What a ``st_mode`` is when it is not a regular file ("a directory", "a named pipe (FIFO)", ...),
+    None for a regular file: the words a refusal uses instead of "no such file"."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket or special file"
+
+
 def read_file(path: Path | str, max_bytes: int = MAX_BYTES, what: str = "file") -> bytes:
     """A regular file's bytes, at most ``max_bytes``: its size is checked before it is read, and it is
     opened without blocking so that a FIFO named by mistake (or malice) is refused, not waited on."""
@@ -254,18 +286,7 @@ def read_file(path: Path | str, max_bytes: int = MAX_BYTES, what: str = "file") 
         raise SafeYamlError(f"{path}: cannot read {what} ({exc.strerror})", Reason.CONFIG) from None
     try:
         st = os.fstat(fd)
-        kind = (
-            "a directory"
-            if stat.S_ISDIR(st.st_mode)
-            else "a named pipe (FIFO)"
-            if stat.S_ISFIFO(st.st_mode)
-            else "a device"
-            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-            else None
-            if stat.S_ISREG(st.st_mode)
-            else "a special file"
-        )
-        if kind is not None:
+        if (kind := file_kind(st.st_mode)) is not None:
             raise SafeYamlError(f"{path}: is {kind}, not a {what}", Reason.NOT_A_FILE)
         if st.st_size > max_bytes:
             raise SafeYamlError(
@@ -297,6 +318,7 @@ __all__ = [
     "MAX_NODES",
     "Parsed",
     "SafeYamlError",
+    "file_kind",
     "load",
     "load_file",
     "parse",

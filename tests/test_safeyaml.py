@@ -36,6 +36,10 @@ def code_of(text: str | bytes) -> tuple[str, str]:
         ("a: 017\n", Reason.YAML_NUMBER, "octal"),
         ("a: [\n", Reason.YAML_INVALID, "not valid YAML"),
         (b"\xff\xfe", Reason.YAML_INVALID, "not UTF-8"),
+        # found by fuzzing (#18): PyYAML's reader raised ReaderError, not a SecaggError
+        (b"a: 1\nb: x\x01y\n", Reason.YAML_INVALID, "x.yaml:2: character U+0001 (column 5) is not allowed"),
+        ("a: \x7f", Reason.YAML_INVALID, "x.yaml:1: character U+007F (column 4) is not allowed"),
+        ("a: \ufffe", Reason.YAML_INVALID, "character U+FFFE"),
     ],
 )
 def test_refusals(text: str, code: str, words: str) -> None:

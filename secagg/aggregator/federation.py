@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from secagg import safeyaml
 from secagg.aggregator.evaluation import cross_site
 from secagg.aggregator.modes import BadUpload, ModeBase, ModeContext, Step, mode_class, plain_result_bundle
 from secagg.aggregator.modes.he import HE_KEY_BLOB
@@ -43,6 +44,7 @@ from secagg.bundle import BundleSpec, from_safetensors
 from secagg.errors import ConfigError, SecaggError, UpdateRejected
 from secagg.events import Event
 from secagg.fsio import atomic_write, remove_stale_temps
+from secagg.jobs.job import JOB_FILE, JOB_YAML_MAX_BYTES, parse_spec
 from secagg.jobs.spec import JobSpec
 from secagg.provision.identity import Identity
 from secagg.provision.kit import Kit
@@ -117,10 +119,8 @@ class Federation:
         with self.cond:
             if self.job is not None and self.job.state in (JobState.RUNNING, JobState.FINALIZING):
                 raise ConfigError(f"job {self.job.job_id} is still running; abort it first")
-        try:
-            spec = JobSpec.model_validate(_load_yaml(job_dir / "job.yaml"))
-        except ValueError as exc:  # pydantic's ValidationError
-            raise ConfigError(f"job.yaml does not validate: {_short(exc)}") from None
+        # through the one hardened loader and the job.yaml ranges (an alias bomb is refused here)
+        spec = parse_spec(safeyaml.read_file(job_dir / JOB_FILE, JOB_YAML_MAX_BYTES, JOB_FILE), JOB_FILE)
         self._require_mode(spec.mode)
         job_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         job_root = self.state_dir / "jobs" / job_id
@@ -906,15 +906,6 @@ class Federation:
                     return None
                 self.cond.wait(timeout=min(left, 1.0))
             return blob
-
-
-def _load_yaml(path: Path) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
 
 
 def _short(exc: BaseException, limit: int = 500) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from attestation.errors import OptionsError
 from attestation.evidence import verify_and_validate
-from attestation.options import VerifyOptions, load_options
+from attestation.options import ValidationOptions, VerifyOptions, options_from_mapping
+from secagg import safeyaml
 from secagg.errors import ConfigError, IntegrityError, PolicyRefusal, UsageError
 from secagg.reasons import Reason
 
@@ -54,6 +56,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v.set_defaults(func=run_verify)
 
 
+#: how ``attestation`` labels a failure of the data given beside the evidence (``CertificateDataError``)
+_CERTS_PROBLEM = "certificates: "
+
+
+_CERTS_WHICH = re.compile(r"^certificate file(?: (\d+) of \d+)?")
+
+
+def _name_certs_file(problem: str, paths: list[Path]) -> str:
+    """``certificate file 2 of 3 (N bytes) is not ...`` as ``--certs PATH (N bytes) is not ...``."""
+    found = _CERTS_WHICH.match(problem)
+    if found is None:
+        return f"--certs {', '.join(map(str, paths))}: {problem}"
+    index = int(found.group(1) or 1) - 1
+    path = paths[index] if 0 <= index < len(paths) else ", ".join(map(str, paths))
+    return f"--certs {path}{problem[found.end() :]}"
+
+
+def load_options(path: Path | str) -> ValidationOptions:
+    """Validation options from a YAML file (or a site policy's ``attestation`` section), read with
+    the project's hardened loader: ``attestation`` takes parsed data and reads no YAML itself."""
+    data = safeyaml.load_file(path, what="policy or options file")
+    try:
+        return options_from_mapping(data, str(path))
+    except OptionsError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
@@ -70,10 +99,7 @@ def run_verify(args: argparse.Namespace) -> int:
             raise UsageError(f"--nonce is not hex: {args.nonce!r}") from None
         if len(nonce) > 64:
             raise UsageError("--nonce is longer than 64 bytes")
-    try:
-        options = load_options(args.policy) if args.policy else None
-    except OptionsError as exc:
-        raise ConfigError(str(exc)) from None
+    options = load_options(args.policy) if args.policy else None
     if args.collateral is not None and not args.collateral.is_dir():
         raise ConfigError(f"--collateral {args.collateral} is not a folder")
     result = verify_and_validate(
@@ -105,6 +131,8 @@ def run_verify(args: argparse.Namespace) -> int:
         return 1
     first = result.errors[0] if result.errors else "unknown reason"
     more = f" (+{len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
+    if first.startswith(_CERTS_PROBLEM) and args.certs:  # the evidence was never judged: name the file
+        raise ConfigError(_name_certs_file(first.removeprefix(_CERTS_PROBLEM), args.certs) + more)
     if result.verified:  # authentic, but the policy does not accept it
         raise PolicyRefusal(f"attestation refused ({result.type}): {first}{more}", code=Reason.ATTESTATION)
     raise IntegrityError(f"attestation not verified ({result.type}): {first}{more}")

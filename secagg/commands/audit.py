@@ -16,6 +16,8 @@ from cryptography import x509
 from secagg.auditlog import head_path, verify_audit
 from secagg.errors import ConfigError
 from secagg.provision.identity import load_cert
+from secagg.reasons import Reason
+from secagg.safeyaml import file_kind
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -62,11 +64,30 @@ def _cert(args: argparse.Namespace) -> x509.Certificate | None:
     return None
 
 
+class AuditLogMissing(ConfigError):
+    code = Reason.FILE_MISSING
+
+
+class AuditLogNotAFile(ConfigError):
+    code = Reason.NOT_A_FILE
+
+
+def _check_log_path(path: Path) -> None:
+    """A directory, FIFO or device is named as such (a FIFO would block the read), not "no such"."""
+    try:
+        kind = file_kind(path.stat().st_mode)
+    except FileNotFoundError:
+        if not head_path(path).is_file():  # a log emptied to nothing but its head is verify's to judge
+            raise AuditLogMissing(f"{path}: no such audit log") from None
+        return
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the audit log ({exc.strerror})") from None
+    if kind is not None:
+        raise AuditLogNotAFile(f"{path}: is {kind}, not an audit log")
+
+
 def run_verify(args: argparse.Namespace) -> int:
-    if args.file.exists() and not args.file.is_file():
-        raise ConfigError(f"{args.file} is not a file")
-    if not args.file.exists() and not head_path(args.file).is_file():
-        raise ConfigError(f"no such audit log: {args.file}")
+    _check_log_path(args.file)
     report = verify_audit(args.file, cert=_cert(args), allow_missing_head=args.allow_missing_head)
     head = {
         "signed": f"head signed by {report.node}, signature verified",

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from secagg import safeyaml
 from secagg.crossval.matrix import Matrix
 from secagg.crossval.matrix import read as read_matrix
 from secagg.errors import ConfigError, SecaggError
@@ -183,7 +184,7 @@ def prepare_job(
     # links stay links: signing the copy refuses them as signing the folder for a deployment would
     ignore = shutil.ignore_patterns(*_SIGNATURE_FILES, "__pycache__", "*.pyc")
     shutil.copytree(src, dest, symlinks=True, ignore=ignore)
-    raw: dict[str, Any] = yaml.safe_load((src / JOB_FILE).read_text())
+    raw: dict[str, Any] = safeyaml.load_file(src / JOB_FILE, what=JOB_FILE)  # parse_spec checked it
     changes: dict[str, Any] = {}
     if mode is not None and mode != spec.mode:
         changes["mode"] = mode

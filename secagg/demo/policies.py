@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from secagg import safeyaml
 from secagg.demo.run import DEMO_POLICY, SUBMITTER
 from secagg.errors import ConfigError, UsageError
 from secagg.policy import SitePolicy, load_policy
@@ -61,6 +62,6 @@ def budget_policy(epsilon: float, delta: float) -> str:
     """The demo policy plus a privacy budget, rounded *up* so the job it was sized for is admitted."""
     if not (math.isfinite(epsilon) and epsilon > 0 and 0 < delta < 1):
         raise ConfigError(f"no budget can admit epsilon {epsilon}, delta {delta}")
-    data = yaml.safe_load(DEMO_POLICY)
+    data = safeyaml.load(DEMO_POLICY, "demo policy")
     data["privacy"] = {"budget": {"epsilon": math.ceil(epsilon * 100 + 1) / 100, "delta": delta}}
     return yaml.safe_dump(data, sort_keys=False)

@@ -8,30 +8,43 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from secagg.jobs.errors import JobRejected
 from secagg.jobs.package import PackageView, name_problem
+from secagg.jobs.spec import MAX_SAFE_INT
+from secagg.reasons import Reason
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 SIGSTORE_BUNDLE = "manifest.sigstore.json"
 #: files that describe the package and so cannot be listed in it
 META_FILES = frozenset({MANIFEST, SIGNATURE, SIGSTORE_BUNDLE})
+_MAX_PROBLEMS = 5
+_MAX_KEY = 80
+
+
+class ManifestInvalid(JobRejected):
+    """``manifest.json`` does not parse or is not a valid manifest; each failure names the field
+    (``manifest.json: files["train.py"].sha256: ...``)."""
+
+    code = Reason.MANIFEST_INVALID
 
 
 class FileEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a size of "3" or 3.0 is refused, not read as 3 (one manifest, one meaning)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(ge=0)
+    #: past 2^53 a JSON number is not exact (RFC 8785 refuses it): no file is that large anyway
+    size: int = Field(ge=0, le=MAX_SAFE_INT)
 
 
 class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     version: Literal[1] = 1
     files: dict[str, FileEntry]
@@ -53,18 +66,62 @@ def build_manifest(view: PackageView) -> Manifest:
     return Manifest(files=files)
 
 
+def _field(loc: tuple[Any, ...]) -> str:
+    """A pydantic location as a path into the document: ``files["lib/a.py"].sha256``."""
+    out = ""
+    for i, part in enumerate(loc):
+        if i == 1 and loc[0] == "files":  # a file name (a key chosen by the package)
+            name = str(part) if len(str(part)) <= _MAX_KEY else str(part)[: _MAX_KEY - 3] + "..."
+            out += f"[{json.dumps(name)}]"
+        elif isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _problem(err: Any) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "less_than_equal" and ctx.get("le") == MAX_SAFE_INT:
+        msg = f"over 2^53 - 1 ({MAX_SAFE_INT}), the largest integer JSON keeps exact"
+    elif kind == "string_pattern_mismatch":
+        msg = "not 64 lowercase hex digits (a SHA-256)"
+    elif kind.startswith("int_"):
+        msg = "expected a whole number"
+    elif kind == "extra_forbidden":
+        msg = "unknown field"
+    else:
+        msg = str(err["msg"])[:120]
+    return f"{MANIFEST}: {_field(tuple(err['loc']))}: {msg}"
+
+
 def parse_manifest(data: bytes) -> Manifest:
+    """The manifest, or :class:`ManifestInvalid` naming each bad field (at most five of them)."""
     try:
         raw = json.loads(data)
+    except RecursionError:
+        raise ManifestInvalid([f"{MANIFEST}: nested too deep"]) from None
+    except ValueError as exc:  # not JSON, not UTF-8, an integer of more than 4300 digits
+        raise ManifestInvalid([f"{MANIFEST}: not valid JSON ({_short(exc)[:120]})"]) from None
+    if not isinstance(raw, dict):
+        raise ManifestInvalid([f"{MANIFEST}: (top level): expected an object with version and files"])
+    try:
         manifest = Manifest.model_validate(raw)
-    except (ValueError, ValidationError) as exc:
-        raise JobRejected([f"{MANIFEST}: not a valid manifest ({_short(exc)})"]) from None
-    if rfc8785.dumps(raw) != data:
-        raise JobRejected([f"{MANIFEST}: not in canonical form (RFC 8785)"])
+    except ValidationError as exc:
+        problems = [_problem(e) for e in exc.errors()[:_MAX_PROBLEMS]]
+        if exc.error_count() > _MAX_PROBLEMS:
+            problems.append(f"{MANIFEST}: and {exc.error_count() - _MAX_PROBLEMS} more problems")
+        raise ManifestInvalid(problems) from None
+    try:
+        canonical = rfc8785.dumps(raw)
+    except rfc8785.CanonicalizationError as exc:  # a number past what RFC 8785 allows
+        raise ManifestInvalid([f"{MANIFEST}: not canonical JSON ({_short(exc)[:120]})"]) from None
+    if canonical != data:
+        raise ManifestInvalid([f"{MANIFEST}: not in canonical form (RFC 8785)"])
     bad = [p for n in manifest.files if (p := name_problem(n))]
-    bad += [f"{MANIFEST}: lists its own metadata file {n}" for n in manifest.files if n in META_FILES]
+    bad += [f"lists its own metadata file {n}" for n in manifest.files if n in META_FILES]
     if bad:
-        raise JobRejected([f"{MANIFEST}: {b}" for b in bad])
+        raise ManifestInvalid([f"{MANIFEST}: {b}" for b in bad])
     return manifest
 
 

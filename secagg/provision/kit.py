@@ -17,12 +17,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from secagg import safeyaml
 from secagg.errors import ConfigError
 from secagg.provision.identity import Identity, load_cert, verify_cert
 
@@ -118,10 +118,13 @@ def load_kit(path: Path | str, kind: str | None = None) -> Kit:
     key_mode = (path / "key.pem").stat().st_mode & 0o077
     if key_mode and os.name == "posix":
         raise ConfigError(f"{path}/key.pem is readable by group or others; chmod 600 it")
+    # a kit comes from the project's provisioner, not from this machine: read it bounded, no aliases
+    raw = safeyaml.load_file(cfg_file, what="kit config")
     try:
-        config = KitConfig.model_validate(yaml.safe_load(cfg_file.read_text()))
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"{cfg_file}: invalid kit config: {exc}") from None
+        config = KitConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"[:200] for e in exc.errors()[:5])
+        raise ConfigError(f"{cfg_file}: invalid kit config: {problems}") from None
     if kind is not None and config.kind != kind:
         raise ConfigError(f"{path} is a {config.kind} kit, not a {kind} kit")
     kit = Kit(path=path, config=config)

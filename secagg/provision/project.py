@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from secagg import safeyaml
 from secagg.errors import ConfigError
 
 AdminRole = Literal["project_admin", "org_admin", "lead", "member"]
@@ -168,12 +168,7 @@ class Project(_Strict):
 
 
 def load_project(path: Path) -> Project:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"project file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = safeyaml.load_file(path, what="project file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:

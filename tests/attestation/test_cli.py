@@ -88,3 +88,46 @@ def test_usage_and_config_errors(tmp_path, capsys):
     bad.write_text("nonsense_key: 1\n")
     assert main(["attest", "verify", str(GSG / "attestation.bin"), "--policy", str(bad)]) == 1
     assert "nonsense_key" in capsys.readouterr().err
+
+
+def _dev_evidence(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    path = tmp_path / "dev.json"
+    path.write_bytes(make_dev_evidence(ed25519.Ed25519PrivateKey.generate(), b"\1" * 48, b"\0" * 64))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["dev-tee", "sev-snp"])
+def test_random_certs_are_named_not_blamed_on_the_evidence(tmp_path, capsys, kind):
+    """#18 (weak messages): random bytes as --certs were reported as bad evidence (integrity)."""
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(bytes(range(256)) * 8)
+    if kind == "dev-tee":
+        args = [str(_dev_evidence(tmp_path)), "--allow-insecure-dev-tee", "--certs", str(junk)]
+        problem = "is not a PEM public key or PEM certificate (Unable to load PEM file)"
+    else:
+        args = [str(GSG / "attestation.bin"), "--certs", str(junk)]
+        problem = "is not PEM, DER or a SEV-SNP certificate table"
+    assert main(["attest", "verify", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"secagg: config: --certs {junk} (2048 bytes) {problem}"), err
+    assert err.count("\n") == 1 and "https://" not in err
+
+
+def test_the_bad_one_of_several_certs_is_named(tmp_path, capsys):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x99" * 100)
+    args = [str(GSG / "attestation.bin"), "--certs", str(GSG / "vcek.testcer"), str(junk)]
+    assert main(["attest", "verify", *args]) == 1
+    assert capsys.readouterr().err.startswith(f"secagg: config: --certs {junk} (100 bytes) is not PEM")
+
+
+def test_oversized_dev_evidence_is_too_large_not_unrecognised(tmp_path, capsys):
+    """Canonical JSON puts "format" after "evidence": a padded evidence hid its format past 16 KiB."""
+    raw = _dev_evidence(tmp_path).read_bytes()
+    big = tmp_path / "big.json"
+    big.write_bytes(raw.replace(b'"evidence":', b'"evidence":' + b"[" * 10000, 1)[:-1] + b"]" * 10000 + b"}")
+    assert main(["attest", "verify", str(big), "--allow-insecure-dev-tee"]) == 1
+    err = capsys.readouterr().err
+    assert "dev-TEE evidence too large" in err and "unrecognised" not in err

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from attestation.devtee import make_dev_evidence
 from attestation.errors import OptionsError, ParseError
 from attestation.evidence import detect, verify_and_validate
-from attestation.options import ValidationOptions, VerifyOptions, load_options
+from attestation.options import ValidationOptions, VerifyOptions, options_from_mapping
 
 from .conftest import NOW, SNP, TDX, flip, read
 
@@ -90,22 +90,35 @@ def test_dev_tee_needs_flag_and_types_option():
     assert only_hw.decision == "refuse" and only_hw.errors[0].startswith("type")
 
 
-def test_options_loader(tmp_path):
-    p = tmp_path / "opts.yaml"
-    p.write_text("measurements: ['0xAB']\nmin_tcb: {snp: 8}\nvmpl: 0\ndebug_allowed: false\n")
-    o = load_options(p)
+def test_options_from_mapping():
+    """The package takes parsed data; files are read by the caller (secagg.commands.attest.load_options,
+    through secagg.safeyaml)."""
+    o = options_from_mapping(
+        {"measurements": ["0xAB"], "min_tcb": {"snp": 8}, "vmpl": 0, "debug_allowed": False}
+    )
     assert o.measurements == ["ab"] and o.min_tcb is not None and o.min_tcb.snp == 8 and o.vmpl == 0
-    p.write_text("version: 1\nsigners: []\nattestation:\n  measurements: ['cd']\n")
-    assert load_options(p).measurements == ["cd"]
+    policy = {"version": 1, "signers": [], "attestation": {"measurements": ["cd"]}}
+    assert options_from_mapping(policy).measurements == ["cd"]
     for bad, msg in (
-        ("measurement: ['ab']\n", "measurement"),
-        ("vmpl: 7\n", "vmpl"),
-        ("- 1\n", "mapping"),
-        ("measurements: ['xyz']\n", "hex"),
-        (":\n  - [", "YAML"),
+        ({"measurement": ["ab"]}, "measurement"),
+        ({"vmpl": 7}, "vmpl"),
+        ([1], "mapping"),
+        ({"measurements": ["xyz"]}, "hex"),
     ):
-        p.write_text(bad)
         with pytest.raises(OptionsError, match=msg):
+            options_from_mapping(bad, "opts.yaml")
+
+
+def test_options_file_through_the_project_loader(tmp_path):
+    from secagg.commands.attest import load_options
+    from secagg.errors import ConfigError
+
+    p = tmp_path / "opts.yaml"
+    p.write_text("measurements: ['0xAB']\nvmpl: 0\n")
+    assert load_options(p).measurements == ["ab"]
+    for bad, msg in ((":\n  - [", "not valid YAML"), ("vmpl: 7\n", "vmpl")):
+        p.write_text(bad)
+        with pytest.raises(ConfigError, match=msg):
             load_options(p)
 
 

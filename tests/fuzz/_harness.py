@@ -136,14 +136,24 @@ class Target:
     #: extra generators of whole inputs (format-aware: deep nesting, huge counts), used 1 in 8
     extra: tuple[Callable[[random.Random], bytes], ...] = field(default=())
     time_bound: float = TIME_BOUND
+    #: run once before the first input, outside the time bound: a one-time cost of the process (an
+    #: import the parser makes lazily, e.g. opacus and torch for RDP accounting) is not the parser's
+    warm: Callable[[], object] | None = None
 
     def generate(self, seeds: Sequence[bytes], rng: random.Random) -> bytes:
         if self.extra and rng.random() < 1 / 8:
             return rng.choice(self.extra)(rng)
         return mutate(seeds, rng)
 
+    def warm_up(self) -> None:
+        """Run ``warm`` once per process (before any timer: see :mod:`tests.fuzz.run`)."""
+        if self.warm is not None and self.name not in _WARMED:
+            self.warm()
+            _WARMED.add(self.name)
+
     def check(self, data: bytes) -> None:
         """The property. An exception outside ``allowed`` (or a too-slow input) propagates."""
+        self.warm_up()
         t0 = time.perf_counter()
         with contextlib.suppress(*self.allowed):
             self.call(data)
@@ -160,6 +170,7 @@ def inputs(target: Target) -> st.SearchStrategy[bytes]:
 
 
 _SEED_CACHE: dict[str, list[bytes]] = {}
+_WARMED: set[str] = set()
 
 
 def _cached_seeds(target: Target) -> list[bytes]:

@@ -64,6 +64,7 @@ def run_target(
     current = out / f"current-{t.name}.bin" if keep_current else None
     seeds = [bytes(s) for s in t.seeds()]
     rng = random.Random(f"{seed}:{t.name}")
+    t.warm_up()  # a one-time import: outside the per-input alarm, the time box and the RSS baseline
     proc = psutil.Process()
     rss0 = peak = proc.memory_info().rss
     crashes: dict[str, dict] = {}

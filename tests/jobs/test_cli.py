@@ -187,3 +187,21 @@ def test_job_help_exits_zero(capsys) -> None:
         main(["job", "--help"])
     assert info.value.code == 0
     assert "verify-bundle" in capsys.readouterr().out
+
+
+def test_verify_a_tar_header_bomb_says_only_the_size(
+    tmp_path: Path, workspace: Path, policy: Path, capsys
+) -> None:
+    """#18: a ~1 MB .tar.gz whose GNU long name declares 1 GiB: one line, the size, nothing "missing"."""
+    import tarfile
+
+    from tests.jobs.test_tar_bombs import GIB, _header, bomb
+
+    tar = bomb(tmp_path / "job.tar.gz", _header("././@LongLink", tarfile.GNUTYPE_LONGNAME, GIB))
+    code, out, err = run(capsys, "job", "verify", tar, "--policy", policy, "--kit", workspace / "site-1")
+    assert code == 1
+    assert err == (
+        f"secagg: package_too_large: {tar} rejected (1 problem): a tar header declares {GIB} bytes of "
+        "extended header data (pax or GNU long name), over the limit of 1048576\n"
+    )
+    assert "missing" not in out

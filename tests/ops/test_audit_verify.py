@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,23 @@ def test_removed_last_line_is_not_detectable_by_the_chain_alone(
     assert verify_log(tmp_path / "audit.jsonl") == 5
     code, out = _verify(tmp_path / "audit.jsonl", capsys)
     assert code == 1 and "truncated: 5 records, its head records 6" in out
+
+
+@pytest.mark.parametrize(
+    ("make", "code", "words"),
+    [
+        (lambda p: p.mkdir(), "not_a_file", "is a directory, not an audit log"),
+        (lambda p: os.mkfifo(p), "not_a_file", "is a named pipe (FIFO), not an audit log"),
+        (lambda p: p.symlink_to("/dev/null"), "not_a_file", "is a device, not an audit log"),
+        (lambda p: None, "file_missing", "no such audit log"),
+    ],
+)
+def test_a_path_that_is_no_log_is_named_for_what_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make, code: str, words: str
+) -> None:
+    """#18 (weak messages): a directory, FIFO or device was "no such file" / "is not a file"."""
+    path = tmp_path / "audit.jsonl"
+    make(path)
+    rc, out = _verify(path, capsys)
+    assert rc == 1
+    assert out == f"secagg: {code}: {path}: {words}\n"

@@ -206,7 +206,7 @@ def test_attestation_section_feeds_the_attestation_validator() -> None:
 @pytest.mark.parametrize("name", ["hospital-strict", "research-consortium"])
 def test_examples_usable_by_attest_verify(name: str) -> None:
     """``secagg attest verify --policy`` reads a site policy's attestation section directly."""
-    from attestation.options import load_options
+    from secagg.commands.attest import load_options
 
     opts = load_options(ROOT / "policies" / f"{name}.yaml")
     assert opts.types is not None and "sev-snp" in opts.types and opts.measurements
