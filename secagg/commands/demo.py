@@ -77,10 +77,47 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     what.add_argument(
         "--privacy-sweep",
         action="store_true",
-        help="final AUC against epsilon for SVT and Gaussian filters (several federations); "
-        "a table and a plot",
+        help="final AUC against epsilon for SVT, Gaussian and distributed Gaussian filters (several "
+        "federations); a table and a plot",
+    )
+    p.add_argument(
+        "--sweep-sites",
+        type=_site_counts,
+        metavar="N,N,...",
+        help="--privacy-sweep at each of these site counts (e.g. 3,10,20), one plot with a panel per "
+        "count; replaces --sites",
+    )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="--privacy-sweep in the in-process loop (same script, filters and accounting; no processes "
+        f"or ledgers), up to {MAX_IN_PROCESS_SITES} sites: a real federation takes ~0.6 GiB a site",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="--in-process: runs per setting, their AUC averaged (default: 3)",
     )
     p.set_defaults(func=run)
+
+
+#: real federations: every site is an agent and a training worker, each importing torch (~0.6 GiB a
+#: site measured); more than this is more than a small machine holds
+MAX_SITES = 16
+#: the in-process loop holds no processes; the demo data split more ways leaves sites with a few
+#: patients of a class (20 sites: the smallest has 8 for training)
+MAX_IN_PROCESS_SITES = 20
+
+
+def _site_counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected site counts like 3,10,20; got {text!r}") from None
+    if not counts or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"expected distinct site counts like 3,10,20; got {text!r}")
+    return sorted(counts)
 
 
 def _out(args: argparse.Namespace, kind: str) -> Path:
@@ -105,9 +142,8 @@ def run(args: argparse.Namespace) -> int:
     rounds = args.rounds if args.rounds is not None else (3 if args.privacy_sweep else 5)
     if not 1 <= rounds <= 100:
         raise UsageError("--rounds must be between 1 and 100")
-    if not 2 <= args.sites <= 16:
-        raise UsageError("--sites must be between 2 and 16")
-    sites = skewed_split(args.sites)
+    counts = _checked_counts(args)
+    sites = skewed_split(counts[-1] if args.sweep_sites else args.sites)
     names = [s.name for s in sites]
     policies = site_policies(args.policy, names)
     for site, path in policies.items():
@@ -127,8 +163,34 @@ def run(args: argparse.Namespace) -> int:
     if args.compare_strategies:
         return _compare(out, **common)
     if args.privacy_sweep:
-        return _sweep(out, strategy=args.strategy, **common)
+        return _sweep(
+            out,
+            strategy=args.strategy,
+            counts=counts if args.sweep_sites else None,
+            in_process=args.in_process,
+            repeats=args.repeats,
+            **common,
+        )
     return _single(out, strategy=args.strategy, no_compare=args.no_compare, drop=_drops(args, mode), **common)
+
+
+def _checked_counts(args: argparse.Namespace) -> list[int]:
+    """The site counts to run: ``--sweep-sites`` or ``--sites``, within what the chosen runner holds."""
+    if (args.sweep_sites or args.in_process) and not args.privacy_sweep:
+        raise UsageError("--sweep-sites and --in-process go with --privacy-sweep")
+    if args.repeats != 3 and not args.in_process:
+        raise UsageError(
+            "--repeats goes with --in-process (a real federation's sweep runs each setting once)"
+        )
+    if not 1 <= args.repeats <= 20:
+        raise UsageError("--repeats must be between 1 and 20")
+    counts: list[int] = args.sweep_sites or [args.sites]
+    top = MAX_IN_PROCESS_SITES if args.in_process else MAX_SITES
+    for n in counts:
+        if not 2 <= n <= top:
+            more = "" if args.in_process else f" (up to {MAX_IN_PROCESS_SITES} with --in-process)"
+            raise UsageError(f"site counts must be between 2 and {top}{more}; got {n}")
+    return counts
 
 
 def _drops(args: argparse.Namespace, mode: str) -> dict[str, int]:
@@ -255,25 +317,56 @@ def _compare(out: Path, *, mode: str, rounds: int, sites: list[Any], policies: d
 
 
 def _sweep(
-    out: Path, *, mode: str, rounds: int, sites: list[Any], policies: dict[str, Path], strategy: str
+    out: Path,
+    *,
+    mode: str,
+    rounds: int,
+    sites: list[Any],
+    policies: dict[str, Path],
+    strategy: str,
+    counts: list[int] | None = None,
+    in_process: bool = False,
+    repeats: int = 3,
 ) -> int:
+    """One sweep per site count (``counts``; None: the sites given), all in one report."""
     from secagg.demo import report, sweep
+    from secagg.demo.data import skewed_split
     from secagg.demo.run import RunResult
     from secagg.demo.strategies import preset
 
     n_params = sweep.model_size()
-    runner = sweep.federation_runner(
-        sites, mode=mode, rounds=rounds, params=DEMO_PARAMS, strategy=preset(strategy), policies=policies
-    )
     names = [s.name for s in sites]
-    rows = sweep.run_sweep(
-        sweep.SETTINGS,
-        runner,
-        out,
-        n_params=n_params,
-        rounds=rounds,
-        on_row=lambda so_far: sweep.write(out, so_far, rounds=rounds, sites=names, mode=mode),
-    )
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[sweep.Row] = []
+    for n in counts or [len(sites)]:
+        split = sites if counts is None else skewed_split(n)
+        if in_process:
+            runner = sweep.in_process_runner(
+                split, rounds=rounds, params=DEMO_PARAMS, strategy=preset(strategy), repeats=repeats
+            )
+        else:
+            runner = sweep.federation_runner(
+                split,
+                mode=mode,
+                rounds=rounds,
+                params=DEMO_PARAMS,
+                strategy=preset(strategy),
+                policies=policies,
+            )
+        if counts is not None:
+            print(f"--- {n} sites ---")
+        rows += sweep.run_sweep(
+            sweep.settings_for(n),
+            runner,
+            out,
+            n_params=n_params,
+            rounds=rounds,
+            sites=n if counts is not None else None,
+            done=list(rows),
+            on_row=lambda so_far: sweep.write(
+                out, so_far, rounds=rounds, sites=names, mode=mode, in_process=in_process
+            ),
+        )
     base = next((r for r in rows if r.mechanism == "none"), rows[0])
     main = RunResult(
         mode=mode,
@@ -283,7 +376,11 @@ def _sweep(
         final_model={},
         seconds=base.seconds,
     )
-    extra = {"privacy_sweep": [r.to_dict() for r in rows], "model_parameters": n_params}
+    extra = {
+        "privacy_sweep": [r.to_dict() for r in rows],
+        "model_parameters": n_params,
+        "in_process": in_process,
+    }
     section = [
         "## Privacy sweep",
         "",

@@ -118,3 +118,28 @@ def test_drop_site_is_checked_before_anything_starts(
     assert rc == 2
     assert message in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sweep-sites", "3,10"], "go with --privacy-sweep"),
+        (["--in-process"], "go with --privacy-sweep"),
+        (["--privacy-sweep", "--repeats", "5"], "--repeats goes with --in-process"),
+        (["--privacy-sweep", "--sweep-sites", "3,20"], "between 2 and 16 (up to 20 with --in-process)"),
+        (["--privacy-sweep", "--in-process", "--sweep-sites", "3,21"], "between 2 and 20; got 21"),
+        (["--sites", "17"], "between 2 and 16"),
+    ],
+)
+def test_sweep_site_counts_are_checked_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    rc, err = _run(capsys, *argv, "--out", str(tmp_path / "o"))
+    assert rc == 2
+    assert message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_sweep_sites_must_be_a_list_of_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, err = _run(capsys, "--privacy-sweep", "--sweep-sites", "3,ten")
+    assert rc == 2 and "expected site counts like 3,10,20" in err

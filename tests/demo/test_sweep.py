@@ -140,3 +140,104 @@ def test_distributed_gaussian_settings_run_masked_and_cost_the_sum_level_epsilon
         z_eff = effective_noise_multiplier(s.filter["noise_multiplier"], s.filter["clip"], 16, 513)
         assert sweep.planned_epsilon(s, 513, 3) == rdp_epsilon([(z_eff, 1.0, 1)] * 3, sweep.DELTA)
     assert sweep.mode_for(sweep.SETTINGS[1], "plain") == "plain"
+
+
+def test_distributed_noise_is_split_over_the_mask_threshold_at_each_site_count() -> None:
+    from secagg.mask.job import mask_config
+
+    for n in (3, 10, 20):
+        got = sweep.settings_for(n)
+        assert [s.mechanism for s in got] == [s.mechanism for s in sweep.SETTINGS]
+        ddg = [s.filter for s in got if s.mechanism == "distributed_gaussian"]
+        assert ddg and all(
+            f is not None and f["min_honest_sites"] == mask_config(None, n).threshold for f in ddg
+        )
+        # the split does not change the sum-level epsilon: same planned figures as the 2-way split
+        assert [sweep.planned_epsilon(s, 513, 3) for s in got] == [
+            sweep.planned_epsilon(s, 513, 3) for s in sweep.SETTINGS
+        ]
+        assert [s for s in got if s.mechanism != "distributed_gaussian"] == [
+            s for s in sweep.SETTINGS if s.mechanism != "distributed_gaussian"
+        ]
+
+
+def test_several_site_counts_share_one_table_and_one_plot(tmp_path: Path) -> None:
+    def runner(setting: sweep.Setting, planned: float, folder: Path) -> sweep.Outcome:
+        auc = 0.9 if setting.filter is None else 0.8
+        return sweep.Outcome(
+            [{"round": 1, "auc": auc, "seconds": 1.0}], planned, 1.0, [auc - 0.01, auc + 0.01]
+        )
+
+    settings = [sweep.Setting("none"), sweep._gaussian(1.0), sweep._distributed(1.0)]
+    rows: list[sweep.Row] = []
+    seen: list[int] = []
+    for n in (3, 10):
+        rows += sweep.run_sweep(
+            settings,
+            runner,
+            tmp_path,
+            n_params=513,
+            rounds=1,
+            log=lambda _: None,
+            sites=n,
+            done=list(rows),
+            on_row=lambda so_far: seen.append(len(so_far)),
+        )
+    assert seen == [1, 2, 3, 4, 5, 6]  # each report holds the earlier site count's rows too
+    lines = sweep.table(rows)
+    assert lines[0].startswith("| sites | mechanism |") and lines[0].endswith("| AUC range over 2 repeats |")
+    assert lines[2].startswith("| 3 | none |") and lines[-1].startswith("| 10 | gaussian |")
+    assert "| 0.7900-0.8100 |" in lines[-1]
+    sweep.write(tmp_path, rows, rounds=1, sites=["site-1"], mode="plain", in_process=True)
+    assert (tmp_path / "privacy-sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "privacy-sweep.json").read_text())
+    assert data["site_counts"] == [3, 10] and data["mode"] == "in-process"
+    assert "in-process, 3, 10 sites" in (tmp_path / "privacy-sweep.md").read_text()
+
+
+def test_in_process_runner_composes_each_sites_receipts() -> None:
+    from secagg.demo.data import skewed_split
+    from secagg.privacy import compose
+
+    sites = skewed_split(2)
+    params = {"lr": 0.05, "epochs": 1, "batch_size": 32, "seed": 0}
+    run = sweep.in_process_runner(sites, rounds=2, params=params, repeats=2)
+    setting = sweep.settings_for(2)[-1]
+    assert setting.mechanism == "distributed_gaussian"
+    got = run(setting, 0.0, Path("unused"))
+    assert [r["round"] for r in got.per_round] == [1, 2] and len(got.repeats) == 2
+    assert got.per_round[-1]["auc"] == pytest.approx(sum(got.repeats) / 2)
+    # two rounds of the filter's receipts, composed as the ledger composes them: the planned figure
+    assert got.spent_epsilon == pytest.approx(sweep.planned_epsilon(setting, 513, 2))
+    assert got.spent_epsilon == pytest.approx(compose(worst_case_spends_of(setting, 2), sweep.DELTA).epsilon)
+    # no filter: no receipts, nothing spent, and every repeat the same (only the noise differs)
+    plain = run(sweep.Setting("none"), 0.0, Path("unused"))
+    assert plain.spent_epsilon == 0.0 and plain.repeats[0] == plain.repeats[1]
+
+
+def worst_case_spends_of(setting: sweep.Setting, rounds: int) -> list[Spend]:
+    from secagg.privacy import worst_case_spends
+
+    assert setting.filter is not None
+    return list(worst_case_spends([setting.filter], 513, rounds))
+
+
+def test_simulated_distributed_mean_is_the_uniform_mean_of_the_integer_shares() -> None:
+    """The in-process loop averages distributed shares as mask mode does: the integer shares summed and
+    divided by the number of sites, not weighted by sample counts (that would scale each share's noise)."""
+    import numpy as np
+
+    from secagg.demo.data import skewed_split
+    from secagg.demo.simulate import simulate
+
+    sites = skewed_split(3)
+    params = {"lr": 0.05, "epochs": 1, "batch_size": 32, "seed": 0}
+    # noise far below the fixed point's step: the share is the rounded, clipped update
+    tiny = {"name": "distributed_gaussian", "clip": 100.0, "noise_multiplier": 1e-9, "min_honest_sites": 2}
+    got = simulate(sites, params, rounds=1, privacy=[tiny])
+    assert {k: len(v) for k, v in got.receipts.items()} == {s.name: 1 for s in sites}
+    ref = [simulate([s], params, rounds=1).final_model for s in sites]  # each site's own step
+    init = simulate(sites, params, rounds=0).final_model
+    for k, v in got.final_model.items():
+        uniform = init[k] + sum(r[k] - init[k] for r in ref) / 3
+        assert np.max(np.abs(v - uniform)) < 1e-3
