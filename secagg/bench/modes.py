@@ -48,11 +48,6 @@ def _frames_bytes(records: Any) -> bytes:
     return b"".join(frame(records))
 
 
-def _read_frames(path: Path) -> list[bytes]:
-    with path.open("rb") as fh:
-        return list(unframe(fh))
-
-
 class Mode(Protocol):
     name: str
 
@@ -220,10 +215,32 @@ def mask_frac_bits(sites: int, clip: float = MASK_CLIP) -> int:
 
 
 class MaskMode:
-    """SecAgg+ pairwise masking: every client phase (keys, shares, masked input, unmask) is timed."""
+    """SecAgg+ pairwise masking: every client phase (keys, shares, masked input, unmask) is timed.
+
+    What a site posts and reads passes through :meth:`posted` and :meth:`read` (timed, at the site)
+    and what the server sends through :meth:`published` (the server's work, replayed and timed in the
+    aggregator's child): nothing in ``mask``; ``tee-mask`` seals and signs there."""
 
     name = "mask"
     job, round = "bench", 1
+
+    def posted(self, site: int, topic: str, payload: bytes) -> bytes:
+        """The bytes site ``site`` uploads for ``payload`` (``topic``: a mask phase, or "upload")."""
+        return payload
+
+    def published(self, site: int, topic: str, messages: list[bytes]) -> bytes | None:
+        """What the server sends ``site`` for ``messages``; None: the messages as they are."""
+        return None
+
+    def read(self, site: int, topic: str, got: bytes | None, messages: list[bytes]) -> list[bytes]:
+        """The messages site ``site`` takes from ``got`` (what :meth:`published` returned)."""
+        return messages
+
+    def _deliver(self, site: int, topic: str, messages: list[bytes]) -> tuple[list[bytes], Lap]:
+        got = self.published(site, topic, messages)
+        self._down[site] += sum(len(b) for b in messages) if got is None else len(got)
+        t0 = clock()
+        return self.read(site, topic, got, messages), lap(t0)
 
     def setup(self, work: Path, wl: Workload) -> dict[str, Any]:
         from secagg.mask import MaskConfig
@@ -261,39 +278,42 @@ class MaskMode:
         for i, c in enumerate(clients):
             t0 = clock()
             data = c.advertise().to_bytes()
+            wire = self.posted(i, "mask-keys", data)
             times[i] += lap(t0)
-            up_path(work, i, ".keys").write_bytes(data)
+            up_path(work, i, ".keys").write_bytes(wire)
             router.collect_keys(AdvertiseKeys.from_bytes(data))
         roster = [m.to_bytes() for m in router.roster()]
         for i, c in enumerate(clients):
+            got, times_read = self._deliver(i, "mask-keyroster", roster)
             t0 = clock()
-            shares = c.share_keys([AdvertiseKeys.from_bytes(b) for b in roster])
+            shares = c.share_keys([AdvertiseKeys.from_bytes(b) for b in got])
             records = [sh.to_bytes() for sh in shares.values()]
-            times[i] += lap(t0)
-            self._down[i] += sum(len(b) for b in roster)
-            up_path(work, i, ".shares").write_bytes(_frames_bytes(records))
+            wire = self.posted(i, "mask-shares", _frames_bytes(records))
+            times[i] += times_read + lap(t0)
+            up_path(work, i, ".shares").write_bytes(wire)
             router.collect_shares(
                 c.name, {sh.recipient: sh for sh in map(EncryptedShare.from_bytes, records)}
             )
         routed = router.route_shares()
         for i, c in enumerate(clients):
-            mine = [sh.to_bytes() for sh in routed[c.name]]
+            mine, times_read = self._deliver(i, "mask-myshares", [sh.to_bytes() for sh in routed[c.name]])
             update = wl.update(i)
             w = float(wl.weights[i])
             t0 = clock()
             weighted = update.astype(np.float64) * w
             msg = c.masked_input(weighted, w, [EncryptedShare.from_bytes(b) for b in mine]).to_bytes()
-            times[i] += lap(t0)
-            self._down[i] += sum(len(b) for b in mine)
-            up_path(work, i, ".masked").write_bytes(msg)
-            del msg, weighted
+            wire = self.posted(i, "upload", msg)
+            times[i] += times_read + lap(t0)
+            up_path(work, i, ".masked").write_bytes(wire)
+            del msg, wire, weighted
         request = UnmaskRequest(self.job, self.round, tuple(sorted(names)), ()).to_bytes()
         for i, c in enumerate(clients):
+            (got_request,), times_read = self._deliver(i, "mask-unmask", [request])
             t0 = clock()
-            resp = c.unmask(UnmaskRequest.from_bytes(request)).to_bytes()
-            times[i] += lap(t0)
-            self._down[i] += len(request)
-            up_path(work, i, ".unmask").write_bytes(resp)
+            resp = c.unmask(UnmaskRequest.from_bytes(got_request)).to_bytes()
+            wire = self.posted(i, "mask-unmask-resp", resp)
+            times[i] += times_read + lap(t0)
+            up_path(work, i, ".unmask").write_bytes(wire)
         return times
 
     def uplink_bytes(self, work: Path, site: int) -> int:
@@ -312,7 +332,28 @@ class MaskMode:
 
 
 class MaskAggregator:
-    """Replays the sites' messages into a fresh MaskServer: relay, sum masked inputs, unmask, serialise."""
+    """Replays the sites' messages into a fresh MaskServer: relay, sum masked inputs, unmask, serialise.
+
+    Each site's posts are read through :meth:`message` and :meth:`masked`, and what the server sends
+    goes out through :meth:`publish` (``tee-mask`` opens and signs there, inside the enclave)."""
+
+    def message(self, site: int, part: str, topic: str) -> bytes:
+        return up_path(self.work, site, part).read_bytes()
+
+    def masked(self, site: int) -> Any:
+        from secagg.aggregator.modes.windows import FileSource
+        from secagg.mask.spooled import MaskedSource
+
+        return MaskedSource(FileSource(up_path(self.work, site, ".masked")))
+
+    def publish(self, topic: str, messages: list[bytes], to: list[str]) -> None:
+        """Send ``messages`` to each of ``to``: here, only their serialisation (done by the caller)."""
+
+    def write_result(self, windows: Any) -> None:
+        """The new model, written window by window as it is unmasked (every site downloads it)."""
+        from secagg.aggregator.modes.windows import write_bundle
+
+        write_bundle(down_path(self.work, 0), self.spec, windows)
 
     def prepare(self, work: Path, sites: int) -> None:
         from secagg.mask import MaskConfig
@@ -326,33 +367,31 @@ class MaskAggregator:
         self.window = read_window(work)
 
     def run(self) -> None:
-        from secagg.aggregator.modes.windows import FileSource, window_elements, write_bundle
+        from secagg.aggregator.modes.windows import window_elements
         from secagg.mask import AdvertiseKeys, EncryptedShare, MaskServer, UnmaskResponse
-        from secagg.mask.spooled import MaskedSource
 
         server = MaskServer(self.config, self.names, MaskMode.job, MaskMode.round, self.length)
         for i in range(self.sites):
-            server.collect_keys(AdvertiseKeys.from_bytes(up_path(self.work, i, ".keys").read_bytes()))
-        for m in server.roster():
-            m.to_bytes()
+            server.collect_keys(AdvertiseKeys.from_bytes(self.message(i, ".keys", "mask-keys")))
+        self.publish("mask-keyroster", [m.to_bytes() for m in server.roster()], self.names)
         for i, name in enumerate(self.names):
-            shares = [EncryptedShare.from_bytes(b) for b in _read_frames(up_path(self.work, i, ".shares"))]
+            framed = io.BytesIO(self.message(i, ".shares", "mask-shares"))
+            shares = [EncryptedShare.from_bytes(b) for b in unframe(framed)]
             server.collect_shares(name, {sh.recipient: sh for sh in shares})
-        for lst in server.route_shares().values():
-            for sh in lst:
-                sh.to_bytes()
+        for name, lst in server.route_shares().items():
+            self.publish("mask-myshares", [sh.to_bytes() for sh in lst], [name])
         for i in range(self.sites):
-            server.collect_masked_source(MaskedSource(FileSource(up_path(self.work, i, ".masked"))))
-        server.unmask_request().to_bytes()
+            server.collect_masked_source(self.masked(i))
+        self.publish("mask-unmask", [server.unmask_request().to_bytes()], self.names)
         responses = [
-            UnmaskResponse.from_bytes(up_path(self.work, i, ".unmask").read_bytes())
+            UnmaskResponse.from_bytes(self.message(i, ".unmask", "mask-unmask-resp"))
             for i in range(self.sites)
         ]
         try:
             unmasked = server.finish_windows(responses, window_elements(self.window))
             # the aggregator learns the sum (that is the protocol's output) and sends it as the new
             # model, written window by window as it is unmasked
-            write_bundle(down_path(self.work, 0), self.spec, unmasked.windows)
+            self.write_result(unmasked.windows)
         finally:
             server.close()
 
@@ -513,6 +552,10 @@ def make_mode(name: str) -> Mode:
         from .nvflare_he import NVFlareHEMode
 
         return NVFlareHEMode()
+    if name == "tee-mask":
+        from .tee_mask import TeeMaskBenchMode
+
+        return TeeMaskBenchMode()
     modes: dict[str, type[Mode]] = {"plain": PlainMode, "he": HEMode, "mask": MaskMode, "tee": TEEMode}
     return modes[name]()
 
@@ -522,6 +565,10 @@ def make_aggregator(name: str) -> AggregatorStep:
         from .nvflare_he import NVFlareHEAggregator
 
         return NVFlareHEAggregator()
+    if name == "tee-mask":
+        from .tee_mask import TeeMaskAggregator
+
+        return TeeMaskAggregator()
     steps: dict[str, type[AggregatorStep]] = {
         "plain": PlainAggregator,
         "he": HEAggregator,

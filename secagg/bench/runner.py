@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # grpc and the provisioning code load only for --transport (t
     from .wire import Wire
 
 MODES = ("plain", "he", "mask", "tee")
-ALL_MODES = (*MODES, "nvflare-he")
+ALL_MODES = (*MODES, "tee-mask", "nvflare-he")
 _TIMES = ("protect_s", "aggregate_s", "unprotect_s", "protect_cpu_s", "aggregate_cpu_s", "unprotect_cpu_s")
 
 

@@ -2,7 +2,9 @@
 [--compare nvflare] [--transport] [--window-bytes B] [--repeats N] [--out DIR]``, or ``secagg bench --training
 [--volume V] [--steps N] [--batch B] [--device auto|cpu|cuda] [--repeats N] [--out DIR]`` for the
 training-overhead table, or ``secagg bench --demo-compare [--rounds N] [--peers LIST] [--out DIR]`` for the
-demo's round before and after the per-job worker, beside NVIDIA FLARE's and Flower's simulations."""
+demo's round before and after the per-job worker, beside NVIDIA FLARE's and Flower's simulations, or
+``secagg bench --dp-sampling [--params N] [--sites N[,N...]] [--repeats N] [--out DIR]`` for the time a site
+takes to draw its distributed-DP noise share."""
 
 from __future__ import annotations
 
@@ -120,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--modes",
         type=_modes,
         default=_TABLE_DEFAULTS["modes"],
-        help="comma-separated, from plain,he,mask,tee,nvflare-he (default: plain,he,mask,tee)",
+        help="comma-separated, from plain,he,mask,tee,tee-mask,nvflare-he (default: plain,he,mask,tee)",
     )
     p.add_argument("--compare", choices=("nvflare",), help="also run NVIDIA FLARE 2.9's HE path (nvflare-he)")
     p.add_argument(
@@ -169,7 +171,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--peers", type=_peers, help="peers to run beside secagg: nvflare,flower (default) or none"
     )
     d.add_argument("--peer-venvs", type=Path, help="where the peers' venvs live (default: bench-out/peers)")
+    p.add_argument(
+        "--dp-sampling",
+        action="store_true",
+        help="instead of the per-mode table: the time one site takes to draw its distributed_gaussian "
+        "noise share for --params coordinates (and the whole filter), per --sites count",
+    )
     p.set_defaults(func=run)
+
+
+#: the per-mode table's flags --dp-sampling has no use for
+_NOT_FOR_SAMPLING = ("layout", "modes", "compare", "transport", "window_bytes")
 
 
 def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
@@ -177,8 +189,16 @@ def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.training and args.demo_compare:
-        raise UsageError("--training and --demo-compare: choose one")
+    if sum(map(bool, (args.training, args.demo_compare, args.dp_sampling))) > 1:
+        raise UsageError("--training, --demo-compare and --dp-sampling: choose one")
+    if args.dp_sampling:
+        extra = [
+            f"--{n.replace('_', '-')}" for n in _NOT_FOR_SAMPLING if getattr(args, n) != _TABLE_DEFAULTS[n]
+        ]
+        extra += _given(args, (*_TRAINING_ONLY, *_DEMO_ONLY))
+        if extra:
+            raise UsageError(f"{', '.join(extra)}: not used with --dp-sampling")
+        return _run_dp_sampling(args)
     if args.training or args.demo_compare:
         flag = "--training" if args.training else "--demo-compare"
         extra = [f"--{n}" for n, default in _TABLE_DEFAULTS.items() if getattr(args, n) != default]
@@ -226,6 +246,26 @@ def run(args: argparse.Namespace) -> int:
         markdown_table(results) + "\n" + memory_table(results) + "\n" + markdown(evaluate(results))
     )
     console.print(f"wrote {js}, {md}, {png}")
+    return 0
+
+
+def _run_dp_sampling(args: argparse.Namespace) -> int:
+    import json
+
+    from secagg.bench import dp_sampling
+
+    out = _out_dir(args)
+    results = []
+    for n in args.sites:
+        print(
+            f"distributed_gaussian noise share: {args.params:,} coordinates, {n} sites ...", file=sys.stderr
+        )
+        results.append(dp_sampling.measure(args.params, n, args.repeats, args.seed))
+    (out / "dp-sampling.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    table = dp_sampling.markdown(results)
+    (out / "dp-sampling.md").write_text(table)
+    sys.stdout.write(table)
+    print(f"wrote {out / 'dp-sampling.json'}, {out / 'dp-sampling.md'}", file=sys.stderr)
     return 0
 
 

@@ -275,7 +275,7 @@ def test_the_floor_reads_every_uploaded_file_and_writes_the_result_size(tmp_path
     assert not (tmp_path / "floor.out").exists()
 
 
-@pytest.mark.parametrize("mode", ["plain", "mask", "tee"])
+@pytest.mark.parametrize("mode", ["plain", "mask", "tee", "tee-mask"])
 def test_a_window_of_a_few_values_gives_the_same_download(tmp_path: Path, mode: str) -> None:
     """The bench's aggregator steps are the service's windowed combiners: a 40-byte window (5 values,
     dividing no tensor) and the default window write the same result, byte for byte."""
@@ -299,3 +299,64 @@ def test_a_window_of_a_few_values_gives_the_same_download(tmp_path: Path, mode: 
     assert results[0] == results[1]
     _lap, out = m.unprotect(work, wl, 0)
     assert float(np.max(np.abs(out - wl.expected()))) < 1e-6
+
+
+def test_tee_mask_seals_what_the_host_relays_and_the_site_checks_the_enclave(tmp_path: Path) -> None:
+    """tee-mask's bench: the masked input the host relays is sealed (it does not parse as one), the
+    enclave's step opens it, and site 1 takes only a model the enclave signed."""
+    from secagg.bench.modes import down_path, make_aggregator, make_mode, up_path
+    from secagg.mask.messages import MaskedInput
+    from secagg.tee.errors import ModelSignatureInvalid
+
+    wl = Workload(layout_spec("flat", 3000), 3, seed=2)
+    m = make_mode("tee-mask")
+    m.setup(tmp_path, wl)
+    m.protect_all(tmp_path, wl)
+    with pytest.raises(Exception):  # noqa: B017 - any refusal: it is ciphertext, not a masked input
+        MaskedInput.from_bytes(up_path(tmp_path, 0, ".masked").read_bytes())
+    step = make_aggregator("tee-mask")
+    step.prepare(tmp_path, 3)
+    step.run()
+    _lap, out = m.unprotect(tmp_path, wl, 0)
+    assert float(np.max(np.abs(out - wl.expected()))) < 1e-6
+    sig = tmp_path / "down-0.sig"
+    assert m.downlink_bytes(tmp_path, 0) > down_path(tmp_path, 0).stat().st_size + sig.stat().st_size
+    sig.write_bytes(bytes(b ^ 1 for b in sig.read_bytes()))
+    with pytest.raises(ModelSignatureInvalid):
+        m.unprotect(tmp_path, wl, 0)
+
+
+def test_dp_sampling_times_one_sites_noise_share(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from secagg.bench import dp_sampling
+    from secagg.cli import main
+    from secagg.mask.job import mask_config
+    from secagg.privacy.distributed import norm_bound, share_mu
+
+    r = dp_sampling.measure(2000, 8, repeats=1)
+    assert r.min_honest_sites == mask_config(None, 8).threshold
+    assert r.share_mu == share_mu(1.0, norm_bound(1.0, 16, 2000), r.min_honest_sites)
+    assert r.noise_s > 0 and r.filter_s > 0 and r.noise_cpu_s >= 0
+    out = tmp_path / "o"
+    assert (
+        main(
+            [
+                "bench",
+                "--dp-sampling",
+                "--params",
+                "2000",
+                "--sites",
+                "3,8",
+                "--repeats",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads((out / "dp-sampling.json").read_text())
+    assert [(x["params"], x["sites"]) for x in rows] == [(2000, 3), (2000, 8)]
+    assert "| 2,000 | 8 |" in (out / "dp-sampling.md").read_text()
+    capsys.readouterr()
+    assert main(["bench", "--dp-sampling", "--modes", "mask", "--out", str(tmp_path / "x")]) == 2
+    assert "--modes: not used with --dp-sampling" in capsys.readouterr().err
