@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--in-process",
         action="store_true",
         help="--privacy-sweep in the in-process loop (same script, filters and accounting; no processes "
-        f"or ledgers), up to {MAX_IN_PROCESS_SITES} sites: a real federation takes ~0.6 GiB a site",
+        f"or ledgers), up to {MAX_IN_PROCESS_SITES} sites: a real federation takes ~0.5 GiB a site",
     )
     p.add_argument(
         "--repeats",
@@ -102,8 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-#: real federations: every site is an agent and a training worker, each importing torch (~0.6 GiB a
-#: site measured); more than this is more than a small machine holds
+#: real federations: every site is an agent (~110 MiB) and a training worker that imports torch
+#: (~390 MiB), about 0.5 GiB a site measured; more than this is more than a small machine holds
 MAX_SITES = 16
 #: the in-process loop holds no processes; the demo data split more ways leaves sites with a few
 #: patients of a class (20 sites: the smallest has 8 for training)

@@ -5,7 +5,7 @@ Why it exists: tuning a strategy's step size or picking privacy settings for the
 federations, and a real one (``run.run_federation``) spends most of its time starting processes. The
 demo's reports come from real federations; this loop chooses what to run, and runs the privacy sweep
 where real federations do not fit the machine (``demo --privacy-sweep --in-process``: a real
-federation costs about 0.6 GiB of memory per site, so 20 sites need about 12 GiB). A
+federation costs about 0.5 GiB of memory per site, so 20 sites need about 10 GiB). A
 ``distributed_gaussian`` job's mean is formed as ``mask`` mode forms it (the integer shares summed
 exactly, divided by the number of sites), and each site's filter receipts are kept, so the epsilon it
 reports is what a site's ledger would compose.

@@ -12,7 +12,7 @@ Settings were chosen with the in-process loop (:mod:`secagg.demo.simulate`) to s
 "useless" to "as good as no filter" on this data, 3 sites and 3 rounds.
 
 Several site counts (``--sweep-sites 3,10,20``) give one plot, a panel per count. A real federation
-costs about 0.6 GiB of memory per site (every agent and its training worker import torch), so 20 sites
+costs about 0.5 GiB of memory per site (its agent, and its training worker importing torch), so 20 sites
 do not fit a small machine; ``--in-process`` runs each setting in the in-process loop instead (the
 same training script, filters and accounting, the mask protocol's integer mean for distributed noise;
 no processes, certificates or ledgers), averaged over a few repeats because the noise differs each run.
