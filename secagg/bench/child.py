@@ -69,7 +69,7 @@ def floor_seconds(inputs: list[Path], result_bytes: int, scratch: Path) -> float
 
 
 def measure(mode: str, work: Path, sites: int) -> dict[str, float | int]:
-    from secagg.bench.modes import make_aggregator
+    from secagg.bench.registry import make_aggregator
 
     step = make_aggregator(mode)
     step.prepare(work, sites)

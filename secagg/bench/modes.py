@@ -28,12 +28,15 @@ import numpy as np
 from secagg.bundle import BundleSpec, fingerprint, from_safetensors, to_safetensors
 from secagg.framing import frame, unframe
 from secagg.mask.config import SUM_LIMIT
+from secagg.topics import Topic
 
 from .clock import Lap, clock, lap
 from .workload import Workload
 
 #: clip for ``mask``: far above any gaussian(0.05) value, so clipping never changes the update
 MASK_CLIP = 1.0
+#: what :meth:`MaskMode.posted` calls the masked input (an upload, not a relay topic)
+UPLOAD = "upload"
 
 
 def up_path(work: Path, site: int, part: str = "") -> Path:
@@ -225,7 +228,7 @@ class MaskMode:
     job, round = "bench", 1
 
     def posted(self, site: int, topic: str, payload: bytes) -> bytes:
-        """The bytes site ``site`` uploads for ``payload`` (``topic``: a mask phase, or "upload")."""
+        """The bytes site ``site`` uploads for ``payload`` (``topic``: a mask phase, or :data:`UPLOAD`)."""
         return payload
 
     def published(self, site: int, topic: str, messages: list[bytes]) -> bytes | None:
@@ -278,17 +281,17 @@ class MaskMode:
         for i, c in enumerate(clients):
             t0 = clock()
             data = c.advertise().to_bytes()
-            wire = self.posted(i, "mask-keys", data)
+            wire = self.posted(i, Topic.MASK_KEYS, data)
             times[i] += lap(t0)
             up_path(work, i, ".keys").write_bytes(wire)
             router.collect_keys(AdvertiseKeys.from_bytes(data))
         roster = [m.to_bytes() for m in router.roster()]
         for i, c in enumerate(clients):
-            got, times_read = self._deliver(i, "mask-keyroster", roster)
+            got, times_read = self._deliver(i, Topic.MASK_KEYROSTER, roster)
             t0 = clock()
             shares = c.share_keys([AdvertiseKeys.from_bytes(b) for b in got])
             records = [sh.to_bytes() for sh in shares.values()]
-            wire = self.posted(i, "mask-shares", _frames_bytes(records))
+            wire = self.posted(i, Topic.MASK_SHARES, _frames_bytes(records))
             times[i] += times_read + lap(t0)
             up_path(work, i, ".shares").write_bytes(wire)
             router.collect_shares(
@@ -296,22 +299,22 @@ class MaskMode:
             )
         routed = router.route_shares()
         for i, c in enumerate(clients):
-            mine, times_read = self._deliver(i, "mask-myshares", [sh.to_bytes() for sh in routed[c.name]])
+            mine, times_read = self._deliver(i, Topic.MASK_MYSHARES, [sh.to_bytes() for sh in routed[c.name]])
             update = wl.update(i)
             w = float(wl.weights[i])
             t0 = clock()
             weighted = update.astype(np.float64) * w
             msg = c.masked_input(weighted, w, [EncryptedShare.from_bytes(b) for b in mine]).to_bytes()
-            wire = self.posted(i, "upload", msg)
+            wire = self.posted(i, UPLOAD, msg)
             times[i] += times_read + lap(t0)
             up_path(work, i, ".masked").write_bytes(wire)
             del msg, wire, weighted
         request = UnmaskRequest(self.job, self.round, tuple(sorted(names)), ()).to_bytes()
         for i, c in enumerate(clients):
-            (got_request,), times_read = self._deliver(i, "mask-unmask", [request])
+            (got_request,), times_read = self._deliver(i, Topic.MASK_UNMASK, [request])
             t0 = clock()
             resp = c.unmask(UnmaskRequest.from_bytes(got_request)).to_bytes()
-            wire = self.posted(i, "mask-unmask-resp", resp)
+            wire = self.posted(i, Topic.MASK_UNMASK_RESP, resp)
             times[i] += times_read + lap(t0)
             up_path(work, i, ".unmask").write_bytes(wire)
         return times
@@ -372,19 +375,19 @@ class MaskAggregator:
 
         server = MaskServer(self.config, self.names, MaskMode.job, MaskMode.round, self.length)
         for i in range(self.sites):
-            server.collect_keys(AdvertiseKeys.from_bytes(self.message(i, ".keys", "mask-keys")))
-        self.publish("mask-keyroster", [m.to_bytes() for m in server.roster()], self.names)
+            server.collect_keys(AdvertiseKeys.from_bytes(self.message(i, ".keys", Topic.MASK_KEYS)))
+        self.publish(Topic.MASK_KEYROSTER, [m.to_bytes() for m in server.roster()], self.names)
         for i, name in enumerate(self.names):
-            framed = io.BytesIO(self.message(i, ".shares", "mask-shares"))
+            framed = io.BytesIO(self.message(i, ".shares", Topic.MASK_SHARES))
             shares = [EncryptedShare.from_bytes(b) for b in unframe(framed)]
             server.collect_shares(name, {sh.recipient: sh for sh in shares})
         for name, lst in server.route_shares().items():
-            self.publish("mask-myshares", [sh.to_bytes() for sh in lst], [name])
+            self.publish(Topic.MASK_MYSHARES, [sh.to_bytes() for sh in lst], [name])
         for i in range(self.sites):
             server.collect_masked_source(self.masked(i))
-        self.publish("mask-unmask", [server.unmask_request().to_bytes()], self.names)
+        self.publish(Topic.MASK_UNMASK, [server.unmask_request().to_bytes()], self.names)
         responses = [
-            UnmaskResponse.from_bytes(self.message(i, ".unmask", "mask-unmask-resp"))
+            UnmaskResponse.from_bytes(self.message(i, ".unmask", Topic.MASK_UNMASK_RESP))
             for i in range(self.sites)
         ]
         try:
@@ -545,34 +548,3 @@ class TEEAggregator:
         # same way, and the site checks it against what it parses
         signature = modelsig.sign(self.sig_key, fp.hexdigest(), _TEE_JOB, _TEE_ROUND)
         _tee_sig_path(self.work).write_bytes(signature)
-
-
-def make_mode(name: str) -> Mode:
-    if name == "nvflare-he":
-        from .nvflare_he import NVFlareHEMode
-
-        return NVFlareHEMode()
-    if name == "tee-mask":
-        from .tee_mask import TeeMaskBenchMode
-
-        return TeeMaskBenchMode()
-    modes: dict[str, type[Mode]] = {"plain": PlainMode, "he": HEMode, "mask": MaskMode, "tee": TEEMode}
-    return modes[name]()
-
-
-def make_aggregator(name: str) -> AggregatorStep:
-    if name == "nvflare-he":
-        from .nvflare_he import NVFlareHEAggregator
-
-        return NVFlareHEAggregator()
-    if name == "tee-mask":
-        from .tee_mask import TeeMaskAggregator
-
-        return TeeMaskAggregator()
-    steps: dict[str, type[AggregatorStep]] = {
-        "plain": PlainAggregator,
-        "he": HEAggregator,
-        "mask": MaskAggregator,
-        "tee": TEEAggregator,
-    }
-    return steps[name]()

@@ -37,7 +37,8 @@ from secagg.errors import ConfigError
 
 from .clock import Lap, settle
 from .layouts import LAYOUTS, layout_spec
-from .modes import make_mode, write_window
+from .modes import write_window
+from .registry import make_mode
 from .workload import Workload
 
 if TYPE_CHECKING:  # grpc and the provisioning code load only for --transport (the child's RSS baseline)

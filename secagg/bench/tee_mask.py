@@ -29,15 +29,16 @@ from secagg.mask.job import pack, unpack
 from secagg.tee import suites
 from secagg.tee.enclave import Enclave, EnclaveKeys
 from secagg.tee.relaysig import EVERYONE, purpose
+from secagg.topics import Topic
 
 from .clock import Lap, clock, lap
-from .modes import MaskAggregator, MaskMode, _tee_key, down_path, up_path
+from .modes import UPLOAD, MaskAggregator, MaskMode, _tee_key, down_path, up_path
 from .workload import Workload
 
 #: the attempt every benchmark round is (it only enters the signed and sealed contexts)
 ATTEMPT = 1
 #: what every site collects under the same signature (the agent's ``BROADCAST``)
-_BROADCAST = frozenset({"mask-keyroster", "mask-unmask"})
+_BROADCAST = frozenset({Topic.MASK_KEYROSTER, Topic.MASK_UNMASK})
 #: the largest protocol message the aggregator opens (as ``aggregator.modes.tee_mask``)
 _MAX_MESSAGE = 16 * 1024 * 1024
 _SUITE = suites.MLKEM768_X25519
@@ -68,7 +69,7 @@ def _enclave(work: Path) -> Enclave:
 
 def _payload(topic: str, messages: list[bytes]) -> bytes:
     """What the service publishes for ``topic``: the unmask request as it is, the others packed."""
-    return messages[0] if topic == "mask-unmask" else pack(messages)
+    return messages[0] if topic == Topic.MASK_UNMASK else pack(messages)
 
 
 class TeeMaskBenchMode(MaskMode):
@@ -100,7 +101,7 @@ class TeeMaskBenchMode(MaskMode):
 
     def posted(self, site: int, topic: str, payload: bytes) -> bytes:
         name = self.names[site]
-        if topic == "upload":
+        if topic == UPLOAD:
             return b"".join(frame(self.trusted.seal_update(payload, self.job, self.round, name)))
         where = purpose(topic, ATTEMPT)
         return b"".join(frame(self.trusted.seal_message(payload, self.job, self.round, name, where)))
@@ -113,7 +114,7 @@ class TeeMaskBenchMode(MaskMode):
         assert got is not None
         to = EVERYONE if topic in _BROADCAST else self.names[site]
         payload = self.trusted.open_message(got, self.job, self.round, ATTEMPT, topic, to)
-        return [payload] if topic == "mask-unmask" else unpack(payload)
+        return [payload] if topic == Topic.MASK_UNMASK else unpack(payload)
 
     def downlink_bytes(self, work: Path, site: int) -> int:
         return super().downlink_bytes(work, site) + _sig_path(work).stat().st_size

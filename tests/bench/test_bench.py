@@ -279,7 +279,8 @@ def test_the_floor_reads_every_uploaded_file_and_writes_the_result_size(tmp_path
 def test_a_window_of_a_few_values_gives_the_same_download(tmp_path: Path, mode: str) -> None:
     """The bench's aggregator steps are the service's windowed combiners: a 40-byte window (5 values,
     dividing no tensor) and the default window write the same result, byte for byte."""
-    from secagg.bench.modes import down_path, make_aggregator, make_mode, write_window
+    from secagg.bench.modes import down_path, write_window
+    from secagg.bench.registry import make_aggregator, make_mode
     from secagg.bundle import BundleSpec, TensorSpec
 
     spec = BundleSpec((TensorSpec("a", (7, 11)), TensorSpec("b", (3,)), TensorSpec("c", (13, 17, 2))))
@@ -304,7 +305,8 @@ def test_a_window_of_a_few_values_gives_the_same_download(tmp_path: Path, mode: 
 def test_tee_mask_seals_what_the_host_relays_and_the_site_checks_the_enclave(tmp_path: Path) -> None:
     """tee-mask's bench: the masked input the host relays is sealed (it does not parse as one), the
     enclave's step opens it, and site 1 takes only a model the enclave signed."""
-    from secagg.bench.modes import down_path, make_aggregator, make_mode, up_path
+    from secagg.bench.modes import down_path, up_path
+    from secagg.bench.registry import make_aggregator, make_mode
     from secagg.mask.messages import MaskedInput
     from secagg.tee.errors import ModelSignatureInvalid
 
