@@ -241,3 +241,39 @@ def test_simulated_distributed_mean_is_the_uniform_mean_of_the_integer_shares() 
     for k, v in got.final_model.items():
         uniform = init[k] + sum(r[k] - init[k] for r in ref) / 3
         assert np.max(np.abs(v - uniform)) < 1e-3
+
+
+def test_the_cli_sweeps_each_site_count_into_one_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``demo --privacy-sweep --sweep-sites 2,3``: one split and one runner per count, every setting
+    sized for its count, all rows in one report (the runner stubbed: real federations take minutes)."""
+    from secagg.commands import demo as cmd
+    from secagg.demo.data import skewed_split
+
+    made: list[int] = []
+
+    def fake_runner(sites: list, **kw: object) -> sweep.Runner:  # type: ignore[type-arg]
+        made.append(len(sites))
+
+        def run(setting: sweep.Setting, planned: float, folder: Path) -> sweep.Outcome:
+            return sweep.Outcome([{"round": 1, "auc": 0.9, "seconds": 0.1}], planned, 0.1)
+
+        return run
+
+    monkeypatch.setattr(sweep, "federation_runner", fake_runner)
+    # three settings are enough to see the glue (the report is redrawn after every row)
+    monkeypatch.setattr(
+        sweep, "SETTINGS", (sweep.Setting("none"), sweep._gaussian(1.0), sweep._distributed(1.0))
+    )
+    out = tmp_path / "o"
+    rc = cmd._sweep(
+        out, mode="plain", rounds=1, sites=skewed_split(3), policies={}, strategy="fedavg", counts=[2, 3]
+    )
+    assert rc == 0 and made == [2, 3]
+    data = json.loads((out / "privacy-sweep.json").read_text())
+    assert data["site_counts"] == [2, 3] and len(data["rows"]) == 6
+    ddg = [r for r in data["rows"] if r["mechanism"] == "distributed_gaussian"]
+    assert {(r["sites"], r["filter"]["min_honest_sites"]) for r in ddg} == {(2, 2), (3, 2)}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["in_process"] is False and len(summary["privacy_sweep"]) == 6
