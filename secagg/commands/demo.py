@@ -96,7 +96,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--repeats",
         type=int,
-        default=3,
         help="--in-process: runs per setting, their AUC averaged (default: 3)",
     )
     p.set_defaults(func=run)
@@ -168,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             strategy=args.strategy,
             counts=counts if args.sweep_sites else None,
             in_process=args.in_process,
-            repeats=args.repeats,
+            repeats=3 if args.repeats is None else args.repeats,
             **common,
         )
     return _single(out, strategy=args.strategy, no_compare=args.no_compare, drop=_drops(args, mode), **common)
@@ -178,11 +177,11 @@ def _checked_counts(args: argparse.Namespace) -> list[int]:
     """The site counts to run: ``--sweep-sites`` or ``--sites``, within what the chosen runner holds."""
     if (args.sweep_sites or args.in_process) and not args.privacy_sweep:
         raise UsageError("--sweep-sites and --in-process go with --privacy-sweep")
-    if args.repeats != 3 and not args.in_process:
+    if args.repeats is not None and not args.in_process:
         raise UsageError(
             "--repeats goes with --in-process (a real federation's sweep runs each setting once)"
         )
-    if not 1 <= args.repeats <= 20:
+    if args.repeats is not None and not 1 <= args.repeats <= 20:
         raise UsageError("--repeats must be between 1 and 20")
     counts: list[int] = args.sweep_sites or [args.sites]
     top = MAX_IN_PROCESS_SITES if args.in_process else MAX_SITES

@@ -125,7 +125,8 @@ def test_drop_site_is_checked_before_anything_starts(
     [
         (["--sweep-sites", "3,10"], "go with --privacy-sweep"),
         (["--in-process"], "go with --privacy-sweep"),
-        (["--privacy-sweep", "--repeats", "5"], "--repeats goes with --in-process"),
+        (["--privacy-sweep", "--repeats", "3"], "--repeats goes with --in-process"),
+        (["--privacy-sweep", "--in-process", "--repeats", "0"], "--repeats must be between 1 and 20"),
         (["--privacy-sweep", "--sweep-sites", "3,20"], "between 2 and 16 (up to 20 with --in-process)"),
         (["--privacy-sweep", "--in-process", "--sweep-sites", "3,21"], "between 2 and 20; got 21"),
         (["--sites", "17"], "between 2 and 16"),
