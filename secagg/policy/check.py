@@ -25,7 +25,7 @@ from secagg import safeyaml
 from secagg.errors import ConfigError
 from secagg.jobs.filters import AnyFilter
 from secagg.modes import ATTESTED
-from secagg.policy.decide import SIZE_DEPENDENT, worst_case_spend
+from secagg.policy.decide import DISTRIBUTED, SIZE_DEPENDENT, distributed_dp_allowed, worst_case_spend
 from secagg.policy.model import SitePolicy
 from secagg.reasons import Reason
 
@@ -286,6 +286,16 @@ def _semantic(policy: SitePolicy) -> list[tuple[Path_, str, str]]:
                     (*where, "target_delta"),
                     f"target_delta {delta} exceeds the budget's delta ({budget.delta})",
                     "lower it or raise privacy.budget.delta",
+                )
+            )
+        if f.name == DISTRIBUTED and not any(distributed_dp_allowed(m) for m in policy.modes):
+            # admission would refuse every job (distributed_dp_mode): say so before any job is sent
+            out.append(
+                (
+                    where,
+                    f"distributed_gaussian is refused in every mode this policy allows "
+                    f"({', '.join(policy.modes)}): only mask and tee-mask hide a single update",
+                    "allow mask or tee-mask in modes, or require gaussian instead",
                 )
             )
         if f.name in _NEEDS_DELTA and budget is not None and budget.delta == 0:
