@@ -7,6 +7,7 @@ it keeps durably, so every site computes the same model without the aggregator s
 
 from __future__ import annotations
 
+import threading
 from io import BytesIO
 from typing import Any
 
@@ -25,6 +26,10 @@ from secagg.topics import Topic
 HE_KEY_TOPIC = Topic.HE_KEY
 
 
+#: one key custody step at a time in this agent (each running job has a mode object of its own)
+_KEY_CUSTODY = threading.Lock()
+
+
 class HeMode:
     name = "he"
 
@@ -38,6 +43,10 @@ class HeMode:
         sealed to this site's certificate key."""
         if self._secret_ctx is not None:
             return self._secret_ctx
+        with _KEY_CUSTODY:  # two HE jobs at once at the key holder must not both make a key pair
+            return self._secret_context()
+
+    def _secret_context(self) -> Any:
         from secagg.he import store as he_store
 
         kit, relay = self.ctx.kit, self.ctx.relay
