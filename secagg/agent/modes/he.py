@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,8 +27,15 @@ from secagg.topics import Topic
 HE_KEY_TOPIC = Topic.HE_KEY
 
 
-#: one key custody step at a time in this agent (each running job has a mode object of its own)
-_KEY_CUSTODY = threading.Lock()
+#: one key custody step at a time per agent state folder (each running job has a mode object of its
+#: own); per folder, not per process: agents in one process (tests, demos) must not wait on each other
+_KEY_CUSTODY: dict[Path, threading.Lock] = {}
+_KEY_CUSTODY_GUARD = threading.Lock()
+
+
+def _custody_lock(root: Path) -> threading.Lock:
+    with _KEY_CUSTODY_GUARD:
+        return _KEY_CUSTODY.setdefault(root, threading.Lock())
 
 
 class HeMode:
@@ -43,7 +51,7 @@ class HeMode:
         sealed to this site's certificate key."""
         if self._secret_ctx is not None:
             return self._secret_ctx
-        with _KEY_CUSTODY:  # two HE jobs at once at the key holder must not both make a key pair
+        with _custody_lock(self.ctx.state.root):  # two HE jobs at the key holder: one key pair
             return self._secret_context()
 
     def _secret_context(self) -> Any:
