@@ -222,6 +222,9 @@ class SiteAgent:
                 except grpc.RpcError as exc:
                     if exc.code() not in TRANSIENT:
                         raise
+                    jobs.reap()
+                    if stop_after_job and jobs.served and not jobs.active() and not jobs.errors:
+                        return  # what this site served is over, and the aggregator went (it exits when done)
                     lost_since = lost_since or time.monotonic()
                     if time.monotonic() - lost_since > reconnect_s:
                         raise ConfigError(
