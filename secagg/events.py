@@ -86,6 +86,12 @@ class Event(StrEnum):
     #: site: another site's local model evaluated here (or refused, with a code)
     XSITE_EVALUATED = "xsite_evaluated"
     XSITE_REFUSED = "xsite_refused"
+    # ---- several jobs at once
+    #: aggregator: a submitted job waits for a free slot (``max_jobs`` are running); it starts later
+    #: with ``job_started``, or leaves the queue with ``job_aborted``
+    JOB_QUEUED = "job_queued"
+    #: site: an ended job's unspent reserved privacy budget is free again for other jobs
+    BUDGET_RESERVATION_RELEASED = "budget_reservation_released"
 
 
 #: aggregator events that are refusals; their ``code`` field is the reason code

@@ -280,6 +280,13 @@ class Reason(StrEnum):
     )
     # ---- hostile input, continued (#18: h-badinput)
     MANIFEST_INVALID = ("manifest_invalid", FAILED_PRECONDITION, "manifest.json does not parse or validate")
+    # ---- several jobs at once (secagg.aggregator.scheduler, secagg.agent.site)
+    MAX_CONCURRENT_JOBS = (
+        "max_concurrent_jobs",
+        FAILED_PRECONDITION,
+        "the site already runs as many jobs as its policy's limits.max_concurrent_jobs allows",
+    )
+    NOT_QUEUED = ("not_queued", FAILED_PRECONDITION, "the job is neither queued nor running")
 
 
 #: the codes an agent treats as "the round moved on without me": redo what comes next, no error

@@ -43,6 +43,9 @@ class Topic(StrEnum):
     XSITE_CONSENTS = "xsite-consents"
     #: collected: the sealed models addressed to this site
     XSITE_INBOX = "xsite-inbox"
+    # ---- several jobs at once
+    #: collected: the aggregator's running jobs (and how many queue), for a site to serve each
+    JOBS = "jobs"
 
 
 __all__ = ["Topic"]

@@ -17,7 +17,7 @@ from secagg.auditlog import AuditLog
 from secagg.errors import PolicyRefusal, SecaggError
 from secagg.events import Event
 from secagg.jobs.job import VerifiedJob
-from secagg.policy.admit import admit_job, debited_rounds, remaining_worst_case
+from secagg.policy.admit import admit_job, debited_rounds
 from secagg.policy.check import load_policy
 from secagg.policy.decide import Decision, decide
 from secagg.policy.model import SitePolicy
@@ -80,12 +80,16 @@ class Admission:
             decision.raise_if_refused()
             rounds_debited = 0
             if policy.privacy.budget is not None:
-                # what this data set has already spent counts too, and of this job (re-admitted after
-                # a restart) only the rounds it has not debited yet: those it did are in that spend
+                # what this data set has already spent counts too, and what the other admitted jobs
+                # may still spend; of this job (re-admitted after a restart) only the rounds it has
+                # not debited yet. Check and reservation are one transaction: two jobs admitted at
+                # once cannot both fit on the same remaining budget
+                self._sandbox_check(policy)
                 ledger = self._ledger_for(policy)
                 rounds_debited = len(debited_rounds(ledger.entries(), job_id))
-                ledger.admission_check(remaining_worst_case(decision.spends, job.spec.rounds, rounds_debited))
-            self._sandbox_check(policy)
+                ledger.reserve(job_id, job.spec.rounds, decision.spends)
+            else:
+                self._sandbox_check(policy)
         except SecaggError as exc:
             shutil.rmtree(dest, ignore_errors=True)
             self.audit.append(Event.JOB_REFUSED, job=job_id, code=exc.code, reason=str(exc))
@@ -102,6 +106,22 @@ class Admission:
         admitted = Admitted(job, decision, self._policy_stamp())
         self._jobs[job_id] = admitted
         return admitted
+
+    def check_capacity(self, job_id: str, running: int) -> None:
+        """A site at its policy's ``limits.max_concurrent_jobs`` declines one more job (reason
+        ``max_concurrent_jobs``) instead of overcommitting; it is audited and told to the aggregator,
+        which goes on without this site for that job."""
+        limit = self.load_policy().limits.max_concurrent_jobs
+        if running < limit:
+            return
+        exc = PolicyRefusal(
+            f"this site already runs {running} job(s), as many as its policy's "
+            f"limits.max_concurrent_jobs ({limit}) allows: job {job_id} is declined",
+            code=Reason.MAX_CONCURRENT_JOBS,
+        )
+        self.audit.append(Event.JOB_REFUSED, job=job_id, code=exc.code, reason=str(exc))
+        self.relay.decline(job_id, 0, exc.code, str(exc))
+        raise exc
 
     def _policy_stamp(self) -> tuple[int, int]:
         st = self.policy_path.stat()

@@ -115,6 +115,15 @@ class Relay:
                     raise RoundMovedOn(f"the aggregator left this site out of {topic} in round {round_}")
                 return bytes(msg.payload)
 
+    def jobs(self) -> dict[str, Any]:
+        """The aggregator's running jobs (``{"jobs": [{"job_id", "mode", ...}], "queued": n}``), for
+        the agent to serve each; answered at once."""
+        for msg in self.stub.Collect(pb.CollectRequest(topic=Topic.JOBS, timeout_seconds=0), timeout=30):
+            body = json.loads(bytes(msg.payload))
+            if isinstance(body, dict) and isinstance(body.get("jobs"), list):
+                return body
+        return {"jobs": [], "queued": 0}
+
     def job_state(self, job_id: str, round_: int) -> str:
         return str(
             self.stub.Heartbeat(pb.HeartbeatRequest(job_id=job_id, round=round_), timeout=30).job_state

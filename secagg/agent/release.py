@@ -10,6 +10,7 @@ already debited re-sends that round's release instead of debiting again
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from secagg.agent.admission import Admitted
 from secagg.agent.kept_release import KeptReleases, chain_digest
 from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
-from secagg.errors import PolicyRefusal
+from secagg.errors import ConfigError, PolicyRefusal
 from secagg.events import Event
 from secagg.jobs.filters import DpsgdFilter
 from secagg.policy.model import SitePolicy
@@ -36,34 +37,83 @@ _DPSGD_SLACK = 0.011
 
 
 class Releaser:
-    """Owns the data set's ledger for the budget the current policy declares."""
+    """Owns the data set's ledger for the budget the current policy declares.
+
+    Each job runs in a thread of its own at the site, and a SQLite connection belongs to the thread
+    that opened it: every thread gets a ledger connection of its own. They share the one file, whose
+    transactions (``BEGIN IMMEDIATE``) keep the jobs' admissions and debits exact whatever their
+    interleaving (:mod:`secagg.privacy.ledger`)."""
 
     def __init__(self, *, state: SiteState, audit: AuditLog, data_name: str) -> None:
         self.state, self.audit, self.data_name = state, audit, data_name
-        self.ledger: Ledger | None = None
         self.kept = KeptReleases(state)
+        self._local = threading.local()
+        self._opened: list[Ledger] = []
+        self._lock = threading.Lock()
+
+    @property
+    def ledger(self) -> Ledger | None:
+        """This thread's ledger connection, if it opened one."""
+        led: Ledger | None = getattr(self._local, "ledger", None)
+        return led
 
     def ledger_for(self, policy: SitePolicy) -> Ledger:
         """The data set's durable ledger, with the budget the current policy declares."""
         budget = policy.privacy.budget
         assert budget is not None
-        if self.ledger is None or (self.ledger.budget_epsilon, self.ledger.budget_delta) != (
+        current = self.ledger
+        if current is None or (current.budget_epsilon, current.budget_delta) != (
             budget.epsilon,
             budget.delta,
         ):
-            if self.ledger is not None:
-                self.ledger.close()
-            self.ledger = Ledger(self.path, self.data_name, budget.epsilon, budget.delta)
-        return self.ledger
+            if current is not None:
+                self._forget(current)
+            current = Ledger(self.path, self.data_name, budget.epsilon, budget.delta)
+            self._local.ledger = current
+            with self._lock:
+                self._opened.append(current)
+        return current
+
+    def _forget(self, led: Ledger) -> None:
+        led.close()
+        with self._lock:
+            if led in self._opened:
+                self._opened.remove(led)
+
+    def release_reservation(self, job_id: str) -> bool:
+        """The job ended at this site: what it reserved and did not spend is free for other jobs."""
+        if not self.path.is_file():
+            return False
+        try:
+            with Ledger(self.path, self.data_name) as led:
+                released = led.release_reservation(job_id)
+        except ConfigError:  # no budget was ever recorded: nothing was reserved
+            return False
+        if released:
+            self.audit.append(Event.BUDGET_RESERVATION_RELEASED, job=job_id)
+        return released
+
+    def reserved_jobs(self) -> list[str]:
+        """The jobs holding a reservation in this site's ledger (to settle those that ended while the
+        agent was down)."""
+        if not self.path.is_file():
+            return []
+        try:
+            with Ledger(self.path, self.data_name) as led:
+                return [r.job for r in led.reservations()]
+        except ConfigError:
+            return []
 
     @property
     def path(self) -> Path:
         return self.state.root / LEDGER_FILE
 
     def close(self) -> None:
-        if self.ledger is not None:
-            self.ledger.close()
-            self.ledger = None
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for led in opened:
+            led.close()
+        self._local = threading.local()
 
     @staticmethod
     def training_spends(adm: Admitted, reported: tuple[dict[str, Any], ...]) -> list[Spend]:

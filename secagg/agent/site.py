@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ import numpy as np
 from secagg.agent.admission import Admission, Admitted
 from secagg.agent.consistency import BadSampleCount, check_roster, sample_count, sign_fingerprint
 from secagg.agent.evaluation import CrossSiteEvaluation, keep_local_model
+from secagg.agent.jobs import JobThreads
 from secagg.agent.modes import ModeContext, Outgoing, SiteMode, Task, make_mode
-from secagg.agent.relay import TRANSIENT, Relay, RoundMovedOn, is_stale
+from secagg.agent.relay import TRANSIENT, Relay, RoundMovedOn, is_stale, reason_of
 from secagg.agent.release import Releaser
 from secagg.agent.sandbox import require_available
 from secagg.agent.state import SiteState
@@ -43,8 +45,16 @@ from secagg.transport.tls import channel
 
 log = logging.getLogger("secagg.agent")
 AGENT_VERSION = "secagg-agent/0.1"
+#: how often the agent asks the aggregator which jobs run (an answer is immediate; this is the pace)
+JOBS_POLL_S = 1.0
+#: job states (as the aggregator names them) after which a job spends nothing more
+_ENDED = frozenset({"finished", "aborted", "failed"})
 
 __all__ = ["AGENT_VERSION", "Admitted", "RoundMovedOn", "SimulatedDropout", "SiteAgent"]
+
+
+class _ConnectionLost(ConfigError):
+    """A job's thread gave up on the aggregator (after ``reconnect_s``)."""
 
 
 class SimulatedDropout(SecaggError):
@@ -185,36 +195,124 @@ class SiteAgent:
     def run(
         self, *, max_idle_s: float | None = None, stop_after_job: bool = True, reconnect_s: float = 300.0
     ) -> None:
-        """Serve tasks until the job ends. A lost connection (aggregator restart, network blip) is
-        retried for ``reconnect_s``; the round in flight is then redone under the aggregator's new
-        attempt, never uploaded twice (progress is recorded only after an accepted upload)."""
+        """Serve every running job the aggregator lists, each in a thread (and training worker) of its
+        own, up to the policy's ``limits.max_concurrent_jobs``; with ``stop_after_job``, return once
+        this site has served a job and none runs or waits any more. A job that fails here (a refusal,
+        a broken consistency proof) ends that job only; with ``stop_after_job`` the first such error
+        is raised once the other jobs in flight have ended. A lost connection (aggregator restart,
+        network blip) is retried for ``reconnect_s``; a round in flight is then redone under the
+        aggregator's new attempt, never uploaded twice (progress is recorded only after an accepted
+        upload)."""
         self.register()
+        self._settle_reservations()
+        jobs = JobThreads(self._serve_job_thread(reconnect_s))
         idle_since = time.monotonic()
         lost_since: float | None = None
-        job_id = self.state.last_job()
-        while True:
-            try:
-                done = self._serve_one(job_id, stop_after_job)
-                lost_since = None
-            except grpc.RpcError as exc:
-                if exc.code() not in TRANSIENT:
-                    raise
-                lost_since = lost_since or time.monotonic()
-                if time.monotonic() - lost_since > reconnect_s:
-                    raise ConfigError(
-                        f"lost the aggregator at {self.kit.target} for {reconnect_s:.0f} s: {exc.details()}"
-                    ) from None
-                self.audit.append(Event.CONNECTION_LOST, code=str(exc.code()), detail=exc.details())
-                time.sleep(1.0)
-                continue
-            if done is None:
+        try:
+            while True:
+                jobs.reap()
+                if jobs.errors and stop_after_job:
+                    if not jobs.active():  # the others in flight end as they would; then the error
+                        raise next(iter(jobs.errors.values()))
+                    time.sleep(JOBS_POLL_S)
+                    continue
+                try:
+                    listing = self.relay.jobs()
+                    lost_since = None
+                except grpc.RpcError as exc:
+                    if exc.code() not in TRANSIENT:
+                        raise
+                    jobs.reap()
+                    if stop_after_job and jobs.served and not jobs.active() and not jobs.errors:
+                        return  # what this site served is over, and the aggregator went (it exits when done)
+                    lost_since = lost_since or time.monotonic()
+                    if time.monotonic() - lost_since > reconnect_s:
+                        raise ConfigError(
+                            f"lost the aggregator at {self.kit.target} for {reconnect_s:.0f} s: "
+                            f"{exc.details()}"
+                        ) from None
+                    self.audit.append(Event.CONNECTION_LOST, code=str(exc.code()), detail=exc.details())
+                    time.sleep(1.0)
+                    continue
+                listed = [str(j["job_id"]) for j in listing["jobs"] if isinstance(j, dict) and "job_id" in j]
+                for job_id in listed:
+                    if jobs.known(job_id):
+                        continue
+                    try:
+                        self.admission.check_capacity(job_id, len(jobs.active()))
+                    except PolicyRefusal:
+                        jobs.skip(job_id)  # declined: this site sits the job out
+                        continue
+                    jobs.start(job_id)
+                if jobs.active():
+                    idle_since = time.monotonic()
+                elif (
+                    stop_after_job
+                    and jobs.served
+                    and all(jobs.known(j) for j in listed)
+                    and not listing.get("queued")
+                ):
+                    return  # served, and nothing runs or waits that this site has not seen
                 if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                     return
-                continue
-            idle_since = time.monotonic()
-            job_id, finished = done
-            if finished:
-                return
+                time.sleep(JOBS_POLL_S)
+        finally:
+            jobs.reap()
+
+    def _serve_job_thread(self, reconnect_s: float) -> Callable[[str], None]:
+        def serve(job_id: str) -> None:
+            self._serve_job(job_id, reconnect_s)
+
+        return serve
+
+    def _serve_job(self, job_id: str, reconnect_s: float) -> None:
+        """One job's tasks, until it ends at this site (stop, finalize, or a refusal raised here).
+        Its budget reservation is released when it ends, except on a lost connection (the job may
+        go on when the agent is back, and keeps what it was admitted with)."""
+        lost_since: float | None = None
+        try:
+            while True:
+                try:
+                    done = self._serve_one(job_id, True)
+                    lost_since = None
+                except grpc.RpcError as exc:
+                    if exc.code() not in TRANSIENT:
+                        raise
+                    lost_since = lost_since or time.monotonic()
+                    if time.monotonic() - lost_since > reconnect_s:
+                        raise _ConnectionLost(
+                            f"lost the aggregator at {self.kit.target} for {reconnect_s:.0f} s: "
+                            f"{exc.details()}"
+                        ) from None
+                    self.audit.append(
+                        Event.CONNECTION_LOST, job=job_id, code=str(exc.code()), detail=exc.details()
+                    )
+                    time.sleep(1.0)
+                    continue
+                if done is not None and done[1]:
+                    break
+        except _ConnectionLost:
+            raise
+        except BaseException:
+            self._end_reservation(job_id)
+            raise
+        self._end_reservation(job_id)
+
+    def _end_reservation(self, job_id: str) -> None:
+        try:
+            self.releaser.release_reservation(job_id)
+        except Exception:  # noqa: BLE001 - settled at the next start (see _settle_reservations)
+            log.exception("could not release the budget reservation of %s", job_id)
+
+    def _settle_reservations(self) -> None:
+        """Release the reservations of jobs that ended while this agent was not running."""
+        for job_id in self.releaser.reserved_jobs():
+            try:
+                state = self.relay.job_state(job_id, 0)
+            except grpc.RpcError:
+                return  # asked again at the next start
+            if state in _ENDED:
+                self.releaser.release_reservation(job_id)
 
     def _serve_one(self, job_id: str, stop_after_job: bool) -> tuple[str, bool] | None:
         """Fetch and do one task; ``None`` when there was nothing to do."""
@@ -244,8 +342,9 @@ class SiteAgent:
         except RoundMovedOn as exc:
             self.audit.append(Event.ROUND_ABANDONED, job=job_id, round=header.get("round"), reason=str(exc))
         except grpc.RpcError as exc:
-            # the round moved on without us (aggregator restarted it, or it closed): redo what comes next
-            if not is_stale(exc):
+            # the round moved on without us (aggregator restarted it, or it closed), or the job ended
+            # (aborted) while this site trained: the next task says what comes next
+            if not (is_stale(exc) or reason_of(exc) == Reason.NO_SUCH_JOB):
                 raise
             self.audit.append(
                 Event.ROUND_ABANDONED, job=job_id, round=header.get("round"), reason=exc.details()

@@ -24,8 +24,9 @@ from typing import Any
 import grpc
 
 from secagg.aggregator.evaluation import download_files
-from secagg.aggregator.federation import Federation
+from secagg.aggregator.hub import FederationHub
 from secagg.aggregator.modes import mode_class
+from secagg.aggregator.rounds import JobState
 from secagg.aggregator.rpc import MAX_NAME, abort, caller
 from secagg.errors import ConfigError, IdentityError, PolicyRefusal, SecaggError, UsageError
 from secagg.events import TERMINAL, Event
@@ -110,9 +111,9 @@ Reply = tuple[dict[str, Any], Iterable[bytes]]
 
 
 class AdminConsole:
-    """Serves ``Admin`` and ``AdminUpload`` for a :class:`Federation`; one per server."""
+    """Serves ``Admin`` and ``AdminUpload`` for a :class:`FederationHub`; one per server."""
 
-    def __init__(self, fed: Federation) -> None:
+    def __init__(self, fed: FederationHub) -> None:
         self.fed = fed
         self.table = Authorization.model_validate(fed.kit.config.authorization or {})
         #: whether the caller is still there; a follower of an idle log must notice a disconnect
@@ -259,8 +260,8 @@ class AdminConsole:
             "org": owner.org,
             "reason": row.reason,
         }
-        job = self.fed.job
-        if job is not None and job.job_id == job_id:
+        job = self.fed.live_job(job_id)
+        if job is not None:
             info["state"] = job.state
             info["completed"] = job.completed
             cur = job.current
@@ -272,19 +273,25 @@ class AdminConsole:
         self._allow(ident, "list", None, "")
         scope = permissions(self.table, ident).list
         jobs = []
+        position = 0
         for row in self.fed.store.jobs():
+            position += row.state == JobState.QUEUED  # the order queued jobs start in, from 1
             if in_scope(scope, ident, job_owner(row.submitter)):
                 info = self._job_info(row.job_id)
                 info.update(created=_iso(row.created), finished=_iso(row.finished) if row.finished else None)
+                if row.state == JobState.QUEUED:
+                    info["queue_position"] = position
                 jobs.append(info)
-        return {"jobs": jobs}, []
+        running = sum(1 for j in jobs if j["state"] in (JobState.RUNNING, JobState.FINALIZING))
+        queued = sum(1 for j in jobs if j["state"] == JobState.QUEUED)
+        return {"jobs": jobs, "max_jobs": self.fed.max_jobs, "running": running, "queued": queued}, []
 
     def _abort(self, ident: Identity, job_id: str, _payload: bytes) -> Reply:
         if not job_id:
             raise UsageError("abort needs a job id")
         job_id, owner = self._job_row(ident, "abort", job_id)
         self._allow(ident, "abort", owner, job_id)
-        self.fed.abort(job_id, by=describe(ident))
+        self.fed.abort(job_id, by=describe(ident))  # one running job (the others go on), or a queued one
         return {"job_id": job_id, "state": "aborted"}, []
 
     def _download(self, ident: Identity, job_id: str, _payload: bytes) -> Reply:

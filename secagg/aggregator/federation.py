@@ -22,7 +22,6 @@ import logging
 import math
 import shutil
 import tarfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,9 +36,9 @@ from secagg.aggregator.modes import BadUpload, ModeBase, ModeContext, Step, mode
 from secagg.aggregator.modes.he import HE_KEY_BLOB
 from secagg.aggregator.rounds import JobRun, JobState, Phase, RoundRun, Signal, retry_delay
 from secagg.aggregator.rpc import final_metrics, int_field, json_object, upload_header
-from secagg.aggregator.spool import Spool
-from secagg.aggregator.store import StateStore
-from secagg.auditlog import AuditLog, check_head_signature, parse_head
+from secagg.aggregator.shared import Shared
+from secagg.aggregator.store import JobRow
+from secagg.auditlog import check_head_signature, parse_head
 from secagg.bundle import BundleSpec, from_safetensors
 from secagg.errors import ConfigError, SecaggError, UpdateRejected
 from secagg.events import Event
@@ -71,28 +70,41 @@ def package_bytes(job_dir: Path) -> bytes:
 
 
 class Federation:
-    """The aggregator's whole mutable state, guarded by one condition variable."""
+    """One job's mutable state (its rounds, roster, mode object, combiner), guarded by a condition
+    variable. Built over a :class:`~secagg.aggregator.shared.Shared` (the store, audit log, spool and
+    lock every job of the aggregator shares), one Federation runs per job and the scheduler
+    (:mod:`secagg.aggregator.scheduler`) decides which run; built without one, it opens its own and
+    resumes the job that was running (a single-job aggregator)."""
 
     def __init__(
-        self, kit: Kit, state_dir: Path, *, max_upload_bytes: int = 64 << 30, enclave: Any = None
+        self,
+        kit: Kit,
+        state_dir: Path,
+        *,
+        max_upload_bytes: int = 64 << 30,
+        enclave: Any = None,
+        shared: Shared | None = None,
     ) -> None:
         self.kit = kit
         #: tee mode: the in-enclave keys and attester (``secagg.tee.enclave.Enclave``); None outside a TEE
         self.enclave = enclave
         self.sites = list(kit.config.sites)
         self.state_dir = state_dir
-        self.store = StateStore(state_dir)
-        self.audit = AuditLog(state_dir / "audit.jsonl", key=kit.private_key, node=kit.name)
+        own = shared is None
+        shared = shared or Shared.open(kit, state_dir)
+        self.store = shared.store
+        self.audit = shared.audit
         self.max_upload_bytes = max_upload_bytes
-        self.spool = Spool(state_dir / "spool")
-        self.cond = threading.Condition()
+        self.spool = shared.spool
+        self.cond = shared.cond
         self.job: JobRun | None = None
         #: the running job's mode object (see ``secagg.aggregator.modes``)
         self.mode: ModeBase | None = None
-        self.heartbeats: dict[str, float] = {}
+        self.heartbeats = shared.heartbeats
         #: set when the service stops: the driver and every long wait end at once (an Event, not a sleep)
-        self.stop_event = threading.Event()
-        self._resume()
+        self.stop_event = shared.stop_event
+        if own:
+            self._resume()
 
     @property
     def stopping(self) -> bool:
@@ -109,13 +121,35 @@ class Federation:
     def _resume(self) -> None:
         for row in self.store.jobs():
             if row.state == JobState.RUNNING:
-                spec = JobSpec.model_validate_json(row.spec_json)
-                self._activate(row.job_id, spec, Path(row.package_path), resumed=True)
+                self.resume(row)
                 return
 
-    def submit(self, job_dir: Path, submitter: str, source: Path | None = None) -> str:
+    def resume(self, row: JobRow) -> None:
+        """Take up a job the store says was running when the aggregator stopped."""
+        spec = JobSpec.model_validate_json(row.spec_json)
+        self._activate(row.job_id, spec, Path(row.package_path), resumed=True)
+
+    def start_queued(self, row: JobRow) -> None:
+        """Start a job that waited in the queue (the scheduler calls this when a slot is free). A job
+        that cannot start fails, with its reason and audit line, as at submission."""
+        self.store.set_job_state(row.job_id, JobState.RUNNING)
+        try:
+            self._activate(
+                row.job_id, JobSpec.model_validate_json(row.spec_json), Path(row.package_path), resumed=False
+            )
+        except Exception as exc:  # noqa: BLE001 - recorded and audited: the job failed, not the aggregator
+            raise self._start_failed(row.job_id, exc) from None
+
+    def live_job(self, job_id: str) -> JobRun | None:
+        """This Federation's job if it is ``job_id`` (the admin console's view of a running job)."""
+        job = self.job
+        return job if job is not None and job.job_id == job_id else None
+
+    def submit(self, job_dir: Path, submitter: str, source: Path | None = None, *, start: bool = True) -> str:
         """Accept a verified job folder and make it the running job; sites get the original package
-        (``source``, a folder or .tar.gz with its signature) and verify it again themselves."""
+        (``source``, a folder or .tar.gz with its signature) and verify it again themselves. With
+        ``start`` False the job is recorded as queued (``job_queued``) and started later by
+        :meth:`start_queued`: it is checked and kept exactly as a job that starts at once."""
         with self.cond:
             if self.job is not None and self.job.state in (JobState.RUNNING, JobState.FINALIZING):
                 raise ConfigError(f"job {self.job.job_id} is still running; abort it first")
@@ -133,24 +167,39 @@ class Federation:
         except BaseException:
             shutil.rmtree(job_root, ignore_errors=True)
             raise
-        self._record_submission(job_id, spec, submitter, pkg, job_root)
+        self._record_submission(
+            job_id, spec, submitter, pkg, job_root, JobState.RUNNING if start else JobState.QUEUED
+        )
+        if not start:
+            self.audit.append(Event.JOB_QUEUED, job=job_id)
+            return job_id
         try:
             self._activate(job_id, spec, pkg, resumed=False)
         except Exception as exc:  # noqa: BLE001 - recorded and audited: the job failed, not the aggregator
-            with self.cond:
-                if self.job is not None and self.job.job_id == job_id:
-                    self.job, self.mode = None, None
-            reason = f"{type(exc).__name__}: {_short(exc)}"
-            self.store.set_job_state(job_id, JobState.FAILED, reason=reason)
-            with contextlib.suppress(Exception):
-                self.audit.append(
-                    Event.JOB_FAILED, job=job_id, code=getattr(exc, "code", Reason.ERROR), reason=reason
-                )
-            raise ConfigError(f"job {job_id} cannot start: {reason}") from None
+            raise self._start_failed(job_id, exc) from None
         return job_id
 
+    def _start_failed(self, job_id: str, exc: Exception) -> ConfigError:
+        """A job that cannot start fails (store and audit line); returns the error to raise."""
+        with self.cond:
+            if self.job is not None and self.job.job_id == job_id:
+                self.job, self.mode = None, None
+        reason = f"{type(exc).__name__}: {_short(exc)}"
+        self.store.set_job_state(job_id, JobState.FAILED, reason=reason)
+        with contextlib.suppress(Exception):
+            self.audit.append(
+                Event.JOB_FAILED, job=job_id, code=getattr(exc, "code", Reason.ERROR), reason=reason
+            )
+        return ConfigError(f"job {job_id} cannot start: {reason}")
+
     def _record_submission(
-        self, job_id: str, spec: JobSpec, submitter: str, pkg: Path, job_root: Path
+        self,
+        job_id: str,
+        spec: JobSpec,
+        submitter: str,
+        pkg: Path,
+        job_root: Path,
+        state: JobState = JobState.RUNNING,
     ) -> None:
         """The ``job_submitted`` line and the store row are one step, the line first: if it cannot be
         written (a value RFC 8785 refuses, a full disk) nothing is kept; if the row then cannot be
@@ -168,7 +217,7 @@ class Federation:
                 f"{_short(exc)}); nothing was kept"
             ) from None
         try:
-            self.store.add_job(job_id, spec.name, submitter, spec.model_dump_json(), str(pkg))
+            self.store.add_job(job_id, spec.name, submitter, spec.model_dump_json(), str(pkg), state)
         except Exception as exc:  # noqa: BLE001 - the line above is closed by a job_failed line
             shutil.rmtree(job_root, ignore_errors=True)
             reason = f"{type(exc).__name__}: {_short(exc)}"

@@ -8,11 +8,12 @@ byte counter the gRPC service calls).
 from __future__ import annotations
 
 from secagg.aggregator.federation import Federation
+from secagg.aggregator.hub import FederationHub
 from secagg.metrics import AggregatorMetrics
 from secagg.tensorboard import RoundScalars
 
 
-def observe(fed: Federation) -> AggregatorMetrics:
+def observe(fed: FederationHub | Federation) -> AggregatorMetrics:
     """Attach every observer an aggregator runs; returns the metrics, whose ``sent`` is the service's
     byte counter and whose ``serve(kit.config.metrics_port)`` exposes them."""
     RoundScalars(fed.audit, fed.store.rounds, fed.state_dir / "jobs")

@@ -20,10 +20,12 @@ from secagg.strategy import StrategyState
 
 
 class JobState(StrEnum):
-    """running -> finalizing -> finished; aborted by an admin; failed when the aggregator cannot go on."""
+    """(queued ->) running -> finalizing -> finished; aborted by an admin; failed when the aggregator
+    cannot go on. A job is queued while ``max_jobs`` others run (:mod:`secagg.aggregator.scheduler`)."""
 
     #: no job (heartbeats and ``wait`` tasks only; never stored)
     IDLE = "idle"
+    QUEUED = "queued"
     RUNNING = "running"
     FINALIZING = "finalizing"
     FINISHED = "finished"

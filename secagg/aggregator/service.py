@@ -1,4 +1,5 @@
-"""gRPC handlers: authenticate the caller from its certificate, then hand over to ``Federation``.
+"""gRPC handlers: authenticate the caller from its certificate, then hand over to the hub, which
+routes each call to its job's ``Federation`` (:mod:`secagg.aggregator.hub`).
 
 Every refusal is an audit line and a specific gRPC status; no handler trusts a name in a message.
 A refusal's status comes from the reason registry (:mod:`secagg.reasons`), and its reason code travels
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -17,9 +17,9 @@ from typing import Any
 
 import grpc
 
-from secagg.aggregator.federation import Federation
+from secagg.aggregator.hub import FederationHub
 from secagg.aggregator.modes import COLLECT_TOPICS, POST_TOPICS
-from secagg.aggregator.rounds import Signal, retry_delay
+from secagg.aggregator.rounds import Signal
 from secagg.aggregator.rpc import (
     MAX_NAME,
     abort,
@@ -56,7 +56,7 @@ _SIGNAL_PB = {Signal.CANCELLED: pb.Message.CANCELLED, Signal.NOT_FOR_YOU: pb.Mes
 
 
 class FederationService(rpc.FederationServicer):
-    def __init__(self, fed: Federation, *, sent: Callable[[str, int], None] | None = None) -> None:
+    def __init__(self, fed: FederationHub, *, sent: Callable[[str, int], None] | None = None) -> None:
         self.fed = fed
         self.kit = fed.kit
         #: byte counter: called with (mode, bytes) for every piece of a task payload sent to a site
@@ -147,7 +147,8 @@ class FederationService(rpc.FederationServicer):
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext) -> pb.HeartbeatReply:
         site = self._site(context)
-        return pb.HeartbeatReply(ok=True, job_state=self.fed.heartbeat(site.name))
+        job_id = _cut(request.job_id, MAX_NAME)
+        return pb.HeartbeatReply(ok=True, job_state=self.fed.heartbeat(site.name, job_id))
 
     def FetchTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         site = self._site(context)
@@ -157,7 +158,12 @@ class FederationService(rpc.FederationServicer):
             context,
             site.name,
             lambda: self.fed.next_task(
-                site.name, request.after_round, request.after_attempt, request.has_global_round, wait
+                site.name,
+                name_field(request.job_id, "job_id", required=False),
+                request.after_round,
+                request.after_attempt,
+                request.has_global_round,
+                wait,
             ),
         )
         mode = str(header.get("mode") or self.fed.current_mode)
@@ -167,8 +173,8 @@ class FederationService(rpc.FederationServicer):
 
     def FetchJob(self, request: pb.JobRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
         site = self._site(context)
-        job = self.fed.job
-        if job is None or job.job_id != request.job_id:
+        job = self.fed.live_job(request.job_id)
+        if job is None:
             shown = _cut(request.job_id, MAX_NAME)
             abort_with(context, grpc.StatusCode.NOT_FOUND, Reason.NO_SUCH_JOB, f"no job {shown}")
             return
@@ -253,6 +259,13 @@ class FederationService(rpc.FederationServicer):
                     payload=json.dumps(roster).encode(),
                     signal=pb.Message.CANCELLED if roster.get(Signal.CANCELLED) else pb.Message.NONE,
                 )
+        elif request.topic == Topic.JOBS:
+            # the running jobs, for a site to serve each (at once: the agent polls)
+            yield pb.Message(
+                topic=Topic.JOBS,
+                sender=self.kit.name,
+                payload=json.dumps(self.fed.jobs_for(site.name)).encode(),
+            )
         elif request.topic == Topic.HE_KEY:
             blob = self.fed.key_release(wait)
             if blob is not None:
@@ -308,7 +321,7 @@ class AggregatorServer:
         host: str = "0.0.0.0",  # noqa: S104
         enclave: Any = None,
     ) -> None:
-        self.fed = Federation(kit, state_dir, enclave=enclave)
+        self.fed = FederationHub(kit, state_dir, enclave=enclave)
         from secagg.aggregator.observers import observe  # metrics and TensorBoard, fed by the audit log
 
         self.metrics = observe(self.fed)
@@ -317,26 +330,12 @@ class AggregatorServer:
         rpc.add_FederationServicer_to_server(service, self.server)
         bind = f"{host}:{port if port is not None else kit.config.aggregator_port}"
         self.port = self.server.add_secure_port(bind, server_credentials(kit))
-        self._driver = threading.Thread(target=self._drive, name="round-driver", daemon=True)
-
-    def _drive(self) -> None:
-        """Advance rounds until the service stops. An exception in a step fails that job (with its
-        reason and audit line) and the driver goes on: never a dead thread under a live service. A
-        step that keeps failing (a broken disk) backs off on the stop event, so a stop ends it at once."""
-        failures = 0
-        stop = self.fed.stop_event
-        while not stop.is_set():
-            try:
-                self.fed.step()
-                failures = 0
-            except Exception as exc:  # noqa: BLE001 - see the docstring
-                failures += 1
-                self.fed.driver_failed(exc)
-                stop.wait(retry_delay(failures + 1))
 
     def start(self) -> None:
+        """Serve, and drive every running job's rounds (one driver thread per job, see
+        :mod:`secagg.aggregator.scheduler`)."""
         self.server.start()
-        self._driver.start()
+        self.fed.start()
         self.metrics.serve(self.fed.kit.config.metrics_port)
         self.fed.audit.append(Event.AGGREGATOR_STARTED, port=self.port)
 
@@ -345,7 +344,7 @@ class AggregatorServer:
             self.fed.stopping = True
             self.fed.cond.notify_all()
         self.server.stop(grace).wait()
-        self._driver.join(timeout=5)
+        self.fed.stop()
         self.metrics.close()
         self.fed.store.close()
 

@@ -85,10 +85,18 @@ class StateStore:
             return self._db.execute(sql, args).fetchall()
 
     # jobs
-    def add_job(self, job_id: str, name: str, submitter: str, spec_json: str, package_path: str) -> None:
+    def add_job(
+        self,
+        job_id: str,
+        name: str,
+        submitter: str,
+        spec_json: str,
+        package_path: str,
+        state: JobState = JobState.RUNNING,
+    ) -> None:
         self._exec(
             "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-            (job_id, name, submitter, spec_json, package_path, JobState.RUNNING.value, time.time()),
+            (job_id, name, submitter, spec_json, package_path, JobState(state).value, time.time()),
         )
 
     def set_job_state(self, job_id: str, state: str, reason: str | None = None) -> None:

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from secagg.aggregator.federation import Federation
+from secagg.aggregator.hub import FederationHub
 from secagg.jobs.job import verify_job
 from secagg.jobs.signer import require_submitter
 from secagg.provision.kit import Kit
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """No sub-command here."""
 
 
-def submit_verified(fed: Federation, job_path: Path, kit: Kit) -> str:
+def submit_verified(fed: FederationHub | Federation, job_path: Path, kit: Kit) -> str:
     """The aggregator refuses a job not signed by a submitter role of this project."""
     scratch = Path(tempfile.mkdtemp(prefix="secagg-job-"))
     try:

@@ -8,7 +8,6 @@ second, so every caller (agent, CLI) admits jobs the same way.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -16,8 +15,9 @@ from cryptography import x509
 from secagg.jobs.job import VerifiedJob, verify_job
 from secagg.policy.decide import Decision, decide
 from secagg.policy.model import SitePolicy
-from secagg.privacy.ledger import Entry
-from secagg.privacy.spend import Spend
+
+# re-exported: the ledger's own arithmetic of what a job may still spend (privacy knows no policy)
+from secagg.privacy.ledger import debited_rounds, remaining_worst_case
 
 
 def admit_job(
@@ -43,21 +43,4 @@ def admit_job(
     return job, decide(policy, job.spec, job.signers, job_root=job.root)
 
 
-def debited_rounds(entries: Iterable[Entry], job_id: str) -> set[int]:
-    """The rounds of ``job_id`` this data set's ledger already holds a debit for."""
-    return {e.round for e in entries if e.job == job_id}
-
-
-def remaining_worst_case(spends: Sequence[Spend], rounds: int, rounds_debited: int) -> list[Spend]:
-    """The declared worst case of the rounds a job has not debited yet.
-
-    ``spends`` is the whole job's worst case (the per-round chain repeated ``rounds`` times, as
-    :func:`secagg.privacy.specs.worst_case_spends` makes it). A site that restarts after a debit
-    re-admits its own running job: what it already spent is in the ledger, so counting its whole
-    worst case again would count those rounds twice and refuse a job that still fits. The ledger's
-    debit check still refuses any round that would pass the budget, so this never allows overspend."""
-    if rounds <= 0 or not spends:
-        return []
-    per_round = len(spends) // rounds
-    left = min(max(rounds - rounds_debited, 0), rounds)
-    return list(spends[: per_round * left])
+__all__ = ["admit_job", "debited_rounds", "remaining_worst_case"]

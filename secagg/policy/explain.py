@@ -109,6 +109,7 @@ def describe_policy(policy: SitePolicy) -> list[str]:
             if lim.min_weight_share
             else ""
         )
+        + f"; at most {lim.max_concurrent_jobs} job(s) at once (one more is declined)"
     )
     lines += describe_sandbox(policy.sandbox)
     return lines

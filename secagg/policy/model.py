@@ -106,6 +106,10 @@ class Limits(_Strict):
     #: the smallest share of a round's total weight any other site may hold, so that this site's
     #: update cannot dominate a sum that is meant to hide it
     min_weight_share: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)
+    #: how many jobs this site runs at once (one training worker each); a job beyond it is declined
+    #: with ``max_concurrent_jobs`` rather than overcommitting the machine (the aggregator's default
+    #: ``max_jobs`` is 2 as well)
+    max_concurrent_jobs: int = Field(default=2, ge=1, le=MAX_SAFE_INT)
 
 
 class SandboxSettings(_Strict):

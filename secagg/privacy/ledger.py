@@ -8,17 +8,25 @@ under-count, which a budget must never do. Rows are never deleted or changed, ex
 else, so a bug elsewhere cannot quietly refund budget. Both statuses count against the budget.
 
 The check and the insert run in one ``BEGIN IMMEDIATE`` transaction, so two processes debiting the same
-data set at once cannot both squeeze under the budget. Totals are computed by
+data set at once cannot both squeeze under the budget.
+
+Several jobs on one data set: admitting a job *reserves* its declared worst case (:meth:`Ledger.reserve`,
+one transaction as well), and every later admission and debit counts what the other admitted jobs may
+still spend (their worst case of the rounds they have not debited yet). So two jobs whose worst cases
+together pass the budget are never both admitted, and no debit of one job can eat the part another job
+was admitted with. A reservation is not spend: it goes away when its job ends
+(:meth:`Ledger.release_reservation`); the ``entries`` stay for ever. Totals are computed by
 :func:`secagg.privacy.accounting.compose` (basic composition for SVT/Laplace, Opacus RDP for Gaussian
 mechanisms) at the budget's delta.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,6 +65,14 @@ CREATE TABLE IF NOT EXISTS entries (
     status TEXT NOT NULL CHECK (status IN ('debited', 'released'))
 );
 CREATE INDEX IF NOT EXISTS entries_dataset ON entries (dataset);
+CREATE TABLE IF NOT EXISTS reservations (
+    dataset TEXT NOT NULL,
+    job TEXT NOT NULL,
+    rounds INTEGER NOT NULL CHECK (rounds >= 0),
+    spends_json TEXT NOT NULL,
+    time TEXT NOT NULL,
+    PRIMARY KEY (dataset, job)
+);
 CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'privacy ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS entries_only_release BEFORE UPDATE ON entries
@@ -73,6 +89,37 @@ _COLS = (
     "id, debit_id, dataset, job, round, mechanism, epsilon, delta, noise_multiplier, sample_rate, steps, "
     "time, status"
 )
+
+
+def debited_rounds(entries: Iterable[Entry], job_id: str) -> set[int]:
+    """The rounds of ``job_id`` this data set's ledger already holds a debit for."""
+    return {e.round for e in entries if e.job == job_id}
+
+
+def remaining_worst_case(spends: Sequence[Spend], rounds: int, rounds_debited: int) -> list[Spend]:
+    """The declared worst case of the rounds a job has not debited yet.
+
+    ``spends`` is the whole job's worst case (the per-round chain repeated ``rounds`` times, as
+    :func:`secagg.privacy.specs.worst_case_spends` makes it). What a job already debited is in the
+    ledger's entries: counting its whole worst case again would count those rounds twice (a site that
+    restarts re-admits its own running job, and another job's admission looks at this one's
+    reservation). The debit check still refuses any round that would pass the budget."""
+    if rounds <= 0 or not spends:
+        return []
+    per_round = len(spends) // rounds
+    left = min(max(rounds - rounds_debited, 0), rounds)
+    return list(spends[: per_round * left])
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """An admitted job's declared worst case (``rounds`` rounds, ``spends`` for all of them)."""
+
+    dataset: str
+    job: str
+    rounds: int
+    spends: tuple[Spend, ...]
+    time: str
 
 
 class BudgetExhausted(PolicyRefusal):
@@ -233,6 +280,38 @@ class Ledger:
     def entries(self) -> list[Entry]:
         return self._rows(self._conn)
 
+    def _reservations(self, cur: sqlite3.Cursor | sqlite3.Connection) -> list[Reservation]:
+        rows = cur.execute(
+            "SELECT dataset, job, rounds, spends_json, time FROM reservations WHERE dataset=? ORDER BY time",
+            (self.dataset,),
+        )
+        return [
+            Reservation(r[0], r[1], r[2], tuple(Spend.from_dict(d) for d in json.loads(r[3])), r[4])
+            for r in rows
+        ]
+
+    def reservations(self) -> list[Reservation]:
+        """The admitted jobs' worst cases this data set holds budget for (oldest first)."""
+        return self._reservations(self._conn)
+
+    @staticmethod
+    def _reserved_by_others(entries: list[Entry], reservations: list[Reservation], job: str) -> list[Spend]:
+        """What the admitted jobs other than ``job`` may still spend: each one's worst case of the
+        rounds it has not debited yet (what it did debit is among the entries already)."""
+        out: list[Spend] = []
+        for r in reservations:
+            if r.job != job:
+                done = len(debited_rounds(entries, r.job))
+                out += remaining_worst_case(r.spends, r.rounds, done)
+        return out
+
+    def _projection(
+        self, cur: sqlite3.Cursor | sqlite3.Connection, job: str, extra: Iterable[Spend]
+    ) -> Composition:
+        entries = self._rows(cur)
+        held = self._reserved_by_others(entries, self._reservations(cur), job)
+        return compose([e.spend for e in entries] + held + list(extra), self.budget_delta)
+
     def composition(self, extra: Iterable[Spend] = ()) -> Composition:
         spends = [e.spend for e in self.entries()] + list(extra)
         return compose(spends, self.budget_delta)
@@ -267,7 +346,8 @@ class Ledger:
         spends = list(spends)
         debit_id = uuid.uuid4().hex
         with self._tx() as cur:
-            c = compose([e.spend for e in self._rows(cur)] + spends, self.budget_delta)
+            # what other admitted jobs may still spend is held for them: this job cannot take it
+            c = self._projection(cur, job, spends)
             if self._exceeds(c):
                 raise BudgetExhausted(
                     f"data set {self.dataset!r}: job {job} round {round} would bring the privacy spend to "
@@ -307,16 +387,47 @@ class Ledger:
             )
             return cur.rowcount
 
-    def admission_check(self, worst_case_spends: Iterable[Spend]) -> Composition:
-        """Refuse a job whose declared worst-case spend does not fit what is left; returns the projection."""
-        c = self.composition(worst_case_spends)
+    def admission_check(self, worst_case_spends: Iterable[Spend], job: str = "") -> Composition:
+        """Refuse a job whose declared worst-case spend does not fit what is left (after what the other
+        admitted jobs hold); returns the projection. Reads only: :meth:`reserve` is the check that
+        admits, in the same transaction as its record."""
+        c = self._projection(self._conn, job, worst_case_spends)
         if self._exceeds(c):
-            raise BudgetExhausted(
-                f"data set {self.dataset!r}: the job's declared worst case would bring the privacy spend to "
-                f"eps={c.epsilon:.6g}, delta={c.delta:.3g}, over the budget "
-                f"eps={self.budget_epsilon:.6g}, delta={self.budget_delta:.3g}"
+            raise self._refusal(c)
+        return c
+
+    def _refusal(self, c: Composition) -> BudgetExhausted:
+        return BudgetExhausted(
+            f"data set {self.dataset!r}: the job's declared worst case would bring the privacy spend to "
+            f"eps={c.epsilon:.6g}, delta={c.delta:.3g}, over the budget "
+            f"eps={self.budget_epsilon:.6g}, delta={self.budget_delta:.3g} "
+            "(what this data set spent, plus what the other admitted jobs may still spend)"
+        )
+
+    def reserve(self, job: str, rounds: int, worst_case: Sequence[Spend]) -> Composition:
+        """Admit ``job``: check its worst case of the rounds it has not debited yet against what is
+        spent and what the other admitted jobs hold, and record it, in one ``BEGIN IMMEDIATE``
+        transaction. Two jobs admitted at once (threads or processes) are decided one after the other,
+        so they can never both be admitted on the same remaining budget. Re-reserving a job (a site
+        restarted) replaces its record. Raises :class:`BudgetExhausted` and records nothing."""
+        spends = list(worst_case)
+        with self._tx() as cur:
+            done = len(debited_rounds(self._rows(cur), job))
+            c = self._projection(cur, job, remaining_worst_case(spends, rounds, done))
+            if self._exceeds(c):
+                raise self._refusal(c)
+            cur.execute(
+                "INSERT INTO reservations VALUES (?, ?, ?, ?, ?) ON CONFLICT(dataset, job) DO UPDATE SET "
+                "rounds=excluded.rounds, spends_json=excluded.spends_json, time=excluded.time",
+                (self.dataset, job, int(rounds), json.dumps([sp.to_dict() for sp in spends]), _now()),
             )
         return c
+
+    def release_reservation(self, job: str) -> bool:
+        """``job`` ended: what it did not spend is free for other jobs. True if it held a reservation."""
+        with self._tx() as cur:
+            cur.execute("DELETE FROM reservations WHERE dataset=? AND job=?", (self.dataset, job))
+            return cur.rowcount > 0
 
 
 def _now() -> str:

@@ -20,7 +20,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from secagg import safeyaml
 from secagg.errors import ConfigError
@@ -40,6 +40,8 @@ class KitConfig(BaseModel):
     sites: list[str]
     key_holder: str
     metrics_port: int | None = None
+    #: aggregator kits: jobs run at once (the project file's ``aggregator.max_jobs``)
+    max_jobs: int = Field(default=2, ge=1, le=64)
     #: aggregator kits: the project's admin authorization table (role -> action -> scope); None: defaults
     authorization: dict[str, dict[str, str]] | None = None
 

@@ -36,6 +36,8 @@ class AggregatorSpec(_Strict):
     port: int = Field(default=8443, ge=1, le=65535)
     org: str = "lead"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: jobs the aggregator runs at once; further submissions queue (persisted) until one ends
+    max_jobs: int = Field(default=2, ge=1, le=64)
 
     _n = field_validator("name")(_check_name)
 

@@ -134,9 +134,10 @@ def test_the_driver_fails_the_job_on_a_pathological_roster_and_serves_on(
         job = fed.job
         assert job is not None
         _pathological_ready(fed)
-        server._driver.start()
+        fed.start()
         assert _eventually(lambda: Event.JOB_FAILED in _events(fed))  # state, store row, then the line
-        assert job.state == JobState.FAILED and server._driver.is_alive()
+        assert job.state == JobState.FAILED
+        assert _eventually(lambda: not fed.scheduler.driving())  # that job's driver ends with it
         failed = [r for r in _audit(fed) if r["event"] == Event.JOB_FAILED]
         assert failed and failed[-1]["job"] == job.job_id and "sample count" in failed[-1]["reason"]
         row = fed.store.job(job.job_id)
@@ -149,10 +150,10 @@ def test_the_driver_fails_the_job_on_a_pathological_roster_and_serves_on(
             fed.post_ready(site, nxt.job_id, 1, _ready(fed, site))
         cur = nxt.current
         assert _eventually(lambda: cur.phase == Phase.UPLOAD)
-        assert nxt.state == JobState.RUNNING and server._driver.is_alive()
+        assert nxt.state == JobState.RUNNING and fed.scheduler.driving() == [nxt.job_id]
     finally:
         server.stop(grace=0.1)
-    assert not server._driver.is_alive()
+    assert not server.fed.scheduler.driving()
 
 
 def _eventually(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
@@ -192,12 +193,16 @@ def test_a_stop_ends_the_driver_while_it_backs_off(
         calls.append(1)
         raise OSError("disk gone")
 
-    monkeypatch.setattr(server.fed, "step", broken_step)
-    server._driver.start()
+    server.fed.submit(write_job(tmp_path / "job-1"), "tester")
+    (job_fed,) = server.fed.scheduler.live()
+    monkeypatch.setattr(job_fed, "step", broken_step)
+    # the job cannot even be failed (the store is as broken as the disk): its driver keeps trying
+    monkeypatch.setattr(job_fed, "driver_failed", lambda exc: None)
+    server.fed.start()
     assert _eventually(lambda: len(calls) >= 3)
     server.fed.stopping = True  # what stop() does first
-    server._driver.join(timeout=RETRY_MAX_S)
-    assert not server._driver.is_alive()
+    server.fed.scheduler.join(timeout=RETRY_MAX_S)
+    assert not server.fed.scheduler.driving()
     assert len(calls) < 20  # it backed off between failures, it did not spin
     server.server.stop(0)
     server.fed.store.close()

@@ -8,7 +8,15 @@ from secagg.aggregator.rounds import JobState, Phase, Signal
 
 
 def test_members_are_their_stored_strings() -> None:
-    assert [s.value for s in JobState] == ["idle", "running", "finalizing", "finished", "aborted", "failed"]
+    assert [s.value for s in JobState] == [
+        "idle",
+        "queued",
+        "running",
+        "finalizing",
+        "finished",
+        "aborted",
+        "failed",
+    ]
     assert [p.value for p in Phase] == ["ready", "upload", "mask", "combining"]
     assert JobState.RUNNING == "running" and f"job {JobState.ABORTED}" == "job aborted"
     assert json.dumps({"state": JobState.FINISHED, "phase": Phase.UPLOAD}) == (

@@ -7,7 +7,9 @@ it keeps durably, so every site computes the same model without the aggregator s
 
 from __future__ import annotations
 
+import threading
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,6 +27,17 @@ from secagg.topics import Topic
 HE_KEY_TOPIC = Topic.HE_KEY
 
 
+#: one key custody step at a time per agent state folder (each running job has a mode object of its
+#: own); per folder, not per process: agents in one process (tests, demos) must not wait on each other
+_KEY_CUSTODY: dict[Path, threading.Lock] = {}
+_KEY_CUSTODY_GUARD = threading.Lock()
+
+
+def _custody_lock(root: Path) -> threading.Lock:
+    with _KEY_CUSTODY_GUARD:
+        return _KEY_CUSTODY.setdefault(root, threading.Lock())
+
+
 class HeMode:
     name = "he"
 
@@ -38,6 +51,10 @@ class HeMode:
         sealed to this site's certificate key."""
         if self._secret_ctx is not None:
             return self._secret_ctx
+        with _custody_lock(self.ctx.state.root):  # two HE jobs at the key holder: one key pair
+            return self._secret_context()
+
+    def _secret_context(self) -> Any:
         from secagg.he import store as he_store
 
         kit, relay = self.ctx.kit, self.ctx.relay
