@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from secagg.errors import IntegrityError
+from secagg.errors import IntegrityError, StorageFull, is_storage_full
 from secagg.events import Event
 
 GENESIS = "0" * 64
@@ -247,6 +247,35 @@ class AuditLog:
         head = make_head(self._seq, self._prev, node=self._node, key=self._key)
         _write_atomic(self.head_path, json.dumps(head, sort_keys=True, indent=1).encode() + b"\n")
 
+    def _append_line(self, data: bytes, record: dict[str, Any]) -> None:
+        """Write one line and the head, all or nothing: if either cannot be written (a full disk), the
+        log is cut back to where it was, so it never holds a torn line or runs ahead of its head by
+        more than the one line a crash can leave. Raises ``StorageFull`` for want of space."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+                seq, prev = self._seq, self._prev
+                self._seq, self._prev = record["seq"], record["hash"]
+                try:
+                    self._write_head()
+                except BaseException:
+                    self._seq, self._prev = seq, prev
+                    raise
+            except BaseException as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+                if is_storage_full(exc):
+                    raise StorageFull(f"{self.path}: the disk is full; nothing was logged") from None
+                raise
+        finally:
+            os.close(fd)
+
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Invariant 6: every admission decision, refusal and round is in an append-only, hash-chained
         audit log. Each line carries the SHA-256 of the previous one (RFC 8785 canonical JSON) and is
@@ -265,14 +294,7 @@ class AuditLog:
             }
             record["hash"] = _digest(record)
             line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line.encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._seq, self._prev = record["seq"], record["hash"]
-            self._write_head()
+            self._append_line(line.encode(), record)
         for listener in list(self.listeners):
             with contextlib.suppress(Exception):  # observers must never break the audit trail
                 listener(record)

@@ -62,3 +62,22 @@ class PolicyRefusal(SecaggError):
     def __init__(self, message: str, code: str = Reason.POLICY) -> None:
         super().__init__(message)
         self.code = code
+
+
+class StorageFull(SecaggError):
+    """The state disk is full: the write was undone (nothing half-written), the caller may retry once
+    space returns. A pause, never a reason to fail a job (issue #18, disk full)."""
+
+    code: str = Reason.STORAGE_FULL
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """A write refused for want of space: ENOSPC/EDQUOT, SQLite's "disk is full", or ``StorageFull``."""
+    import errno
+    import sqlite3
+
+    if isinstance(exc, StorageFull):
+        return True
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)

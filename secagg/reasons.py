@@ -287,6 +287,8 @@ class Reason(StrEnum):
         "the site already runs as many jobs as its policy's limits.max_concurrent_jobs allows",
     )
     NOT_QUEUED = ("not_queued", FAILED_PRECONDITION, "the job is neither queued nor running")
+    # ---- h-faults (#18 faults): a full state disk is a pause, answered UNAVAILABLE so callers retry
+    STORAGE_FULL = ("storage_full", "UNAVAILABLE", "the state disk is full: nothing was written, retry later")
 
 
 #: the codes an agent treats as "the round moved on without me": redo what comes next, no error

@@ -40,7 +40,7 @@ from secagg.aggregator.shared import Shared
 from secagg.aggregator.store import JobRow
 from secagg.auditlog import check_head_signature, parse_head
 from secagg.bundle import BundleSpec, from_safetensors
-from secagg.errors import ConfigError, SecaggError, UpdateRejected
+from secagg.errors import ConfigError, SecaggError, StorageFull, UpdateRejected, is_storage_full
 from secagg.events import Event
 from secagg.fsio import atomic_write, remove_stale_temps
 from secagg.jobs.job import JOB_FILE, JOB_YAML_MAX_BYTES, parse_spec
@@ -103,6 +103,8 @@ class Federation:
         self.heartbeats = shared.heartbeats
         #: set when the service stops: the driver and every long wait end at once (an Event, not a sleep)
         self.stop_event = shared.stop_event
+        #: audit lines of committed steps that a full disk held back (written first once it has space)
+        self._deferred: list[tuple[Event, dict[str, Any]]] = []
         if own:
             self._resume()
 
@@ -435,7 +437,13 @@ class Federation:
                 )
             cur.ready[site] = msg
             self.cond.notify_all()
-        self.audit.append(Event.SITE_READY, job=job_id, round=round_, site=site, n_samples=n)
+        try:
+            self.audit.append(Event.SITE_READY, job=job_id, round=round_, site=site, n_samples=n)
+        except StorageFull:  # not logged, so not counted: the site posts again once there is space
+            with self.cond:
+                if cur.ready.get(site) is msg and cur.phase == Phase.READY:
+                    del cur.ready[site]
+            raise
 
     def decline(
         self, site: str, job_id: str, round_: int, code: str, message: str, *, round_only: bool = False
@@ -502,9 +510,17 @@ class Federation:
         except BaseException:
             self.spool.remove(spooled)
             raise
-        self.audit.append(
-            Event.UPLOAD_ACCEPTED, site=site, job=head.job_id, round=head.round, bytes=head.bytes
-        )
+        try:
+            self.audit.append(
+                Event.UPLOAD_ACCEPTED, site=site, job=head.job_id, round=head.round, bytes=head.bytes
+            )
+        except StorageFull:  # not logged, so not counted (the site sees it refused; nothing is kept)
+            with self.cond:
+                if cur.uploads.get(site) == spooled.path and cur.phase == Phase.UPLOAD:
+                    del cur.uploads[site]
+                    cur.metrics.pop(site, None)
+            self.spool.remove(spooled)
+            raise
 
     def upload_bound(self) -> int:
         """The most bytes one upload may stream: what the running mode says its model implies (plain,
@@ -627,6 +643,7 @@ class Federation:
     # ---------------------------------------------------------------- the driver
     def step(self) -> None:
         """Advance the state machine once (called in a loop by the driver thread)."""
+        self._flush_deferred()
         with self.cond:
             job = self.job
             if job is None:
@@ -726,7 +743,30 @@ class Federation:
         try:
             self._follow(job, cur, next_step)
         except Exception as exc:  # noqa: BLE001 - the job cannot go on; the aggregator can
-            self._fail(job, exc)
+            if not is_storage_full(exc):
+                self._fail(job, exc)
+                return
+            # a full disk is a pause: nothing of the step was committed (writes are atomic, the store
+            # row is the commit); the round goes back to wait for its combination, tried again later
+            with self.cond:
+                if cur.phase == Phase.COMBINING and next_step.combine:
+                    cur.phase = Phase.UPLOAD
+            raise StorageFull(f"round {cur.round} waits for space to be combined ({exc})") from None
+
+    def _log_or_defer(self, event: Event, **fields: Any) -> None:
+        """An audit line of something already committed (a round in the store): if the disk is full it
+        is written as soon as there is space again, before the driver does anything else."""
+        try:
+            self.audit.append(event, **fields)
+        except StorageFull:
+            log.warning("audit line %s deferred: the state disk is full", event)
+            self._deferred.append((event, fields))
+
+    def _flush_deferred(self) -> None:
+        while self._deferred:
+            event, fields = self._deferred[0]
+            self.audit.append(event, **fields, deferred=True)  # StorageFull: the driver waits
+            self._deferred.pop(0)
 
     def _follow(self, job: JobRun, cur: RoundRun, step: Step) -> None:
         """Act, outside the lock, on what the mode said the round needs next."""
@@ -865,7 +905,7 @@ class Federation:
             seconds,
         )
         self.spool.discard_round(job.job_id, cur.round)
-        self.audit.append(
+        self._log_or_defer(
             Event.ROUND_COMPLETED,
             job=job.job_id,
             round=cur.round,

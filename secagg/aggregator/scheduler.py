@@ -22,7 +22,7 @@ from secagg.aggregator.federation import Federation
 from secagg.aggregator.rounds import JobState, retry_delay
 from secagg.aggregator.shared import Shared
 from secagg.aggregator.store import JobRow
-from secagg.errors import ConfigError
+from secagg.errors import ConfigError, is_storage_full
 from secagg.events import Event
 from secagg.reasons import Reason
 
@@ -137,7 +137,10 @@ class JobScheduler:
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - the job fails, the driver and the other jobs go on
                 failures += 1
-                fed.driver_failed(exc)
+                if is_storage_full(exc):  # a pause, not a failure: the step is retried once space returns
+                    log.warning("job %s waits: the state disk is full (%s)", fed.job.job_id, exc)
+                else:
+                    fed.driver_failed(exc)
                 stop.wait(retry_delay(failures + 1))
         if not stop.is_set():
             try:

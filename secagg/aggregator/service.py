@@ -32,7 +32,7 @@ from secagg.aggregator.rpc import (
 )
 from secagg.crossval.wire import COLLECT_TOPICS as XSITE_COLLECT_TOPICS
 from secagg.crossval.wire import POST_TOPICS as XSITE_POST_TOPICS
-from secagg.errors import IdentityError, SecaggError, UpdateRejected
+from secagg.errors import IdentityError, SecaggError, StorageFull, UpdateRejected, is_storage_full
 from secagg.events import Event
 from secagg.provision.identity import Identity
 from secagg.provision.kit import Kit
@@ -109,6 +109,11 @@ class FederationService(rpc.FederationServicer):
                 **fields,
             )
         except Exception as exc:  # noqa: BLE001 - a bug must still end in a specific status and a line
+            if is_storage_full(exc):  # a pause: UNAVAILABLE, so the site retries once space returns
+                log.warning("request from %s refused: the state disk is full (%s)", site, exc)
+                self._refuse(
+                    context, site, StorageFull(f"the aggregator's state disk is full ({exc})"), **fields
+                )
             log.exception("request from %s failed", site)
             self._refuse(
                 context, site, UpdateRejected(f"{type(exc).__name__}", code=Reason.INTERNAL), **fields

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from secagg.chaos import job as chaos_job
 from secagg.chaos import net
+from secagg.chaos.disk import SmallDisk
 from secagg.chaos.shim import ENV_CLOCK, ENV_KILL, ENV_MARK, POINTS
 from secagg.demo.engine import SimSite, _free_port, _start, _stop, _write_policies, dev_policy, prepare_job
 from secagg.modes import traits
@@ -47,6 +48,9 @@ class RunSpec:
     timeout: float = 300.0
     #: seconds the target site's wall clock is moved (see :func:`secagg.chaos.shim.skew_clock`)
     clock_skew_s: float | None = None
+    #: seconds the aggregator's state disk (a tmpfs of ``disk_mb``) stays full, from the end of round 1
+    disk_full_s: float | None = None
+    disk_mb: int = 64
 
     @property
     def names(self) -> list[str]:
@@ -68,6 +72,8 @@ class Outcome:
     partition: list[float] = field(default_factory=list)
     #: the aggregator's peak resident set (VmHWM), bytes, over all its incarnations
     peak_rss: int = 0
+    #: seconds into the run at which the aggregator's disk was filled and freed
+    disk_full: list[float] = field(default_factory=list)
 
     @property
     def state(self) -> Path:
@@ -97,9 +103,7 @@ def _partition(link: net.Link, seconds: float, out: Path, started: float, result
     """Cut the link once round 1 has completed; mend it ``seconds`` later."""
     now = time.monotonic() - started
     if not result.partition:
-        agg_log = out / "state" / "aggregator" / "audit.jsonl"
-        text = agg_log.read_text(errors="replace") if agg_log.is_file() else ""
-        if '"event":"round_completed"' in text:
+        if _round_completed(out):
             link.cut()
             result.partition.append(now)
             log(f"    {link.ns}: link cut for {seconds:.0f} s")
@@ -107,6 +111,26 @@ def _partition(link: net.Link, seconds: float, out: Path, started: float, result
         link.mend()
         result.partition.append(now)
         log(f"    {link.ns}: link mended")
+
+
+def _round_completed(out: Path) -> bool:
+    agg_log = out / "state" / "aggregator" / "audit.jsonl"
+    text = agg_log.read_text(errors="replace") if agg_log.is_file() else ""
+    return '"event":"round_completed"' in text
+
+
+def _disk_full(disk: SmallDisk, seconds: float, out: Path, started: float, result: Outcome, log) -> None:  # noqa: ANN001
+    """Fill the aggregator's disk once round 1 has completed; free it ``seconds`` later."""
+    now = time.monotonic() - started
+    if not result.disk_full:
+        if _round_completed(out):
+            n = disk.fill()
+            result.disk_full.append(now)
+            log(f"    aggregator disk full ({n / 2**20:.1f} MiB of filler) for {seconds:.0f} s")
+    elif len(result.disk_full) == 1 and now - result.disk_full[0] >= seconds:
+        disk.free()
+        result.disk_full.append(now)
+        log(f"    aggregator disk freed ({disk.free_bytes() / 2**20:.1f} MiB free)")
 
 
 def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
@@ -196,6 +220,9 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
     result = Outcome(spec, out, 0.0, False)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     started = time.monotonic()
+    disk = SmallDisk(out / "state" / "aggregator", spec.disk_mb) if spec.disk_full_s is not None else None
+    if disk is not None:
+        disk.__enter__()
     try:
         faulty = spec.fault is not None
         procs["aggregator"] = start("aggregator", faulty and spec.target == "aggregator", 0)
@@ -207,6 +234,8 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
             result.peak_rss = max(result.peak_rss, _vm_hwm(procs["aggregator"].pid))
             if link is not None and spec.partition_s is not None:
                 _partition(link, spec.partition_s, out, started, result, log)
+            if disk is not None and spec.disk_full_s is not None:
+                _disk_full(disk, spec.disk_full_s, out, started, result, log)
             for name, p in list(procs.items()):
                 rc = p.poll()
                 if rc is None or getattr(p, "_chaos_seen", False):
@@ -238,6 +267,8 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
             result.exits.append((n, p.returncode))
         if link is not None:
             link.close()
+        if disk is not None:
+            disk.__exit__(None, None, None)
     result.seconds = time.monotonic() - started
     result.hits = mark.read_text().split("\n")[:-1] if mark.is_file() else []
     return result

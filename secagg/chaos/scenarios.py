@@ -27,7 +27,9 @@ PARTITIONS = {
 }
 #: clock-skew: seconds the site's wall clock is moved (ahead, behind)
 SKEWS = (600.0, -600.0)
-SCENARIOS = ("baseline", "kill-aggregator", "kill-site", *PARTITIONS, "clock-skew", "load")
+#: disk-full: seconds the aggregator's state disk stays full (from the end of round 1)
+DISK_FULL_S = 20.0
+SCENARIOS = ("baseline", "kill-aggregator", "kill-site", *PARTITIONS, "clock-skew", "disk-full", "load")
 #: the round every kill hits (not the first, so a restart has a committed round to resume from)
 KILL_ROUND = 2
 #: the site every site kill hits
@@ -99,6 +101,9 @@ def plan(
                         round_timeout=20.0,
                     )
                     out.append(Planned(sc, f"{skew:+.0f} s", spec))
+            elif sc == "disk-full":
+                spec = RunSpec(mode, sites, rounds, sleep=1.0, disk_full_s=DISK_FULL_S, timeout=400.0)
+                out.append(Planned(sc, f"{DISK_FULL_S:.0f} s full", spec))
             elif sc == "load":
                 for n in load_sites:
                     t = 120.0 + 30.0 * n
@@ -168,7 +173,11 @@ def run_suite(planned: list[Planned], out: Path, log: Callable[[str], object] = 
             models = final_models(o)
             if models:
                 refs.setdefault(key, next(iter(models.values())))
-        hit = (s.fault is None or bool(o.hits)) and (s.partition_s is None or len(o.partition) == 2)
+        hit = (
+            (s.fault is None or bool(o.hits))
+            and (s.partition_s is None or len(o.partition) == 2)
+            and (s.disk_full_s is None or len(o.disk_full) == 2)
+        )
         row = Row(
             p.scenario,
             p.label,
@@ -198,8 +207,8 @@ def command(scenario: str, mode: str, label: str, sites: int, rounds: int) -> st
     if scenario == "load":
         n = label.split()[0]
         return f"secagg chaos --scenario load --modes {mode} --load-sites {n} --load-rounds {rounds}"
-    if scenario == "clock-skew":
-        return f"secagg chaos --scenario clock-skew --modes {mode} --sites {sites} --rounds {rounds}"
+    if scenario in ("clock-skew", "disk-full"):
+        return f"secagg chaos --scenario {scenario} --modes {mode} --sites {sites} --rounds {rounds}"
     extra = f" --points {label}" if scenario.startswith("kill") else ""
     return f"secagg chaos --scenario {scenario} --modes {mode} --sites {sites} --rounds {rounds}{extra}"
 

@@ -97,3 +97,23 @@ def test_audit_check_verifies_each_log_against_its_kit(tmp_path: Path, workspace
     _audit(o, r)
     assert (r.audit_total, r.audit_ok) == (3, 1)
     assert [e.split(":")[0] for e in r.audit_errors] == ["aggregator", "site-2"]
+
+
+def test_plan_expands_clock_skew_and_disk_full() -> None:
+    skew = plan(["clock-skew"], ["tee"], sites=3)
+    assert [(p.label, p.spec.clock_skew_s, p.spec.min_sites) for p in skew] == [
+        ("+600 s", 600.0, 2),
+        ("-600 s", -600.0, 2),
+    ]
+    (disk,) = plan(["disk-full"], ["plain"])
+    assert disk.spec.disk_full_s is not None and disk.spec.disk_mb > 0
+
+
+def test_a_skewed_process_reads_a_moved_clock() -> None:
+    import subprocess
+    import sys
+    import time
+
+    code = "from secagg.chaos.shim import skew_clock; skew_clock(-600); import time; print(time.time())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert abs(float(out.stdout) - (time.time() - 600)) < 30
