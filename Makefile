@@ -36,6 +36,7 @@ bench: $(STAMP)
 # the fault and load harness (issue #18, RELIABILITY.md): every kill point in every mode, then the load
 chaos: $(STAMP)
 	$(VENV)/bin/secagg chaos --scenario baseline --scenario kill-aggregator --scenario kill-site --out chaos-out/faults $(ARGS)
+	$(VENV)/bin/secagg chaos --scenario disk-full --scenario clock-skew --out chaos-out/disk-clock $(ARGS)
 	$(VENV)/bin/secagg chaos --scenario load --out chaos-out/load $(ARGS)
 
 # its CI subset: one aggregator kill and one site kill per mode, 5 sites (tests/chaos)

@@ -10,6 +10,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from secagg.errors import ConfigError
+
 FILLER = ".chaos-filler"
 
 
@@ -22,11 +24,15 @@ class SmallDisk:
 
     def __enter__(self) -> SmallDisk:
         self.folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
+        done = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m,mode=0700", "tmpfs", str(self.folder)],
-            check=True,
             capture_output=True,
+            text=True,
+            check=False,
         )
+        if done.returncode != 0:
+            why = done.stderr.strip() or f"mount exited {done.returncode}"
+            raise ConfigError(f"disk-full needs root to mount a tmpfs on {self.folder}: {why}")
         self.mounted = True
         return self
 
