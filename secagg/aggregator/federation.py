@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 import shutil
@@ -254,12 +255,33 @@ class Federation:
                 self.job.state = JobState.FINALIZING
                 self.job.finalize_started = time.monotonic()
             else:
-                attempt = 1 + (1 if resumed else 0)
+                attempt = self._resumed_attempt(job_id, self.job.completed + 1) if resumed else 1
                 self.job.current = RoundRun(self.job.completed + 1, attempt)
             self.cond.notify_all()
         self.audit.append(
             Event.JOB_RESUMED if resumed else Event.JOB_STARTED, job=job_id, round=self.job.completed + 1
         )
+
+    def _resumed_attempt(self, job_id: str, round_: int) -> int:
+        """The attempt a resumed round runs as: past every attempt of it this log records (a roster
+        or a retry), so a site that uploaded in an earlier resumed attempt is offered this one too
+        (a site is offered only an attempt after the last it uploaded in). At least 2."""
+        seen = 1
+        if self.audit.path.is_file():
+            with self.audit.path.open("rb") as fh:
+                for raw in fh:
+                    if b'"attempt"' not in raw:
+                        continue
+                    try:
+                        rec = json.loads(raw)
+                    except ValueError:
+                        continue
+                    ours = rec.get("job") == job_id and rec.get("round") == round_
+                    if ours and rec.get("event") in (Event.ROSTER, Event.ROUND_RETRY):
+                        attempt = rec.get("attempt")
+                        if isinstance(attempt, int):
+                            seen = max(seen, attempt)
+        return seen + 1
 
     def _clear_dead_attempts(self, job_id: str) -> None:
         """A restart runs the round in flight again as a new attempt: what the killed process spooled

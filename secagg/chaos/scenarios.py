@@ -265,6 +265,8 @@ def plot(rows: list[Row], path: Path) -> None:
             b.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=mode)
     a.set(xlabel="sites", ylabel="median round time (s)", title="round time")
     b.set(xlabel="sites", ylabel="aggregator peak RSS (MiB)", title="aggregator memory")
+    a.set_ylim(bottom=0)
+    b.set_ylim(bottom=0)
     a.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -42,7 +42,14 @@ POINTS = AGGREGATOR_POINTS + SITE_POINTS
 TRAIN_DELAY_S = 0.3
 
 
+#: the first thread to reach the point kills the process; others reaching it meanwhile (uploads
+#: spooled at once) wait for the kill, so the point is hit, and marked, exactly once
+_DYING = threading.Lock()
+
+
 def die(point: str, round_: int) -> None:
+    if not _DYING.acquire(blocking=False):
+        threading.Event().wait()  # the kill is on its way
     mark = os.environ.get(ENV_MARK)
     if mark:
         with open(mark, "a") as fh:

@@ -88,7 +88,6 @@ def test_a_restart_between_rounds_leaves_the_final_model_bit_identical(
     assert got == want
 
 
-
 def test_a_site_back_after_the_job_finished_still_gets_the_final_model(
     tmp_path: Path, workspace: Path
 ) -> None:
@@ -116,3 +115,22 @@ def test_a_site_back_after_the_job_finished_still_gets_the_final_model(
     lines = fed.audit.path.read_text().splitlines()
     assert '"late":true' in lines[-1] and '"site_final"' in lines[-1]
     fed.store.close()
+
+
+def test_a_round_resumed_twice_runs_past_every_attempt_it_had(tmp_path: Path, workspace: Path) -> None:
+    """A site that uploaded in the first resumed attempt must be offered the second one."""
+    from secagg.events import Event
+
+    state = tmp_path / "state"
+    fed = _fed(workspace, state)
+    job_id = fed.submit(write_job(tmp_path / "job", rounds=2), "tester")
+    fed.store.close()  # killed in round 1, attempt 1
+    again = _fed(workspace, state)
+    assert again.job is not None and again.job.current is not None and again.job.current.attempt == 2
+    again.audit.append(Event.ROSTER, job=job_id, round=1, attempt=2, sites=["site-1", "site-2"])
+    again.store.close()  # killed again in round 1, after site-1 uploaded in attempt 2
+    third = _fed(workspace, state)
+    assert third.job is not None and third.job.current is not None and third.job.current.attempt == 3
+    task = third.next_task("site-1", 1, 2, 0, 0.0)  # site-1's progress: round 1, attempt 2
+    assert task["kind"] == "train" and task["attempt"] == 3
+    third.store.close()
