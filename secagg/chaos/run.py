@@ -85,8 +85,15 @@ class Outcome:
 
 
 def _policy(dp: bool) -> str:
+    """The development policy, with the budget and filter of ``DP_POLICY`` in its ``privacy`` section
+    (one section: a policy with the key twice is refused)."""
     text = dev_policy(SUBMITTER)
-    return text + DP_POLICY if dp else text
+    if not dp:
+        return text
+    head, body = "privacy:\n", DP_POLICY.removeprefix("privacy:\n")
+    if f"\n{head}" in text:
+        return text.replace(f"\n{head}", f"\n{head}{body}", 1)
+    return text + DP_POLICY
 
 
 def _vm_hwm(pid: int) -> int:

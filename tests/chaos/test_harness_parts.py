@@ -117,3 +117,15 @@ def test_a_skewed_process_reads_a_moved_clock() -> None:
     code = "from secagg.chaos.shim import skew_clock; skew_clock(-600); import time; print(time.time())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert abs(float(out.stdout) - (time.time() - 600)) < 30
+
+
+def test_the_dp_policy_has_one_privacy_section_and_loads(tmp_path: Path) -> None:
+    from secagg.chaos.run import _policy
+    from secagg.policy.check import load_policy
+
+    text = _policy(True)
+    assert text.count("\nprivacy:") + text.startswith("privacy:") == 1
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    policy = load_policy(path)
+    assert policy.privacy.budget is not None and policy.privacy.budget.epsilon == 50.0
