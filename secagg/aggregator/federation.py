@@ -27,20 +27,24 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from secagg import safeyaml
 from secagg.aggregator.evaluation import cross_site
-from secagg.aggregator.modes import BadUpload, ModeBase, ModeContext, Step, mode_class, plain_result_bundle
+from secagg.aggregator.global_model import GlobalModel, extract_model, model_spec
+from secagg.aggregator.global_model import from_model_file as global_from_file
+from secagg.aggregator.global_model import resume as resume_global
+from secagg.aggregator.modes import BadUpload, ModeBase, ModeContext, Step, mode_class
 from secagg.aggregator.modes.he import HE_KEY_BLOB
+from secagg.aggregator.modes.windows import mapped_window, window_elements
 from secagg.aggregator.rounds import JobRun, JobState, Phase, RoundRun, Signal, retry_delay
 from secagg.aggregator.rpc import final_metrics, int_field, json_object, upload_header
+from secagg.aggregator.server_step import AverageWindows, StateFile, server_step
 from secagg.aggregator.shared import Shared
 from secagg.aggregator.store import JobRow
 from secagg.auditlog import check_head_signature, parse_head
-from secagg.bundle import BundleSpec, from_safetensors
 from secagg.errors import ConfigError, SecaggError, StorageFull, UpdateRejected, is_storage_full
 from secagg.events import Event
 from secagg.fsio import atomic_write, remove_stale_temps
@@ -50,7 +54,7 @@ from secagg.provision.identity import Identity
 from secagg.provision.kit import Kit
 from secagg.reasons import Reason
 from secagg.roster import BadSampleCount, expected_weights, sample_count
-from secagg.strategy import StrategyState, make_strategy
+from secagg.strategy import make_strategy
 from secagg.transport.chunks import copy_payload
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,14 @@ log = logging.getLogger(__name__)
 def package_bytes(job_dir: Path) -> bytes:
     """A deterministic tar.gz of a job folder (sorted, no owners, fixed mtimes)."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
+    write_package(job_dir, buf)
+    return buf.getvalue()
+
+
+def write_package(job_dir: Path, out: BinaryIO) -> None:
+    """:func:`package_bytes` written to ``out`` as it is made (a job with a large model is never
+    whole in memory)."""
+    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tar:
         for path in sorted(p for p in job_dir.rglob("*") if p.is_file()):
             info = tarfile.TarInfo(path.relative_to(job_dir).as_posix())
             info.size = path.stat().st_size
@@ -67,7 +78,6 @@ def package_bytes(job_dir: Path) -> bytes:
             info.mode = 0o644
             with path.open("rb") as fh:
                 tar.addfile(info, fh)
-    return buf.getvalue()
 
 
 class Federation:
@@ -165,7 +175,13 @@ class Federation:
         pkg = job_root / "package.tar.gz"
         src = source or job_dir
         try:
-            atomic_write(pkg, src.read_bytes() if src.is_file() else package_bytes(src))
+            tmp = pkg.with_name(f".{pkg.name}.tmp")
+            if src.is_file():
+                shutil.copyfile(src, tmp)
+            else:
+                with tmp.open("wb") as out:
+                    write_package(src, out)
+            atomic_write(pkg, source=tmp)  # streamed: the package is never whole in memory
             _read_model(pkg, spec.model)  # a model that does not load is refused before anything is kept
         except BaseException:
             shutil.rmtree(job_root, ignore_errors=True)
@@ -229,25 +245,32 @@ class Federation:
             raise ConfigError(f"job {job_id} cannot be stored ({reason}); nothing was kept") from None
 
     def _activate(self, job_id: str, spec: JobSpec, pkg: Path, *, resumed: bool) -> None:
+        """Make a job the running one. The global model is kept on disk (:mod:`.global_model`): the
+        package's model file is extracted and read a window at a time, never whole in memory."""
         mode_cls = self._require_mode(spec.mode)
         if resumed:
             self._clear_dead_attempts(job_id)
-        init = _read_member(pkg, spec.model)
-        bundle = from_safetensors(init)
-        bspec = BundleSpec.of(bundle)
+        window = self.kit.config.window_bytes
+        model_file = pkg.with_name("model.safetensors")
+        extract_model(pkg, spec.model, model_file)
+        bspec = model_spec(model_file)
         rounds = self.store.rounds(job_id)
-        global_model: np.ndarray | None = None
-        strategy_state: StrategyState | None = None
+        global_model: GlobalModel | None = None
+        strategy_state: StateFile | None = None
+        elements = window_elements(window)
         if mode_cls.sees_model:
-            global_model = bspec.flatten(bundle)
             if rounds:
                 last = Path(rounds[-1].result_path)
-                global_model = bspec.flatten(from_safetensors(last.read_bytes()))
+                global_model = resume_global(bspec, last, elements)
                 state_file = last.with_name(f"strategy-{rounds[-1].round}.bin")
-                strategy_state = (
-                    StrategyState.from_bytes(state_file.read_bytes()) if state_file.is_file() else None
-                )
-        mode = mode_cls(ModeContext(job_id, spec, bspec, self.store, self.audit, self.cond, self.enclave))
+                strategy_state = StateFile.read(state_file) if state_file.is_file() else None
+            else:
+                global_model = global_from_file(model_file, bspec, pkg.with_name("round-0.bin"), elements)
+        mode = mode_cls(
+            ModeContext(
+                job_id, spec, bspec, self.store, self.audit, self.cond, self.enclave, window_bytes=window
+            )
+        )
         with self.cond:
             self.job = JobRun(job_id, spec, pkg, bspec, global_model, strategy_state, completed=len(rounds))
             self.mode = mode
@@ -799,7 +822,14 @@ class Federation:
             self._retry(job, cur, step.retry)
         elif step.summed is not None:
             s = step.summed
-            self._complete(job, cur, self._result_path(job, cur), 1.0 / s.weight, s.sites, s.total / s.weight)
+            self._complete(
+                job,
+                cur,
+                self._result_path(job, cur),
+                1.0 / s.weight,
+                s.sites,
+                lambda a, b: mapped_window(s.total, a, b) / s.weight,
+            )
         elif step.combine:
             self._combine(job, cur)
 
@@ -811,7 +841,7 @@ class Federation:
         uploads = dict(cur.uploads)
         result = self._result_path(job, cur)
         tmp = result.with_suffix(".partial")
-        total: np.ndarray | None = None
+        total: np.ndarray | None = None  # a read-only map of the float64 sum written to tmp
         while len(uploads) >= job.spec.min_sites:
             try:
                 total = self.mode.combine(cur.round, uploads, tmp)
@@ -842,7 +872,10 @@ class Federation:
             atomic_write(result, source=tmp)
             self._complete(job, cur, result, scale, sorted(uploads), None)
             return
-        self._complete(job, cur, result, scale, sorted(uploads), total * scale)
+        summed = total
+        self._complete(
+            job, cur, result, scale, sorted(uploads), lambda a, b: mapped_window(summed, a, b) * scale
+        )
 
     def _fail(self, job: JobRun, exc: BaseException) -> None:
         """The job cannot go on (a round result that cannot be written, state that does not load): it
@@ -899,21 +932,31 @@ class Federation:
             log.exception("round driver could not record an error")
 
     def _complete(
-        self, job: JobRun, cur: RoundRun, result: Path, scale: float, sites: list[str], avg: np.ndarray | None
+        self,
+        job: JobRun,
+        cur: RoundRun,
+        result: Path,
+        scale: float,
+        sites: list[str],
+        avg: AverageWindows | None,
     ) -> None:
-        """Apply the strategy to the average update (where this aggregator may see it) and commit."""
+        """Apply the strategy to the average update (where this aggregator may see it; ``avg`` reads
+        it a window at a time) and commit. The step runs window by window (:mod:`.server_step`): the
+        new global model and strategy state are written as files, never held whole."""
         new_global = None
+        previous = job.global_model
         if avg is not None:
-            assert job.global_model is not None
+            assert previous is not None
             strategy = make_strategy(job.spec.strategy)
-            state = job.strategy_state or strategy.init_state(job.global_model)
-            new_global, state = strategy.apply(job.global_model, avg, state)
-            atomic_write(result.with_name(f"strategy-{cur.round}.bin"), state.to_bytes())
-            published = plain_result_bundle(job.bundle_spec, new_global)
-            atomic_write(result, published)
-            # the next round starts from the model as published (what every site holds and a restart
-            # reloads), not from the unrounded sum: a restart then changes nothing (RELIABILITY.md F2)
-            new_global = job.bundle_spec.flatten(from_safetensors(published))
+            new_global, state = server_step(
+                strategy,
+                previous,
+                avg,
+                job.strategy_state,
+                result,
+                result.with_name(f"strategy-{cur.round}.bin"),
+                window_elements(self.kit.config.window_bytes),
+            )
             job.strategy_state = state
         seconds = time.monotonic() - cur.started
         self.store.add_round(
@@ -949,6 +992,10 @@ class Federation:
             else:
                 job.current = RoundRun(cur.round + 1, 1)
             self.cond.notify_all()
+        if new_global is not None and previous is not None:
+            # only the latest exact values are needed (to step from, or resume from); a round's
+            # float32 bundle stays, as every round's result did
+            previous.exact.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- a mode's own phases
     def mode_post(self, site: str, topic: str, job_id: str, round_: int, payload: bytes) -> None:
@@ -1026,21 +1073,18 @@ def _short(exc: BaseException, limit: int = 500) -> str:
 
 
 def _read_model(pkg: Path, name: str) -> None:
-    """Refuse (``ConfigError``) a package whose model is missing or not safetensors."""
+    """Refuse (``ConfigError``) a package whose model is missing or not safetensors (its header is
+    read from a streamed copy: the model is never whole in memory)."""
+    scratch = pkg.with_name(".model-check.safetensors")
     try:
-        from_safetensors(_read_member(pkg, name))
+        extract_model(pkg, name, scratch)
+        model_spec(scratch)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the model's bytes do, the submission is refused
         raise ConfigError(f"the job's model {name} does not load: {_short(exc)}") from None
-
-
-def _read_member(pkg: Path, name: str) -> bytes:
-    with tarfile.open(pkg, "r:gz") as tar:
-        member = tar.extractfile(name)
-        if member is None:
-            raise ConfigError(f"job package has no file {name}")
-        return member.read()
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
 __all__ = ["Federation", "SecaggError"]

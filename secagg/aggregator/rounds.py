@@ -10,13 +10,14 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from secagg.bundle import BundleSpec
 from secagg.jobs.spec import JobSpec
-from secagg.strategy import StrategyState
+
+if TYPE_CHECKING:
+    from secagg.aggregator.global_model import GlobalModel
+    from secagg.aggregator.server_step import StateFile
 
 
 class JobState(StrEnum):
@@ -82,8 +83,10 @@ class JobRun:
     spec: JobSpec
     package: Path
     bundle_spec: BundleSpec
-    global_model: np.ndarray | None  # modes whose aggregator sees the model only
-    strategy_state: StrategyState | None = None  # plaintext modes: the server optimizer's state
+    #: modes whose aggregator sees the model only: the current global model, on disk
+    global_model: GlobalModel | None
+    #: plaintext modes: the server optimizer's state file (None before the first round)
+    strategy_state: StateFile | None = None
     completed: int = 0
     current: RoundRun | None = None
     state: JobState = JobState.RUNNING

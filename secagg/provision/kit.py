@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from secagg import safeyaml
 from secagg.errors import ConfigError
 from secagg.provision.identity import Identity, load_cert, verify_cert
+from secagg.windowsize import DEFAULT_WINDOW_BYTES, MAX_WINDOW_BYTES, MIN_WINDOW_BYTES
 
 
 class KitConfig(BaseModel):
@@ -42,6 +43,9 @@ class KitConfig(BaseModel):
     metrics_port: int | None = None
     #: aggregator kits: jobs run at once (the project file's ``aggregator.max_jobs``)
     max_jobs: int = Field(default=2, ge=1, le=64)
+    #: the project's ``aggregator.window_bytes``: the aggregator combines and applies the server step a
+    #: window at a time; kits written before the setting existed get the default
+    window_bytes: int = Field(default=DEFAULT_WINDOW_BYTES, ge=MIN_WINDOW_BYTES, le=MAX_WINDOW_BYTES)
     #: aggregator kits: the project's admin authorization table (role -> action -> scope); None: defaults
     authorization: dict[str, dict[str, str]] | None = None
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from secagg import safeyaml
 from secagg.errors import ConfigError
+from secagg.windowsize import DEFAULT_WINDOW_BYTES, MAX_WINDOW_BYTES, MIN_WINDOW_BYTES
 
 AdminRole = Literal["project_admin", "org_admin", "lead", "member"]
 ADMIN_ROLES: tuple[str, ...] = ("project_admin", "org_admin", "lead", "member")
@@ -38,6 +39,10 @@ class AggregatorSpec(_Strict):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     #: jobs the aggregator runs at once; further submissions queue (persisted) until one ends
     max_jobs: int = Field(default=2, ge=1, le=64)
+    #: bytes of float64 accumulator per window when the aggregator combines uploads and applies the
+    #: server step (secagg.aggregator.modes.windows): its peak memory is a few windows, whatever the
+    #: model's size; larger windows mean fewer, longer reads (16 MiB reads at disk speed already)
+    window_bytes: int = Field(default=DEFAULT_WINDOW_BYTES, ge=MIN_WINDOW_BYTES, le=MAX_WINDOW_BYTES)
 
     _n = field_validator("name")(_check_name)
 

@@ -94,6 +94,7 @@ def _build(project: Project, root: Path) -> list[str]:
             key_holder=project.he_key_holder,
             metrics_port=agg.metrics_port if kind == "aggregator" else None,
             max_jobs=agg.max_jobs,
+            window_bytes=agg.window_bytes,
             authorization=project.authorization.model_dump(mode="json") if kind == "aggregator" else None,
         )
         (kit / "kit.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

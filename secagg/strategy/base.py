@@ -85,37 +85,56 @@ class Strategy(ABC):
     ) -> tuple[np.ndarray, StrategyState]:
         """One server round. Inputs are never modified; the old state stays valid (and resumable)."""
         x = check_vector(global_vec, "global model")
+        self.check_state(state.strategy, dict(state.params), state.dim, set(state.buffers), x.shape[0])
+        new_x, buffers = self.step_window(x, avg_update, state.buffers)
+        new_state = StrategyState(
+            strategy=self.name, step=state.step + 1, dim=state.dim, params=self.params(), buffers=buffers
+        )
+        return new_x, new_state
+
+    def step_window(
+        self, global_vec: np.ndarray, avg_update: np.ndarray, buffers: Mapping[str, np.ndarray]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The server step on one window of the vectors (the same range of each): new model values and
+        new buffer values, fresh arrays. Every rule is element-wise, so stepping a vector a window at a
+        time gives the bits :meth:`apply` gives for the whole of it; that is how the aggregator steps
+        a model it never holds (:mod:`secagg.aggregator.server_step`). Refuses NaN or infinity in, or
+        out, as :meth:`apply` does."""
+        x = check_vector(global_vec, "global model")
         delta = check_vector(avg_update, "average update")
         if delta.shape != x.shape:
             raise UpdateRejected(
                 f"average update has {delta.shape[0]} values, the global model {x.shape[0]}",
                 code=Reason.BAD_SHAPE,
             )
-        self._check_state(state, x.shape[0])
         with np.errstate(over="ignore", invalid="ignore"):  # reported below as one clear error
-            new_x, buffers = self._step(x, delta, state.buffers)
-        if not np.all(np.isfinite(new_x)) or not all(np.all(np.isfinite(b)) for b in buffers.values()):
+            new_x, new_buffers = self._step(x, delta, buffers)
+        if not np.all(np.isfinite(new_x)) or not all(np.all(np.isfinite(b)) for b in new_buffers.values()):
             raise UpdateRejected(f"{self.name} step produced NaN or infinity", code=Reason.NON_FINITE)
-        new_state = StrategyState(
-            strategy=self.name, step=state.step + 1, dim=state.dim, params=self.params(), buffers=buffers
-        )
-        return new_x, new_state
+        return new_x, new_buffers
 
-    def _check_state(self, state: StrategyState, dim: int) -> None:
-        if state.strategy != self.name:
-            raise ConfigError(f"state belongs to strategy {state.strategy!r}, not {self.name!r}")
-        if dict(state.params) != self.params():
+    def check_state(
+        self, strategy: str, params: Mapping[str, float], dim: int, buffers: set[str], model_dim: int
+    ) -> None:
+        """Refuse (``ConfigError``) a state of another strategy, other parameters, another model size
+        or other buffers: resuming from it would silently change the trajectory."""
+        if strategy != self.name:
+            raise ConfigError(f"state belongs to strategy {strategy!r}, not {self.name!r}")
+        if dict(params) != self.params():
             raise ConfigError(
-                f"state was made with {self.name} parameters {dict(state.params)}, "
+                f"state was made with {self.name} parameters {dict(params)}, "
                 f"this strategy has {self.params()}: resuming would change the trajectory"
             )
-        if state.dim != dim:
-            raise ConfigError(f"state is for a model of {state.dim} values, the global model has {dim}")
-        if set(state.buffers) != set(self.buffer_names):
+        if dim != model_dim:
+            raise ConfigError(f"state is for a model of {dim} values, the global model has {model_dim}")
+        if buffers != set(self.buffer_names):
             raise ConfigError(
-                f"state buffers {sorted(state.buffers)} do not match "
-                f"{self.name}'s {sorted(self.buffer_names)}"
+                f"state buffers {sorted(buffers)} do not match {self.name}'s {sorted(self.buffer_names)}"
             )
+
+    def initial_buffer(self, name: str, n: int) -> np.ndarray:
+        """``n`` values of buffer ``name`` as a job's first round starts it (constant per element)."""
+        return self._initial_buffer(name, n)
 
     def _initial_buffer(self, name: str, dim: int) -> np.ndarray:
         return np.zeros(dim, dtype=np.float64)

@@ -24,7 +24,14 @@ from safetensors.numpy import load, save
 from secagg.errors import IntegrityError
 
 FORMAT = "secagg.strategy-state/1"
-_META_KEY = "secagg.strategy"
+#: the one metadata entry of a serialised state (its canonical JSON header)
+META_KEY = "secagg.strategy"
+_META_KEY = META_KEY
+
+
+def canonical_json(obj: object) -> str:
+    """The state's metadata as every site serialises it (sorted keys, no spaces, no NaN)."""
+    return _canonical_json(obj)
 
 
 def _canonical_json(obj: object) -> str:

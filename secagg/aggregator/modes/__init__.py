@@ -37,12 +37,13 @@ import numpy as np
 
 from secagg.aggregator.modes.windows import DEFAULT_WINDOW_BYTES
 from secagg.aggregator.rounds import JobRun, Phase, RoundRun, Signal
-from secagg.bundle import BundleSpec, to_safetensors
+from secagg.bundle import BundleSpec
 from secagg.errors import ConfigError, UpdateRejected
 from secagg.jobs.spec import JobSpec
 from secagg.reasons import Reason
 
 if TYPE_CHECKING:
+    from secagg.aggregator.global_model import GlobalModel
     from secagg.aggregator.store import RoundRow, StateStore
     from secagg.auditlog import AuditLog
 
@@ -141,11 +142,6 @@ class AggregatorMode(Protocol):
     def combine(self, round_: int, uploads: Mapping[str, Path], out: Path) -> np.ndarray | None: ...
 
 
-def plain_result_bundle(spec: BundleSpec, vec: np.ndarray) -> bytes:
-    """The safetensors bytes of a flat model vector (a global model the aggregator holds)."""
-    return to_safetensors(spec.unflatten(vec), order=spec.names)
-
-
 class ModeBase:
     """Defaults shared by the modes: no phases of their own, nothing kept per round."""
 
@@ -213,9 +209,10 @@ class ModeBase:
         return Signal.CANCELLED  # no phases of its own: nothing will be published
 
     # plaintext-model helpers (every mode whose aggregator sees the model)
-    def global_bytes(self, job: JobRun) -> bytes:
+    def global_model(self, job: JobRun) -> GlobalModel:
+        """The current global model, on disk (its bundle is what a site downloads)."""
         assert job.global_model is not None
-        return plain_result_bundle(job.bundle_spec, job.global_model)
+        return job.global_model
 
 
 def _registry() -> dict[str, type[ModeBase]]:
@@ -257,5 +254,4 @@ __all__ = [
     "Step",
     "Summed",
     "mode_class",
-    "plain_result_bundle",
 ]

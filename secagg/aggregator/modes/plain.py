@@ -94,10 +94,11 @@ class PlainMode(ModeBase):
         return PlainCombiner(self.ctx.bundle_spec, self.ctx.window_bytes)
 
     def payload_header(self, job: JobRun, site_has_round: int) -> dict[str, Any]:
-        return {"base_round": job.completed, "global_bytes": len(self.global_bytes(job))}
+        return {"base_round": job.completed, "global_bytes": self.global_model(job).nbytes}
 
     def payload(self, job: JobRun, header: dict[str, Any]) -> Iterator[bytes]:
-        yield self.global_bytes(job)
+        """The global model's bundle, streamed from its file (never whole in memory)."""
+        yield from self.global_model(job).chunks()
 
     def accept(self, site: str, round_: RoundRun, header: dict[str, Any], spooled: Path) -> None:
         self.combiner.check(site, round_.round, spooled)

@@ -18,7 +18,7 @@ from secagg.aggregator.modes import ModeContext
 from secagg.aggregator.modes.plain import PlainCombiner, PlainMode
 from secagg.aggregator.modes.windows import ByteSource
 from secagg.aggregator.rounds import JobRun
-from secagg.bundle import BundleSpec, fingerprint
+from secagg.bundle import BundleSpec
 from secagg.errors import ConfigError
 from secagg.tee.sealing import ChunkHeader
 from secagg.tee.stream import SealedSource
@@ -77,8 +77,8 @@ class TeeMode(PlainMode):
         header = super().payload_header(job, site_has_round)
         if job.global_model is not None:
             # sites check this signature, by a key bound into the evidence, before using the model
-            fp = fingerprint(job.bundle_spec.unflatten(job.global_model))
-            sig = self.ctx.enclave.sign_model(fp, job.job_id, job.completed)
+            # the fingerprint hashed while the bundle was written, not a copy of the model per task
+            sig = self.ctx.enclave.sign_model(job.global_model.fingerprint, job.job_id, job.completed)
             header["model_signature"] = base64.b64encode(sig).decode()
         return header
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
 import tempfile
@@ -35,9 +36,8 @@ import numpy as np
 from secagg.bundle import BundleSpec
 from secagg.errors import UpdateRejected
 from secagg.reasons import Reason
+from secagg.windowsize import DEFAULT_WINDOW_BYTES
 
-#: the default window: 16 MiB of float64 accumulator (2M parameters)
-DEFAULT_WINDOW_BYTES = 16 * 1024 * 1024
 #: safetensors refuses headers above 100 MB; so do we (a header is names, shapes and offsets)
 MAX_HEADER = 100_000_000
 
@@ -364,6 +364,21 @@ def f64_view(path: Path, size: int) -> np.ndarray:
     return view
 
 
+def mapped_window(arr: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """A copy of ``arr[start:stop]``; where ``arr`` is a file map (:func:`f64_view`), the pages read
+    are then dropped from this process's resident set (the page cache keeps them), so reading a
+    mapped sum from end to end costs a window of memory, not the sum's size."""
+    out = np.array(arr[start:stop], dtype=np.float64)
+    mm = getattr(arr, "_mmap", None)
+    if isinstance(arr, np.memmap) and mm is not None and hasattr(mm, "madvise"):
+        page, delta = mmap.PAGESIZE, int(arr.offset) % mmap.ALLOCATIONGRANULARITY  # where arr begins in mm
+        lo = (delta + start * arr.itemsize) // page * page
+        hi = (delta + stop * arr.itemsize) // page * page
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    return out
+
+
 def f64_scratch(
     windows: Iterable[tuple[int, np.ndarray]], size: int, folder: Path | None = None
 ) -> np.ndarray:
@@ -459,6 +474,7 @@ __all__ = [
     "bundle_header",
     "f64_scratch",
     "f64_view",
+    "mapped_window",
     "sum_windows",
     "window_elements",
     "window_ranges",
