@@ -20,12 +20,13 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from secagg.bundle import BundleSpec, fingerprint, from_safetensors, to_safetensors
+from secagg.bundle import BundleSpec, fingerprint
 from secagg.framing import frame, unframe
 from secagg.mask.config import SUM_LIMIT
 from secagg.topics import Topic
@@ -62,13 +63,53 @@ class Mode(Protocol):
 
     def downlink_bytes(self, work: Path, site: int) -> int: ...
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]: ...
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray | float]:
+        """Site ``site``'s download made the weighted average, timed; then the average, or (a mode that
+        streams it) its largest error against the float64 truth."""
+        ...
 
 
 class AggregatorStep(Protocol):
     def prepare(self, work: Path, sites: int) -> None: ...
 
     def run(self) -> None: ...
+
+
+#: values per window of a site's streamed protect and unprotect (16 MiB of float64)
+SITE_WINDOW = 2 * 1024 * 1024
+
+
+def weighted_windows(wl: Workload, site: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``update * weight`` in float64 (what the in-memory payload computed), a window at a time."""
+    w = wl.weights[site]
+    for start, u in wl.update_windows(site, SITE_WINDOW):
+        yield start, u.astype(np.float64) * w
+
+
+def _bundle_windows(path: Path, spec: BundleSpec) -> Iterator[tuple[int, np.ndarray]]:
+    from secagg.aggregator.modes.windows import BundleReader, FileSource, window_ranges
+
+    with FileSource(path) as src:
+        reader = BundleReader(src, spec)
+        for start, stop in window_ranges(spec.size, SITE_WINDOW):
+            out = np.zeros(stop - start)
+            reader.add_into(out, start, stop)
+            yield start, out
+
+
+def fingerprint_file(path: Path, spec: BundleSpec) -> str:
+    """:func:`secagg.bundle.fingerprint` of a downloaded float32 bundle, read a window at a time."""
+    from secagg.aggregator.modes.windows import Fingerprint
+
+    fp = Fingerprint(spec)
+    for start, vals in _bundle_windows(path, spec):
+        fp.update(start, vals.astype("<f4"))
+    return fp.hexdigest()
+
+
+def bundle_error(path: Path, wl: Workload) -> float:
+    """The largest error of a downloaded bundle against the float64 truth (untimed, windowed)."""
+    return wl.max_error(_bundle_windows(path, wl.spec), SITE_WINDOW)
 
 
 def _write_spec(work: Path, spec: BundleSpec) -> None:
@@ -111,27 +152,23 @@ class PlainMode(_OneFileEachWay):
         _write_spec(work, wl.spec)
         return {}
 
-    def _payload(self, wl: Workload, site: int, update: np.ndarray) -> bytes:
-        weighted = update.astype(np.float64) * wl.weights[site]
-        return to_safetensors(wl.spec.unflatten(weighted), order=wl.spec.names)
-
     def protect_all(self, work: Path, wl: Workload) -> list[Lap]:
+        from secagg.aggregator.modes.windows import write_bundle
+
         times: list[Lap] = []
         for i in range(wl.sites):
-            update = wl.update(i)
             t0 = clock()
-            data = self._payload(wl, i, update)
+            # weighted and written a window at a time: the upload is never whole in memory (the
+            # time includes writing it, which the site's transport would otherwise do)
+            write_bundle(up_path(work, i), wl.spec, weighted_windows(wl, i))
             times.append(lap(t0))
-            up_path(work, i).write_bytes(data)
         return times
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
-        data = down_path(work, 0).read_bytes()
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, float]:
         t0 = clock()
-        bundle = from_safetensors(data)
-        fingerprint(bundle)  # the consistency fingerprint (module docstring)
-        out = wl.spec.flatten(bundle)
-        return lap(t0), out
+        fingerprint_file(down_path(work, 0), wl.spec)  # the consistency fingerprint (module docstring)
+        done = lap(t0)
+        return done, bundle_error(down_path(work, 0), wl)
 
 
 class PlainAggregator:
@@ -325,13 +362,11 @@ class MaskMode:
     def downlink_bytes(self, work: Path, site: int) -> int:
         return self._down[site] + down_path(work, 0).stat().st_size
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
-        data = down_path(work, 0).read_bytes()
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, float]:
         t0 = clock()
-        bundle = from_safetensors(data)
-        fingerprint(bundle)  # the consistency fingerprint (module docstring)
-        out = wl.spec.flatten(bundle)
-        return lap(t0), out
+        fingerprint_file(down_path(work, 0), wl.spec)  # the consistency fingerprint (module docstring)
+        done = lap(t0)
+        return done, bundle_error(down_path(work, 0), wl)
 
 
 class MaskAggregator:
@@ -459,37 +494,45 @@ class TEEMode(_OneFileEachWay):
         return {"tee": "secagg.tee.sealing, mlkem768-x25519 (HPKE, 4 MiB chunks); result signed (P-384)"}
 
     def protect_all(self, work: Path, wl: Workload) -> list[Lap]:
+        from secagg.aggregator.modes.windows import bundle_header
         from secagg.tee import suites
         from secagg.tee.sealing import seal_chunks
 
         times: list[Lap] = []
+        head = bundle_header(wl.spec)
+        size = len(head) + 4 * wl.size
         for i, name in enumerate(wl.names):
-            update = wl.update(i)
             t0 = clock()
-            weighted = update.astype(np.float64) * wl.weights[i]
-            plain = to_safetensors(wl.spec.unflatten(weighted), order=wl.spec.names)
+
+            def plain(site: int = i) -> Iterator[bytes]:
+                # the safetensors bytes of the weighted update, made a window at a time
+                yield head
+                for _, win in weighted_windows(wl, site):
+                    yield np.ascontiguousarray(win, dtype="<f4").tobytes()
+
             ctx = _tee_context(name, self.keys_sha256)
-            # the framed sealed chunks (each at most 4 MiB) are what the transport carries, one by one
-            pieces = list(frame(seal_chunks(plain, self.public, suites.MLKEM768_X25519, ctx)))
-            times.append(lap(t0))
+            # the framed sealed chunks (each at most 4 MiB) are what the transport carries, one by
+            # one: sealed as the plaintext is made and written as they are sealed (the time includes
+            # writing them)
             with up_path(work, i).open("wb") as fh:
-                fh.writelines(pieces)
+                for piece in frame(seal_chunks(plain(), self.public, suites.MLKEM768_X25519, ctx, size=size)):
+                    fh.write(piece)
+            times.append(lap(t0))
         return times
 
     def downlink_bytes(self, work: Path, site: int) -> int:
         return down_path(work, 0).stat().st_size + _tee_sig_path(work).stat().st_size
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, float]:
         from secagg.tee import modelsig
 
-        model = down_path(work, 0).read_bytes()
         signature = _tee_sig_path(work).read_bytes()
         t0 = clock()
-        bundle = from_safetensors(model)
         # one hash serves the enclave signature and the consistency proof, as in the agent
-        modelsig.verify(self.sig_spki, signature, fingerprint(bundle), _TEE_JOB, _TEE_ROUND)
-        out = wl.spec.flatten(bundle)
-        return lap(t0), out
+        fp = fingerprint_file(down_path(work, 0), wl.spec)
+        modelsig.verify(self.sig_spki, signature, fp, _TEE_JOB, _TEE_ROUND)
+        done = lap(t0)
+        return done, bundle_error(down_path(work, 0), wl)
 
 
 class _BenchEnclave:
