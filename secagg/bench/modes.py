@@ -164,7 +164,7 @@ class PlainMode(_OneFileEachWay):
             times.append(lap(t0))
         return times
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, float]:
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray | float]:
         t0 = clock()
         fingerprint_file(down_path(work, 0), wl.spec)  # the consistency fingerprint (module docstring)
         done = lap(t0)
@@ -264,6 +264,10 @@ class MaskMode:
     name = "mask"
     job, round = "bench", 1
 
+    #: the masked input is written as it is made (``posted`` passes it through unchanged); a subclass
+    #: that transforms the upload in ``posted`` (tee-mask seals it) sets this False
+    streamed_upload: bool = True
+
     def posted(self, site: int, topic: str, payload: bytes) -> bytes:
         """The bytes site ``site`` uploads for ``payload`` (``topic``: a mask phase, or :data:`UPLOAD`)."""
         return payload
@@ -337,11 +341,17 @@ class MaskMode:
         routed = router.route_shares()
         for i, c in enumerate(clients):
             mine, times_read = self._deliver(i, Topic.MASK_MYSHARES, [sh.to_bytes() for sh in routed[c.name]])
-            update = wl.update(i)
             w = float(wl.weights[i])
+            mine_shares = [EncryptedShare.from_bytes(b) for b in mine]
             t0 = clock()
-            weighted = update.astype(np.float64) * w
-            msg = c.masked_input(weighted, w, [EncryptedShare.from_bytes(b) for b in mine]).to_bytes()
+            if self.streamed_upload:
+                # weighted, quantised, masked and written a window at a time (the time includes the write)
+                with up_path(work, i, ".masked").open("wb") as fh:
+                    c.masked_input_to(fh, weighted_windows(wl, i), wl.size, w, mine_shares)
+                times[i] += times_read + lap(t0)
+                continue
+            weighted = wl.update(i).astype(np.float64) * w
+            msg = c.masked_input(weighted, w, mine_shares).to_bytes()
             wire = self.posted(i, UPLOAD, msg)
             times[i] += times_read + lap(t0)
             up_path(work, i, ".masked").write_bytes(wire)
@@ -362,7 +372,7 @@ class MaskMode:
     def downlink_bytes(self, work: Path, site: int) -> int:
         return self._down[site] + down_path(work, 0).stat().st_size
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, float]:
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray | float]:
         t0 = clock()
         fingerprint_file(down_path(work, 0), wl.spec)  # the consistency fingerprint (module docstring)
         done = lap(t0)
@@ -523,7 +533,7 @@ class TEEMode(_OneFileEachWay):
     def downlink_bytes(self, work: Path, site: int) -> int:
         return down_path(work, 0).stat().st_size + _tee_sig_path(work).stat().st_size
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, float]:
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray | float]:
         from secagg.tee import modelsig
 
         signature = _tee_sig_path(work).read_bytes()

@@ -74,6 +74,8 @@ def _payload(topic: str, messages: list[bytes]) -> bytes:
 
 class TeeMaskBenchMode(MaskMode):
     name = "tee-mask"
+    #: the masked input is sealed whole in ``posted`` (not streamed yet)
+    streamed_upload = False
 
     def setup(self, work: Path, wl: Workload) -> dict[str, Any]:
         from attestation.evidence import AttestationResult
@@ -119,7 +121,7 @@ class TeeMaskBenchMode(MaskMode):
     def downlink_bytes(self, work: Path, site: int) -> int:
         return super().downlink_bytes(work, site) + _sig_path(work).stat().st_size
 
-    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray]:
+    def unprotect(self, work: Path, wl: Workload, site: int) -> tuple[Lap, np.ndarray | float]:
         model = down_path(work, 0).read_bytes()
         signature = _sig_path(work).read_bytes()
         t0 = clock()

@@ -14,8 +14,9 @@ Every check that protects this site's update happens here, not at the aggregator
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from enum import Enum
+from typing import BinaryIO
 
 import numpy as np
 from cryptography import x509
@@ -185,7 +186,71 @@ class MaskClient:
         ``integers`` (distributed DP, :mod:`secagg.privacy.distributed`): the site's noised integer
         share, already in the fixed point; it is reduced mod 2^32 as it is, never clipped (clipping a
         noised entry would change the honest sum's noise), and ``vec`` is ignored."""
-        self._expect(_Phase.SHARED, "masked_input")
+        cfg = self.config
+        held = self._open_shares(weight, shares_for_me, "masked_input")
+        w = float(weight)
+        # the weight rides as one more element, so it is masked like the update and only the
+        # survivors' total is ever revealed
+        size = int(np.size(vec))
+        y = np.empty(size + 1, dtype=np.uint32)
+        if integers is None:
+            quantize(vec, cfg.clip, cfg.frac_bits, out=y[:size])
+        else:
+            size = int(np.size(integers))
+            y = np.empty(size + 1, dtype=np.uint32)
+            # two's complement mod 2^32: the sum of the residues is the integer sum mod 2^32
+            np.copyto(y[:size], np.asarray(integers, dtype=np.int64) & 0xFFFFFFFF, casting="unsafe")
+        quantize(np.array([w]), cfg.max_weight, cfg.frac_bits, out=y[size:])
+        plus, minus = self._commit_masks(held)  # a refused update (above) leaves the phase as it was
+        apply_masks(y, plus, minus)
+        return MaskedInput(self.name, self.job, self.round, y.astype("<u4", copy=False).tobytes())
+
+    def masked_input_to(
+        self,
+        out: BinaryIO,
+        windows: Iterable[tuple[int, np.ndarray]],
+        size: int,
+        weight: float,
+        shares_for_me: list[EncryptedShare],
+    ) -> int:
+        """:meth:`masked_input` written to ``out`` as it is made: ``windows`` are the (weight-scaled)
+        update's values in order, ``(start, values)``, ``size`` of them in all; each is quantised and
+        masked at its offset (the masks' keystreams are seekable) and written before the next is
+        read, so neither the update nor the masked vector is ever whole in memory. The bytes are
+        :meth:`MaskedInput.to_bytes` of what :meth:`masked_input` returns for the whole vector.
+        Returns the bytes written. A value refused while streaming (NaN, infinity) leaves ``out``
+        partial and this client past its upload (its self-mask seed is spent): the round is lost for
+        it, as for a site that dropped; the caller discards ``out``."""
+        cfg = self.config
+        if 4 * (size + 1) >= 1 << 32:
+            raise UpdateRejected(
+                f"a masked input of {size} values exceeds the message format's 4 GiB vector",
+                code=Reason.BAD_SHAPE,
+            )
+        plus, minus = self._commit_masks(self._open_shares(weight, shares_for_me, "masked_input_to"))
+        head = MaskedInput.header_bytes(self.name, self.job, self.round, 4 * (size + 1))
+        out.write(head)
+        written, pos = len(head), 0
+        for start, vals in windows:
+            if start != pos:
+                raise ValueError(f"window at {start}, expected {pos}")
+            y = quantize(np.asarray(vals).ravel(), cfg.clip, cfg.frac_bits)
+            apply_masks(y, plus, minus, offset=start)
+            out.write(y.astype("<u4", copy=False).data)
+            pos += y.size
+            written += 4 * y.size
+        if pos != size:
+            raise ValueError(f"windows hold {pos} values, expected {size}")
+        y = quantize(np.array([float(weight)]), cfg.max_weight, cfg.frac_bits)
+        apply_masks(y, plus, minus, offset=size)
+        out.write(y.astype("<u4", copy=False).data)
+        return written + 4
+
+    def _open_shares(
+        self, weight: float, shares_for_me: list[EncryptedShare], what: str
+    ) -> dict[str, tuple[Share, Share]]:
+        """Open the shares addressed to us and check the weight (nothing changes yet)."""
+        self._expect(_Phase.SHARED, what)
         held: dict[str, tuple[Share, Share]] = {}
         for sh in shares_for_me:
             if sh.recipient != self.name:
@@ -222,19 +287,11 @@ class MaskClient:
             raise UpdateRejected(
                 f"weight {weight!r} outside [0, max_weight={self.config.max_weight}]", code=Reason.BAD_WEIGHT
             )
-        cfg = self.config
-        # the weight rides as one more element, so it is masked like the update and only the
-        # survivors' total is ever revealed
-        size = int(np.size(vec))
-        y = np.empty(size + 1, dtype=np.uint32)
-        if integers is None:
-            quantize(vec, cfg.clip, cfg.frac_bits, out=y[:size])
-        else:
-            size = int(np.size(integers))
-            y = np.empty(size + 1, dtype=np.uint32)
-            # two's complement mod 2^32: the sum of the residues is the integer sum mod 2^32
-            np.copyto(y[:size], np.asarray(integers, dtype=np.int64) & 0xFFFFFFFF, casting="unsafe")
-        quantize(np.array([w]), cfg.max_weight, cfg.frac_bits, out=y[size:])
+        return held
+
+    def _commit_masks(self, held: dict[str, tuple[Share, Share]]) -> tuple[list[bytes], list[bytes]]:
+        """Leave the upload phase: the seeds to add and subtract (the self-mask's, and one per
+        neighbour whose shares reached us)."""
         assert self._self_seed is not None
         plus: list[bytes] = [self._self_seed]
         minus: list[bytes] = []
@@ -244,12 +301,11 @@ class MaskClient:
             )
             # the pair's two sites add and subtract the same vector, so it cancels in the sum
             (plus if self.name < peer else minus).append(seed)
-        apply_masks(y, plus, minus)
         self._held = held
         self._masked_with = sorted(held)
         self._self_seed = None  # only its shares may outlive the upload
         self._phase = _Phase.UPLOADED
-        return MaskedInput(self.name, self.job, self.round, y.astype("<u4", copy=False).tobytes())
+        return plus, minus
 
     # -- phase 4 -------------------------------------------------------------------------------------
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:

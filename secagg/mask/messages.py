@@ -7,6 +7,7 @@ authentic or allowed is decided by the client and server that receive it.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,6 +94,12 @@ class MaskedInput:
     @property
     def vector(self) -> np.ndarray:
         return np.frombuffer(self.data, dtype="<u4")
+
+    @classmethod
+    def header_bytes(cls, site: str, job: str, round: int, nbytes: int) -> bytes:
+        """The bytes of :meth:`to_bytes` before the vector's ``nbytes`` bytes (a streamed writer
+        writes these, then the vector: :meth:`secagg.mask.client.MaskClient.masked_input_to`)."""
+        return pack(cls.TAG, site, job, round) + b"B" + struct.pack(">I", nbytes)
 
     def to_bytes(self) -> bytes:
         return pack(self.TAG, self.site, self.job, self.round, self.data)

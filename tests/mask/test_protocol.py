@@ -126,3 +126,41 @@ def test_sixteen_sites_client_cost_follows_neighbourhood():
         if site and data.startswith(EncryptedShare.TAG.encode(), 5):
             per_sender[site] = per_sender.get(site, 0) + 1
     assert set(per_sender.values()) == {4}  # k shares each, not n - 1
+
+
+def test_a_streamed_masked_input_unmasks_like_one_made_in_memory(workspace) -> None:
+    """``masked_input_to`` (windows of 3 values, masks at their offsets) writes what the server reads
+    as a masked input: mixed with in-memory ones, the round unmasks to the same sum."""
+    import io
+
+    from secagg.mask import MaskClient, MaskedInput, MaskServer
+    from secagg.provision.kit import load_kit
+
+    cfg = MaskConfig(threshold=2, neighbours=2, clip=1.0, frac_bits=16)
+    sites = ["site-1", "site-2", "site-3"]
+    kits = {n: load_kit(workspace / n) for n in sites}
+    ca = kits["site-1"].ca_cert
+    clients = {
+        n: MaskClient(n, kits[n].private_key, kits[n].cert, ca, cfg, "j", 1, sites=sites) for n in sites
+    }
+    server = MaskServer(cfg, sites, "j", 1, 10)
+    for c in clients.values():
+        server.collect_keys(c.advertise())
+    roster = server.roster()
+    for n, c in clients.items():
+        server.collect_shares(n, c.share_keys(roster))
+    routed = server.route_shares()
+    vecs = {n: np.linspace(-0.5, 0.5, 10) * (i + 1) / 4 for i, n in enumerate(sites)}
+    for n, c in clients.items():
+        if n == "site-2":
+            buf = io.BytesIO()
+            windows = ((s, vecs[n][s : s + 3]) for s in range(0, 10, 3))
+            written = c.masked_input_to(buf, windows, 10, 0.25, routed[n])
+            assert written == len(buf.getvalue())
+            server.collect_masked(MaskedInput.from_bytes(buf.getvalue()))
+        else:
+            server.collect_masked(c.masked_input(vecs[n], 0.25, routed[n]))
+    request = server.unmask_request()
+    total, weight = server.finish([c.unmask(request) for c in clients.values()])
+    assert weight == pytest.approx(0.75)
+    assert np.max(np.abs(total - sum(vecs.values()))) < 3 * 2**-16
