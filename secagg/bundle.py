@@ -154,6 +154,19 @@ def from_safetensors(data: bytes) -> OrderedDict[str, np.ndarray]:
     return OrderedDict((n, tensors[n]) for n in order)
 
 
+def bundle_header(spec: BundleSpec) -> bytes:
+    """The safetensors header of a float32 bundle with ``spec``'s tensors laid out in bundle order
+    (8-byte length, JSON padded with spaces to 8 bytes, as the safetensors writer pads it)."""
+    header: dict[str, object] = {"__metadata__": {"order": json.dumps(spec.names)}}
+    pos = 0
+    for t in spec.tensors:
+        header[t.name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [pos, pos + 4 * t.size]}
+        pos += 4 * t.size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
 def fingerprint(bundle: Mapping[str, np.ndarray]) -> str:
     """SHA-256 over a canonical encoding (name, shape, float32 little-endian bytes, in bundle order).
 

@@ -10,12 +10,30 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from secagg.bundle import BundleSpec, to_safetensors
+from secagg.bundle import BundleSpec, bundle_header
+from secagg.errors import UpdateRejected
 from secagg.framing import frame
+from secagg.reasons import Reason
+
+#: values per piece of a streamed plaintext bundle (4 MiB of float32)
+PIECE_VALUES = 1 << 20
+
+
+def plain_size(spec: BundleSpec) -> int:
+    """Bytes of :func:`protect_plain`'s stream (header, then 4 bytes a value)."""
+    return len(bundle_header(spec)) + 4 * spec.size
 
 
 def protect_plain(spec: BundleSpec, weighted: np.ndarray) -> Iterator[bytes]:
-    yield to_safetensors(spec.unflatten(weighted), order=spec.names)
+    """The float32 safetensors bundle of ``weighted`` (bundle order), a 4 MiB piece at a time: no
+    float32 copy of the model and no serialised bundle are ever whole in memory."""
+    if weighted.shape != (spec.size,):
+        raise UpdateRejected(
+            f"flat vector has {weighted.size} values, spec has {spec.size}", code=Reason.BAD_SHAPE
+        )
+    yield bundle_header(spec)
+    for start in range(0, spec.size, PIECE_VALUES):
+        yield np.ascontiguousarray(weighted[start : start + PIECE_VALUES], dtype="<f4").tobytes()
 
 
 def protect_he(secret_ctx: object, weighted: np.ndarray) -> Iterator[bytes]:

@@ -38,6 +38,16 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+def reset_peak_rss() -> bool:
+    """Start this process's VmHWM afresh (``5`` to ``/proc/self/clear_refs``, Linux 4.0+), so the
+    next :func:`peak_rss_bytes` is the peak since now; False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 #: block size of the floor's reads and writes
 FLOOR_BLOCK = 16 * 1024 * 1024
 

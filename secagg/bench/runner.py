@@ -116,6 +116,12 @@ class ModeResult:
     floor_ratio: float | None = None
     #: peak_rss_bytes / uplink_bytes (one site's upload)
     rss_per_upload: float | None = None
+    #: the sites' process over every site's protect and site 1's unprotect (the transport's
+    #: uploads and download excluded: its relay runs in the same process), peak RSS; None where the
+    #: kernel cannot reset the peak
+    site_peak_rss_bytes: int | None = None
+    #: site_peak_rss_bytes / raw_bytes (one float32 model)
+    site_rss_per_model: float | None = None
     window_bytes: int | None = None
     runs: list[dict[str, float]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
@@ -189,7 +195,11 @@ class ModeRun:
         label = f"{name} x{wl.sites} sites, run {len(self.runs) + 1}/{repeats}"
         progress(f"{label}: protect", 0)
         settle()
+        from .child import peak_rss_bytes, reset_peak_rss
+
+        sites_measured = reset_peak_rss()
         site_times = mode.protect_all(work, wl)
+        site_peak = peak_rss_bytes()
         legs = Lap()
         if wire is not None:
             settle()
@@ -206,7 +216,10 @@ class ModeRun:
             legs += wire.download(work / "down-0")  # settles after staging the download
         progress(f"{label}: unprotect", 1)
         settle()
+        if sites_measured:
+            reset_peak_rss()
         unprotect, out = mode.unprotect(work, wl, 0)
+        site_peak = max(site_peak, peak_rss_bytes()) if sites_measured else -1
         self.runs.append(
             {
                 "protect_s": float(np.mean([t.wall for t in site_times])),
@@ -224,6 +237,7 @@ class ModeRun:
                 "transport_s": legs.wall,
                 "transport_cpu_s": legs.cpu,
                 "floor_s": float(agg.get("floor_s", float("nan"))),
+                "site_peak_rss_bytes": site_peak,
             }
         )
         progress(f"{label}: done", 1)
@@ -249,6 +263,7 @@ class ModeRun:
         uplink = int(max(run["uplink_bytes"] for run in runs))
         floor = statistics.median(run["floor_s"] for run in runs)
         peak = int(max(run["peak_rss_bytes"] for run in runs))
+        site_peak = int(max(run["site_peak_rss_bytes"] for run in runs))
         return ModeResult(
             mode=self.name,
             layout="",
@@ -274,6 +289,8 @@ class ModeRun:
             floor_s=floor,
             floor_ratio=med["aggregate_s"] / floor if floor > 0 else None,
             rss_per_upload=peak / uplink if uplink else None,
+            site_peak_rss_bytes=site_peak if site_peak >= 0 else None,
+            site_rss_per_model=site_peak / raw if site_peak >= 0 else None,
             window_bytes=self.window_bytes,
             runs=runs,
             info=self.info,

@@ -9,8 +9,10 @@ release) is the same for every mode and lives in :mod:`secagg.agent.site`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,7 +25,7 @@ from secagg.jobs.job import VerifiedJob
 from secagg.jobs.spec import JobSpec
 from secagg.policy.model import SitePolicy
 from secagg.provision.kit import Kit
-from secagg.transport.chunks import coalesce
+from secagg.transport.chunks import MAX_CHUNK
 
 
 @dataclass(frozen=True)
@@ -110,9 +112,29 @@ class StoredGlobal:
 
 
 def upload(ctx: ModeContext, out: Outgoing, mode: str, parts: Iterable[bytes]) -> Sent:
-    """One upload of frames as made (no second copy of the whole update)."""
-    pieces = list(parts)
-    size = sum(len(p) for p in pieces)
+    """One upload of frames as made. The header needs the upload's size before its first byte, so the
+    frames are spooled to a file in the job's folder as they are made (a large update is never held
+    whole, not even as a list of pieces), then streamed from it in transport-sized pieces."""
+    spool = ctx.state.job_dir(out.job_id) / f".upload-{out.round}-{out.attempt}.tmp"
+    try:
+        size = 0
+        fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            for piece in parts:
+                fh.write(piece)
+                size += len(piece)
+        return _send(ctx, out, mode, spool, size)
+    finally:
+        spool.unlink(missing_ok=True)
+
+
+def _file_pieces(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        while piece := fh.read(MAX_CHUNK):
+            yield piece
+
+
+def _send(ctx: ModeContext, out: Outgoing, mode: str, spool: Path, size: int) -> Sent:
     header = {
         "job_id": out.job_id,
         "round": out.round,
@@ -122,4 +144,4 @@ def upload(ctx: ModeContext, out: Outgoing, mode: str, parts: Iterable[bytes]) -
         # metrics of the model as received leave only after every site proved it is the same model
         "metrics": out.metrics,
     }
-    return Sent(size, ctx.relay.upload(header, coalesce(pieces)))
+    return Sent(size, ctx.relay.upload(header, _file_pieces(spool)))

@@ -11,7 +11,7 @@ import logging
 import os
 
 from secagg.agent.modes.base import ModeContext, Outgoing, Sent, StoredGlobal, Task, upload
-from secagg.agent.protect import protect_plain
+from secagg.agent.protect import plain_size, protect_plain
 from secagg.errors import IntegrityError, PolicyRefusal
 from secagg.events import Event
 from secagg.framing import frame
@@ -87,7 +87,12 @@ class TeeMode(StoredGlobal):
         if trusted is None:  # only check_global of this very round may set it
             raise IntegrityError("no attested aggregator for this round: refusing to seal")
         self._trusted = None
+        # sealed as the plaintext bundle is made, a chunk at a time (its size is known up front)
         sealed = trusted.seal_update(
-            b"".join(protect_plain(out.bspec, out.weighted)), out.job_id, out.round, self.ctx.site
+            protect_plain(out.bspec, out.weighted),
+            out.job_id,
+            out.round,
+            self.ctx.site,
+            size=plain_size(out.bspec),
         )
         return upload(self.ctx, out, self.name, frame(sealed))

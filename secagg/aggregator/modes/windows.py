@@ -33,7 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
-from secagg.bundle import BundleSpec
+from secagg.bundle import BundleSpec, bundle_header
 from secagg.errors import UpdateRejected
 from secagg.reasons import Reason
 from secagg.windowsize import DEFAULT_WINDOW_BYTES
@@ -391,19 +391,6 @@ def f64_scratch(
         return f64_view(path, size)
     finally:
         path.unlink(missing_ok=True)
-
-
-def bundle_header(spec: BundleSpec) -> bytes:
-    """The safetensors header of a float32 bundle with ``spec``'s tensors laid out in bundle order
-    (8-byte length, JSON padded with spaces to 8 bytes, as the safetensors writer pads it)."""
-    header: dict[str, object] = {"__metadata__": {"order": json.dumps(spec.names)}}
-    pos = 0
-    for t in spec.tensors:
-        header[t.name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [pos, pos + 4 * t.size]}
-        pos += 4 * t.size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text
 
 
 class Fingerprint:
