@@ -440,13 +440,15 @@ class SiteAgent:
         )
         self._observe_budget()
         weight = weights[self.name]  # recomputed from the signed counts, never the aggregator's number
+        weighted = bspec.flatten(release.update)
+        weighted *= weight  # in place: one float64 copy of the model, not two
         out = Outgoing(
             spec=spec,
             job_id=job_id,
             round=round_,
             attempt=attempt,
             bspec=bspec,
-            weighted=bspec.flatten(release.update) * weight,
+            weighted=weighted,
             weight=weight,
             sites=sorted(weights),
             metrics=result.metrics,

@@ -20,6 +20,12 @@ pieces to what a PyTorch script does anyway:
   and Opacus' ``RDPAccountant`` counts the step. ``z`` is Opacus' ``get_noise_multiplier`` for the
   policy's ``target_epsilon`` / ``target_delta`` over ``epochs x len(loader)`` steps.
 
+Memory: DP-SGD works inside the training worker, on the model the script trains and on one batch's
+per-example gradients at a time (Opacus' ``grad_sample`` per parameter: batch size x model size while a
+batch is processed). It needs the whole model in the worker's memory, as training does anyway, and
+nothing of it is streamed; it adds no copy of the update at release (it spends budget, it does not
+transform the update the agent releases).
+
 The noise and the Poisson sampler draw from generators seeded from ``os.urandom``: a script that seeds
 torch (most do, for reproducibility) must not make the noise predictable to whoever reads the job.
 

@@ -7,6 +7,11 @@ bound per tensor and weaken the guarantee by the number of tensors, hence one gl
 The receipt carries ``z``, ``sample_rate`` (1.0 by default: from the site's own view its data is used
 every round it takes part) and one step, so the ledger composes rounds by RDP rather than by adding
 epsilons; its ``epsilon`` is this one release's, converted at the spec's ``delta``, for display.
+
+Memory: the mathematics needs the whole update only for its norm: one pass for ``||x||``, then a second
+that scales and noises each window independently, so a streamed form over a spooled update would hold a
+window, not the model. This implementation still works on the flat update in memory (a float64 copy of
+the model, and the noise); the two-pass streamed form over the spooled file is not built yet.
 """
 
 from __future__ import annotations

@@ -9,6 +9,13 @@ it translates to ``100 - P`` (:meth:`secagg.privacy.specs.PercentileSpec.from_nv
 Exactly ``ceil(n * percentile / 100)`` entries are shared (ties broken arbitrarily, so the count never
 drifts with repeated values); the rest travel as zeros in the same shapes, so HE and mask packing see the
 same layout. With ``gamma`` set, shared values are clipped to ``[-gamma, gamma]``.
+
+Memory: this filter needs the **whole update at once**. The top ``k`` entries are chosen across every
+tensor together (one ``argpartition`` over the flat update), so it holds the flat update, its
+magnitudes and the output, about three float64 copies of the model, at the site. It does not work per
+tensor or per window (a per-window top-k would keep a different set); a streamed version would need a
+threshold search over several passes and is not built. Sites with very large models should prefer
+``gaussian`` or ``exclude``, or budget the memory.
 """
 
 from __future__ import annotations

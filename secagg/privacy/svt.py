@@ -34,6 +34,11 @@ less than was spent is the one mistake a budget must never make.
 NVFlare divides the update by the round's local step count before clipping and multiplies back after;
 secagg filters see no step count, which is NVFlare's behaviour when that count is absent (1). NVFlare
 also passes zero-dimensional tensors through untouched; here they are entries like any other.
+
+Memory: SVT needs the **whole update at once**: its queries are asked in one uniformly random order over
+every entry of every tensor, and it stops at the c-th "above" wherever that falls, so neither tensors nor
+windows can be processed independently without changing the mechanism (and its proof). It holds the
+flat update, the clipped queries and the output: a few float64 copies of the model.
 """
 
 from __future__ import annotations
