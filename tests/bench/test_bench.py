@@ -299,7 +299,9 @@ def test_a_window_of_a_few_values_gives_the_same_download(tmp_path: Path, mode: 
         results.append(down_path(work, 0).read_bytes())
     assert results[0] == results[1]
     _lap, out = m.unprotect(work, wl, 0)
-    assert isinstance(out, float) and out < 1e-6  # the streamed modes compare a window at a time
+    # the streamed modes compare a window at a time and return the error; tee-mask returns the average
+    err = out if isinstance(out, float) else float(np.max(np.abs(out - wl.expected())))
+    assert err < 1e-6
 
 
 def test_tee_mask_seals_what_the_host_relays_and_the_site_checks_the_enclave(tmp_path: Path) -> None:
