@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from secagg.cli import main
@@ -304,3 +305,44 @@ def test_job_report_has_every_round_and_the_initial_model(tmp_path: Path) -> Non
     text = (tmp_path / "report.md").read_text()
     assert "| 0 (initial model) | | | 0.7500 |" in text and "| 2 | 2 | 0.50 | 0.2500 |" in text
     assert str(logs["site-1"]) in text and (tmp_path / "metrics.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_simulated_folder_runs_unchanged_on_a_deployment(
+    simulated: tuple[Path, Path, dict[str, str]],
+    workspace: Path,
+    data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What simulate ran, signed with a real project's submitter kit and served by a real aggregator
+    to real site agents over mTLS: no file of the folder is edited, and it federates to the end."""
+    from secagg.bundle import from_safetensors
+    from tests.integration.harness import TEST_POLICY, start, write_policies
+
+    job, _, before = simulated
+    deploy = tmp_path / "my-job"
+    shutil.copytree(job, deploy)
+    rc, _, err = _run(capsys, "job", "sign", deploy, "--kit", workspace / "submitter@org-1")
+    assert rc == 0, err
+    assert {
+        k: v for k, v in _digests(deploy).items() if k in before
+    } == before  # signing added, edited nothing
+    sites = ["site-1", "site-2", "site-3"]  # every site of the project: no round waits out its timeout
+    for s in sites:  # each site's own data, in the layout the template reads
+        shutil.copytree(data / s, tmp_path / "data" / s)
+    run = start(
+        tmp_path, workspace, deploy, sites=sites, policies=write_policies(tmp_path, TEST_POLICY, sites)
+    )
+    try:
+        run.join(timeout=400)
+        assert not run.errors, run.errors
+        finals = sorted((tmp_path / "state").glob("site-*/jobs/*/final.safetensors"))
+        assert [p.parts[-4] for p in finals] == sites
+        models = [from_safetensors(p.read_bytes()) for p in finals]
+        for other in models[1:]:  # one global model at every site
+            assert other.keys() == models[0].keys()
+            assert all(np.array_equal(models[0][k], other[k]) for k in models[0])
+    finally:
+        run.stop()
