@@ -136,7 +136,18 @@ def _pid(r: RunResult) -> int:
     return int(r.metrics["pid"])
 
 
-def _gone(pid: int) -> bool:
+def _gone(pid: int, within: float = 5.0) -> bool:
+    """SIGKILL to a process group is delivered asynchronously: a member on another CPU (or not scheduled
+    on a loaded machine) may still show for a moment after the leader was reaped."""
+    deadline = time.monotonic() + within
+    while not _gone_now(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _gone_now(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
