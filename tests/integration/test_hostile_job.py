@@ -27,7 +27,7 @@ SANDBOX = """\
 sandbox:
   memory_bytes: 1073741824
   processes: 64
-  cpu_seconds: 20
+  cpu_seconds: 6
 """
 
 HOSTILE = """\
