@@ -84,6 +84,7 @@ class _Seal:
     first_parms_id: list[int]
     scale: float
     data_primes: int
+    max_body: int  # the largest ciphertext body this context can need, inflated (two full halves)
     encoder: sealapi.CKKSEncoder
     evaluator: sealapi.Evaluator
     encryptor: sealapi.Encryptor | None
@@ -112,6 +113,7 @@ def _seal(ctx: PublicContext | SecretContext) -> _Seal:
             first_parms_id=list(sc.first_parms_id()),
             scale=2.0**ctx.params.scale_bits,
             data_primes=len(ctx.params.coeff_mod_bit_sizes) - 1,
+            max_body=max_frame_bytes(ctx.params),
             encoder=sealapi.CKKSEncoder(sc),
             evaluator=sealapi.Evaluator(sc),
             encryptor=encryptor,
@@ -124,7 +126,7 @@ def _seal(ctx: PublicContext | SecretContext) -> _Seal:
 def _load_ciphertext(tools: _Seal, blob: memoryview) -> sealapi.Ciphertext:
     """Parse and check a ciphertext against the context: shape, level, scale, not a plaintext in disguise."""
     try:
-        ct = sealio.load_ciphertext(tools.context, blob)
+        ct = sealio.load_ciphertext(tools.context, blob, tools.max_body)
     except Exception as exc:  # SEAL raises bare ValueError/RuntimeError on any bad input
         raise UpdateRejected(
             f"HE ciphertext does not parse under this context: {type(exc).__name__}",

@@ -12,11 +12,23 @@ Ciphertexts are not secret; no key ever passes through here.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 import threading
 from typing import Protocol
 
 import tenseal.sealapi as sealapi
+import zstandard
+
+# SEAL's serialization header: magic, header size, version major, minor, compression mode, reserved,
+# total size (header included), little-endian (seal/serialization.h, SEALHeader).
+_HEADER = struct.Struct("<HBBBBHQ")
+_MAGIC = 0xA15E
+_COMPR_NONE = 0
+_COMPR_ZSTD = 2
+# zstd is fed this much compressed input at a time: one call can then inflate to at most a few
+# MiB (16: a zstd block yields at most 128 KiB from a 4-byte RLE block), so the bound below holds.
+_FEED = 512
 
 
 class _Saveable(Protocol):
@@ -60,12 +72,63 @@ def to_bytes(obj: _Saveable) -> bytes:
     return os.pread(s.fd, size, 0)
 
 
-def load_ciphertext(context: object, data: bytes | bytearray | memoryview) -> sealapi.Ciphertext:
+def uncompressed(data: bytes | bytearray | memoryview, max_body: int) -> bytes | memoryview:
+    """``data`` with its zstd body inflated here, bounded, and re-headed as SEAL's uncompressed mode.
+
+    Why: SEAL's own zstd path, fed hostile bytes, once aborted the whole process from C++
+    (``terminate called after throwing std::__ios_failure``, a long fuzz run of the aggregator's HE
+    add), which no Python handler can catch. Here the header is parsed strictly, the body is
+    inflated by python-zstandard with the output capped at ``max_body`` bytes (what the context's
+    largest ciphertext needs), one frame and nothing after it; SEAL then only ever parses plain
+    bytes. Raises ``ValueError`` naming what is wrong.
+    """
+    view = memoryview(data)
+    if len(view) < _HEADER.size:
+        raise ValueError("shorter than SEAL's header")
+    magic, header_size, major, minor, compr, reserved, size = _HEADER.unpack_from(view)
+    if magic != _MAGIC or header_size != _HEADER.size or reserved != 0:
+        raise ValueError("not a SEAL object (magic, header size or reserved field)")
+    if size != len(view):
+        raise ValueError(f"SEAL header declares {size} bytes, {len(view)} given")
+    body = view[_HEADER.size :]
+    if compr == _COMPR_NONE:
+        if len(body) > max_body:
+            raise ValueError(f"SEAL body of {len(body)} bytes exceeds {max_body}")
+        return view
+    if compr != _COMPR_ZSTD:
+        raise ValueError(f"SEAL compression mode {compr} is not zstd or none")
+    inflater = zstandard.ZstdDecompressor().decompressobj()
+    out = bytearray()
+    fed = 0
+    try:
+        while fed < len(body) and not inflater.eof:
+            piece = body[fed : fed + _FEED]
+            fed += len(piece)
+            out += inflater.decompress(piece)
+            if len(out) > max_body:
+                raise ValueError(f"SEAL body inflates past {max_body} bytes")
+        done = inflater.eof
+        rest = len(inflater.unused_data) + len(body) - fed
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"SEAL body is not valid zstd: {exc}") from None
+    if not done:
+        raise ValueError("SEAL body ends inside its zstd frame")
+    if rest:
+        raise ValueError("bytes after the SEAL body's zstd frame")
+    return _HEADER.pack(_MAGIC, _HEADER.size, major, minor, _COMPR_NONE, 0, _HEADER.size + len(out)) + out
+
+
+def load_ciphertext(
+    context: object, data: bytes | bytearray | memoryview, max_body: int
+) -> sealapi.Ciphertext:
     """Parse SEAL ciphertext bytes under ``context``; SEAL itself checks them against its parameters.
 
-    Raises whatever SEAL raises (bare ``ValueError``/``RuntimeError``) on any malformed input; the
-    caller turns that into a refusal. A seeded ciphertext comes back with its uniform half regenerated.
+    The body is inflated first by :func:`uncompressed` (at most ``max_body`` bytes). Raises
+    ``ValueError`` or whatever SEAL raises (bare ``ValueError``/``RuntimeError``) on any malformed
+    input; the caller turns that into a refusal. A seeded ciphertext comes back with its uniform half
+    regenerated.
     """
+    data = uncompressed(data, max_body)
     s = _scratch.file
     os.pwrite(s.fd, data, 0)
     os.ftruncate(s.fd, len(data))  # after the write: pages are reused, not freed and faulted in again
