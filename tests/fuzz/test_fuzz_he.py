@@ -39,12 +39,24 @@ def _seeds() -> list[bytes]:
     return [fresh[0], next(acc.result())]
 
 
+def _this_context(data: bytes) -> bytes:
+    """``data`` with its frame's context id set to this process's (a fresh random key every run).
+
+    Why: an input saved from one run would otherwise meet a context id of another key on replay and be
+    refused before SEAL sees it (``wrong_context``), which is how a SEAL abort once went unreproduced.
+    """
+    at = len(codec.FRAME_MAGIC) + 1
+    if len(data) < at + len(_public().context_id):
+        return data
+    return data[:at] + _public().context_id + data[at + len(_public().context_id) :]
+
+
 def _add(data: bytes) -> None:
-    codec.CiphertextAccumulator(_public(), 1).add(0, data)
+    codec.CiphertextAccumulator(_public(), 1).add(0, _this_context(data))
 
 
 def _decrypt(data: bytes) -> None:
-    codec.decrypt_vector(_ctx(), [data], 10)
+    codec.decrypt_vector(_ctx(), [_this_context(data)], 10)
 
 
 TARGETS = [
