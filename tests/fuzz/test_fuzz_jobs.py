@@ -25,23 +25,11 @@ from secagg.jobs.job import parse_spec, verify_job
 from secagg.jobs.manifest import FileEntry, Manifest, parse_manifest
 from secagg.policy.check import check_policy_text
 from tests.fuzz._harness import VECTORS, Target, inputs
+from tests.jobs.conftest import JOB_YAML as _JOB_YAML_TEXT
 
 _POLICIES = VECTORS.parent.parent / "policies"
 
-JOB_YAML = b"""\
-name: breast-cancer
-rounds: 3
-min_sites: 2
-mode: he
-model: model.safetensors
-entry: train.py
-round_timeout: 60
-strategy: {name: fedavg}
-he: {preset: secagg-default}
-privacy:
-  - {name: percentile, percentile: 20, gamma: 0.5}
-params: {lr: 0.01}
-"""
+JOB_YAML = _JOB_YAML_TEXT.encode()  # the job fixtures' valid job.yaml, as bytes
 
 
 def _manifest() -> bytes:
