@@ -144,7 +144,7 @@ class Reason(StrEnum):
     DISTRIBUTED_DP_MODE = (
         "distributed_dp_mode",
         FAILED_PRECONDITION,
-        "distributed_gaussian outside mask and tee-mask (he, plain, tee)",
+        "distributed_gaussian outside mask, tee-mask and tee (he, plain)",
     )
     DISTRIBUTED_DP_SITES = (
         "distributed_dp_sites",
