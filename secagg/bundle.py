@@ -154,13 +154,17 @@ def from_safetensors(data: bytes) -> OrderedDict[str, np.ndarray]:
     return OrderedDict((n, tensors[n]) for n in order)
 
 
-def bundle_header(spec: BundleSpec) -> bytes:
-    """The safetensors header of a float32 bundle with ``spec``'s tensors laid out in bundle order
-    (8-byte length, JSON padded with spaces to 8 bytes, as the safetensors writer pads it)."""
-    header: dict[str, object] = {"__metadata__": {"order": json.dumps(spec.names)}}
+def bundle_header(spec: BundleSpec, dtype: str = "F32", metadata: Mapping[str, str] | None = None) -> bytes:
+    """The safetensors header of a bundle of 4-byte values (``F32``, or ``U32`` for the residues of a
+    distributed-DP share) with ``spec``'s tensors laid out in bundle order (8-byte length, JSON
+    padded with spaces to 8 bytes, as the safetensors writer pads it); ``metadata`` joins the order."""
+    if dtype not in ("F32", "U32"):
+        raise ValueError(f"bundle_header writes 4-byte values, not {dtype}")
+    meta = {"order": json.dumps(spec.names), **(metadata or {})}
+    header: dict[str, object] = {"__metadata__": meta}
     pos = 0
     for t in spec.tensors:
-        header[t.name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [pos, pos + 4 * t.size]}
+        header[t.name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [pos, pos + 4 * t.size]}
         pos += 4 * t.size
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)

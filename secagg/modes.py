@@ -20,29 +20,44 @@ class ModeTraits:
     attested: bool
     #: no single party sees one site's update in the clear (modes where distributed noise suffices)
     hides_single_update: bool
+    #: distributed_gaussian's integer shares are summed exactly (Z_2^32) where no party outside an
+    #: attested enclave sees one share: masked (``mask``, ``tee-mask``) or sealed to the enclave (``tee``)
+    sums_shares: bool
     #: what ``policy explain`` says the mode does
     words: str
 
 
 _ALL = (
     ModeTraits(
-        "plain", False, False, False, "plain (the aggregator sees each update in the clear: baselines only)"
+        "plain",
+        False,
+        False,
+        False,
+        False,
+        "plain (the aggregator sees each update in the clear: baselines only)",
     ),
     ModeTraits(
-        "he", False, False, False, "he (homomorphic encryption: the aggregator sees only ciphertexts)"
+        "he", False, False, False, False, "he (homomorphic encryption: the aggregator sees only ciphertexts)"
     ),
     ModeTraits(
         "mask",
         True,
         False,
         True,
+        True,
         "mask (pairwise masking: the aggregator sees only masked vectors that cancel in the sum)",
     ),
     ModeTraits(
-        "tee", False, True, False, "tee (updates are decrypted only inside an attested confidential VM)"
+        "tee",
+        False,
+        True,
+        False,
+        True,
+        "tee (updates are decrypted only inside an attested confidential VM)",
     ),
     ModeTraits(
         "tee-mask",
+        True,
         True,
         True,
         True,

@@ -80,6 +80,11 @@ class Reason(StrEnum):
     DTYPE = ("dtype", INVALID_ARGUMENT, "an update tensor of the wrong dtype")
     NON_FINITE = ("non_finite", INVALID_ARGUMENT, "an update with NaN or infinite values")
     OUT_OF_RANGE = ("out_of_range", INVALID_ARGUMENT, "a value outside the range the protocol allows")
+    SHARE_MISMATCH = (
+        "share_mismatch",
+        INVALID_ARGUMENT,
+        "a distributed-DP share in a round of weighted updates, or the reverse, or another fixed point",
+    )
     CORRUPT = ("corrupt", INVALID_ARGUMENT, "a stream whose digest or framing is wrong")
     TRUNCATED = ("truncated", INVALID_ARGUMENT, "a stream that ended before its trailer")
     OVERSIZE = ("oversize", INVALID_ARGUMENT, "a payload larger than allowed")
@@ -144,7 +149,7 @@ class Reason(StrEnum):
     DISTRIBUTED_DP_MODE = (
         "distributed_dp_mode",
         FAILED_PRECONDITION,
-        "distributed_gaussian outside mask and tee-mask (he, plain, tee)",
+        "distributed_gaussian outside mask, tee-mask and tee (he, plain)",
     )
     DISTRIBUTED_DP_SITES = (
         "distributed_dp_sites",

@@ -28,3 +28,5 @@ def test_traits_say_what_each_mode_needs() -> None:
     assert {"tee", "tee-mask"} == modes.ATTESTED
     assert {m.name for m in modes.MODES.values() if m.masked} == {"mask", "tee-mask"}
     assert {m.name for m in modes.MODES.values() if m.hides_single_update} == {"mask", "tee-mask"}
+    # distributed_gaussian: its shares are summed exactly where no party outside an enclave sees one
+    assert {m.name for m in modes.MODES.values() if m.sums_shares} == {"mask", "tee-mask", "tee"}

@@ -1,7 +1,9 @@
 """Mode protection of a site's pre-weighted update: what leaves the site, as a byte stream.
 
 ``plain`` is safetensors of the weighted update (baselines only, and only where the policy allows
-it); ``he`` is the framed CKKS ciphertext stream of one flat slot vector.
+it); ``he`` is the framed CKKS ciphertext stream of one flat slot vector. A ``distributed_gaussian``
+share goes to the ``tee`` enclave as a safetensors bundle of its residues mod 2^32
+(:func:`protect_share`), never as floats, so the enclave adds exactly what ``mask`` would.
 """
 
 from __future__ import annotations
@@ -34,6 +36,27 @@ def protect_plain(spec: BundleSpec, weighted: np.ndarray) -> Iterator[bytes]:
     yield bundle_header(spec)
     for start in range(0, spec.size, PIECE_VALUES):
         yield np.ascontiguousarray(weighted[start : start + PIECE_VALUES], dtype="<f4").tobytes()
+
+
+def share_size(spec: BundleSpec, frac_bits: int) -> int:
+    """Bytes of :func:`protect_share`'s stream (header, then 4 bytes a residue)."""
+    from secagg.privacy.shares import SHARE_DTYPE, share_metadata
+
+    return len(bundle_header(spec, SHARE_DTYPE, share_metadata(frac_bits))) + 4 * spec.size
+
+
+def protect_share(spec: BundleSpec, integers: np.ndarray, frac_bits: int) -> Iterator[bytes]:
+    """The ``U32`` safetensors bundle of a distributed-DP share's residues mod 2^32 (bundle order), its
+    fixed point in the metadata, a 4 MiB piece at a time."""
+    from secagg.privacy.shares import SHARE_DTYPE, residues, share_metadata
+
+    if integers.shape != (spec.size,):
+        raise UpdateRejected(
+            f"integer share has {integers.size} values, spec has {spec.size}", code=Reason.BAD_SHAPE
+        )
+    yield bundle_header(spec, SHARE_DTYPE, share_metadata(frac_bits))
+    for start in range(0, spec.size, PIECE_VALUES):
+        yield residues(integers[start : start + PIECE_VALUES]).astype("<u4", copy=False).tobytes()
 
 
 def protect_he(secret_ctx: object, weighted: np.ndarray) -> Iterator[bytes]:

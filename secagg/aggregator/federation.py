@@ -862,7 +862,7 @@ class Federation:
         if len(uploads) < job.spec.min_sites:
             self._retry(job, cur, f"{len(uploads)} valid uploads, the job needs {job.spec.min_sites}")
             return
-        weight = sum(cur.roster["weights"][s] for s in uploads)
+        weight = self.mode.total_weight(cur.round, uploads, cur.roster["weights"])
         if not (math.isfinite(weight) and weight > 0):  # the roster bounds counts; this must not pass
             raise UpdateRejected(
                 f"round {cur.round}: the uploads' weights sum to {weight}", code=Reason.BAD_WEIGHT

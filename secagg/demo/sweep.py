@@ -1,6 +1,7 @@
 """The price of privacy: final global AUC against epsilon, for SVT, the Gaussian filter and
 distributed DP (``distributed_gaussian``: Skellam shares whose sum carries the noise, run in ``mask``
-mode whatever the sweep's mode, since only a masked sum may carry distributed noise).
+mode whatever the sweep's mode: ``tee`` and ``tee-mask`` release the same mean of the same shares, and
+``he`` and ``plain`` refuse distributed noise).
 
 Each setting is one real federation whose job asks for the filter in its ``privacy:`` list, at sites
 whose policy carries a budget just large enough to admit it. The planned epsilon is the job's worst
@@ -81,7 +82,8 @@ def _distributed(noise_multiplier: float, min_honest_sites: int = 2) -> Setting:
 
 
 def mode_for(setting: Setting, mode: str) -> str:
-    """The mode a setting runs in: distributed noise only under masking (admission refuses the rest)."""
+    """The mode a setting runs in: distributed noise in ``mask`` (whose release ``tee`` and ``tee-mask``
+    share; admission refuses it in ``he`` and ``plain``)."""
     return "mask" if setting.mechanism == "distributed_gaussian" else mode
 
 

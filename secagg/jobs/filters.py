@@ -56,8 +56,8 @@ class GaussianFilter(_Filter):
 
 
 class DistributedGaussianFilter(_Filter):
-    """Distributed DP (modes ``mask`` and ``tee`` only): each site clips to ``clip``, quantises at the
-    mask's fixed point (``frac_bits``, which must equal the job's ``mask.frac_bits``) and adds a share
+    """Distributed DP (modes ``mask``, ``tee-mask`` and ``tee`` only): each site clips to ``clip``,
+    quantises at the fixed point 2^-``frac_bits`` (no finer than the mask's, where masked) and adds a share
     of Skellam noise so that any ``min_honest_sites`` honest sites' sum carries ``noise_multiplier``."""
 
     name: Literal["distributed_gaussian"]

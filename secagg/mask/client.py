@@ -198,8 +198,10 @@ class MaskClient:
         else:
             size = int(np.size(integers))
             y = np.empty(size + 1, dtype=np.uint32)
-            # two's complement mod 2^32: the sum of the residues is the integer sum mod 2^32
-            np.copyto(y[:size], np.asarray(integers, dtype=np.int64) & 0xFFFFFFFF, casting="unsafe")
+            from secagg.privacy.shares import residues
+
+            # two's complement mod 2^32, as every mode that sums shares reduces them
+            y[:size] = residues(integers)
         quantize(np.array([w]), cfg.max_weight, cfg.frac_bits, out=y[size:])
         plus, minus = self._commit_masks(held)  # a refused update (above) leaves the phase as it was
         apply_masks(y, plus, minus)

@@ -294,8 +294,9 @@ def _semantic(policy: SitePolicy) -> list[tuple[Path_, str, str]]:
                 (
                     where,
                     f"distributed_gaussian is refused in every mode this policy allows "
-                    f"({', '.join(policy.modes)}): only mask and tee-mask hide a single update",
-                    "allow mask or tee-mask in modes, or require gaussian instead",
+                    f"({', '.join(policy.modes)}): only mask, tee-mask and tee sum its shares where "
+                    "no party outside an attested enclave sees one",
+                    "allow mask, tee-mask or tee in modes, or require gaussian instead",
                 )
             )
         if f.name in _NEEDS_DELTA and budget is not None and budget.delta == 0:

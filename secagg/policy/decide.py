@@ -40,14 +40,12 @@ DISTRIBUTED = "distributed_gaussian"
 
 
 def distributed_dp_allowed(mode: str) -> bool:
-    """Modes where distributed noise is enough: the sum is formed from masked integer shares
-    (``mask``, ``tee-mask``), so nobody sees one update and the honest sites' Skellam shares add up
-    exactly. In ``he`` every site holds the secret key and in ``plain`` the aggregator reads each
-    update, so a share of the noise would leave one update almost bare. ``tee`` is refused for now:
-    its enclave forms a sample-weighted float mean, which scales each site's share by its own weight,
-    so the sum is no longer the Skellam sum the ledger charges (see policies/README.md)."""
-    t = traits(mode)
-    return t.masked and t.hides_single_update
+    """Modes where distributed noise is enough: the sum is formed exactly from integer shares that
+    no party outside an attested enclave sees one of: masked in ``mask`` and ``tee-mask``, sealed to
+    the enclave in ``tee`` (which sums the shares in Z_2^32 as the mask protocol does and averages
+    them uniformly). In ``he`` every site holds the secret key and in ``plain`` the aggregator reads
+    each update, so a share of the noise would leave one update almost bare."""
+    return traits(mode).sums_shares
 
 
 @dataclass(frozen=True)
@@ -214,8 +212,7 @@ def _distributed_rules(job: JobSpec, chain: Sequence[AnyFilter]) -> list[Reason]
                     Code.DISTRIBUTED_DP_MODE,
                     f"distributed_gaussian splits its noise across {m} sites, but in mode {job.mode} "
                     "a single site's update is visible to some party, where its share of the noise "
-                    "protects it hardly at all (tee: the enclave's weighted float mean does not keep the "
-                    "Skellam sum exact); use mask or tee-mask.",
+                    "protects it hardly at all; use mask, tee-mask or tee.",
                 )
             )
             continue

@@ -39,7 +39,8 @@ def describe_filter(f: AnyFilter, n_params: int | None = None) -> str:
             f"2^-{f.frac_bits} and add this site's 1/{f.min_honest_sites} share of Skellam noise, so "
             f"that the sum of any {f.min_honest_sites} honest sites carries noise multiplier "
             f"{f.noise_multiplier} (Agarwal, Kairouz, Liu 2021); only in mask and tee-mask, where "
-            "nobody sees one site's update; the ledger charges the "
+            "nobody sees one site's update, and tee, where only the attested enclave does; the ledger "
+            "charges the "
             "sum's guarantee, which assumes at least "
             f"{f.min_honest_sites} honest sites in every round"
         )

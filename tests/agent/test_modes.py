@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
@@ -88,3 +89,63 @@ def test_tee_never_seals_without_this_rounds_attestation(tmp_path: Path) -> None
     with pytest.raises(IntegrityError, match="no attested aggregator"):
         TeeMode(_ctx(tmp_path, relay)).protect_and_send(_out())
     assert relay.uploads == []
+
+
+class _Trusted:
+    """An attested aggregator that keeps what the site sealed to it."""
+
+    def __init__(self) -> None:
+        self.sealed: list[bytes] = []
+
+    def seal_update(self, payload: Any, job: str, round: int, site: str, *, size: int | None = None) -> Any:
+        body = b"".join(payload)
+        assert size is None or size == len(body)
+        self.sealed.append(body)
+        return [body]
+
+
+#: the admission module (``secagg.policy.decide`` the attribute is the function of that name)
+_DECIDE = importlib.import_module("secagg.policy.decide")
+
+
+def _ddg(noise_multiplier: float) -> Any:
+    from secagg.jobs.filters import DistributedGaussianFilter
+
+    return DistributedGaussianFilter(
+        name="distributed_gaussian", clip=1.0, noise_multiplier=noise_multiplier, min_honest_sites=2
+    )
+
+
+def test_tee_seals_the_integer_share_unweighted_under_distributed_gaussian(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secagg.aggregator.modes.windows import BytesSource, Layout
+    from secagg.privacy.shares import SHARE_KEY
+
+    monkeypatch.setattr(_DECIDE, "distributed_filter", lambda policy, job: _ddg(1.0))
+    k = np.array([3, -7, 0, 65536, -1, 12, 5, -2])  # the filter's share, in units of 2^-16
+    mode = TeeMode(_ctx(tmp_path))
+    trusted = _Trusted()
+    mode._trusted = trusted  # type: ignore[assignment]
+    mode.protect_and_send(_out(weighted=k * 2.0**-16 * 0.3, weight=0.3))
+    (body,) = trusted.sealed
+    layout = Layout.parse(BytesSource(body))
+    assert layout.meta[SHARE_KEY] == "distributed_gaussian"
+    got = np.concatenate(
+        [np.frombuffer(body[e.start : e.end], "<u4") for e in (layout.entries[n] for n in ("w", "b"))]
+    )
+    assert got.view(np.int32).tolist() == k.tolist()  # the integers themselves, not times the weight
+
+
+def test_tee_refuses_a_share_round_whose_32_bit_sum_could_wrap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secagg.errors import ConfigError
+
+    monkeypatch.setattr(_DECIDE, "distributed_filter", lambda policy, job: _ddg(1.0e5))
+    mode = TeeMode(_ctx(tmp_path))
+    trusted = _Trusted()
+    mode._trusted = trusted  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="could wrap"):
+        mode.protect_and_send(_out(weighted=np.zeros(8), weight=0.3))
+    assert trusted.sealed == []

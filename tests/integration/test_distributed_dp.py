@@ -1,12 +1,15 @@
 """distributed_gaussian end to end: a mask federation adds Skellam shares at each site, the unmasked
 integer sum is the uniform mean plus the honest sum's noise, every site's ledger charges exactly the
 sum-level epsilon accounting computes, the same in tee-mask (the sum formed in the dev-TEE enclave from
-masked shares), and an ``he`` job with the filter is refused at admission."""
+masked shares) and in tee (the shares sealed to the dev-TEE enclave, which sums them in Z_2^32: the
+global model is exactly the mean of the integer shares it opened, and each share carries only its
+site's share of the noise), and ``he`` and ``plain`` jobs with the filter are refused at admission."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -55,29 +58,51 @@ def _uniform_mean(rounds: int) -> dict[str, np.ndarray]:
 
 
 MEASUREMENT = hashlib.sha384(b"aggregator image").digest()
+ATTESTATION = {
+    "types": ["dev-tee"],
+    "measurements": [MEASUREMENT.hex()],
+    "allow_insecure_dev_tee": True,
+    "max_age_s": 600,
+}
 #: tee-mask: the mask protocol with its server in the (insecure, software) dev-TEE enclave
-TEE_MASK_POLICY = _policy(
-    modes=["plain", "tee-mask"],
-    attestation={
-        "types": ["dev-tee"],
-        "measurements": [MEASUREMENT.hex()],
-        "allow_insecure_dev_tee": True,
-        "max_age_s": 600,
-    },
-)
+TEE_MASK_POLICY = _policy(modes=["plain", "tee-mask"], attestation=ATTESTATION)
+#: tee: the shares sealed to the dev-TEE enclave, which sums them itself
+TEE_POLICY = _policy(modes=["plain", "tee"], attestation=ATTESTATION)
 
 
-@pytest.mark.parametrize("mode", ["mask", "tee-mask"])
-def test_masked_federation_charges_the_sum_level_epsilon(tmp_path: Path, workspace: Path, mode: str) -> None:
+class RecordingEnclave(Enclave):
+    """The dev-TEE enclave with a window on what it opens: the test plays a broken enclave that
+    reads every upload's plaintext (chunk by chunk, as the windowed combine opens them)."""
+
+    def __init__(self) -> None:
+        super().__init__(DevTeeAttester(ec.generate_private_key(ec.SECP384R1()), MEASUREMENT))
+        #: (round, site) -> upload id -> chunk index -> plaintext
+        self.seen: dict[tuple[int, str], dict[bytes, dict[int, bytes]]] = {}
+
+    def open_update_chunk(self, raw: bytes, expect: Any, job: str, round: int, site: str) -> bytes:
+        out = super().open_update_chunk(raw, expect, job, round, site)
+        self.seen.setdefault((round, site), {}).setdefault(expect.upload_id, {})[expect.index] = bytes(out)
+        return out
+
+    def upload(self, round_: int, site: str) -> bytes:
+        """The one upload a site sealed in a round, as the enclave opened it."""
+        (chunks,) = self.seen[(round_, site)].values()
+        return b"".join(chunks[i] for i in range(len(chunks)))
+
+
+@pytest.mark.parametrize("mode", ["mask", "tee-mask", "tee"])
+def test_share_summing_federation_charges_the_sum_level_epsilon(
+    tmp_path: Path, workspace: Path, mode: str
+) -> None:
     rounds = 2
-    job = make_tiny_job(
-        tmp_path / "job", workspace, mode=mode, rounds=rounds, extra={"mask": {"threshold": 2, "clip": 1.0}}
-    )
+    extra = {} if mode == "tee" else {"mask": {"threshold": 2, "clip": 1.0}}
+    job = make_tiny_job(tmp_path / "job", workspace, mode=mode, rounds=rounds, extra=extra)
+    enclave: RecordingEnclave | None = None
     if mode == "mask":
-        policies, enclave = write_policies(tmp_path, _policy()), None
+        policies = write_policies(tmp_path, _policy())
     else:
-        policies = write_policies(tmp_path, TEE_MASK_POLICY)
-        enclave = Enclave(DevTeeAttester(ec.generate_private_key(ec.SECP384R1()), MEASUREMENT))
+        policies = write_policies(tmp_path, TEE_POLICY if mode == "tee" else TEE_MASK_POLICY)
+        enclave = RecordingEnclave()
     run = start(tmp_path, workspace, job, policies=policies, enclave=enclave)
     try:
         run.join()
@@ -100,14 +125,57 @@ def test_masked_federation_charges_the_sum_level_epsilon(tmp_path: Path, workspa
             ]
             assert all(e.spend.noise_multiplier == z_eff for e in entries)
             assert ledger.total()[0] == expected
-        if mode == "tee-mask":  # every site attested the enclave each round before it sent anything
+        if mode != "mask":  # every site attested the enclave each round before it sent anything
             audit = (tmp_path / "state" / site / "audit.jsonl").read_text().splitlines()
             attested = [r for r in map(json.loads, audit) if r["event"] == Event.AGGREGATOR_ATTESTED]
             assert len(attested) >= rounds
+    if mode == "tee":
+        assert enclave is not None
+        _check_tee_shares(enclave, rounds, got)
 
 
-def test_he_job_with_distributed_gaussian_is_refused_at_admission(tmp_path: Path, workspace: Path) -> None:
-    job = make_tiny_job(tmp_path / "job", workspace, mode="he", rounds=1, round_timeout=10)
+def _check_tee_shares(enclave: RecordingEnclave, rounds: int, got: dict[str, np.ndarray]) -> None:
+    """What the enclave opened were the sites' integer shares (U32 residues at 2^-16, never floats);
+    the global model is exactly INIT plus, each round, their sum read as signed 32-bit over the
+    number of shares; and one share, all a broken enclave sees of a site, carries that site's share
+    of the noise only: standard deviation z D2 / sqrt(m) in integer units, sqrt(m) below the sum's."""
+    from safetensors.numpy import load as st_load
+
+    from secagg.privacy.distributed import norm_bound, share_mu
+    from secagg.privacy.shares import FRAC_BITS_KEY, SHARE_KEY
+
+    shapes = {k: v.shape for k, v in INIT.items()}
+    names = list(INIT)
+    want = np.concatenate([INIT[k].astype(np.float64).ravel() for k in names])
+    residual: list[np.ndarray] = []
+    for r in range(1, rounds + 1):
+        total = np.zeros(N_PARAMS, np.uint32)
+        for site in SAMPLES:
+            raw = enclave.upload(r, site)
+            head = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+            assert head["__metadata__"][SHARE_KEY] == "distributed_gaussian"
+            assert head["__metadata__"][FRAC_BITS_KEY] == "16"
+            assert {head[k]["dtype"] for k in names} == {"U32"}
+            tensors = st_load(raw)
+            share = np.concatenate([tensors[k].ravel() for k in names]).astype(np.uint32)
+            np.add(total, share, out=total)
+            exact = share.view(np.int32).astype(np.float64) * 2.0**-16
+            true = np.concatenate([delta(site, r, shapes)[k].astype(np.float64).ravel() for k in names])
+            residual.append(exact - true)
+        want = want + total.view(np.int32).astype(np.float64) * 2.0**-16 / len(SAMPLES)
+    flat = np.concatenate([got[k].astype(np.float64).ravel() for k in names])
+    assert np.allclose(flat, want, rtol=0, atol=1e-6)  # float32 rounding of the stored model only
+    d2 = norm_bound(DDG["clip"], 16, N_PARAMS)
+    per_share = math.sqrt(2 * share_mu(DDG["noise_multiplier"], d2, DDG["min_honest_sites"])) * 2.0**-16
+    spread = float(np.std(np.concatenate(residual)))
+    assert 0.7 * per_share < spread < 1.4 * per_share, (spread, per_share)
+
+
+@pytest.mark.parametrize("mode", ["he", "plain"])
+def test_a_job_where_one_update_is_visible_is_refused_at_admission(
+    tmp_path: Path, workspace: Path, mode: str
+) -> None:
+    job = make_tiny_job(tmp_path / "job", workspace, mode=mode, rounds=1, round_timeout=10)
     run = start(tmp_path, workspace, job, policies=write_policies(tmp_path, _policy()))
     try:
         run.join(timeout=60)

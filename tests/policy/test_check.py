@@ -243,15 +243,16 @@ def test_distributed_gaussian_one_round_cost_is_checked_as_gaussian_is() -> None
 
 def test_distributed_gaussian_with_no_mode_that_admits_it() -> None:
     # every job would be refused at admission (distributed_dp_mode): policy check says so first
-    text = DISTRIBUTED.replace("modes: [mask]", "modes: [he, tee]").replace(
+    text = DISTRIBUTED.replace("modes: [mask]", "modes: [he, plain]").replace(
         "noise_multiplier: 0.1", "noise_multiplier: 10"
     )
-    text += "attestation:\n  types: [dev-tee]\n  allow_insecure_dev_tee: true\n"
     found = issues(text)
-    assert has(found, 6, "privacy.required[0]", "refused in every mode this policy allows (he, tee)")
+    assert has(found, 6, "privacy.required[0]", "refused in every mode this policy allows (he, plain)")
     assert len(found) == 1, found
-    fine = DISTRIBUTED.replace("modes: [mask]", "modes: [he, tee-mask]").replace(
-        "noise_multiplier: 0.1", "noise_multiplier: 10"
-    )
-    fine += "attestation:\n  types: [dev-tee]\n  allow_insecure_dev_tee: true\n"
-    assert check_policy_text(fine)[1] == []
+    # tee sums the shares sealed to the attested enclave; tee-mask masks them inside it
+    for modes in ("[he, tee-mask]", "[he, tee]"):
+        fine = DISTRIBUTED.replace("modes: [mask]", f"modes: {modes}").replace(
+            "noise_multiplier: 0.1", "noise_multiplier: 10"
+        )
+        fine += "attestation:\n  types: [dev-tee]\n  allow_insecure_dev_tee: true\n"
+        assert check_policy_text(fine)[1] == [], modes

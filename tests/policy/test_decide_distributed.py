@@ -51,7 +51,7 @@ def codes(d) -> list[str]:
     return [r.code for r in d.failed]
 
 
-@pytest.mark.parametrize("mode", ["he", "plain", "tee"])
+@pytest.mark.parametrize("mode", ["he", "plain"])
 def test_modes_where_one_update_is_visible_are_refused(mode: str) -> None:
     d = _decide(policy(), job(mode=mode, mask=None), LEAD, n_params=N)
     assert not d.accept
@@ -65,11 +65,18 @@ def test_a_job_asking_for_it_in_he_is_refused_too() -> None:
     assert codes(d) == [Reason.DISTRIBUTED_DP_MODE]
 
 
-@pytest.mark.parametrize("mode", ["mask", "tee-mask"])
-def test_masked_modes_accept_with_the_ledger_worst_case(mode: str) -> None:
+@pytest.mark.parametrize("mode", ["mask", "tee-mask", "tee"])
+def test_share_summing_modes_accept_with_the_ledger_worst_case(mode: str) -> None:
     # tee-mask: the enclave sums masked integer shares as mask's server does, so no party sees one
-    # update and the Skellam sum stays exact (plain tee is refused: its enclave reads each update)
-    d = _decide(policy(modes=["mask", "tee-mask"]), job(mode=mode), LEAD, n_params=N)
+    # update; tee: the shares are sealed to the attested enclave, which sums them in Z_2^32 as mask
+    # does. Either way the Skellam sum stays exact and the ledger's worst case is the same
+    masked = mode != "tee"
+    d = _decide(
+        policy(modes=["mask", "tee-mask", "tee"]),
+        job(mode=mode, mask={"threshold": 3} if masked else None),
+        LEAD,
+        n_params=N,
+    )
     assert d.accept, [r.text for r in d.failed]
     expected = compose(worst_case_spends([DDG], N, 10), 1e-5)
     assert d.worst_case is not None and d.worst_case.epsilon == expected.epsilon
@@ -82,6 +89,13 @@ def test_fewer_sites_than_the_honest_minimum_is_refused() -> None:
     d = _decide(policy(), job(min_sites=2, mask={"threshold": 2}), LEAD, n_params=N)
     assert Reason.DISTRIBUTED_DP_SITES in codes(d)
     assert "min_sites 2 and mask threshold 2" in " ".join(r.text for r in d.failed)
+
+
+def test_tee_with_fewer_sites_than_the_honest_minimum_is_refused() -> None:
+    # no mask threshold in tee: the job's min_sites alone bounds how few shares a sum may hold
+    d = _decide(policy(), job(mode="tee", mask=None, min_sites=2), LEAD, n_params=N)
+    assert codes(d) == [Reason.DISTRIBUTED_DP_SITES]
+    assert "min_sites 2 would" in " ".join(r.text for r in d.failed)
 
 
 def test_budget_is_checked_against_the_sum_level_epsilon() -> None:

@@ -100,7 +100,8 @@ def run_protocol(ctx: ModeContext, out: Outgoing, mode: str, envelope: Envelope)
 
 
 def _distributed(ctx: ModeContext, out: Outgoing, mask_frac_bits: int) -> tuple[Any, float, Any]:
-    """What to mask: the weighted update, or (``distributed_gaussian``) the site's integer share.
+    """What to mask: the weighted update, or (``distributed_gaussian``) the site's integer share
+    (:func:`secagg.agent.modes.shares.integer_share`, the same share ``tee`` seals).
 
     The share is in units of 2^-f (the filter's ``frac_bits``); the mask reads its sum in units of
     2^-F (``mask_frac_bits``). Sending the share as it is with weight 2^-(F - f) makes the sum of
@@ -109,24 +110,18 @@ def _distributed(ctx: ModeContext, out: Outgoing, mask_frac_bits: int) -> tuple[
     headroom the noise needs). Sample-count weights would scale each site's share and noise by its
     own weight, so the sum would no longer be Skellam: distributed DP averages uniformly.
     """
-    from secagg.policy.decide import distributed_filter
-    from secagg.privacy.distributed import MAX_OVERFLOW, integers_of, overflow_probability
+    from secagg.agent.modes.shares import integer_share
 
-    f = distributed_filter(ctx.load_policy(), out.spec)
-    if f is None:
+    share = integer_share(ctx, out)
+    if share is None:
         return out.weighted, out.weight, None
-    shift = mask_frac_bits - f.frac_bits
+    shift = mask_frac_bits - share.frac_bits
     if shift < 0:
         raise ConfigError(
-            f"distributed_gaussian: frac_bits {f.frac_bits} is finer than the mask's {mask_frac_bits} "
+            f"distributed_gaussian: frac_bits {share.frac_bits} is finer than the mask's {mask_frac_bits} "
             f"for {len(out.sites)} sites"
         )
-    p = overflow_probability(
-        len(out.sites), f.min_honest_sites, f.noise_multiplier, f.clip, f.frac_bits, out.weighted.size
-    )
-    if p > MAX_OVERFLOW:
-        raise ConfigError(f"distributed_gaussian: the 32-bit sum could wrap (probability {p:.2g} a round)")
-    return None, 2.0**-shift, integers_of(out.weighted, out.weight, f.frac_bits)
+    return None, 2.0**-shift, share.integers
 
 
 class MaskMode(StoredGlobal):

@@ -11,7 +11,8 @@ import logging
 import os
 
 from secagg.agent.modes.base import ModeContext, Outgoing, Sent, StoredGlobal, Task, upload
-from secagg.agent.protect import plain_size, protect_plain
+from secagg.agent.modes.shares import integer_share
+from secagg.agent.protect import plain_size, protect_plain, protect_share, share_size
 from secagg.errors import IntegrityError, PolicyRefusal
 from secagg.events import Event
 from secagg.framing import frame
@@ -87,12 +88,14 @@ class TeeMode(StoredGlobal):
         if trusted is None:  # only check_global of this very round may set it
             raise IntegrityError("no attested aggregator for this round: refusing to seal")
         self._trusted = None
-        # sealed as the plaintext bundle is made, a chunk at a time (its size is known up front)
-        sealed = trusted.seal_update(
-            protect_plain(out.bspec, out.weighted),
-            out.job_id,
-            out.round,
-            self.ctx.site,
-            size=plain_size(out.bspec),
-        )
+        share = integer_share(self.ctx, out)
+        # sealed as the plaintext bundle is made, a chunk at a time (its size is known up front); a
+        # distributed_gaussian share goes as its residues mod 2^32, unweighted, for the enclave to sum
+        # exactly as mask does and average uniformly (secagg.agent.modes.shares)
+        if share is None:
+            body, size = protect_plain(out.bspec, out.weighted), plain_size(out.bspec)
+        else:
+            body = protect_share(out.bspec, share.integers, share.frac_bits)
+            size = share_size(out.bspec, share.frac_bits)
+        sealed = trusted.seal_update(body, out.job_id, out.round, self.ctx.site, size=size)
         return upload(self.ctx, out, self.name, frame(sealed))

@@ -22,6 +22,9 @@ short; the others run without it):
   :mod:`secagg.aggregator.modes.windows`); return the plaintext sum (a read-only map of the float64
   sum written to ``out``), or None when the sum is protected and was written to ``out`` for the sites
   to unprotect.
+- ``total_weight(round, uploads, weights)``: what the round engine divides the combined sum by: the
+  roster's weights of the combined uploads, or (``tee`` under ``distributed_gaussian``) their count,
+  since distributed-DP shares average uniformly.
 - ``download(job_id, rounds)`` (class method): the files an admin's ``download`` gets for a job.
 """
 
@@ -141,6 +144,10 @@ class AggregatorMode(Protocol):
 
     def combine(self, round_: int, uploads: Mapping[str, Path], out: Path) -> np.ndarray | None: ...
 
+    def total_weight(
+        self, round_: int, uploads: Mapping[str, Path], weights: Mapping[str, float]
+    ) -> float: ...
+
 
 class ModeBase:
     """Defaults shared by the modes: no phases of their own, nothing kept per round."""
@@ -170,6 +177,11 @@ class ModeBase:
 
     def combine(self, round_: int, uploads: Mapping[str, Path], out: Path) -> np.ndarray | None:
         raise NotImplementedError
+
+    def total_weight(self, round_: int, uploads: Mapping[str, Path], weights: Mapping[str, float]) -> float:
+        """The total the combined sum of ``uploads`` is divided by: their roster weights (``weights``
+        are the roster's, by site), called right after :meth:`combine` summed exactly these uploads."""
+        return sum(weights[s] for s in uploads)
 
     def max_upload_bytes(self) -> int | None:
         """The most bytes one site's upload of this job's model can take (None: no bound known yet).

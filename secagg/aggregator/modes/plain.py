@@ -11,7 +11,7 @@ the round engine gets back is a read-only map of that file, not a model-sized ar
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,15 @@ from secagg.aggregator.modes.windows import (
 from secagg.aggregator.rounds import JobRun, RoundRun
 from secagg.bundle import BundleSpec
 from secagg.errors import SecaggError
+
+
+def blamer(sites: list[str], uploads: Mapping[str, Path]) -> Callable[[int, Exception], Exception]:
+    """``blame(i, exc)`` for :func:`sum_windows`: the :class:`BadUpload` of the ``i``-th site."""
+
+    def blame(i: int, exc: Exception) -> Exception:
+        return BadUpload(uploads[sites[i]], exc, sites[i])
+
+    return blame
 
 
 class PlainCombiner:
@@ -54,10 +63,11 @@ class PlainCombiner:
         with ExitStack() as stack:
             self.reader(stack, site, round_, path).check_all(self.elements, self.spec.size)
 
-    def windows(
+    def readers(
         self, stack: ExitStack, round_: int, uploads: Mapping[str, Path]
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """The sum's windows; :class:`BadUpload` names the first upload that does not fit."""
+    ) -> tuple[list[str], list[BundleReader]]:
+        """Every upload's reader, in sorted site order; :class:`BadUpload` names the first that does
+        not open or fit."""
         sites = sorted(uploads)
         readers = []
         for site in sites:
@@ -65,11 +75,14 @@ class PlainCombiner:
                 readers.append(self.reader(stack, site, round_, uploads[site]))
             except (SecaggError, OSError) as exc:
                 raise BadUpload(uploads[site], exc, site) from exc
+        return sites, readers
 
-        def blame(i: int, exc: Exception) -> Exception:
-            return BadUpload(uploads[sites[i]], exc, sites[i])
-
-        return sum_windows(readers, self.spec.size, self.elements, blame)
+    def windows(
+        self, stack: ExitStack, round_: int, uploads: Mapping[str, Path]
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """The sum's windows; :class:`BadUpload` names the first upload that does not fit."""
+        sites, readers = self.readers(stack, round_, uploads)
+        return sum_windows(readers, self.spec.size, self.elements, blamer(sites, uploads))
 
     def sum_to(self, round_: int, uploads: Mapping[str, Path], out: Path) -> None:
         """The float64 sum, written to ``out`` window by window (temporary file, then renamed)."""
@@ -107,4 +120,4 @@ class PlainMode(ModeBase):
         return self.combiner.sum(round_, uploads, out)
 
 
-__all__ = ["PlainCombiner", "PlainMode"]
+__all__ = ["PlainCombiner", "PlainMode", "blamer"]

@@ -26,12 +26,13 @@ import mmap
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from secagg.bundle import BundleSpec, bundle_header
 from secagg.errors import UpdateRejected
@@ -169,6 +170,9 @@ class Layout:
 
     entries: dict[str, Entry]
     order: tuple[str, ...]
+    #: the string entries of ``__metadata__`` (the order among them; a distributed-DP share's kind
+    #: and fixed point, :mod:`secagg.privacy.shares`)
+    meta: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, src: ByteSource) -> Layout:
@@ -213,7 +217,7 @@ class Layout:
             names = tuple(str(o) for o in order)
         else:
             names = tuple(sorted(entries))
-        return cls(entries, names)
+        return cls(entries, names, {str(k): v for k, v in meta.items() if isinstance(v, str)})
 
     def check(self, spec: BundleSpec) -> None:
         """Refuse a layout whose names or shapes differ from the spec (as :meth:`BundleSpec.check`)."""
@@ -290,7 +294,11 @@ class BundleReader:
 
 # -------------------------------------------------------------------------------------------- sum
 def sum_windows(
-    readers: Sequence[BundleReader], size: int, elements: int, blame: Callable[[int, Exception], Exception]
+    readers: Sequence[BundleReader],
+    size: int,
+    elements: int,
+    blame: Callable[[int, Exception], Exception],
+    dtype: npt.DTypeLike = np.float64,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """The float64 sum of the uploads, one window at a time: ``(start, window)``; the window buffer is
     reused, so a consumer must use it before asking for the next. ``blame(i, exc)`` turns an upload's
@@ -298,17 +306,21 @@ def sum_windows(
 
     A NaN or infinity in any upload makes the window's sum non-finite, so the sum is checked once per
     window; only then is each upload's window checked, to name the one at fault (a sum that overflows
-    from finite float64 values stays as the in-memory sum would have it)."""
-    acc = np.empty(min(elements, max(size, 1)), dtype=np.float64)
+    from finite float64 values stays as the in-memory sum would have it).
+
+    ``dtype`` ``uint32``: the uploads are residues mod 2^32 (distributed-DP shares, every one ``U32``)
+    and the accumulator adds them with wrap-around, as the mask protocol does."""
+    acc = np.empty(min(elements, max(size, 1)), dtype=dtype)
+    floats = acc.dtype.kind == "f"
     for start, stop in window_ranges(size, elements):
         part = acc[: stop - start]
-        part.fill(0.0)
+        part.fill(0)
         for i, reader in enumerate(readers):
             try:
                 reader.add_into(part, start, stop)
             except UpdateRejected as exc:
                 raise blame(i, exc) from exc
-        if not np.isfinite(part).all():
+        if floats and not np.isfinite(part).all():
             for i, reader in enumerate(readers):
                 try:
                     reader.check(start, stop)
