@@ -20,8 +20,9 @@ memory.
 
 HPKE base mode does not say who sealed: so the sender signs (ECDSA P-384 / SHA-384, its certificate
 key) the wrapped key, the length and the SHA-256 of the whole ciphertext together with project, job,
-sender and recipient, and the recipient checks that signature against the sender's certificate first. The aggregator can therefore drop an envelope (a
-missing cell of the matrix, visible), never forge, swap, replay from another job or misroute one.
+sender and recipient, and the recipient checks that signature against the sender's certificate first.
+The aggregator can therefore drop an envelope (a missing cell of the matrix, visible), never forge,
+swap, replay from another job or misroute one.
 
 A consent is the same kind of signed statement: site, job and whether it shares. Each site checks
 every other site's consent itself, so the rule "only where every site allows it" does not rest on the
@@ -207,7 +208,12 @@ def _info(project: str, job: str, sender: str, recipient: str) -> bytes:
 
 def _aad(project: str, job: str, sender: str, recipient: str, plain_bytes: int) -> bytes:
     return _lp(
-        _CHUNK_DOMAIN, project.encode(), job.encode(), sender.encode(), recipient.encode(), str(plain_bytes).encode()
+        _CHUNK_DOMAIN,
+        project.encode(),
+        job.encode(),
+        sender.encode(),
+        recipient.encode(),
+        str(plain_bytes).encode(),
     )
 
 
@@ -226,7 +232,9 @@ def seal_stream(
     """Seal ``plain_bytes`` read from ``src`` (safetensors of the model) to ``recipient``'s certificate
     key, writing the ciphertext to ``dst`` a chunk at a time; the signed header is returned."""
     key = AESGCM.generate_key(bit_length=_KEY_BYTES * 8)
-    wrapped = SUITE.encrypt(key, _p384(recipient_cert, recipient), info=_info(project, job, sender, recipient))
+    wrapped = SUITE.encrypt(
+        key, _p384(recipient_cert, recipient), info=_info(project, job, sender, recipient)
+    )
     aead, aad, digest = AESGCM(key), _aad(project, job, sender, recipient, plain_bytes), hashlib.sha256()
     left, index = plain_bytes, 0
     while True:
@@ -280,7 +288,9 @@ def open_stream(
         if len(key) != _KEY_BYTES:
             raise ValueError("wrapped key of the wrong length")
     except (InvalidTag, ValueError, TypeError) as exc:
-        raise EnvelopeError(f"sealed local model from {env.sender} does not open: {type(exc).__name__}") from None
+        raise EnvelopeError(
+            f"sealed local model from {env.sender} does not open: {type(exc).__name__}"
+        ) from None
     aead, aad, digest = AESGCM(key), _aad(project, job, env.sender, me, env.plain_bytes), hashlib.sha256()
     chunks = max(1, -(-env.plain_bytes // SEAL_CHUNK))
     written = 0
@@ -291,7 +301,9 @@ def open_stream(
         try:
             plain = aead.decrypt(_nonce(index, index == chunks - 1), ct, aad)
         except InvalidTag:
-            raise EnvelopeError(f"chunk {index} of the sealed model from {env.sender} does not open") from None
+            raise EnvelopeError(
+                f"chunk {index} of the sealed model from {env.sender} does not open"
+            ) from None
         dst.write(plain)
         written += len(plain)
     if written != env.plain_bytes or not hmac.compare_digest(digest.hexdigest(), env.digest):
