@@ -63,6 +63,21 @@ STATE_FILE = "state.json"
 STATE_FORMAT = "secagg-xsite-state/v1"
 SEALED_SUFFIX = ".sealed"
 PART_SUFFIX = ".part"
+#: what :meth:`CrossSite.save` writes (and a failed save puts back)
+_KEPT = frozenset(
+    {
+        "consents",
+        "fixed",
+        "share_all",
+        "phase_started",
+        "models_closed",
+        "envelopes",
+        "results",
+        "refused",
+        "final",
+        "done",
+    }
+)
 #: an audit line to write once the lock is released: (event, fields)
 Note = tuple[Event, dict[str, Any]]
 
@@ -151,17 +166,21 @@ class CrossSite:
         raise _refuse(f"unknown topic {topic!r} (a sealed model is uploaded, not posted)", Reason.MALFORMED)
 
     def _consent(self, site: str, cert: x509.Certificate, project: str, payload: bytes) -> Note:
-        if self.fixed is not None:
-            raise _refuse("the consents of this evaluation are fixed already", Reason.LATE)
-        if site in self.consents:
-            raise _refuse(f"{site} already sent its consent", Reason.DUPLICATE)
         consent = Consent.from_bytes(payload)
         if consent.site != site or consent.job != self.job_id:
             raise _refuse(f"consent names {consent.site} in {consent.job}", Reason.XSITE_ENVELOPE)
         consent.verify(cert, project)
-        self.consents[site] = consent
-        self.save()
-        return Event.XSITE_CONSENT, {"site": site, "share": consent.share, "code": consent.code}
+        note = {"site": site, "share": consent.share, "code": consent.code}
+        kept = self.consents.get(site)
+        if kept is not None:
+            if (kept.share, kept.code) == (consent.share, consent.code):
+                return Event.XSITE_CONSENT, {**note, "again": True}  # its reply was lost: the same answer
+            raise _refuse(f"{site} already sent another consent", Reason.DUPLICATE)
+        if self.fixed is not None:
+            raise _refuse("the consents of this evaluation are fixed already", Reason.LATE)
+        with self._change():
+            self.consents[site] = consent
+        return Event.XSITE_CONSENT, note
 
     def begin_model(
         self, site: str, cert: x509.Certificate, project: str, header: dict[str, Any], max_plain: int
@@ -200,10 +219,14 @@ class CrossSite:
         if (site, env.recipient) in self.envelopes:
             raise _refuse(f"{site} already sealed its model to {env.recipient}", Reason.DUPLICATE)
         path = self.sealed_path(site, env.recipient)
-        os.replace(received, path)
-        fsync_dir(path.parent)
-        self.envelopes[(site, env.recipient)] = env
-        self.save()
+        try:
+            with self._change():
+                os.replace(received, path)
+                fsync_dir(path.parent)
+                self.envelopes[(site, env.recipient)] = env
+        except BaseException:
+            path.unlink(missing_ok=True)  # not recorded: the site uploads it again
+            raise
         return Event.XSITE_RELAYED, {"site": site, "to": env.recipient, "bytes": env.sealed_bytes}
 
     def _metrics(self, site: str, payload: bytes) -> Note:
@@ -211,8 +234,6 @@ class CrossSite:
 
         if self.fixed is None or site not in self.fixed:
             raise _refuse(f"{site} has no evaluation to report now")
-        if site in self.results:
-            raise _refuse(f"{site} already reported its evaluation", Reason.DUPLICATE)
         msg = json_object(payload, "cross-site metrics", max_depth=4)
         results, refused = msg.get("results", {}), msg.get("refused", {})
         if not isinstance(results, dict) or not isinstance(refused, dict):
@@ -228,15 +249,21 @@ class CrossSite:
                 clean[model] = wire.bounded_metrics(metrics)
             except wire.BadMetrics as exc:
                 raise _refuse(f"metrics of {model}: {exc}", Reason.OUT_OF_RANGE) from None
-        self.results[site] = clean
-        self.refused[site] = {str(k): str(v)[:64] for k, v in refused.items()}
-        self.save()
-        return Event.XSITE_METRICS, {"site": site, "models": sorted(clean), "refused": self.refused[site]}
+        codes = {str(k): str(v)[:64] for k, v in refused.items()}
+        note = {"site": site, "models": sorted(clean), "refused": codes}
+        if site in self.results:
+            if (self.results[site], self.refused[site]) == (clean, codes):
+                return Event.XSITE_METRICS, {**note, "again": True}  # its reply was lost: the same report
+            raise _refuse(f"{site} already reported its evaluation", Reason.DUPLICATE)
+        with self._change():
+            self.results[site] = clean
+            self.refused[site] = codes
+        return Event.XSITE_METRICS, note
 
     def note_final(self, site: str, metrics: dict[str, Any]) -> None:
         """A site's final metrics of the job, kept with the evaluation's state."""
-        self.final[site] = metrics
-        self.save()
+        with self._change():
+            self.final[site] = metrics
 
     # ------------------------------------------------------------------ what a site is owed
     def held(self, site: str) -> dict[str, Any]:
@@ -298,10 +325,10 @@ class CrossSite:
         if self.fixed is None:
             if not (expected <= set(self.consents) or now - self.started > self.round_timeout):
                 return False, notes
-            self.fixed = {s: c for s, c in self.consents.items() if s in expected}
-            self.share_all = len(self.fixed) >= 2 and all(c.share for c in self.fixed.values())
-            self.phase_started = now
-            self.save()
+            with self._change():
+                self.fixed = {s: c for s, c in self.consents.items() if s in expected}
+                self.share_all = len(self.fixed) >= 2 and all(c.share for c in self.fixed.values())
+                self.phase_started = now
             notes.append(
                 (
                     Event.XSITE_CONSENTS_FIXED,
@@ -318,14 +345,14 @@ class CrossSite:
             complete = len(self.envelopes) >= len(sharing) * (len(sharing) - 1)
             if not (complete or now - self.phase_started > self.round_timeout):
                 return False, notes
-            self.models_closed = True
-            self.phase_started = now
-            self.save()
+            with self._change():
+                self.models_closed = True
+                self.phase_started = now
             return False, notes
         if not (set(self.fixed) <= set(self.results) or now - self.phase_started > 2 * self.round_timeout):
             return False, notes
-        self.done = True
-        self.save()
+        with self._change():
+            self.done = True
         return True, notes
 
     def matrix(self, sites: list[str], final_metrics: dict[str, dict[str, Any]]) -> Matrix:
@@ -376,6 +403,19 @@ class CrossSite:
             "final": self.final,
             "done": self.done,
         }
+
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[None]:
+        """A change that counts only once it is saved: if the save fails (a full disk), the state is
+        as it was, and the caller's refusal (or the driver's pause) says so; it is tried again."""
+        before = {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items() if k in _KEPT}
+        try:
+            yield
+            self.save()
+        except BaseException:
+            for k, v in before.items():
+                setattr(self, k, v)
+            raise
 
     def save(self) -> None:
         """The state, atomically (:func:`secagg.fsio.atomic_write`): a kill leaves the old or the new."""

@@ -695,7 +695,7 @@ class Federation:
         received = receive_sealed(folder, env, chunks)
         try:
             with self.cond:
-                job2, xsite2 = self._evaluation(job_id)
+                _, xsite2 = self._evaluation(job_id)
                 if xsite2 is not xsite:
                     raise UpdateRejected("the evaluation ended while the upload streamed", code=Reason.LATE)
                 event, fields = xsite.store_model(site.name, env, received)

@@ -84,9 +84,19 @@ def test_consents_are_fixed_when_every_site_answered(tmp_path: Path, kits: dict[
     assert not done and notes[0][1]["share"] is True
     published = json.loads(x.collect("site-2", wire.CONSENTS))  # type: ignore[arg-type]
     assert sorted(published) == SITES
-    with pytest.raises(UpdateRejected) as late:
-        _post(x, kits, "site-3", wire.CONSENT, _consent(kits, "site-3"))
-    assert late.value.code == Reason.LATE
+    again = x.post(
+        "site-3", kits["site-3"].cert, kits["site-3"].config.project, wire.CONSENT, _consent(kits, "site-3")
+    )
+    assert again[1]["again"] is True  # the same answer again (its reply was lost): taken, nothing changes
+    with pytest.raises(UpdateRejected) as other:
+        _post(x, kits, "site-3", wire.CONSENT, _consent(kits, "site-3", share=False))
+    assert other.value.code == Reason.DUPLICATE
+    late = CrossSite("job-1", tmp_path / "late", round_timeout=30, started=0.0)
+    _post(late, kits, "site-1", wire.CONSENT, _consent(kits, "site-1"))
+    late.advance(set(SITES), now=31.0)
+    with pytest.raises(UpdateRejected) as too_late:
+        _post(late, kits, "site-3", wire.CONSENT, _consent(kits, "site-3"))
+    assert too_late.value.code == Reason.LATE
 
 
 def test_a_site_silent_past_the_timeout_is_left_out(tmp_path: Path, kits: dict[str, Kit]) -> None:
@@ -204,6 +214,31 @@ def test_a_killed_evaluation_resumes_from_its_state_file(tmp_path: Path, kits: d
     assert again.advance(set(SITES), now=129.0) == (False, [])  # the phase's timeout starts again
     assert again.advance(set(SITES), now=131.0) == (False, []) and again.models_closed
     assert CrossSite.load("job-1", tmp_path / "none", round_timeout=30, now=0.0) is None
+
+
+def test_a_change_that_cannot_be_saved_is_not_taken(
+    tmp_path: Path, kits: dict[str, Kit], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk refuses the post (the site sends it again) and leaves the state as it was."""
+    x = _consented(tmp_path, kits, dict.fromkeys(SITES, True))
+    saved = x.to_dict()
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("secagg.aggregator.evaluation.atomic_write", full)
+    env, sealed = _model(kits, "site-1", "site-2")
+    with pytest.raises(OSError):
+        _upload(x, kits, "site-1", env, sealed)
+    with pytest.raises(OSError):
+        _post(x, kits, "site-1", wire.METRICS, json.dumps({"results": {"global": {"auc": 0.5}}}).encode())
+    with pytest.raises(OSError):
+        x.advance(set(SITES), now=100.0)  # the models' phase would close
+    assert x.to_dict() == saved and not x.models_closed
+    assert not list((tmp_path / "xsite").glob("*.sealed")) and not list((tmp_path / "xsite").glob(".*"))
+    monkeypatch.undo()
+    _upload(x, kits, "site-1", env, sealed)  # sent again once there is space
+    assert ("site-1", "site-2") in x.envelopes
 
 
 def test_a_silent_evaluator_keeps_its_final_metrics_as_the_global_cell(
