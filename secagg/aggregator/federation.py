@@ -296,7 +296,14 @@ class Federation:
         sites' final metrics it had): nothing it holds is asked for again. Under the lock; returns the
         fields of its audit line (None where there was nothing to take up)."""
         root = self.state_dir / "jobs" / job.job_id
-        xsite = CrossSite.load(job.job_id, root, job.spec.round_timeout, time.monotonic())
+        try:
+            xsite = CrossSite.load(job.job_id, root, job.spec.round_timeout, time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - the job's model is done; its evaluation starts again
+            log.exception(
+                "job %s: the cross-site state does not load; the evaluation starts again", job.job_id
+            )
+            self._discard_evaluation(job.job_id)
+            return {"fresh": True, "reason": _short(exc)}
         if xsite is None:
             return None
         job.evaluation = xsite

@@ -122,3 +122,26 @@ def test_a_restarted_aggregator_takes_up_the_evaluation(tmp_path: Path, workspac
     assert all(set(matrix["matrix"][o]) == set(SITES) - {o} for o in SITES)
     assert not xsite_dir.exists()  # sealed models and state gone once the job is finished
     again.store.close()
+
+
+def test_a_state_file_that_does_not_load_starts_the_evaluation_again(tmp_path: Path, workspace: Path) -> None:
+    kits = {s: load_kit(workspace / s) for s in SITES}
+    state = tmp_path / "state"
+    fed = _fed(workspace, state)
+    job_id = fed.submit(write_job(tmp_path / "job", rounds=1, evaluation="cross_site"), "tester")
+    open_uploads(fed, dict.fromkeys(SITES, 1 / 3))
+    for i, s in enumerate(SITES):
+        data = to_safetensors(update(0.1, seed=i))
+        fed.accept_upload(s, header(fed, data), chunks(data))
+    while fed.job is not None and fed.job.state == JobState.RUNNING:
+        fed.step()
+    _consent(fed, kits["site-1"], job_id)
+    fed.store.close()
+    (state / "jobs" / job_id / "xsite" / "state.json").write_text('{"format": "something else"}')
+
+    again = _fed(workspace, state)  # the job goes on (its model is done); only the evaluation restarts
+    assert again.job is not None and again.job.state == JobState.FINALIZING
+    assert _task(again, "site-1")["xsite"]["consent"] is False
+    line = [json.loads(x) for x in (state / "audit.jsonl").read_text().splitlines()][-1]
+    assert line["event"] == "xsite_resumed" and line["fresh"] is True
+    again.store.close()
