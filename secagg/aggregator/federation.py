@@ -667,8 +667,8 @@ class Federation:
 
     # ---------------------------------------------------------------- cross-site evaluation
     def xsite_post(self, site: Identity, topic: str, job_id: str, payload: bytes) -> None:
-        """A site's consent, sealed model or metrics for the finalizing job's cross-site evaluation
-        (:mod:`secagg.aggregator.evaluation`)."""
+        """A site's consent or metrics for the finalizing job's cross-site evaluation (a sealed model
+        is uploaded: :meth:`xsite_upload`; :mod:`secagg.aggregator.evaluation`)."""
         with self.cond:
             _, xsite = self._evaluation(job_id)
             event, fields = xsite.post(site.name, site.cert, self.kit.config.project, topic, payload)
