@@ -80,6 +80,8 @@ class Event(StrEnum):
     XSITE_METRICS = "xsite_metrics"
     #: aggregator: the cross-site matrix written to the job's output
     XSITE_MATRIX = "xsite_matrix"
+    #: aggregator: a restarted aggregator took up a job's cross-site evaluation from its state file
+    XSITE_RESUMED = "xsite_resumed"
     #: site: its local model sealed to the other sites (or why not)
     XSITE_SHARED = "xsite_shared"
     XSITE_NOT_SHARED = "xsite_not_shared"

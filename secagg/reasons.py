@@ -271,7 +271,7 @@ class Reason(StrEnum):
     XSITE_TOO_LARGE = (
         "xsite_too_large",
         FAILED_PRECONDITION,
-        "the sealed local model does not fit in one relayed message",
+        "a sealed local model announced larger than the job's model can be",
     )
     XSITE_ENVELOPE = (
         "xsite_envelope",

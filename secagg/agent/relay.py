@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
 import grpc
 
 from secagg import reasons
-from secagg.errors import SecaggError
+from secagg.errors import SecaggError, UpdateRejected
 from secagg.reasons import Reason
 from secagg.topics import Topic
-from secagg.transport.chunks import encode_stream, read_all
+from secagg.transport.chunks import copy_payload, encode_stream, read_all, read_header
 from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.generated import secagg_pb2_grpc as rpc
 
@@ -152,6 +152,20 @@ class Relay:
         """Stream one upload; ``True`` when the aggregator accepted it."""
         reply = self.stub.UploadResult(encode_stream(header, parts), timeout=600)
         return bool(reply.accepted)
+
+    def fetch_sealed(self, job_id: str, topic: str, sender: str, sink: BinaryIO, *, max_bytes: int) -> int:
+        """Stream a payload ``sender`` sealed to this site into ``sink`` (chunks, trailer checked);
+        the byte count."""
+        stream = iter(
+            self.stub.FetchSealed(pb.SealedRequest(job_id=job_id, topic=topic, sender=sender), timeout=600)
+        )
+        header = read_header(stream)
+        expected = header.get("bytes")
+        if isinstance(expected, bool) or not isinstance(expected, int) or not 0 <= expected <= max_bytes:
+            raise UpdateRejected(
+                f"sealed payload of {expected!r} bytes, at most {max_bytes}", code=Reason.OVERSIZE
+            )
+        return copy_payload(stream, sink, max_bytes=max_bytes, expected_bytes=expected)
 
     def attest(self, job_id: str, nonce: bytes) -> bytes:
         return bytes(

@@ -22,7 +22,7 @@ import numpy as np
 
 from secagg.agent.admission import Admission, Admitted
 from secagg.agent.consistency import BadSampleCount, check_roster, sample_count, sign_fingerprint
-from secagg.agent.evaluation import CrossSiteEvaluation, keep_local_model
+from secagg.agent.evaluation import NOTHING_HELD, CrossSiteEvaluation, keep_local_model
 from secagg.agent.jobs import JobThreads
 from secagg.agent.modes import ModeContext, Outgoing, SiteMode, Task, make_mode
 from secagg.agent.relay import TRANSIENT, Relay, RoundMovedOn, is_stale, reason_of
@@ -468,8 +468,15 @@ class SiteAgent:
         adm, mode, task, global_bytes = self._task(header, payload)
         mode.check_global(task, fingerprint(from_safetensors(global_bytes)))
         atomic_write(self.state.job_dir(job_id) / "final.safetensors", global_bytes)
-        result = self.trainer.run(adm, job_id, "evaluate", round_, global_bytes)
-        self.relay.post_json(Topic.FINAL, result.metrics, job_id=job_id, round_=round_)
-        if adm.job.spec.evaluation == "cross_site":
-            self.cross_site.run(adm, job_id, round_, global_bytes, result.metrics)
+        # what a restarted aggregator still holds of this site's part (see secagg.agent.evaluation)
+        got = header.get("xsite")
+        held: dict[str, Any] = {**NOTHING_HELD, **got} if isinstance(got, dict) else dict(NOTHING_HELD)
+        if not held.get("metrics"):
+            result = self.trainer.run(adm, job_id, "evaluate", round_, global_bytes)
+            if not held.get("final"):
+                self.relay.post_json(Topic.FINAL, result.metrics, job_id=job_id, round_=round_)
+            if adm.job.spec.evaluation == "cross_site":
+                self.cross_site.run(
+                    adm, job_id, round_, global_bytes, result.metrics, {**NOTHING_HELD, **held}
+                )
         self.state.set_progress(job_id, round=round_, attempt=1)

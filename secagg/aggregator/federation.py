@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from secagg import safeyaml
-from secagg.aggregator.evaluation import cross_site
+from secagg.aggregator.evaluation import CrossSite, cross_site, receive_sealed
 from secagg.aggregator.global_model import GlobalModel, extract_model, model_spec
 from secagg.aggregator.global_model import from_model_file as global_from_file
 from secagg.aggregator.global_model import resume as resume_global
@@ -45,6 +45,7 @@ from secagg.aggregator.server_step import AverageWindows, StateFile, server_step
 from secagg.aggregator.shared import Shared
 from secagg.aggregator.store import JobRow
 from secagg.auditlog import check_head_signature, parse_head
+from secagg.crossval import wire
 from secagg.errors import ConfigError, SecaggError, StorageFull, UpdateRejected, is_storage_full
 from secagg.events import Event
 from secagg.fsio import atomic_write, remove_stale_temps
@@ -271,12 +272,15 @@ class Federation:
                 job_id, spec, bspec, self.store, self.audit, self.cond, self.enclave, window_bytes=window
             )
         )
+        taken_up: dict[str, Any] | None = None
         with self.cond:
             self.job = JobRun(job_id, spec, pkg, bspec, global_model, strategy_state, completed=len(rounds))
             self.mode = mode
             if self.job.completed >= spec.rounds:
                 self.job.state = JobState.FINALIZING
                 self.job.finalize_started = time.monotonic()
+                if resumed and spec.evaluation == "cross_site":
+                    taken_up = self._resume_evaluation(self.job)
             else:
                 attempt = self._resumed_attempt(job_id, self.job.completed + 1) if resumed else 1
                 self.job.current = RoundRun(self.job.completed + 1, attempt)
@@ -284,6 +288,33 @@ class Federation:
         self.audit.append(
             Event.JOB_RESUMED if resumed else Event.JOB_STARTED, job=job_id, round=self.job.completed + 1
         )
+        if taken_up is not None:
+            self.audit.append(Event.XSITE_RESUMED, job=job_id, **taken_up)
+
+    def _resume_evaluation(self, job: JobRun) -> dict[str, Any] | None:
+        """A killed aggregator's cross-site evaluation, taken up where its state file left it (with the
+        sites' final metrics it had): nothing it holds is asked for again. Under the lock; returns the
+        fields of its audit line (None where there was nothing to take up)."""
+        root = self.state_dir / "jobs" / job.job_id
+        try:
+            xsite = CrossSite.load(job.job_id, root, job.spec.round_timeout, time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - the job's model is done; its evaluation starts again
+            log.exception(
+                "job %s: the cross-site state does not load; the evaluation starts again", job.job_id
+            )
+            self._discard_evaluation(job.job_id)
+            return {"fresh": True, "reason": _short(exc)}
+        if xsite is None:
+            return None
+        job.evaluation = xsite
+        job.final_metrics.update(xsite.final)
+        return {
+            "consents": sorted(xsite.consents),
+            "fixed": xsite.fixed is not None,
+            "relayed": len(xsite.envelopes),
+            "metrics": sorted(xsite.results),
+            "final": sorted(xsite.final),
+        }
 
     def _resumed_attempt(self, job_id: str, round_: int) -> int:
         """The attempt a resumed round runs as: past every attempt of it this log records (a roster
@@ -347,6 +378,7 @@ class Federation:
             self.cond.notify_all()
         self.store.set_job_state(job_id, JobState.ABORTED, reason=f"aborted by {by}")
         self.spool.discard_job(job_id)
+        self._discard_evaluation(job_id)
         self.audit.append(Event.JOB_ABORTED, job=job_id, by=by)
 
     def owed_final(self, seen_within_s: float) -> list[str]:
@@ -412,13 +444,16 @@ class Federation:
                 **self._payload_header(has_global),
             }
         if job.state == JobState.FINALIZING:
-            if site in job.final_metrics or after_round > job.spec.rounds:
+            xsite = cross_site(job, self.state_dir, job.finalize_started)
+            owed = xsite is not None and xsite.owes(site)  # a site back after a restart, mid-evaluation
+            if after_round > job.spec.rounds or (site in job.final_metrics and not owed):
                 return None
             return {
                 **base,
                 "kind": "finalize",
                 "round": job.spec.rounds + 1,
                 "attempt": 1,
+                **({"xsite": xsite.held(site)} if xsite is not None else {}),
                 **self._payload_header(has_global),
             }
         cur = job.current
@@ -624,25 +659,76 @@ class Federation:
             # metrics come too late for the stored final evaluation, which is never rewritten
             late = job.state == JobState.FINISHED
             job.final_metrics[site] = metrics
+            xsite = cross_site(job, self.state_dir, job.finalize_started) if not late else None
+            if xsite is not None:
+                xsite.note_final(site, metrics)  # kept across a restart, as the evaluation is
             self.cond.notify_all()
         self.audit.append(Event.SITE_FINAL, job=job_id, site=site, late=late or None)
 
     # ---------------------------------------------------------------- cross-site evaluation
     def xsite_post(self, site: Identity, topic: str, job_id: str, payload: bytes) -> None:
-        """A site's consent, sealed model or metrics for the finalizing job's cross-site evaluation
-        (:mod:`secagg.aggregator.evaluation`)."""
+        """A site's consent or metrics for the finalizing job's cross-site evaluation (a sealed model
+        is uploaded: :meth:`xsite_upload`; :mod:`secagg.aggregator.evaluation`)."""
         with self.cond:
-            job = self.job
-            if job is None or job.job_id != job_id or job.state != JobState.FINALIZING:
-                raise UpdateRejected(f"job {job_id} is not finalizing", code=Reason.LATE)
-            xsite = cross_site(job, self.state_dir, job.finalize_started)
-            if xsite is None:
-                raise UpdateRejected(
-                    f"job {job_id} asks for no cross-site evaluation", code=Reason.XSITE_PROTOCOL
-                )
+            _, xsite = self._evaluation(job_id)
             event, fields = xsite.post(site.name, site.cert, self.kit.config.project, topic, payload)
             self.cond.notify_all()
         self.audit.append(event, job=job_id, **fields)
+
+    def _evaluation(self, job_id: str) -> tuple[JobRun, CrossSite]:
+        """The finalizing job's cross-site evaluation (under the lock), or the refusal."""
+        job = self.job
+        if job is None or job.job_id != job_id or job.state != JobState.FINALIZING:
+            raise UpdateRejected(f"job {job_id} is not finalizing", code=Reason.LATE)
+        xsite = cross_site(job, self.state_dir, job.finalize_started)
+        if xsite is None:
+            raise UpdateRejected(
+                f"job {job_id} asks for no cross-site evaluation", code=Reason.XSITE_PROTOCOL
+            )
+        return job, xsite
+
+    def xsite_upload(self, site: Identity, header: dict[str, Any], chunks: Iterator[Any]) -> None:
+        """A site's local model sealed to another site, streamed as a round's upload is: its envelope
+        checked first, its ciphertext received into a temporary file (never whole in memory), checked
+        against the signed digest, then kept and recorded (:mod:`secagg.aggregator.evaluation`)."""
+        job_id = header.get("job_id")
+        if not isinstance(job_id, str):
+            raise UpdateRejected("sealed model upload without a job_id", code=Reason.MALFORMED)
+        with self.cond:
+            job, xsite = self._evaluation(job_id)
+            max_plain = wire.max_model_bytes(job.bundle_spec)
+            env = xsite.begin_model(site.name, site.cert, self.kit.config.project, header, max_plain)
+            folder = xsite.folder
+        received = receive_sealed(folder, env, chunks)
+        try:
+            with self.cond:
+                _, xsite2 = self._evaluation(job_id)
+                if xsite2 is not xsite:
+                    raise UpdateRejected("the evaluation ended while the upload streamed", code=Reason.LATE)
+                event, fields = xsite.store_model(site.name, env, received)
+                self.cond.notify_all()
+        except BaseException:
+            received.unlink(missing_ok=True)
+            raise
+        self.audit.append(event, job=job_id, **fields)
+
+    def xsite_fetch(self, site: str, job_id: str, sender: str) -> tuple[dict[str, Any], BinaryIO] | Signal:
+        """The ciphertext ``sender`` sealed to ``site``, opened for streaming (with its stream header)."""
+        with self.cond:
+            job = self.job
+            if job is None or job.job_id != job_id or job.state != JobState.FINALIZING:
+                return Signal.CANCELLED
+            xsite = cross_site(job, self.state_dir, job.finalize_started)
+            if xsite is None:
+                return Signal.CANCELLED
+            got = xsite.sealed_for(site, sender)
+        if isinstance(got, Signal):
+            return got
+        env, fh = got
+        return {"job_id": job_id, "from": sender, "bytes": env.sealed_bytes}, fh
+
+    def _discard_evaluation(self, job_id: str) -> None:
+        shutil.rmtree(self.state_dir / "jobs" / job_id / "xsite", ignore_errors=True)
 
     def _write_matrix(self, job: JobRun, final: dict[str, dict[str, Any]]) -> None:
         """The cross-site matrix into the job's output; a failure to draw it does not fail the job."""
@@ -737,6 +823,8 @@ class Federation:
             self.store.set_round_metrics(job.job_id, job.spec.rounds, {**kept, "final": final})
             self.store.set_job_state(job.job_id, JobState.FINISHED)
             self.spool.discard_job(job.job_id)
+            if job.evaluation is not None:
+                job.evaluation.discard()  # its state was kept until the job is recorded finished
             self.audit.append(Event.JOB_FINISHED, job=job.job_id, rounds=job.spec.rounds)
             return
         with self.cond:
@@ -889,6 +977,7 @@ class Federation:
             job.current = None
             self.cond.notify_all()
         self.spool.discard_job(job.job_id)
+        self._discard_evaluation(job.job_id)
         self.store.set_job_state(job.job_id, JobState.FAILED, reason=reason)
         self.audit.append(
             Event.JOB_FAILED, job=job.job_id, code=getattr(exc, "code", Reason.ERROR), reason=reason

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from secagg.aggregator.federation import Federation
 from secagg.aggregator.modes import ModeBase
@@ -226,6 +226,12 @@ class FederationHub:
 
     def xsite_collect(self, site: str, topic: str, job_id: str, wait_s: float) -> bytes | Signal | None:
         return self._fed(job_id).xsite_collect(site, topic, job_id, wait_s)
+
+    def xsite_upload(self, site: Identity, header: dict[str, Any], chunks: Iterator[Any]) -> None:
+        self._fed(header.get("job_id")).xsite_upload(site, header, chunks)
+
+    def xsite_fetch(self, site: str, job_id: str, sender: str) -> tuple[dict[str, Any], BinaryIO] | Signal:
+        return self._fed(job_id).xsite_fetch(site, job_id, sender)
 
     def owed_final(self, seen_within_s: float) -> list[str]:
         """Sites still owed the final model of any finished job (see ``Federation.owed_final``)."""

@@ -31,6 +31,8 @@ from secagg.aggregator.rpc import (
     seconds_field,
 )
 from secagg.crossval.wire import COLLECT_TOPICS as XSITE_COLLECT_TOPICS
+from secagg.crossval.wire import INBOX as XSITE_INBOX
+from secagg.crossval.wire import MODEL as XSITE_MODEL
 from secagg.crossval.wire import POST_TOPICS as XSITE_POST_TOPICS
 from secagg.errors import IdentityError, SecaggError, StorageFull, UpdateRejected, is_storage_full
 from secagg.events import Event
@@ -38,7 +40,7 @@ from secagg.provision.identity import Identity
 from secagg.provision.kit import Kit
 from secagg.reasons import Reason
 from secagg.topics import Topic
-from secagg.transport.chunks import encode_stream, read_header
+from secagg.transport.chunks import MAX_CHUNK, encode_stream, read_header
 from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.generated import secagg_pb2_grpc as rpc
 from secagg.transport.tls import SERVER_OPTIONS, server_credentials
@@ -196,12 +198,35 @@ class FederationService(rpc.FederationServicer):
             nonlocal header
             got = read_header(request_iterator)
             header = got if isinstance(got, dict) else {}
+            if got.get("topic") == XSITE_MODEL:  # cross-site evaluation: a local model, sealed to a site
+                self.fed.xsite_upload(site, got, request_iterator)
+                return
             self.fed.accept_upload(site.name, got, request_iterator)
 
         self._guarded(
             context, site.name, upload, job=lambda: header.get("job_id"), round=lambda: header.get("round")
         )
         return pb.UploadReply(accepted=True, code=Reason.OK, message="accepted")
+
+    def FetchSealed(self, request: pb.SealedRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+        """A local model another site sealed to the caller, in chunks (cross-site evaluation)."""
+        site = self._site(context)
+
+        def opened() -> tuple[dict[str, Any], Any]:
+            job_id = name_field(request.job_id, "job_id")
+            sender = name_field(request.sender, "sender")
+            if request.topic != XSITE_INBOX:
+                raise UpdateRejected(f"nothing sealed under topic {request.topic!r}", code=Reason.MALFORMED)
+            got = self.fed.xsite_fetch(site.name, job_id, sender)
+            if isinstance(got, Signal):
+                raise UpdateRejected(
+                    f"no sealed model from {sender} for {site.name} in {job_id} ({got})", code=Reason.LATE
+                )
+            return got
+
+        header, fh = self._guarded(context, site.name, opened, topic=request.topic)
+        with fh:
+            yield from self._stream(context, site.name, encode_stream(header, _read_pieces(fh)))
 
     def Attest(self, request: pb.AttestRequest, context: grpc.ServicerContext) -> pb.AttestReply:
         site = self._site(context)
@@ -373,3 +398,9 @@ def _loggable(value: Any) -> Any:
     if isinstance(value, str):
         return _cut(value, MAX_NAME)
     return f"<{type(value).__name__}>"
+
+
+def _read_pieces(fh: Any) -> Iterator[bytes]:
+    """A file's bytes in pieces of at most one chunk (never whole in memory)."""
+    while piece := fh.read(MAX_CHUNK):
+        yield piece

@@ -37,6 +37,9 @@ TRAIN_PY = textwrap.dedent(
             n = int((task.data_dir / "n.txt").read_text())
             metrics = {"val_auc": 0.5 + 0.01 * task.round}
             if task.task == "evaluate":
+                # which model was measured, and where (the cross-site matrix is checked cell by cell)
+                metrics["weight_sum"] = float(sum(np.asarray(v, np.float64).sum() for v in g.values()))
+                metrics["evaluator_n"] = float(n)
                 client.send(metrics=metrics)
                 continue
             time.sleep(float(task.params.get("sleep", 0)))
@@ -63,12 +66,29 @@ def samples(site: str) -> int:
     return 50 + 25 * (int(site.rpartition("-")[2]) % 7)
 
 
+def model(big: int = 0) -> OrderedDict[str, np.ndarray]:
+    """The job's initial model: :data:`INIT`, with ``big`` more float32 parameters (0.5 each) in a
+    tensor ``big`` where a run needs a large model."""
+    out = OrderedDict(INIT)
+    if big:
+        out["big"] = np.full((big,), 0.5, dtype=np.float32)
+    return out
+
+
 def write_job(
-    folder: Path, *, mode: str, rounds: int, min_sites: int, round_timeout: float, sleep: float
+    folder: Path,
+    *,
+    mode: str,
+    rounds: int,
+    min_sites: int,
+    round_timeout: float,
+    sleep: float,
+    evaluation: str = "global",
+    big: int = 0,
 ) -> Path:
     folder.mkdir(parents=True)
     (folder / "train.py").write_text(TRAIN_PY)
-    (folder / "model.safetensors").write_bytes(to_safetensors(INIT))
+    (folder / "model.safetensors").write_bytes(to_safetensors(model(big)))
     spec = {
         "name": "chaos",
         "rounds": rounds,
@@ -78,6 +98,7 @@ def write_job(
         "entry": "train.py",
         "round_timeout": round_timeout,
         "params": {"sleep": sleep},
+        **({"evaluation": evaluation} if evaluation != "global" else {}),
     }
     (folder / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return folder
@@ -89,12 +110,13 @@ def write_data(folder: Path, site: str) -> Path:
     return folder
 
 
-def _delta(site: str, round_: int) -> OrderedDict[str, np.ndarray]:
+def _delta(site: str, round_: int, like: OrderedDict[str, np.ndarray] = INIT) -> OrderedDict[str, np.ndarray]:
+    """The update TRAIN_PY makes at ``site`` in ``round_`` for a model shaped ``like``."""
     import hashlib
 
     seed = int.from_bytes(hashlib.sha256(f"{site}/{round_}".encode()).digest()[:8], "little")
     rng = np.random.default_rng(seed)
-    return OrderedDict((k, (rng.standard_normal(v.shape) * 0.05).astype(np.float32)) for k, v in INIT.items())
+    return OrderedDict((k, (rng.standard_normal(v.shape) * 0.05).astype(np.float32)) for k, v in like.items())
 
 
 def expected_final(

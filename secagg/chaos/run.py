@@ -51,6 +51,10 @@ class RunSpec:
     #: seconds the aggregator's state disk (a tmpfs of ``disk_mb``) stays full, from the end of round 1
     disk_full_s: float | None = None
     disk_mb: int = 64
+    #: the job's ``evaluation`` (``cross_site``: the development policy shares local models)
+    evaluation: str = "global"
+    #: float32 parameters added to the job's model (a large model: :func:`secagg.chaos.job.model`)
+    big: int = 0
 
     @property
     def names(self) -> list[str]:
@@ -158,6 +162,8 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
         min_sites=spec.min_sites or spec.sites,
         round_timeout=spec.round_timeout,
         sleep=spec.sleep,
+        evaluation=spec.evaluation,
+        big=spec.big,
     )
     prepare_job(src, out / "job", n_sites=spec.sites)
     link = net.Link.make("chaos") if spec.partition_s is not None else None

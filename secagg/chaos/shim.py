@@ -12,7 +12,8 @@ Points (see :data:`POINTS`): in the aggregator ``agg-train`` (train tasks handed
 ``agg-publish`` (the round's result written, not yet committed to the store); in a site
 ``site-train`` (its worker training), ``site-debit`` (budget debited, nothing uploaded),
 ``site-upload`` (first chunk of the upload streamed), ``site-uploaded`` (upload accepted, not yet
-recorded by the site).
+recorded by the site); in a cross-site evaluation, ``agg-xsite`` (the aggregator has kept and recorded
+the first sealed local model, the others are still to come; ROUND is ignored).
 
 ``SECAGG_CHAOS_CLOCK=SECONDS`` (issue #18: clock skew) runs the process with its wall clock moved by
 SECONDS (negative: behind): ``time.time`` and ``datetime.datetime.now`` / ``utcnow`` read the real
@@ -37,7 +38,9 @@ ENV_CLOCK = "SECAGG_CHAOS_CLOCK"
 
 AGGREGATOR_POINTS = ("agg-train", "agg-upload", "agg-combine", "agg-publish")
 SITE_POINTS = ("site-train", "site-debit", "site-upload", "site-uploaded")
-POINTS = AGGREGATOR_POINTS + SITE_POINTS
+#: only a job with ``evaluation: cross_site`` reaches these (not part of the rounds' scenarios)
+XSITE_POINTS = ("agg-xsite",)
+POINTS = AGGREGATOR_POINTS + SITE_POINTS + XSITE_POINTS
 #: seconds after the train tasks are handed out (or the worker starts) before the kill
 TRAIN_DELAY_S = 0.3
 
@@ -79,7 +82,19 @@ def _install_aggregator(point: str, round_: int) -> None:
     from secagg.aggregator.spool import Spool
     from secagg.aggregator.store import StateStore
 
-    if point == "agg-train":
+    if point == "agg-xsite":
+        from secagg.aggregator.evaluation import CrossSite
+
+        def store_model(orig: Callable[..., Any]) -> Callable[..., Any]:
+            def f(self: Any, *a: Any, **k: Any) -> Any:
+                note = orig(self, *a, **k)
+                die(point, round_)  # recorded in the state file; its audit line and reply never go
+                return note
+
+            return f
+
+        _wrap(CrossSite, "store_model", store_model)
+    elif point == "agg-train":
 
         def next_task(orig: Callable[..., Any]) -> Callable[..., Any]:
             def f(self: Any, *a: Any, **k: Any) -> Any:

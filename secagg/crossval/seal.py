@@ -11,10 +11,18 @@ aggregator relays and stores ciphertext only (in ``plain`` mode, too: it sees up
 never given a local model), and no key exchange round is needed, since every site kit carries its
 peers' certificates, verified against the project CA.
 
+A model of any size travels in chunks (through the rounds' streamed upload and a streamed fetch), so
+HPKE seals only a fresh 256-bit content key to the recipient; the model is then AES-256-GCM in chunks
+of :data:`SEAL_CHUNK` under that key, each with its index and a last-chunk flag in the nonce (the
+STREAM construction: no chunk can be dropped, reordered or the stream cut short), and project, job,
+sender, recipient and length in its associated data. Neither side ever needs the whole ciphertext in
+memory.
+
 HPKE base mode does not say who sealed: so the sender signs (ECDSA P-384 / SHA-384, its certificate
-key) the sealed bytes together with project, job, sender and recipient, and the recipient checks that
-signature against the sender's certificate first. The aggregator can therefore drop an envelope (a
-missing cell of the matrix, visible), never forge, swap, replay from another job or misroute one.
+key) the wrapped key, the length and the SHA-256 of the whole ciphertext together with project, job,
+sender and recipient, and the recipient checks that signature against the sender's certificate first.
+The aggregator can therefore drop an envelope (a missing cell of the matrix, visible), never forge,
+swap, replay from another job or misroute one.
 
 A consent is the same kind of signed statement: site, job and whether it shares. Each site checks
 every other site's consent itself, so the rule "only where every site allows it" does not rest on the
@@ -25,24 +33,31 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import hashlib
+import hmac
+import io
 import json
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secagg.errors import IntegrityError
 from secagg.he.custody import SUITE
 from secagg.reasons import Reason
 
-_SEAL_DOMAIN = b"secagg/xsite-local-model/v1"
-_SIG_DOMAIN = b"secagg/xsite-local-model-sig/v1"
+_SEAL_DOMAIN = b"secagg/xsite-local-model/v2"
+_CHUNK_DOMAIN = b"secagg/xsite-local-model-chunk/v2"
+_SIG_DOMAIN = b"secagg/xsite-local-model-sig/v2"
 _CONSENT_DOMAIN = b"secagg/xsite-consent/v1"
-ENVELOPE_FORMAT = "secagg-xsite-envelope/v1"
+ENVELOPE_FORMAT = "secagg-xsite-envelope/v2"
 CONSENT_FORMAT = "secagg-xsite-consent/v1"
 
 
@@ -91,45 +106,83 @@ def _json(data: bytes, what: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- the model ----
+#: plaintext bytes per sealed chunk (each chunk is its own AES-256-GCM message, :data:`TAG` longer)
+SEAL_CHUNK = 1 << 20
+TAG = 16
+_KEY_BYTES = 32
+
+
+def sealed_size(plain_bytes: int) -> int:
+    """The ciphertext length of a model of ``plain_bytes`` (one chunk at least: an empty one too)."""
+    chunks = max(1, -(-plain_bytes // SEAL_CHUNK))
+    return plain_bytes + chunks * TAG
+
+
+def _nonce(index: int, last: bool) -> bytes:
+    """Chunk ``index``'s nonce (a fresh key per model, so a counter is unique) with the STREAM
+    construction's last-chunk flag: a relay can neither reorder chunks nor cut the stream short."""
+    return struct.pack(">QxxxB", index, 1 if last else 0)
+
+
 @dataclass(frozen=True)
 class Envelope:
-    """One local model, sealed from ``sender`` to ``recipient`` for ``job`` (parse only: opening it
-    is :func:`open_model`)."""
+    """The header of one local model sealed from ``sender`` to ``recipient`` for ``job``: the content
+    key wrapped to the recipient (HPKE), the model's length, the SHA-256 of the ciphertext that
+    travels after it, and the sender's signature over all of it. The ciphertext itself is streamed
+    (:func:`seal_stream`, :func:`open_stream`), so a model of any size travels in chunks."""
 
     job: str
     sender: str
     recipient: str
-    sealed: bytes
-    sig: bytes
+    wrapped: bytes
+    plain_bytes: int
+    digest: str
+    sig: bytes = b""
+
+    @property
+    def sealed_bytes(self) -> int:
+        return sealed_size(self.plain_bytes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": ENVELOPE_FORMAT,
+            "job": self.job,
+            "from": self.sender,
+            "to": self.recipient,
+            "wrapped": base64.b64encode(self.wrapped).decode(),
+            "plain_bytes": self.plain_bytes,
+            "sha256": self.digest,
+            "sig": base64.b64encode(self.sig).decode(),
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Envelope:
+        fields = {"format", "job", "from", "to", "wrapped", "plain_bytes", "sha256", "sig"}
+        if not isinstance(doc, dict) or doc.get("format") != ENVELOPE_FORMAT or set(doc) != fields:
+            raise EnvelopeError("not a sealed local model (format or fields)")
+        if not all(isinstance(doc[k], str) for k in ("job", "from", "to", "sha256")):
+            raise EnvelopeError("sealed local model: job, from, to and sha256 must be strings")
+        n = doc["plain_bytes"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 1 << 50:
+            raise EnvelopeError("sealed local model: plain_bytes must be a size")
+        if len(doc["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in doc["sha256"]):
+            raise EnvelopeError("sealed local model: sha256 must be 64 lower-case hex digits")
+        return cls(
+            doc["job"],
+            doc["from"],
+            doc["to"],
+            _b64(doc["wrapped"], "wrapped"),
+            n,
+            doc["sha256"],
+            _b64(doc["sig"], "sig"),
+        )
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
-            {
-                "format": ENVELOPE_FORMAT,
-                "job": self.job,
-                "from": self.sender,
-                "to": self.recipient,
-                "sealed": base64.b64encode(self.sealed).decode(),
-                "sig": base64.b64encode(self.sig).decode(),
-            },
-            sort_keys=True,
-        ).encode()
+        return json.dumps(self.to_dict(), sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Envelope:
-        doc = _json(data, "sealed local model")
-        if doc.get("format") != ENVELOPE_FORMAT or set(doc) != {
-            "format",
-            "job",
-            "from",
-            "to",
-            "sealed",
-            "sig",
-        }:
-            raise EnvelopeError("not a sealed local model (format or fields)")
-        if not all(isinstance(doc[k], str) for k in ("job", "from", "to")):
-            raise EnvelopeError("sealed local model: job, from and to must be strings")
-        return cls(doc["job"], doc["from"], doc["to"], _b64(doc["sealed"], "sealed"), _b64(doc["sig"], "sig"))
+        return cls.from_dict(_json(data, "sealed local model"))
 
     def signed_message(self, project: str) -> bytes:
         return _lp(
@@ -138,11 +191,14 @@ class Envelope:
             self.job.encode(),
             self.sender.encode(),
             self.recipient.encode(),
-            self.sealed,
+            self.wrapped,
+            str(self.plain_bytes).encode(),
+            self.digest.encode(),
         )
 
     def verify_sender(self, sender_cert: x509.Certificate, project: str) -> None:
-        """The sender's signature over the sealed bytes and every name they are bound to."""
+        """The sender's signature over the wrapped key, the ciphertext's digest and every name they
+        are bound to."""
         _verify(sender_cert, self.sender, self.sig, self.signed_message(project), "sealed local model")
 
 
@@ -150,8 +206,21 @@ def _info(project: str, job: str, sender: str, recipient: str) -> bytes:
     return _lp(_SEAL_DOMAIN, project.encode(), job.encode(), sender.encode(), recipient.encode())
 
 
-def seal_model(
-    model: bytes,
+def _aad(project: str, job: str, sender: str, recipient: str, plain_bytes: int) -> bytes:
+    return _lp(
+        _CHUNK_DOMAIN,
+        project.encode(),
+        job.encode(),
+        sender.encode(),
+        recipient.encode(),
+        str(plain_bytes).encode(),
+    )
+
+
+def seal_stream(
+    src: BinaryIO,
+    dst: BinaryIO,
+    plain_bytes: int,
     *,
     project: str,
     job: str,
@@ -160,34 +229,100 @@ def seal_model(
     recipient: str,
     recipient_cert: x509.Certificate,
 ) -> Envelope:
-    """Seal ``model`` (safetensors bytes) to ``recipient``'s certificate key and sign it as ``sender``."""
-    sealed = SUITE.encrypt(
-        model, _p384(recipient_cert, recipient), info=_info(project, job, sender, recipient)
+    """Seal ``plain_bytes`` read from ``src`` (safetensors of the model) to ``recipient``'s certificate
+    key, writing the ciphertext to ``dst`` a chunk at a time; the signed header is returned."""
+    key = AESGCM.generate_key(bit_length=_KEY_BYTES * 8)
+    wrapped = SUITE.encrypt(
+        key, _p384(recipient_cert, recipient), info=_info(project, job, sender, recipient)
     )
-    env = Envelope(job, sender, recipient, sealed, b"")
+    aead, aad, digest = AESGCM(key), _aad(project, job, sender, recipient, plain_bytes), hashlib.sha256()
+    left, index = plain_bytes, 0
+    while True:
+        piece = src.read(min(SEAL_CHUNK, left))
+        if len(piece) != min(SEAL_CHUNK, left):
+            raise EnvelopeError(f"the model ended {left - len(piece)} bytes short of {plain_bytes}")
+        left -= len(piece)
+        ct = aead.encrypt(_nonce(index, left == 0), piece, aad)
+        digest.update(ct)
+        dst.write(ct)
+        index += 1
+        if left == 0:
+            break
+    env = Envelope(job, sender, recipient, wrapped, plain_bytes, digest.hexdigest())
     sig = sender_key.sign(env.signed_message(project), ec.ECDSA(hashes.SHA384()))
-    return Envelope(job, sender, recipient, sealed, sig)
+    return dataclasses.replace(env, sig=sig)
 
 
-def open_model(
+def _rechunk(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The ciphertext in chunks of ``size`` (the last shorter), however it was cut on the wire."""
+    buf = bytearray()
+    for piece in pieces:
+        buf += piece
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
+
+
+def open_stream(
     env: Envelope,
+    pieces: Iterable[bytes],
+    dst: BinaryIO,
     *,
     project: str,
     job: str,
     me: str,
     my_key: ec.EllipticCurvePrivateKey,
     sender_cert: x509.Certificate,
-) -> bytes:
-    """The model bytes, only if ``env`` is for this job and this site and signed by its sender."""
+) -> int:
+    """Decrypt the ciphertext ``pieces`` of ``env`` into ``dst``, only if it is for this job and this
+    site and signed by its sender; every chunk is authenticated before it is written, and a stream
+    that is cut short, too long, reordered or not the signed one raises :class:`EnvelopeError`.
+    (``dst`` may then hold a prefix of the model: the caller discards it.) Returns the bytes written."""
     if env.job != job or env.recipient != me:
         raise EnvelopeError(f"sealed local model is for {env.recipient} in {env.job}, not {me} in {job}")
     env.verify_sender(sender_cert, project)
     try:
-        return SUITE.decrypt(env.sealed, my_key, info=_info(project, job, env.sender, me))
+        key = SUITE.decrypt(env.wrapped, my_key, info=_info(project, job, env.sender, me))
+        if len(key) != _KEY_BYTES:
+            raise ValueError("wrapped key of the wrong length")
     except (InvalidTag, ValueError, TypeError) as exc:
         raise EnvelopeError(
             f"sealed local model from {env.sender} does not open: {type(exc).__name__}"
         ) from None
+    aead, aad, digest = AESGCM(key), _aad(project, job, env.sender, me, env.plain_bytes), hashlib.sha256()
+    chunks = max(1, -(-env.plain_bytes // SEAL_CHUNK))
+    written = 0
+    for index, ct in enumerate(_rechunk(pieces, SEAL_CHUNK + TAG)):
+        if index >= chunks:
+            raise EnvelopeError(f"sealed local model from {env.sender} runs past its {chunks} chunks")
+        digest.update(ct)
+        try:
+            plain = aead.decrypt(_nonce(index, index == chunks - 1), ct, aad)
+        except InvalidTag:
+            raise EnvelopeError(
+                f"chunk {index} of the sealed model from {env.sender} does not open"
+            ) from None
+        dst.write(plain)
+        written += len(plain)
+    if written != env.plain_bytes or not hmac.compare_digest(digest.hexdigest(), env.digest):
+        raise EnvelopeError(f"sealed local model from {env.sender} is cut short or not the one signed")
+    return written
+
+
+def seal_model(model: bytes, **kw: Any) -> tuple[Envelope, bytes]:
+    """:func:`seal_stream` of bytes in memory: ``(header, ciphertext)``."""
+    out = io.BytesIO()
+    env = seal_stream(io.BytesIO(model), out, len(model), **kw)
+    return env, out.getvalue()
+
+
+def open_model(env: Envelope, sealed: bytes, **kw: Any) -> bytes:
+    """:func:`open_stream` into memory."""
+    out = io.BytesIO()
+    open_stream(env, [sealed], out, **kw)
+    return out.getvalue()
 
 
 # ----------------------------------------------------------------------------- the consent ----
@@ -253,6 +388,10 @@ __all__ = [
     "Consent",
     "Envelope",
     "EnvelopeError",
+    "SEAL_CHUNK",
     "open_model",
+    "open_stream",
     "seal_model",
+    "seal_stream",
+    "sealed_size",
 ]

@@ -15,19 +15,22 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from secagg.bundle import BundleSpec
 from secagg.topics import Topic
 
 #: posted by a site: its signed consent (JSON of :class:`secagg.crossval.seal.Consent`)
 CONSENT = Topic.XSITE_CONSENT
-#: posted by a site: its local model sealed to one other site (:class:`secagg.crossval.seal.Envelope`)
+#: uploaded by a site (the rounds' streamed upload, this topic in its header): its local model sealed
+#: to one other site, the signed :class:`secagg.crossval.seal.Envelope` in the header, then ciphertext
 MODEL = Topic.XSITE_MODEL
 #: posted by a site: ``{"results": {model_owner: metrics}, "refused": {model_owner: code}}``
 METRICS = Topic.XSITE_METRICS
 #: collected by a site: every site's consent, once the aggregator fixed the set
 CONSENTS = Topic.XSITE_CONSENTS
-#: collected by a site: the sealed models addressed to it
+#: collected by a site: the headers of the sealed models addressed to it (each then fetched in chunks
+#: with ``FetchSealed``, this topic and the sender's name)
 INBOX = Topic.XSITE_INBOX
-POST_TOPICS = frozenset({CONSENT, MODEL, METRICS})
+POST_TOPICS = frozenset({CONSENT, METRICS})
 COLLECT_TOPICS = frozenset({CONSENTS, INBOX})
 
 #: the row of the final global model in the matrix (sites' rows are their names)
@@ -71,4 +74,12 @@ __all__ = [
     "POST_TOPICS",
     "BadMetrics",
     "bounded_metrics",
+    "max_model_bytes",
 ]
+
+
+def max_model_bytes(bspec: BundleSpec) -> int:
+    """The most bytes a site's local model of the job (float32 safetensors of ``bspec``, with its
+    order metadata) can take: what a sealed model's announced length is checked against on both
+    sides, before a byte of it is received."""
+    return 8 + 4 * bspec.size + sum(2 * len(t.name.encode()) + 192 for t in bspec.tensors) + 4096

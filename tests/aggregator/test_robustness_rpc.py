@@ -151,3 +151,22 @@ def test_an_admin_request_with_an_oversize_job_id_is_a_usage_error_with_a_short_
     assert reason == "usage" and status == grpc.StatusCode.INVALID_ARGUMENT
     last = live.audit()[-1]
     assert last["event"] == "admin_failed" and len(last["job"]) <= 256
+
+
+def test_hostile_cross_site_calls_are_refused_with_a_reason(live: Live) -> None:
+    """A sealed-model upload for a job that is not evaluating, one whose envelope does not parse, and a
+    fetch of a sealed model that is not there: each a specific refusal with its code, none UNKNOWN."""
+    xsite = {"topic": "xsite-model", "job_id": live.job_id, "bytes": 1, "envelope": {"format": "x"}}
+    status, code, _ = _refused(_upload(live, xsite))
+    assert (status, code) == (grpc.StatusCode.FAILED_PRECONDITION, "late")  # the job is still training
+    status, code, _ = _refused(_upload(live, {**xsite, "job_id": 7}))
+    assert code == "malformed"
+
+    def fetch(**kw: Any) -> Any:
+        req = pb.SealedRequest(**({"job_id": live.job_id, "topic": "xsite-inbox", "sender": "site-1"} | kw))
+        return lambda: list(live.stub.FetchSealed(req, timeout=20))
+
+    assert _refused(fetch())[1] == "late"  # nothing sealed to site-2 (no evaluation yet)
+    assert _refused(fetch(topic="roster"))[1] == "malformed"
+    assert _refused(fetch(sender=""))[1] == "malformed"
+    assert not (live.fed.state_dir / "jobs" / live.job_id / "xsite").exists()

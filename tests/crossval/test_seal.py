@@ -4,14 +4,27 @@ verifies only as signed."""
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 
 import pytest
 
-from secagg.crossval.seal import Consent, Envelope, EnvelopeError, open_model, seal_model
+from secagg.crossval.seal import (
+    SEAL_CHUNK,
+    TAG,
+    Consent,
+    Envelope,
+    EnvelopeError,
+    open_model,
+    open_stream,
+    seal_model,
+    sealed_size,
+)
 from secagg.provision.kit import Kit, load_kit
 
 MODEL = b"safetensors bytes of a local model" * 10
+#: past one sealed chunk, so the chunking itself is under test
+BIG = bytes(range(256)) * (SEAL_CHUNK // 256 * 2 + 3)
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +32,11 @@ def kits(workspace: Path) -> dict[str, Kit]:
     return {s: load_kit(workspace / s) for s in ("site-1", "site-2", "site-3")}
 
 
-def _seal(kits: dict[str, Kit], sender: str = "site-1", to: str = "site-2", job: str = "job-1") -> Envelope:
+def _seal(
+    kits: dict[str, Kit], sender: str = "site-1", to: str = "site-2", job: str = "job-1", model: bytes = MODEL
+) -> tuple[Envelope, bytes]:
     return seal_model(
-        MODEL,
+        model,
         project=kits[sender].config.project,
         job=job,
         sender=sender,
@@ -32,10 +47,16 @@ def _seal(kits: dict[str, Kit], sender: str = "site-1", to: str = "site-2", job:
 
 
 def _open(
-    kits: dict[str, Kit], env: Envelope, me: str = "site-2", job: str = "job-1", sender: str = "site-1"
+    kits: dict[str, Kit],
+    env: Envelope,
+    sealed: bytes,
+    me: str = "site-2",
+    job: str = "job-1",
+    sender: str = "site-1",
 ) -> bytes:
     return open_model(
         env,
+        sealed,
         project=kits[me].config.project,
         job=job,
         me=me,
@@ -45,41 +66,68 @@ def _open(
 
 
 def test_round_trip_through_bytes(kits: dict[str, Kit]) -> None:
-    env = Envelope.from_bytes(_seal(kits).to_bytes())
-    assert MODEL not in env.to_bytes()
-    assert _open(kits, env) == MODEL
+    env, sealed = _seal(kits)
+    env = Envelope.from_bytes(env.to_bytes())
+    assert MODEL not in sealed and MODEL not in env.to_bytes()
+    assert len(sealed) == env.sealed_bytes == sealed_size(len(MODEL))
+    assert _open(kits, env, sealed) == MODEL
+
+
+def test_a_model_of_several_chunks_opens_however_the_wire_cuts_it(kits: dict[str, Kit]) -> None:
+    env, sealed = _seal(kits, model=BIG)
+    assert len(sealed) == sealed_size(len(BIG)) == len(BIG) + 3 * TAG
+    out = io.BytesIO()
+    pieces = [sealed[i : i + 4099] for i in range(0, len(sealed), 4099)]  # not the chunk boundaries
+    k = kits["site-2"]
+    kw = {"project": k.config.project, "job": "job-1", "me": "site-2", "my_key": k.private_key}
+    assert open_stream(env, pieces, out, sender_cert=kits["site-1"].cert, **kw) == len(BIG)
+    assert out.getvalue() == BIG
+    empty_env, empty = _seal(kits, model=b"")
+    assert _open(kits, empty_env, empty) == b""
+
+
+def test_a_cut_reordered_or_extended_stream_is_refused(kits: dict[str, Kit]) -> None:
+    env, sealed = _seal(kits, model=BIG)
+    c = SEAL_CHUNK + TAG
+    first, second, rest = sealed[:c], sealed[c : 2 * c], sealed[2 * c :]
+    for bad in (sealed[: 2 * c], second + first + rest, sealed + sealed[-c:], sealed[:-1]):
+        with pytest.raises(EnvelopeError):
+            _open(kits, env, bad)
 
 
 def test_only_the_recipient_opens_it(kits: dict[str, Kit]) -> None:
-    env = _seal(kits)
+    env, sealed = _seal(kits)
     with pytest.raises(EnvelopeError, match="not site-3"):
-        _open(kits, env, me="site-3")
+        _open(kits, env, sealed, me="site-3")
     readdressed = dataclasses.replace(env, recipient="site-3")  # a relay cannot re-address it either
     with pytest.raises(EnvelopeError, match="not signed by site-1"):
-        _open(kits, readdressed, me="site-3")
+        _open(kits, readdressed, sealed, me="site-3")
 
 
 def test_another_job_or_a_forged_sender_is_refused(kits: dict[str, Kit]) -> None:
-    env = _seal(kits)
+    env, sealed = _seal(kits)
     with pytest.raises(EnvelopeError):
-        _open(kits, env, job="job-2")  # replayed into another job
+        _open(kits, env, sealed, job="job-2")  # replayed into another job
     # site-3 seals a model of its own and calls it site-1's: site-1's signature is missing
-    forged = dataclasses.replace(_seal(kits, sender="site-3"), sender="site-1")
+    env3, sealed3 = _seal(kits, sender="site-3")
     with pytest.raises(EnvelopeError, match="not signed by site-1"):
-        _open(kits, forged)
+        _open(kits, dataclasses.replace(env3, sender="site-1"), sealed3)
 
 
 def test_tampered_ciphertext_is_refused(kits: dict[str, Kit]) -> None:
-    env = _seal(kits)
-    flipped = dataclasses.replace(env, sealed=env.sealed[:-1] + bytes([env.sealed[-1] ^ 1]))
+    env, sealed = _seal(kits)
     with pytest.raises(EnvelopeError):
-        _open(kits, flipped)
+        _open(kits, env, sealed[:-1] + bytes([sealed[-1] ^ 1]))
 
 
-def test_malformed_envelope_is_one_clear_error() -> None:
+def test_malformed_envelope_is_one_clear_error(kits: dict[str, Kit]) -> None:
     for data in (b"not json", b"[]", b'{"format": "other"}'):
         with pytest.raises(EnvelopeError):
             Envelope.from_bytes(data)
+    doc = _seal(kits)[0].to_dict()
+    for bad in ({"plain_bytes": -1}, {"plain_bytes": True}, {"sha256": "x" * 64}, {"extra": 1}):
+        with pytest.raises(EnvelopeError):
+            Envelope.from_dict({**doc, **bad})
 
 
 def test_consent_verifies_only_as_signed(kits: dict[str, Kit]) -> None:

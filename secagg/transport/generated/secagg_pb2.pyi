@@ -139,6 +139,16 @@ class AdminRequest(_message.Message):
     payload: bytes
     def __init__(self, command: _Optional[str] = ..., job_id: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
+class SealedRequest(_message.Message):
+    __slots__ = ("job_id", "topic", "sender")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    topic: str
+    sender: str
+    def __init__(self, job_id: _Optional[str] = ..., topic: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
+
 class AttestRequest(_message.Message):
     __slots__ = ("job_id", "nonce")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,11 @@ class FederationStub:
                 request_serializer=secagg__pb2.AttestRequest.SerializeToString,
                 response_deserializer=secagg__pb2.AttestReply.FromString,
                 _registered_method=True)
+        self.FetchSealed = channel.unary_stream(
+                '/secagg.v1.Federation/FetchSealed',
+                request_serializer=secagg__pb2.SealedRequest.SerializeToString,
+                response_deserializer=secagg__pb2.Chunk.FromString,
+                _registered_method=True)
         self.Admin = channel.unary_stream(
                 '/secagg.v1.Federation/Admin',
                 request_serializer=secagg__pb2.AdminRequest.SerializeToString,
@@ -145,6 +150,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchSealed(self, request, context):
+        """A sealed payload relayed to the caller (cross-site evaluation: another site's local model, sealed
+        to the caller): header chunk, payload chunks, trailer, as FetchTask streams the global model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Admin(self, request, context):
         """Admin console (role from the admin certificate).
         """
@@ -202,6 +215,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Attest,
                     request_deserializer=secagg__pb2.AttestRequest.FromString,
                     response_serializer=secagg__pb2.AttestReply.SerializeToString,
+            ),
+            'FetchSealed': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchSealed,
+                    request_deserializer=secagg__pb2.SealedRequest.FromString,
+                    response_serializer=secagg__pb2.Chunk.SerializeToString,
             ),
             'Admin': grpc.unary_stream_rpc_method_handler(
                     servicer.Admin,
@@ -430,6 +448,33 @@ class Federation:
             '/secagg.v1.Federation/Attest',
             secagg__pb2.AttestRequest.SerializeToString,
             secagg__pb2.AttestReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchSealed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/secagg.v1.Federation/FetchSealed',
+            secagg__pb2.SealedRequest.SerializeToString,
+            secagg__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,
