@@ -130,11 +130,13 @@ class FederationHub:
         """What a site polls to learn which jobs to serve: the running ones, and how many wait."""
         with self.cond:
             self.heartbeats[site] = time.time()
+        live, queued = self.scheduler.snapshot()
         jobs = [
             {"job_id": j.job_id, "mode": j.spec.mode, "rounds": j.spec.rounds, "state": str(j.state)}
-            for j in self.running()
+            for j in (f.job for f in live)
+            if j is not None
         ]
-        return {"jobs": jobs, "queued": len(self.scheduler.queued()), "max_jobs": self.max_jobs}
+        return {"jobs": jobs, "queued": queued, "max_jobs": self.max_jobs}
 
     def start(self) -> None:
         self.scheduler.start()
