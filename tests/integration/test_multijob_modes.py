@@ -160,6 +160,18 @@ def _check_audit_and_ledgers(tmp: Path, ids: dict[str, str]) -> list[dict[str, A
     return events
 
 
+def _check_metrics(run: Run, ids: dict[str, str], mode: str) -> None:
+    """Each site's metrics have one series per job: its own rounds, round times and bytes."""
+    for site, agent in run.agents.items():
+        get = agent.metrics.registry.get_sample_value
+        for name, job_id in ids.items():
+            labels = {"job": job_id, "mode": mode}
+            assert get("secagg_site_rounds_completed_total", labels) == JOBS[name], (site, name)
+            assert get("secagg_site_round_seconds_count", labels) == JOBS[name], (site, name)
+            assert (get("secagg_site_bytes_sent_total", labels) or 0) > 0, (site, name)
+            assert (get("secagg_site_bytes_received_total", labels) or 0) > 0, (site, name)
+
+
 def _overlapped(events: list[dict[str, Any]], a: str, b: str) -> bool:
     """Some round of ``b`` completed while ``a`` was running."""
     seq = {(e["event"], e.get("job")): i for i, e in enumerate(events)}
@@ -172,10 +184,11 @@ def test_two_jobs_at_once_each_end_where_it_ends_alone(
     tmp_path: Path, workspace: Path, mode: str, seeded_noise: None
 ) -> None:
     _, alone_ids = _federate(tmp_path / "alone", workspace, mode, max_jobs=1)
-    _, both_ids = _federate(tmp_path / "both", workspace, mode, max_jobs=2)
+    both_run, both_ids = _federate(tmp_path / "both", workspace, mode, max_jobs=2)
 
     alone_events = _check_audit_and_ledgers(tmp_path / "alone", alone_ids)
     both_events = _check_audit_and_ledgers(tmp_path / "both", both_ids)
+    _check_metrics(both_run, both_ids, mode)
     a, b = alone_ids["job-a"], alone_ids["job-b"]
     assert not _overlapped(alone_events, a, b) and not _overlapped(alone_events, b, a)  # queued: one by one
     assert [e["job"] for e in alone_events if e["event"] == "job_queued"] == [b]
