@@ -79,6 +79,10 @@ class Observed(Protocol):
     @property
     def current_mode(self) -> str: ...
 
+    def mode_of(self, job_id: str) -> str:
+        """The mode of the running job ``job_id`` (``none`` for a job it does not run)."""
+        ...
+
 
 class AggregatorMetrics(_Endpoint):
     """Rounds, round time, connected sites, payload bytes per mode, refusals by reason code."""
@@ -111,8 +115,11 @@ class AggregatorMetrics(_Endpoint):
         self.jobs = Counter("secagg_jobs", "Jobs by outcome", ["outcome"], registry=r)
         fed.audit.listeners.append(self.observe)
 
-    def _mode(self) -> str:
-        return self.fed.current_mode
+    def _mode(self, record: dict[str, Any]) -> str:
+        """The mode of the record's job: with several jobs at once, each round and upload is counted
+        under its own job's mode, never under the running jobs' modes together."""
+        job = record.get("job")
+        return self.fed.mode_of(job) if isinstance(job, str) and job else self.fed.current_mode
 
     def _connected_sites(self) -> float:
         now = time.time()
@@ -127,11 +134,11 @@ class AggregatorMetrics(_Endpoint):
         """Audit listener."""
         event = record.get("event")
         if event == Event.ROUND_COMPLETED:
-            mode = self._mode()
+            mode = self._mode(record)
             self.rounds.labels(mode=mode).inc()
             self.round_seconds.labels(mode=mode).observe(float(record.get("seconds", 0.0)))
         elif event == Event.UPLOAD_ACCEPTED:
-            self.bytes_in.labels(mode=self._mode()).inc(float(record.get("bytes") or 0))
+            self.bytes_in.labels(mode=self._mode(record)).inc(float(record.get("bytes") or 0))
         elif event in REFUSAL_EVENTS:
             self.refusals.labels(code=str(record.get("code", "error")), event=str(event)).inc()
         elif event in JOB_OUTCOMES:

@@ -110,6 +110,10 @@ class FederationHub:
         modes = sorted({j.spec.mode for j in self.running()})
         return "+".join(modes) if modes else "none"
 
+    def mode_of(self, job_id: str) -> str:
+        """``job_id``'s mode (a metrics label: each job's rounds are counted under its own mode)."""
+        return self._fed(job_id).mode_of(job_id)
+
     def submit(self, job_dir: Path, submitter: str, source: Path | None = None) -> str:
         """Check and keep a verified job; it runs at once, or queues behind ``max_jobs`` others."""
         return self.scheduler.submit(lambda fed, start: fed.submit(job_dir, submitter, source, start=start))
