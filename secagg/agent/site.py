@@ -25,7 +25,7 @@ from secagg.agent.consistency import BadSampleCount, check_roster, sample_count,
 from secagg.agent.evaluation import CrossSiteEvaluation, keep_local_model
 from secagg.agent.jobs import JobThreads
 from secagg.agent.modes import ModeContext, Outgoing, SiteMode, Task, make_mode
-from secagg.agent.relay import TRANSIENT, Relay, RoundMovedOn, is_stale, reason_of
+from secagg.agent.relay import TRANSIENT, AggregatorTooOld, Relay, RoundMovedOn, is_stale, reason_of
 from secagg.agent.release import Releaser
 from secagg.agent.sandbox import require_available
 from secagg.agent.state import SiteState
@@ -326,6 +326,8 @@ class SiteAgent:
         kind = header.get("kind")
         if kind == "wait":
             return None
+        if not isinstance(header.get("job_id"), str) or not header["job_id"]:
+            raise AggregatorTooOld(f"it sent a {kind!r} task without a job id")
         job_id = header["job_id"]
         self.state.set_last_job(job_id)
         if kind == "stop":
