@@ -150,3 +150,30 @@ def test_a_site_never_sees_nothing_running_while_a_queued_job_starts(
     finally:
         go.set()
         server.stop(grace=0.1)
+
+
+def test_exit_when_done_waits_for_the_queue(ws: Path, tmp_path: Path) -> None:
+    """``aggregator serve --exit-when-done`` stops once every job has ended and none waits: a job that
+    ended while another waits in the queue is not the end."""
+    from secagg.aggregator.hub import FederationHub
+    from secagg.commands.aggregator import all_ended
+
+    job = make_tiny_job(tmp_path / "job", ws, rounds=2)
+    hub = FederationHub(load_kit(ws / "aggregator"), tmp_path / "state", max_jobs=1)
+    try:
+        assert all_ended(hub) is None  # nothing ran yet
+        first, second = (hub.submit(job, "admin@lead (project_admin of lead)") for _ in range(2))
+        assert all_ended(hub) is None  # one runs, one waits
+        hub.abort(first, by="test")  # no drivers here: the queued job stays queued
+        assert _states_of(hub) == {first: "aborted", second: "queued"}
+        assert all_ended(hub) is None
+        hub.abort(second, by="test")  # out of the queue: nothing runs, nothing waits
+        ended = all_ended(hub)
+        assert ended is not None and ended.job_id == first
+    finally:
+        hub.stop()
+        hub.store.close()
+
+
+def _states_of(hub: Any) -> dict[str, str]:
+    return {r.job_id: r.state for r in hub.store.jobs()}
