@@ -1,4 +1,5 @@
-"""``kill -9`` of a site agent serving two jobs at once on one data set, restarted on the same state.
+"""``kill -9`` of a site agent serving two jobs at once on one data set, restarted on the same state
+(plain and mask).
 
 Site 3 runs as a process of its own (``secagg agent run`` through the chaos launcher), SIGKILLed in
 round 2 at one of two points of whichever of its job threads gets there first: ``site-debit`` (that
@@ -51,6 +52,14 @@ KILLED_POLICY = TEST_POLICY + (
 )
 
 
+#: mask: the killed site's round is not summed without it (the job's min_sites is 3, t is 2)
+MASK = {"mask": {"threshold": 2, "clip": 8.0}}
+
+
+def _modes(policy: str) -> str:
+    return policy.replace("modes: [plain, he]", "modes: [plain, he, mask]")
+
+
 def _audit(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
@@ -91,20 +100,25 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float, tmp: Path, n: int) -> i
         raise AssertionError(f"site-3 (run {n}) did not finish in {timeout:.0f} s:\n{tail}") from None
 
 
+@pytest.mark.parametrize("mode", ["plain", "mask"])
 @pytest.mark.parametrize("point", ["site-debit", "site-uploaded"])
-def test_kill_9_with_two_jobs_on_one_data_set(tmp_path: Path, workspace: Path, point: str) -> None:
+def test_kill_9_with_two_jobs_on_one_data_set(tmp_path: Path, workspace: Path, point: str, mode: str) -> None:
     jobs = [
         make_tiny_job(
             tmp_path / name,
             workspace,
             rounds=rounds,
             round_timeout=20,
+            mode=mode,
             script="salted_train.py",
-            extra={"name": name, "params": {"salt": name}},
+            extra={"name": name, "params": {"salt": name}, **(MASK if mode == "mask" else {})},
         )
         for name, rounds in JOBS.items()
     ]
-    pols = write_policies(tmp_path, {"site-1": TEST_POLICY, "site-2": TEST_POLICY, "site-3": KILLED_POLICY})
+    pols = write_policies(
+        tmp_path,
+        {"site-1": _modes(TEST_POLICY), "site-2": _modes(TEST_POLICY), "site-3": _modes(KILLED_POLICY)},
+    )
     run = start(tmp_path, workspace, jobs[0], sites=["site-1", "site-2"], policies=pols)
     fed = run.server.fed
     submit_verified(fed, jobs[1], load_kit(tmp_path / "ws" / "aggregator"))
