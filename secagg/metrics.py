@@ -1,7 +1,8 @@
 """Prometheus metrics for the aggregator and the site agent, on their own port, loopback by default.
 
 Operators watch throughput and refusals, never content: no metric or label carries update values,
-data, or key material; labels are only the aggregation mode, reason codes and event kinds. Each
+data, or key material; labels are only the aggregation mode, reason codes, event kinds and, at a
+site, the job id (what its audit log and ``admin list`` show already). Each
 process object owns a dedicated ``CollectorRegistry`` (tests create many servers in one process, and a
 global registry would refuse the second set of names).
 
@@ -78,6 +79,10 @@ class Observed(Protocol):
     @property
     def current_mode(self) -> str: ...
 
+    def mode_of(self, job_id: str) -> str:
+        """The mode of the running job ``job_id`` (``none`` for a job it does not run)."""
+        ...
+
 
 class AggregatorMetrics(_Endpoint):
     """Rounds, round time, connected sites, payload bytes per mode, refusals by reason code."""
@@ -110,8 +115,11 @@ class AggregatorMetrics(_Endpoint):
         self.jobs = Counter("secagg_jobs", "Jobs by outcome", ["outcome"], registry=r)
         fed.audit.listeners.append(self.observe)
 
-    def _mode(self) -> str:
-        return self.fed.current_mode
+    def _mode(self, record: dict[str, Any]) -> str:
+        """The mode of the record's job: with several jobs at once, each round and upload is counted
+        under its own job's mode, never under the running jobs' modes together."""
+        job = record.get("job")
+        return self.fed.mode_of(job) if isinstance(job, str) and job else self.fed.current_mode
 
     def _connected_sites(self) -> float:
         now = time.time()
@@ -126,11 +134,11 @@ class AggregatorMetrics(_Endpoint):
         """Audit listener."""
         event = record.get("event")
         if event == Event.ROUND_COMPLETED:
-            mode = self._mode()
+            mode = self._mode(record)
             self.rounds.labels(mode=mode).inc()
             self.round_seconds.labels(mode=mode).observe(float(record.get("seconds", 0.0)))
         elif event == Event.UPLOAD_ACCEPTED:
-            self.bytes_in.labels(mode=self._mode()).inc(float(record.get("bytes") or 0))
+            self.bytes_in.labels(mode=self._mode(record)).inc(float(record.get("bytes") or 0))
         elif event in REFUSAL_EVENTS:
             self.refusals.labels(code=str(record.get("code", "error")), event=str(event)).inc()
         elif event in JOB_OUTCOMES:
@@ -140,48 +148,59 @@ class AggregatorMetrics(_Endpoint):
 class SiteMetrics(_Endpoint):
     """The site agent's metrics; the agent calls these methods (it has no audit listener to drive them).
 
-    Privacy budget is reported as the numbers the ledger already shows the operator (epsilon, delta
-    spent and left), never anything derived from the data."""
+    A site serves several jobs at once, so every per-round and per-job series carries the ``job`` label
+    (with the job's ``mode``): two jobs' rounds, bytes and round times are two series, never one that
+    both add to. One series per job the site served: a handful, as jobs are admitted one by one.
+    Privacy budget is the data set's, whichever job spends it, so its gauges have no job: they are the
+    numbers the ledger already shows the operator (epsilon, delta spent and left), never anything
+    derived from the data."""
 
     def __init__(self) -> None:
         super().__init__()
         r = self.registry
         self.rounds = Counter(
-            "secagg_site_rounds_completed", "Rounds this site uploaded", ["mode"], registry=r
+            "secagg_site_rounds_completed", "Rounds this site uploaded", ["job", "mode"], registry=r
         )
         self.round_seconds = Histogram(
             "secagg_site_round_seconds",
             "Wall time of a round at this site (train, protect, upload)",
-            ["mode"],
+            ["job", "mode"],
             buckets=ROUND_BUCKETS,
             registry=r,
         )
         self.bytes_sent = Counter(
-            "secagg_site_bytes_sent", "Protected update bytes uploaded", ["mode"], registry=r
+            "secagg_site_bytes_sent", "Protected update bytes uploaded", ["job", "mode"], registry=r
         )
         self.bytes_received = Counter(
-            "secagg_site_bytes_received", "Global model / aggregate bytes received", ["mode"], registry=r
+            "secagg_site_bytes_received",
+            "Global model / aggregate bytes received",
+            ["job", "mode"],
+            registry=r,
         )
         self.refusals = Counter(
-            "secagg_site_refusals", "Tasks this site declined, by reason code", ["code"], registry=r
+            "secagg_site_refusals",
+            "Jobs and rounds this site declined, by job and reason code",
+            ["job", "code"],
+            registry=r,
         )
         budget = ["quantity"]
         self.budget_spent = Gauge("secagg_privacy_budget_spent", "Privacy budget spent", budget, registry=r)
         self.budget_left = Gauge("secagg_privacy_budget_left", "Privacy budget left", budget, registry=r)
         self._lock = threading.Lock()
 
-    def round_done(self, mode: str, seconds: float) -> None:
-        self.rounds.labels(mode=mode).inc()
-        self.round_seconds.labels(mode=mode).observe(seconds)
+    def round_done(self, job: str, mode: str, seconds: float) -> None:
+        self.rounds.labels(job=job, mode=mode).inc()
+        self.round_seconds.labels(job=job, mode=mode).observe(seconds)
 
-    def sent(self, mode: str, nbytes: int) -> None:
-        self.bytes_sent.labels(mode=mode).inc(nbytes)
+    def sent(self, job: str, mode: str, nbytes: int) -> None:
+        self.bytes_sent.labels(job=job, mode=mode).inc(nbytes)
 
-    def received(self, mode: str, nbytes: int) -> None:
-        self.bytes_received.labels(mode=mode).inc(nbytes)
+    def received(self, job: str, mode: str, nbytes: int) -> None:
+        self.bytes_received.labels(job=job, mode=mode).inc(nbytes)
 
-    def refused(self, code: str) -> None:
-        self.refusals.labels(code=code).inc()
+    def refused(self, job: str, code: str) -> None:
+        """``job`` is empty for a refusal that is no job's (the aggregator's attestation, say)."""
+        self.refusals.labels(job=job, code=code).inc()
 
     def budget(
         self, *, epsilon_spent: float, epsilon_left: float, delta_spent: float, delta_left: float

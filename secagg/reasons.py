@@ -190,6 +190,11 @@ class Reason(StrEnum):
     REFUSED = ("refused", FAILED_PRECONDITION, "the training code refused the round")
     JOB_STOPPED = ("job_stopped", FAILED_PRECONDITION, "the job was stopped")
     ROUND_MOVED_ON = ("round_moved_on", FAILED_PRECONDITION, "the round moved on without this site")
+    AGGREGATOR_TOO_OLD = (
+        "aggregator_too_old",
+        FAILED_PRECONDITION,
+        "the aggregator predates what this site agent needs (several jobs at once): upgrade it",
+    )
     SIMULATED_DROPOUT = ("simulated_dropout", FAILED_PRECONDITION, "a dropout simulated by a demo or test")
     SANDBOX_UNAVAILABLE = (
         "sandbox_unavailable",

@@ -15,8 +15,8 @@ from typing import Any, BinaryIO
 
 import grpc
 
-from secagg import reasons
-from secagg.errors import SecaggError, UpdateRejected
+from secagg import __version__, reasons
+from secagg.errors import ConfigError, SecaggError, UpdateRejected
 from secagg.reasons import Reason
 from secagg.topics import Topic
 from secagg.transport.chunks import copy_payload, encode_stream, read_all, read_header
@@ -26,6 +26,42 @@ from secagg.transport.generated import secagg_pb2_grpc as rpc
 log = logging.getLogger("secagg.agent")
 POLL_S = 10.0
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+
+
+class AggregatorTooOld(ConfigError):
+    """The aggregator predates a message this agent relies on (the ``jobs`` listing, a task's job id):
+    one line for the operator, not a traceback, and nothing of any job done."""
+
+    code: str = Reason.AGGREGATOR_TOO_OLD
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"the aggregator predates several jobs at once ({what}): upgrade it to this site agent's "
+            f"version (secagg {__version__}), or run the site agent of the aggregator's version"
+        )
+
+
+class AggregatorRefusedCall(SecaggError):
+    """A call the aggregator refused that no part of the agent handles: its reason code (when it sent
+    one) and its words, as one line."""
+
+    def __init__(self, exc: grpc.RpcError) -> None:
+        code = reason_of(exc)
+        status = exc.code().name if hasattr(exc, "code") and exc.code() is not None else "UNKNOWN"
+        details = str(exc.details() or "") if hasattr(exc, "details") else ""
+        super().__init__(f"the aggregator refused a call ({status}): {details}")
+        self.code = code if code is not None and reasons.lookup(code) is not None else Reason.ERROR
+
+
+def predates_jobs(exc: grpc.RpcError) -> bool:
+    """The refusal an aggregator from before several jobs at once gives the ``jobs`` listing."""
+    details = str(exc.details() or "") if hasattr(exc, "details") else ""
+    return (
+        exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and reason_of(exc) == Reason.MALFORMED
+        and "unknown topic" in details
+        and Topic.JOBS in details
+    )
 
 
 class RoundMovedOn(SecaggError):
@@ -118,10 +154,15 @@ class Relay:
     def jobs(self) -> dict[str, Any]:
         """The aggregator's running jobs (``{"jobs": [{"job_id", "mode", ...}], "queued": n}``), for
         the agent to serve each; answered at once."""
-        for msg in self.stub.Collect(pb.CollectRequest(topic=Topic.JOBS, timeout_seconds=0), timeout=30):
-            body = json.loads(bytes(msg.payload))
-            if isinstance(body, dict) and isinstance(body.get("jobs"), list):
-                return body
+        try:
+            for msg in self.stub.Collect(pb.CollectRequest(topic=Topic.JOBS, timeout_seconds=0), timeout=30):
+                body = json.loads(bytes(msg.payload))
+                if isinstance(body, dict) and isinstance(body.get("jobs"), list):
+                    return body
+        except grpc.RpcError as exc:
+            if predates_jobs(exc):
+                raise AggregatorTooOld("it does not know the 'jobs' listing") from None
+            raise
         return {"jobs": [], "queued": 0}
 
     def job_state(self, job_id: str, round_: int) -> str:

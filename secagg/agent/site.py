@@ -25,7 +25,7 @@ from secagg.agent.consistency import BadSampleCount, check_roster, sample_count,
 from secagg.agent.evaluation import NOTHING_HELD, CrossSiteEvaluation, keep_local_model
 from secagg.agent.jobs import JobThreads
 from secagg.agent.modes import ModeContext, Outgoing, SiteMode, Task, make_mode
-from secagg.agent.relay import TRANSIENT, Relay, RoundMovedOn, is_stale, reason_of
+from secagg.agent.relay import TRANSIENT, AggregatorTooOld, Relay, RoundMovedOn, is_stale, reason_of
 from secagg.agent.release import Releaser
 from secagg.agent.sandbox import require_available
 from secagg.agent.state import SiteState
@@ -124,8 +124,10 @@ class SiteAgent:
         #: Prometheus metrics (rounds, bytes, refusals, privacy budget): never values or data
         self.metrics = SiteMetrics()
         self.audit.listeners.append(self._observe)
-        self._round_started = time.monotonic()
-        self._mode = ""
+        #: per job (several run at once, each in a thread of its own): its mode, for the metrics'
+        #: label, and when its current round began here
+        self._job_mode: dict[str, str] = {}
+        self._round_started: dict[str, float] = {}
 
     def close(self) -> None:
         self.trainer.close()
@@ -135,11 +137,14 @@ class SiteAgent:
     def _observe(self, record: dict[str, Any]) -> None:
         """Metrics follow the audit trail, so they can never say more than the audit log does."""
         event = record["event"]
+        job = str(record.get("job") or "")
         if event == Event.UPLOADED:
-            self.metrics.sent(self._mode, int(record.get("bytes") or 0))
-            self.metrics.round_done(self._mode, time.monotonic() - self._round_started)
+            mode = self._job_mode.get(job, "")
+            self.metrics.sent(job, mode, int(record.get("bytes") or 0))
+            started = self._round_started.get(job, time.monotonic())
+            self.metrics.round_done(job, mode, time.monotonic() - started)
         elif event in SITE_REFUSALS:
-            self.metrics.refused(str(record.get("code", Reason.REFUSED)))
+            self.metrics.refused(job, str(record.get("code", Reason.REFUSED)))
 
     def _observe_budget(self) -> None:
         ledger = self.releaser.ledger
@@ -321,6 +326,8 @@ class SiteAgent:
         kind = header.get("kind")
         if kind == "wait":
             return None
+        if not isinstance(header.get("job_id"), str) or not header["job_id"]:
+            raise AggregatorTooOld(f"it sent a {kind!r} task without a job id")
         job_id = header["job_id"]
         self.state.set_last_job(job_id)
         if kind == "stop":
@@ -367,8 +374,8 @@ class SiteAgent:
         """Admit (once), re-check the policy, and obtain the round's global model through the mode."""
         job_id = header["job_id"]
         adm = self.admit(job_id)
-        self._mode = adm.job.spec.mode
-        self.metrics.received(self._mode, len(payload))
+        self._job_mode[job_id] = adm.job.spec.mode
+        self.metrics.received(job_id, adm.job.spec.mode, len(payload))
         adm = self.admission.recheck(job_id, int(header["round"]))
         mode = self._mode_for(adm, job_id)
         task = Task(adm.job, job_id, int(header["round"]), header, payload)
@@ -376,7 +383,7 @@ class SiteAgent:
 
     def _train(self, header: dict[str, Any], payload: bytes) -> None:
         job_id, round_, attempt = header["job_id"], int(header["round"]), int(header["attempt"])
-        self._round_started = time.monotonic()
+        self._round_started[job_id] = time.monotonic()
         adm, mode, task, global_bytes = self._task(header, payload)
         spec = adm.job.spec
         bundle = from_safetensors(global_bytes)

@@ -359,6 +359,11 @@ class Federation:
         job = self.job
         return job.spec.mode if job is not None else "none"
 
+    def mode_of(self, job_id: str) -> str:
+        """This Federation's job's mode if it is ``job_id``, else ``none`` (a metrics label)."""
+        job = self.live_job(job_id)
+        return job.spec.mode if job is not None else "none"
+
     def attest(self, site: str, job_id: str, nonce: bytes) -> bytes:
         """Evidence for ``site``'s fresh nonce, bound to the enclave keys and our TLS certificate."""
         if self.enclave is None:

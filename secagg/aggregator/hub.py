@@ -110,6 +110,10 @@ class FederationHub:
         modes = sorted({j.spec.mode for j in self.running()})
         return "+".join(modes) if modes else "none"
 
+    def mode_of(self, job_id: str) -> str:
+        """``job_id``'s mode (a metrics label: each job's rounds are counted under its own mode)."""
+        return self._fed(job_id).mode_of(job_id)
+
     def submit(self, job_dir: Path, submitter: str, source: Path | None = None) -> str:
         """Check and keep a verified job; it runs at once, or queues behind ``max_jobs`` others."""
         return self.scheduler.submit(lambda fed, start: fed.submit(job_dir, submitter, source, start=start))
@@ -130,11 +134,13 @@ class FederationHub:
         """What a site polls to learn which jobs to serve: the running ones, and how many wait."""
         with self.cond:
             self.heartbeats[site] = time.time()
+        live, queued = self.scheduler.snapshot()
         jobs = [
             {"job_id": j.job_id, "mode": j.spec.mode, "rounds": j.spec.rounds, "state": str(j.state)}
-            for j in self.running()
+            for j in (f.job for f in live)
+            if j is not None
         ]
-        return {"jobs": jobs, "queued": len(self.scheduler.queued()), "max_jobs": self.max_jobs}
+        return {"jobs": jobs, "queued": queued, "max_jobs": self.max_jobs}
 
     def start(self) -> None:
         self.scheduler.start()

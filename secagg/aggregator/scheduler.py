@@ -54,6 +54,13 @@ class JobScheduler:
         """The queued jobs, in the order they will start."""
         return [r for r in self.shared.store.jobs() if r.state == JobState.QUEUED]
 
+    def snapshot(self) -> tuple[list[Federation], int]:
+        """The running jobs and the length of the queue, as of one moment: taken between two
+        decisions, never in the middle of one (a queued job being started is neither in the queue nor
+        running yet, and a site told "nothing runs, nothing waits" then would leave)."""
+        with self._lock:
+            return self.live(), len(self.queued())
+
     def _free(self) -> bool:
         return len(self.live()) < self.max_jobs
 

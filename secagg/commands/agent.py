@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run_agent(args: argparse.Namespace) -> int:
+    import grpc
+
+    from secagg.agent.relay import AggregatorRefusedCall
     from secagg.agent.site import SimulatedDropout, SiteAgent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -55,6 +58,8 @@ def run_agent(args: argparse.Namespace) -> int:
         agent.metrics.serve(args.metrics_port)
     try:
         agent.run(stop_after_job=not args.forever)
+    except grpc.RpcError as exc:  # a refusal no part of the agent handles: one line, not a traceback
+        raise AggregatorRefusedCall(exc) from None
     except SimulatedDropout as exc:
         print(f"site {kit.name}: {exc}", flush=True)
         return 0

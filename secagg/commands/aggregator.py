@@ -7,8 +7,13 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from secagg.provision.kit import load_kit
+
+if TYPE_CHECKING:
+    from secagg.aggregator.hub import FederationHub
+    from secagg.aggregator.rounds import JobRun
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -51,8 +56,8 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"aggregator {kit.name} serving project {kit.config.project} on port {server.port}", flush=True)
     try:
         while not stop.wait(0.5):
-            job = server.fed.job
-            if args.exit_when_done and job is not None and job.state.terminal:  # finished, aborted, failed
+            job = all_ended(server.fed)
+            if args.exit_when_done and job is not None:
                 # a site that crashed near the end and is coming back is still owed the final model:
                 # wait for it a round timeout at most (a site seen in the last two is coming back)
                 timeout = job.spec.round_timeout
@@ -64,6 +69,18 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return 0
+
+
+def all_ended(fed: FederationHub) -> JobRun | None:
+    """The job that ended last once every job has ended (finished, aborted, failed) and none waits in
+    the queue; None while one runs or waits, or before any ran. Running and queued are read as one
+    snapshot: a queued job being started after another ended is never missed (``--exit-when-done``
+    would stop the aggregator with it running)."""
+    live, queued = fed.scheduler.snapshot()
+    if live or queued:
+        return None
+    job = fed.job
+    return job if job is not None and job.state.terminal else None
 
 
 def _enclave(args: argparse.Namespace, state: Path) -> object | None:

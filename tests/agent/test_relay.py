@@ -8,7 +8,15 @@ from typing import Any
 import grpc
 import pytest
 
-from secagg.agent.relay import Relay, RoundMovedOn, is_stale, reason_of
+from secagg.agent.relay import (
+    AggregatorRefusedCall,
+    AggregatorTooOld,
+    Relay,
+    RoundMovedOn,
+    is_stale,
+    predates_jobs,
+    reason_of,
+)
 from secagg.transport.generated import secagg_pb2 as pb
 
 
@@ -78,3 +86,32 @@ def test_decline_is_best_effort_and_carries_code_and_message() -> None:
     (msg,) = stub.posted
     assert msg.topic == "declined" and msg.round == 2
     assert json.loads(msg.payload) == {"code": "budget_exceeded", "message": "no budget left"}
+
+
+def test_only_the_old_aggregators_unknown_topic_answer_means_it_predates_the_jobs_listing() -> None:
+    old = _Err(
+        grpc.StatusCode.INVALID_ARGUMENT, "malformed: unknown topic 'jobs'", (("secagg-reason", "malformed"),)
+    )
+    assert predates_jobs(old)
+    assert predates_jobs(
+        _Err(grpc.StatusCode.INVALID_ARGUMENT, "malformed: unknown topic 'jobs'")
+    )  # text only
+    assert not predates_jobs(_Err(grpc.StatusCode.INVALID_ARGUMENT, "malformed: topic too long"))
+    assert not predates_jobs(_Err(grpc.StatusCode.UNAVAILABLE, "unknown topic 'jobs'"))
+
+    class _Refusing(_Stub):
+        def Collect(self, request: Any, timeout: float) -> list[pb.Message]:  # noqa: N802
+            raise old
+
+    with pytest.raises(AggregatorTooOld) as err:
+        Relay(_Refusing([]), max_payload=1 << 20).jobs()  # type: ignore[arg-type]
+    assert err.value.code == "aggregator_too_old" and "\n" not in str(err.value)
+
+
+def test_an_unhandled_refusal_is_one_line_with_its_reason_code() -> None:
+    coded = AggregatorRefusedCall(
+        _Err(grpc.StatusCode.NOT_FOUND, "no_such_job: no job x", (("secagg-reason", "no_such_job"),))
+    )
+    assert coded.code == "no_such_job"
+    assert str(coded) == "the aggregator refused a call (NOT_FOUND): no_such_job: no job x"
+    assert AggregatorRefusedCall(_Err(grpc.StatusCode.INTERNAL, "boom")).code == "error"

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,72 @@ def test_the_queue_survives_a_restart(ws: Path, tmp_path: Path) -> None:
         assert again.fed.live_job(ids[1]) is not None and again.fed.live_job(ids[1]).state == JobState.RUNNING  # type: ignore[union-attr]
     finally:
         again.stop(grace=0.1)
+
+
+def test_a_site_never_sees_nothing_running_while_a_queued_job_starts(
+    ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queued job being started is out of the queue and not running yet: the jobs listing a site
+    polls waits for that start instead of saying "nothing runs, nothing waits" (a site that has served
+    a job leaves on that answer, and would miss the job that was about to start)."""
+    import threading
+
+    from secagg.aggregator.federation import Federation
+
+    job = make_tiny_job(tmp_path / "job", ws, rounds=2)
+    server = AggregatorServer(load_kit(ws / "aggregator"), tmp_path / "state", port=0, host="127.0.0.1")
+    hub = server.fed
+    hub.scheduler.max_jobs = 1
+    first, second = (hub.submit(job, "admin@lead (project_admin of lead)") for _ in range(2))
+    reached, go = threading.Event(), threading.Event()
+    real = Federation._activate
+
+    def paused(self: Federation, *a: Any, **k: Any) -> None:
+        reached.set()  # the store says running already; the job is not the scheduler's yet
+        assert go.wait(30), "the test never let the start go"
+        real(self, *a, **k)
+
+    monkeypatch.setattr(Federation, "_activate", paused)
+    server.start()
+    try:
+        hub.abort(first, by="test")  # its driver ends, and starts the queued job: paused inside
+        assert reached.wait(30)
+        seen: list[dict[str, object]] = []
+        poll = threading.Thread(target=lambda: seen.append(hub.jobs_for("site-1")), daemon=True)
+        poll.start()
+        poll.join(1.0)  # a chance to answer in the middle of the start (what the lock prevents)
+        go.set()
+        poll.join(30)
+        assert len(seen) == 1
+        listed = [j["job_id"] for j in seen[0]["jobs"]]  # type: ignore[attr-defined]
+        assert listed == [second] or seen[0]["queued"] == 1, seen
+    finally:
+        go.set()
+        server.stop(grace=0.1)
+
+
+def test_exit_when_done_waits_for_the_queue(ws: Path, tmp_path: Path) -> None:
+    """``aggregator serve --exit-when-done`` stops once every job has ended and none waits: a job that
+    ended while another waits in the queue is not the end."""
+    from secagg.aggregator.hub import FederationHub
+    from secagg.commands.aggregator import all_ended
+
+    job = make_tiny_job(tmp_path / "job", ws, rounds=2)
+    hub = FederationHub(load_kit(ws / "aggregator"), tmp_path / "state", max_jobs=1)
+    try:
+        assert all_ended(hub) is None  # nothing ran yet
+        first, second = (hub.submit(job, "admin@lead (project_admin of lead)") for _ in range(2))
+        assert all_ended(hub) is None  # one runs, one waits
+        hub.abort(first, by="test")  # no drivers here: the queued job stays queued
+        assert _states_of(hub) == {first: "aborted", second: "queued"}
+        assert all_ended(hub) is None
+        hub.abort(second, by="test")  # out of the queue: nothing runs, nothing waits
+        ended = all_ended(hub)
+        assert ended is not None and ended.job_id == first
+    finally:
+        hub.stop()
+        hub.store.close()
+
+
+def _states_of(hub: Any) -> dict[str, str]:
+    return {r.job_id: r.state for r in hub.store.jobs()}

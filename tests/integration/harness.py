@@ -65,9 +65,10 @@ def make_tiny_job(
     round_timeout: float = 30,
     signer: str = "submitter@org-1",
     extra: dict[str, Any] | None = None,
+    script: str = "tinyjob_train.py",
 ) -> Path:
     folder.mkdir(parents=True)
-    shutil.copy(HERE / "tinyjob_train.py", folder / "train.py")
+    shutil.copy(HERE / script, folder / "train.py")
     (folder / "model.safetensors").write_bytes(to_safetensors(INIT))
     spec = {
         "name": "tiny",

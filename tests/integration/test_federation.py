@@ -28,7 +28,8 @@ def test_plain_federation_three_sites_matches_weighted_fedavg(tmp_path: Path, wo
         from prometheus_client import generate_latest
 
         site_metrics = generate_latest(run.agents["site-1"].metrics.registry).decode()
-        assert 'secagg_site_rounds_completed_total{mode="plain"} 2.0' in site_metrics
+        job_id = run.server.fed.job.job_id  # type: ignore[union-attr]
+        assert f'secagg_site_rounds_completed_total{{job="{job_id}",mode="plain"}} 2.0' in site_metrics
     finally:
         run.stop()
     n = verify_log(tmp_path / "state" / "aggregator" / "audit.jsonl")

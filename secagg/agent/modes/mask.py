@@ -51,6 +51,7 @@ class Clear:
 def run_protocol(ctx: ModeContext, out: Outgoing, mode: str, envelope: Envelope) -> Sent:
     """One site's four phases: advertise keys, share them, upload the masked input, answer the unmask."""
     from secagg.mask.client import MaskClient
+    from secagg.mask.errors import UnmaskRefused
     from secagg.mask.job import mask_config, unpack
     from secagg.mask.messages import AdvertiseKeys, EncryptedShare, UnmaskRequest
 
@@ -95,6 +96,14 @@ def run_protocol(ctx: ModeContext, out: Outgoing, mode: str, envelope: Envelope)
     sent += size
     ctx.maybe_drop(round_, "unmask")
     request = UnmaskRequest.from_bytes(collect(Topic.MASK_UNMASK))
+    # the shares this site reveals make the survivors' sum readable: never for fewer sites than the
+    # job's min_sites and this site's policy admitted it on (an honest aggregator retries instead)
+    need = max(out.spec.min_sites, ctx.load_policy().limits.min_sites_per_round)
+    if len(set(request.survivors)) < need:
+        raise UnmaskRefused(
+            f"unmask request for a sum of {len(set(request.survivors))} sites; this round needs at least "
+            f"{need} (the job's min_sites and this site's min_sites_per_round)"
+        )
     post(Topic.MASK_UNMASK_RESP, client.unmask(request).to_bytes())
     return Sent(sent, accepted)
 

@@ -207,9 +207,14 @@ class MaskMode(PlainMode):
         phase = m.phase
         outcome: tuple[np.ndarray, float] | None = None
         try:
-            if len(arrived) < m.config.threshold:
+            # the round's sum is of the sites that upload: fewer than the job's min_sites (which every
+            # site's policy admitted the job on) is retried, never unmasked; the unmask phase needs
+            # only t of those survivors to answer
+            need = m.config.threshold if phase == UNMASK else max(m.config.threshold, self.ctx.spec.min_sites)
+            if len(arrived) < need:
                 raise UpdateRejected(
                     f"only {len(arrived)} sites in phase {phase}, threshold {m.config.threshold}"
+                    + ("" if phase == UNMASK else f", the job needs {self.ctx.spec.min_sites}")
                 )
             outcome = m.advance()
         except SecaggError as exc:
