@@ -1,9 +1,12 @@
 """The aggregator side of the TEE protocol, meant to run inside the attested confidential VM.
 
-Keys are generated here, in memory, and never leave it: the HPKE private keys (one per offered suite)
+Keys are made here and never leave it in the clear: the HPKE private keys (one per offered suite)
 open sites' updates, the ECDSA P-384 key signs each round's global model. Both public halves are
 announced and bound into the evidence (:mod:`secagg.tee.binding`), so a site trusts them exactly as
-far as it trusts the measured image.
+far as it trusts the measured image. Every key of a set is derived from one 32-byte seed; with a
+vault (:mod:`secagg.tee.vault`) each job has its own set, whose seed is kept sealed to the TEE's
+sealing key (:mod:`secagg.tee.keyseal`) so that a restarted enclave announces the keys its sites
+pinned for the job (RELIABILITY.md F7).
 """
 
 from __future__ import annotations
