@@ -51,6 +51,10 @@ class RunSpec:
     #: seconds the aggregator's state disk (a tmpfs of ``disk_mb``) stays full, from the end of round 1
     disk_full_s: float | None = None
     disk_mb: int = 64
+    #: before the killed aggregator restarts, delete its sealed tee job keys: it comes back with fresh
+    #: ones, as on a TEE without a sealing key (configfs-tsm); the sites must refuse them and the job
+    #: fail with their reason (RELIABILITY.md F7 b)
+    drop_sealed_keys: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -252,6 +256,10 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
                 if rc == -9 and name == spec.target and result.restarts == 0:
                     result.restarts += 1
                     log(f"    {name} killed ({spec.fault}); restarting on the same state")
+                    if spec.drop_sealed_keys and name == "aggregator":
+                        for sealed in (out / "state" / "aggregator" / "jobs").glob("*/tee-keys.sealed"):
+                            sealed.unlink()
+                            log(f"    {sealed.name} of {sealed.parent.name} deleted: fresh enclave keys")
                     procs[name] = start(name, False, result.restarts)
             agg = procs["aggregator"]
             if agg.poll() is not None and getattr(agg, "_chaos_seen", False):
