@@ -42,6 +42,7 @@ def test_kill_aggregator_during_upload(mode: str, tmp_path: Path) -> None:
         ref = models["site-1"]
     o = run(RunSpec(mode, SITES, ROUNDS, fault="agg-upload@2", sleep=0.5, timeout=BOUND_S), tmp_path / "kill")
     assert o.hits == ["agg-upload 2"] and o.restarts == 1
+    assert not o.torch_loaded  # F6: the aggregator (its TensorBoard observer too) never maps libtorch
     rep = check(o, ref)
     _assert_clean(rep, f"{mode} aggregator kill")
     assert rep.max_abs_err <= BOUND[mode], rep.model_note
