@@ -357,8 +357,21 @@ class Federation:
             self.job.current = None
             self.cond.notify_all()
         self.store.set_job_state(job_id, JobState.ABORTED, reason=f"aborted by {by}")
-        self.spool.discard_job(job_id)
+        self._job_ended(job_id)
         self.audit.append(Event.JOB_ABORTED, job=job_id, by=by)
+
+    def _job_ended(self, job_id: str) -> None:
+        """What a job that ended (finished, aborted, failed; already so in the store) leaves: nothing
+        in the spool, and no sealed enclave keys at rest (a restart never resumes an ended job, so
+        they could only serve someone who later gets the sealing key; this process keeps them in
+        memory for a site still owed the final model)."""
+        self.spool.discard_job(job_id)
+        close = getattr(self.enclave, "close_job", None)
+        if close is not None:
+            try:
+                close(job_id)
+            except OSError as exc:  # the job has ended all the same; the file is sealed
+                log.warning("sealed tee keys of job %s not removed: %s", job_id, exc)
 
     def owed_final(self, seen_within_s: float) -> list[str]:
         """Sites of a finished job that are still owed its final model: not declined, no final
@@ -748,7 +761,7 @@ class Federation:
             kept = last[-1].metrics if last else {}
             self.store.set_round_metrics(job.job_id, job.spec.rounds, {**kept, "final": final})
             self.store.set_job_state(job.job_id, JobState.FINISHED)
-            self.spool.discard_job(job.job_id)
+            self._job_ended(job.job_id)
             self.audit.append(Event.JOB_FINISHED, job=job.job_id, rounds=job.spec.rounds)
             return
         with self.cond:
@@ -903,8 +916,8 @@ class Federation:
             job.state = JobState.FAILED
             job.current = None
             self.cond.notify_all()
-        self.spool.discard_job(job.job_id)
         self.store.set_job_state(job.job_id, JobState.FAILED, reason=reason)
+        self._job_ended(job.job_id)
         self.audit.append(
             Event.JOB_FAILED, job=job.job_id, code=getattr(exc, "code", Reason.ERROR), reason=reason
         )

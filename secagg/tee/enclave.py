@@ -106,6 +106,12 @@ class Enclave:
         if self.vault is not None:
             self._job(job, create=True)
 
+    def close_job(self, job: str) -> None:
+        """``job`` has ended: its sealed keys are removed from disk. This process keeps them in memory
+        (a site still owed the final model gets it signed); a restart never needs them again."""
+        if self.vault is not None:
+            self.vault.destroy(job)
+
     def _job(
         self, job: str | None, *, create: bool = False
     ) -> tuple[EnclaveKeys, KeyAnnouncement, dict[str, suites.PrivateKey]]:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from secagg.errors import ConfigError, UpdateRejected
-from secagg.fsio import atomic_write
+from secagg.fsio import atomic_write, fsync_dir
 from secagg.reasons import Reason
 from secagg.tee import keyseal
 from secagg.tee.enclave import EnclaveKeys
@@ -135,6 +135,18 @@ class JobKeyVault:
         atomic_write(path, keyseal.seal(keys, self.sealing.key(), self.sealing.measurement, job), mode=0o600)
         log.info("tee keys of job %s made and sealed to the TEE's sealing key", job)
         return keys
+
+    def destroy(self, job: str) -> None:
+        """Remove ``job``'s sealed keys (the job has ended), durably; nothing to do for a job without
+        a folder (it never started)."""
+        try:
+            path = self.path(job)
+        except UpdateRejected:
+            return
+        if path.exists():
+            path.unlink()
+            fsync_dir(path.parent)
+            log.info("sealed tee keys of job %s removed: the job has ended", job)
 
     def open_or_create(self, job: str, suites_: Sequence[str]) -> EnclaveKeys:
         keys = self.load(job)

@@ -208,3 +208,19 @@ def test_sealed_keys_another_image_cannot_open_fail_open_job(tmp_path: Path) -> 
     with pytest.raises(SealedKeysInvalid):
         _enclave(tmp_path).open_job(JOB)
     assert sealed.read_bytes() == bytes(blob)  # kept as it was: never replaced by fresh keys
+
+
+def test_an_ended_jobs_sealed_keys_are_removed_and_the_process_keeps_them(
+    tmp_path: Path, agg_cert: bytes
+) -> None:
+    (tmp_path / "jobs" / JOB).mkdir(parents=True)
+    enc = _enclave(tmp_path)
+    enc.open_job(JOB)
+    pin = KeyPin()
+    trusted = _site_accepts(enc, pin, agg_cert)
+    enc.close_job(JOB)
+    assert not (tmp_path / "jobs" / JOB / SEALED_FILE).exists()
+    fp = "cd" * 32
+    trusted.verify_model(enc.sign_model(fp, JOB, 2), fp, JOB, 2)  # a late site still gets it signed
+    enc.close_job(JOB)  # twice: nothing to do
+    enc.close_job("never-made-00")  # a job without a folder: nothing to do
