@@ -108,6 +108,11 @@ class Reason(StrEnum):
     WRONG_ROUND = ("wrong_round", FAILED_PRECONDITION, "the message is for another round than the current")
     NOT_IN_ROSTER = ("not_in_roster", FAILED_PRECONDITION, "the site is not in this round's roster")
     NO_SUCH_JOB = ("no_such_job", NOT_FOUND, "no such job, or not the running one")
+    SITES_REFUSED = (
+        "sites_refused",
+        FAILED_PRECONDITION,
+        "the sites that have not refused the job (for different reasons) are fewer than it needs",
+    )
     NOT_A_SITE = ("not_a_site", PERMISSION_DENIED, "the caller's certificate is not a site of the project")
     NOT_KEY_HOLDER = ("not_key_holder", FAILED_PRECONDITION, "only the HE key holder may publish the key")
     NO_HE_KEY = ("no_he_key", FAILED_PRECONDITION, "the HE public context is not published yet")
@@ -236,6 +241,11 @@ class Reason(StrEnum):
     TEE_POLICY = ("tee_policy", FAILED_PRECONDITION, "TEE evidence fails another policy field")
     TEE_SUITE = ("tee_suite", FAILED_PRECONDITION, "HPKE suite not accepted")
     TEE_KEY_CHANGED = ("tee_key_changed", FAILED_PRECONDITION, "the enclave keys changed during the job")
+    TEE_SEALED_KEYS = (
+        "tee_sealed_keys",
+        FAILED_PRECONDITION,
+        "the enclave's sealed job keys do not open (altered, or sealed by another image)",
+    )
     TEE_UNAVAILABLE = ("tee_unavailable", FAILED_PRECONDITION, "no TEE evidence source on this machine")
     TEE_MODEL_SIGNATURE = ("tee_model_signature", FAILED_PRECONDITION, "global model signature invalid")
     TEE_RELAY_SIGNATURE = (

@@ -10,8 +10,11 @@ metrics, step = round), ``global/<metric>`` (the unweighted mean over the report
 round whose global model was evaluated; the final evaluation lands at step = rounds) and
 ``round/seconds``, ``round/participants``.
 
-Uses ``torch.utils.tensorboard.SummaryWriter``, which needs the ``tensorboard`` package for its event
-file writer; without it, scalars are skipped with one warning and the federation runs on.
+Written with the ``tensorboard`` package's own event file writer and protos
+(:class:`EventFileWriter`, ``Summary.Value.simple_value``: what ``torch.utils.tensorboard`` writes for
+``add_scalar``), never through torch: the aggregator process does not load torch at all, about 200 MiB
+of its resident memory under load (RELIABILITY.md F6). Without ``tensorboard``, scalars are skipped
+with one warning and the federation runs on.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,6 +94,33 @@ class RoundRecord(Protocol):
     def participants(self) -> list[str]: ...
 
 
+class ScalarWriter:
+    """TensorBoard scalars into one event file in ``logdir``, without torch (nor TensorFlow).
+
+    The event file format (TFRecord framing, masked CRC32C) is the ``tensorboard`` package's own
+    :class:`~tensorboard.summary.writer.event_file_writer.EventFileWriter`, not written here; this adds
+    one ``Event`` per scalar, as ``SummaryWriter.add_scalar`` does."""
+
+    def __init__(self, logdir: Path) -> None:
+        # imported here: a federation without tensorboard installed runs on without scalars
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        logdir.mkdir(parents=True, exist_ok=True)
+        self._writer = EventFileWriter(str(logdir))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        summary = self._summary(value=[self._summary.Value(tag=tag, simple_value=float(value))])
+        self._writer.add_event(self._event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 class RoundScalars:
     """Audit listener that writes one TensorBoard event file per job, under ``jobs_dir/<job>``.
 
@@ -140,13 +171,13 @@ class RoundScalars:
         if job_id in self._writers or self._unavailable:
             return self._writers.get(job_id)
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            writer = ScalarWriter(self.logdir(job_id))
         except ImportError as exc:
             self._unavailable = True
             log.warning("TensorBoard scalars skipped: %s (pip install tensorboard)", exc)
             return None
-        self._writers[job_id] = SummaryWriter(log_dir=str(self.logdir(job_id)))
-        return self._writers[job_id]
+        self._writers[job_id] = writer
+        return writer
 
     def close(self, job_id: str | None = None) -> None:
         with self._lock:

@@ -39,7 +39,7 @@ from secagg.aggregator.global_model import resume as resume_global
 from secagg.aggregator.modes import BadUpload, ModeBase, ModeContext, Step, mode_class
 from secagg.aggregator.modes.he import HE_KEY_BLOB
 from secagg.aggregator.modes.windows import mapped_window, window_elements
-from secagg.aggregator.rounds import JobRun, JobState, Phase, RoundRun, Signal, retry_delay
+from secagg.aggregator.rounds import JobRun, JobState, Phase, RoundRun, Signal, refused_for_good, retry_delay
 from secagg.aggregator.rpc import final_metrics, int_field, json_object, upload_header
 from secagg.aggregator.server_step import AverageWindows, StateFile, server_step
 from secagg.aggregator.shared import Shared
@@ -135,13 +135,22 @@ class Federation:
     def _resume(self) -> None:
         for row in self.store.jobs():
             if row.state == JobState.RUNNING:
-                self.resume(row)
+                with contextlib.suppress(ConfigError):  # failed and audited by resume
+                    self.resume(row)
                 return
 
     def resume(self, row: JobRow) -> None:
-        """Take up a job the store says was running when the aggregator stopped."""
+        """Take up a job the store says was running when the aggregator stopped. One that cannot go
+        on here (a tee job whose sealed keys this enclave cannot open) fails, with its reason and
+        audit line, and the aggregator serves on (raises the ``ConfigError`` that says so); a full disk
+        is not such a reason."""
         spec = JobSpec.model_validate_json(row.spec_json)
-        self._activate(row.job_id, spec, Path(row.package_path), resumed=True)
+        try:
+            self._activate(row.job_id, spec, Path(row.package_path), resumed=True)
+        except Exception as exc:  # noqa: BLE001 - recorded and audited: the job failed, not the aggregator
+            if is_storage_full(exc):
+                raise  # passing: the aggregator starts again once there is space, the job intact
+            raise self._start_failed(row.job_id, exc) from None
 
     def start_queued(self, row: JobRow) -> None:
         """Start a job that waited in the queue (the scheduler calls this when a slot is free). A job
@@ -368,9 +377,11 @@ class Federation:
         """Evidence for ``site``'s fresh nonce, bound to the enclave keys and our TLS certificate."""
         if self.enclave is None:
             raise UpdateRejected("this aggregator does not run in a TEE", code=Reason.NO_TEE)
+        if self.store.job(job_id) is None:  # before the enclave looks for the job's keys
+            raise UpdateRejected(f"no job {job_id[:80]!r}", code=Reason.NO_SUCH_JOB)
         from cryptography.hazmat.primitives.serialization import Encoding
 
-        msg = self.enclave.answer_challenge(nonce, self.kit.cert.public_bytes(Encoding.DER))
+        msg = self.enclave.answer_challenge(nonce, self.kit.cert.public_bytes(Encoding.DER), job_id)
         self.audit.append(Event.ATTESTED, site=site, job=job_id)
         return bytes(msg.to_bytes())
 
@@ -382,9 +393,22 @@ class Federation:
             self.job.current = None
             self.cond.notify_all()
         self.store.set_job_state(job_id, JobState.ABORTED, reason=f"aborted by {by}")
-        self.spool.discard_job(job_id)
+        self._job_ended(job_id)
         self._discard_evaluation(job_id)
         self.audit.append(Event.JOB_ABORTED, job=job_id, by=by)
+
+    def _job_ended(self, job_id: str) -> None:
+        """What a job that ended (finished, aborted, failed; already so in the store) leaves: nothing
+        in the spool, and no sealed enclave keys at rest (a restart never resumes an ended job, so
+        they could only serve someone who later gets the sealing key; this process keeps them in
+        memory for a site still owed the final model)."""
+        self.spool.discard_job(job_id)
+        close = getattr(self.enclave, "close_job", None)
+        if close is not None:
+            try:
+                close(job_id)
+            except OSError as exc:  # the job has ended all the same; the file is sealed
+                log.warning("sealed tee keys of job %s not removed: %s", job_id, exc)
 
     def owed_final(self, seen_within_s: float) -> list[str]:
         """Sites of a finished job that are still owed its final model: not declined, no final
@@ -541,6 +565,7 @@ class Federation:
             if job is not None and job.job_id == job_id:
                 if not round_only:
                     job.declined.add(site)
+                    job.refusals[site] = code
                 elif job.current is not None and job.current.round == round_:
                     job.current.declined.add(site)
                 self.cond.notify_all()
@@ -827,7 +852,7 @@ class Federation:
             kept = last[-1].metrics if last else {}
             self.store.set_round_metrics(job.job_id, job.spec.rounds, {**kept, "final": final})
             self.store.set_job_state(job.job_id, JobState.FINISHED)
-            self.spool.discard_job(job.job_id)
+            self._job_ended(job.job_id)
             if job.evaluation is not None:
                 job.evaluation.discard()  # its state was kept until the job is recorded finished
             self.audit.append(Event.JOB_FINISHED, job=job.job_id, rounds=job.spec.rounds)
@@ -973,7 +998,10 @@ class Federation:
     def _fail(self, job: JobRun, exc: BaseException) -> None:
         """The job cannot go on (a round result that cannot be written, state that does not load): it
         fails, sites are told to stop, and the aggregator serves on for the next job."""
-        log.exception("job %s failed", job.job_id)
+        if isinstance(exc, SecaggError) and exc.__traceback__ is None:  # a decision, not a crash
+            log.error("job %s failed: %s", job.job_id, exc)
+        else:
+            log.exception("job %s failed", job.job_id)
         reason = f"{type(exc).__name__}: {_short(exc)}"
         with self.cond:
             if self.job is not job or job.state.terminal:
@@ -981,16 +1009,23 @@ class Federation:
             job.state = JobState.FAILED
             job.current = None
             self.cond.notify_all()
-        self.spool.discard_job(job.job_id)
-        self._discard_evaluation(job.job_id)
         self.store.set_job_state(job.job_id, JobState.FAILED, reason=reason)
+        self._job_ended(job.job_id)
+        self._discard_evaluation(job.job_id)
         self.audit.append(
             Event.JOB_FAILED, job=job.job_id, code=getattr(exc, "code", Reason.ERROR), reason=reason
         )
 
     def _retry(self, job: JobRun, cur: RoundRun, why: str) -> None:
         """Nothing of a failed round is kept; it runs again as a new attempt, after a backoff that
-        grows with each retry in a row (a round every site declines must not spin the audit log)."""
+        grows with each retry in a row (a round every site declines must not spin the audit log).
+        Unless too few sites are left that have not refused the job: no retry can fix that, so the
+        job fails with their reason (RELIABILITY.md F7) instead of retrying for ever."""
+        with self.cond:
+            refused = refused_for_good(job, self.sites, cur.round)
+        if refused is not None:
+            self._fail(job, refused)
+            return
         delay = retry_delay(job.retries + 1)
         self.audit.append(
             Event.ROUND_RETRY,

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secagg.bundle import BundleSpec
+from secagg.errors import SecaggError
 from secagg.jobs.spec import JobSpec
+from secagg.reasons import Reason
 
 if TYPE_CHECKING:
     from secagg.aggregator.global_model import GlobalModel
@@ -92,11 +94,37 @@ class JobRun:
     state: JobState = JobState.RUNNING
     final_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     declined: set[str] = field(default_factory=set)  # sites that refused the job: not waited for
+    #: why each of ``declined`` refused the job (its reason code)
+    refusals: dict[str, str] = field(default_factory=dict)
     finalize_started: float = 0.0
     #: attempts retried in a row since the last completed round (the backoff grows with it)
     retries: int = 0
     #: ``evaluation: cross_site``: its state once finalizing (``secagg.aggregator.evaluation.CrossSite``)
     evaluation: Any = None
+
+
+class SitesRefused(SecaggError):
+    """Too few sites are left that have not refused the job for good: no retry can complete a round.
+
+    ``code`` is the sites' own reason when they agree (``tee_key_changed`` after a restart the enclave's
+    keys did not survive, a policy refusal), else ``sites_refused``."""
+
+    def __init__(self, job: JobRun, sites: list[str], round_: int) -> None:
+        codes = {job.refusals.get(s, Reason.POLICY) for s in job.declined}
+        self.code: str = codes.pop() if len(codes) == 1 else Reason.SITES_REFUSED
+        left = len(set(sites) - job.declined)
+        named = ", ".join(f"{s} {job.refusals.get(s, '?')}" for s in sorted(job.declined))
+        super().__init__(
+            f"round {round_}: {len(job.declined)} of {len(sites)} sites refused the job ({named}); "
+            f"{left} left, the job needs {job.spec.min_sites}: a retry cannot complete a round"
+        )
+
+
+def refused_for_good(job: JobRun, sites: list[str], round_: int) -> SitesRefused | None:
+    """Pure: why ``job`` cannot go on because too few of ``sites`` have not refused it, or None."""
+    if not job.declined or len(set(sites) - job.declined) >= job.spec.min_sites:
+        return None
+    return SitesRefused(job, sites, round_)
 
 
 #: the first retry of a round runs at once; each further one in a row waits twice as long, up to this
@@ -114,4 +142,14 @@ def retry_delay(retries: int) -> float:
     return min(RETRY_BASE_S * 2.0 ** min(retries - 2, 32), RETRY_MAX_S)
 
 
-__all__ = ["RETRY_MAX_S", "JobRun", "JobState", "Phase", "RoundRun", "Signal", "retry_delay"]
+__all__ = [
+    "RETRY_MAX_S",
+    "JobRun",
+    "JobState",
+    "Phase",
+    "RoundRun",
+    "Signal",
+    "SitesRefused",
+    "refused_for_good",
+    "retry_delay",
+]

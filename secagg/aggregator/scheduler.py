@@ -73,7 +73,11 @@ class JobScheduler:
                 if row.state != JobState.RUNNING or row.job_id in self.feds:
                     continue
                 fed = self._make_fed()
-                fed.resume(row)
+                try:
+                    fed.resume(row)
+                except ConfigError as exc:  # the job failed (store and audit line); the others go on
+                    log.warning("%s", exc)
+                    continue
                 self.feds[row.job_id] = fed
 
     def submit(self, submit: Callable[[Federation, bool], str]) -> str:

@@ -55,6 +55,10 @@ class RunSpec:
     evaluation: str = "global"
     #: float32 parameters added to the job's model (a large model: :func:`secagg.chaos.job.model`)
     big: int = 0
+    #: before the killed aggregator restarts, delete its sealed tee job keys: it comes back with fresh
+    #: ones, as on a TEE without a sealing key (configfs-tsm); the sites must refuse them and the job
+    #: fail with their reason (RELIABILITY.md F7 b)
+    drop_sealed_keys: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -78,6 +82,8 @@ class Outcome:
     peak_rss: int = 0
     #: seconds into the run at which the aggregator's disk was filled and freed
     disk_full: list[float] = field(default_factory=list)
+    #: whether libtorch was ever seen mapped into the aggregator (RELIABILITY.md F6: it must not be)
+    torch_loaded: bool = False
 
     @property
     def state(self) -> Path:
@@ -108,6 +114,13 @@ def _vm_hwm(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def _maps_torch(pid: int) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def _partition(link: net.Link, seconds: float, out: Path, started: float, result: Outcome, log) -> None:  # noqa: ANN001
@@ -243,8 +256,12 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
             procs[n] = start(n, faulty and spec.target == n, 0)
         deadline = started + spec.timeout
         agg_done_at: float | None = None
+        maps_at = 0.0
         while True:
             result.peak_rss = max(result.peak_rss, _vm_hwm(procs["aggregator"].pid))
+            if not result.torch_loaded and time.monotonic() - maps_at > 1.0:  # a few 100 KiB to read
+                maps_at = time.monotonic()
+                result.torch_loaded = _maps_torch(procs["aggregator"].pid)
             if link is not None and spec.partition_s is not None:
                 _partition(link, spec.partition_s, out, started, result, log)
             if disk is not None and spec.disk_full_s is not None:
@@ -258,6 +275,10 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
                 if rc == -9 and name == spec.target and result.restarts == 0:
                     result.restarts += 1
                     log(f"    {name} killed ({spec.fault}); restarting on the same state")
+                    if spec.drop_sealed_keys and name == "aggregator":
+                        for sealed in (out / "state" / "aggregator" / "jobs").glob("*/tee-keys.sealed"):
+                            sealed.unlink()
+                            log(f"    {sealed.name} of {sealed.parent.name} deleted: fresh enclave keys")
                     procs[name] = start(name, False, result.restarts)
             agg = procs["aggregator"]
             if agg.poll() is not None and getattr(agg, "_chaos_seen", False):

@@ -84,7 +84,12 @@ def all_ended(fed: FederationHub) -> JobRun | None:
 
 
 def _enclave(args: argparse.Namespace, state: Path) -> object | None:
-    """The in-TEE keys and attester, or None when this aggregator serves no tee jobs."""
+    """The in-TEE keys and attester, or None when this aggregator serves no tee jobs.
+
+    The dev TEE keeps each job's keys sealed to its stand-in sealing key (``STATE/dev-tee``), so a
+    restarted aggregator resumes its tee jobs with the keys the sites pinned (RELIABILITY.md F7).
+    configfs-tsm offers no sealing key: there, job keys live in memory only, and a restart mid-job
+    ends the job once its sites refuse the new keys (``tee_key_changed``)."""
     if not (args.tee or args.insecure_dev_tee):
         return None
     from secagg.tee.enclave import Enclave
@@ -99,7 +104,9 @@ def _enclave(args: argparse.Namespace, state: Path) -> object | None:
 
     import secagg
     from secagg.tee.attester import DevTeeAttester
+    from secagg.tee.vault import DevTeeSealingKey, JobKeyVault
 
     print("WARNING: INSECURE dev TEE: evidence is signed by a software key, not a hardware TEE", flush=True)
     measurement = hashlib.sha384(f"secagg-aggregator {secagg.__version__}".encode()).digest()
-    return Enclave(DevTeeAttester(ec.generate_private_key(ec.SECP384R1()), measurement))
+    vault = JobKeyVault(state / "jobs", DevTeeSealingKey.open(state / "dev-tee", measurement))
+    return Enclave(DevTeeAttester(ec.generate_private_key(ec.SECP384R1()), measurement), vault=vault)

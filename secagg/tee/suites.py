@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hpke, serialization
+from cryptography.hazmat.primitives import hashes, hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MLKEM768_X25519 = "mlkem768-x25519"
 P384 = "p384"
@@ -84,6 +85,47 @@ def generate(name: str) -> tuple[PrivateKey, bytes]:
         pub = m.public_key().public_bytes_raw() + x.public_key().public_bytes_raw()
         return hpke.MLKEM768X25519PrivateKey(m, x), pub
     key = ec.generate_private_key(ec.SECP384R1())
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return key, pub
+
+
+#: the seed every key of one enclave key set is derived from (:func:`derive`)
+SEED_SIZE = 32
+_DERIVE_DOMAIN = b"secagg-tee-job-keys/1\0"
+#: the order of the P-384 group (FIPS 186-5, D.1.2.4)
+_P384_N = int(
+    "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973", 16
+)
+
+
+def _okm(seed: bytes, label: str, length: int) -> bytes:
+    return HKDF(hashes.SHA384(), length, salt=None, info=_DERIVE_DOMAIN + label.encode()).derive(seed)
+
+
+def derive_p384(seed: bytes, label: str) -> ec.EllipticCurvePrivateKey:
+    """A P-384 private key derived from ``seed`` for ``label``: 64 bytes of HKDF output reduced into
+    [1, n-1] (FIPS 186-5 A.2.1, extra random bits: the bias is below 2^-128)."""
+    d = int.from_bytes(_okm(seed, label, 64), "big") % (_P384_N - 1) + 1
+    return ec.derive_private_key(d, ec.SECP384R1())
+
+
+def derive(name: str, seed: bytes) -> tuple[PrivateKey, bytes]:
+    """The private key for ``name`` derived from ``seed`` and its public key encoding (as announced).
+
+    Why derive rather than draw: an enclave then has to keep (seal) only its 32-byte seed to get every
+    key of a job back after a restart (:mod:`secagg.tee.keyseal`); ``cryptography`` can rebuild an
+    ML-KEM key from its seed but cannot export the hybrid key it builds."""
+    info(name)
+    if len(seed) != SEED_SIZE:
+        raise ValueError(f"the key seed must be {SEED_SIZE} bytes")
+    if name == MLKEM768_X25519:
+        m = mlkem.MLKEM768PrivateKey.from_seed_bytes(_okm(seed, f"hpke/{name}/mlkem768", 64))
+        x = x25519.X25519PrivateKey.from_private_bytes(_okm(seed, f"hpke/{name}/x25519", 32))
+        pub = m.public_key().public_bytes_raw() + x.public_key().public_bytes_raw()
+        return hpke.MLKEM768X25519PrivateKey(m, x), pub
+    key = derive_p384(seed, f"hpke/{name}")
     pub = key.public_key().public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )

@@ -223,3 +223,27 @@ def test_submit_streams_a_package_larger_than_one_grpc_message(console: Console,
         job_id = client.submit(big)
     assert fed.job is not None and fed.job.job_id == job_id
     assert fed.job.package.stat().st_size > 10 << 20
+
+
+def test_a_job_every_site_refused_for_good_is_listed_failed_with_its_reason(
+    console: Console, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RELIABILITY.md F7 (b), through the running service and the CLI: no retry every 10 s for ever."""
+    import time
+
+    job_id = console.fresh_job(with_round=False)
+    fed = console.server.fed
+    for site in ("site-1", "site-2", "site-3"):
+        fed.decline(site, job_id, 1, "tee_key_changed", "key_pin: aggregator keys changed within job")
+    deadline = time.monotonic() + 120  # a bound for a loaded machine, not a measured time
+    while fed.store.job(job_id).state != "failed" and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.2)
+    assert (
+        main(["admin", "list", "--json", "--kit", str(console.ws / "admin@lead"), "--target", console.target])
+        == 0
+    )
+    listed = {j["job_id"]: j for j in json.loads(capsys.readouterr().out)["jobs"]}
+    assert listed[job_id]["state"] == "failed", listed[job_id]
+    failed = [r for r in console.audit() if r["event"] == "job_failed" and r.get("job") == job_id]
+    assert [r["code"] for r in failed] == ["tee_key_changed"]
+    assert not [r for r in console.audit() if r["event"] == "round_retry" and r.get("job") == job_id]

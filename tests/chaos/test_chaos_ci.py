@@ -32,15 +32,9 @@ def _assert_clean(rep: Report, what: str) -> None:
     assert rep.overspent == 0, f"{what}: a ledger over its budget"
 
 
-# RELIABILITY.md F7: a tee aggregator restarted mid-job answers with fresh enclave keys, which the
-# sites pinned for the job refuse (tee_key_changed) in every later round: the job cannot go on
-TEE_RESTART = pytest.param(
-    "tee",
-    marks=pytest.mark.xfail(run=False, reason="F7: a restarted tee aggregator has new enclave keys"),
-)
-
-
-@pytest.mark.parametrize("mode", ["plain", "he", "mask", TEE_RESTART])
+# tee (RELIABILITY.md F7): the restarted aggregator's enclave unseals the job's keys (sealed to the dev
+# TEE's sealing key in the job's state folder), so the sites' pins hold and the job goes on
+@pytest.mark.parametrize("mode", ["plain", "he", "mask", "tee"])
 def test_kill_aggregator_during_upload(mode: str, tmp_path: Path) -> None:
     ref = None
     if mode in ("plain", "tee"):  # bit for bit against the fault-free run
@@ -48,11 +42,36 @@ def test_kill_aggregator_during_upload(mode: str, tmp_path: Path) -> None:
         ref = models["site-1"]
     o = run(RunSpec(mode, SITES, ROUNDS, fault="agg-upload@2", sleep=0.5, timeout=BOUND_S), tmp_path / "kill")
     assert o.hits == ["agg-upload 2"] and o.restarts == 1
+    assert not o.torch_loaded  # F6: the aggregator (its TensorBoard observer too) never maps libtorch
     rep = check(o, ref)
     _assert_clean(rep, f"{mode} aggregator kill")
     assert rep.max_abs_err <= BOUND[mode], rep.model_note
     assert not rep.leftovers, rep.leftovers  # F1: the killed attempt's spool is discarded on restart
     assert rep.model_ok, rep.model_note  # F2: bit-identical to the fault-free run in plain and tee
+
+
+def test_a_tee_aggregator_back_with_other_keys_fails_the_job_with_the_sites_reason(tmp_path: Path) -> None:
+    """F7 (b) with real processes: the aggregator is killed during the uploads of round 2 and its
+    sealed job keys deleted before it restarts (a TEE without a sealing key). Every site refuses the
+    new keys (``tee_key_changed``), and the job fails with that reason at once: the run ends by
+    itself, long before its bound, instead of retrying the round every 10 s."""
+    import json
+
+    spec = RunSpec("tee", 3, ROUNDS, fault="agg-upload@2", sleep=0.5, timeout=BOUND_S, drop_sealed_keys=True)
+    o = run(spec, tmp_path / "kill")
+    assert o.hits == ["agg-upload 2"] and o.restarts == 1
+    assert not o.timed_out
+    agg = [json.loads(x) for x in (o.state / "aggregator" / "audit.jsonl").read_text().splitlines()]
+    failed = [r for r in agg if r["event"] == "job_failed"]
+    assert [r["code"] for r in failed] == ["tee_key_changed"], failed
+    resumed = next(i for i, r in enumerate(agg) if r["event"] == "job_resumed")
+    assert not [r for r in agg[resumed:] if r["event"] in ("round_retry", "round_completed")]
+    for site in spec.names:
+        log = [json.loads(x) for x in (o.state / site / "audit.jsonl").read_text().splitlines()]
+        assert any(r["event"] == "aggregator_refused" and r["code"] == "tee_key_changed" for r in log), site
+    rep = check(o)
+    assert rep.audit_ok == rep.audit_total, rep.audit_errors
+    assert not rep.leftovers, rep.leftovers
 
 
 @pytest.mark.parametrize("mode", ["plain", "he", "mask", "tee"])

@@ -135,6 +135,9 @@ class TeeMode(PlainMode):
 
     def __init__(self, ctx: ModeContext) -> None:
         self.check_aggregator(ctx.enclave)
+        # the job's keys, unsealed after a restart (the ones the sites pinned) or made and sealed now,
+        # before any site can see them (RELIABILITY.md F7); keys that do not open here fail the job
+        ctx.enclave.open_job(ctx.job_id)
         super().__init__(ctx)
 
     @classmethod
