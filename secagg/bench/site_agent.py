@@ -36,6 +36,8 @@ import numpy as np
 #: tensors of the synthetic model (unequal, so tensor edges fall inside windows)
 TENSORS = 5
 SITES = ("site-1", "site-2")
+#: the job package holds the model: larger than the default 256 MiB cap at 100M parameters
+PACKAGE_BYTES = 16 << 30
 MEASUREMENT = hashlib.sha384(b"secagg bench aggregator image").digest()
 
 TRAIN = '''\
@@ -64,6 +66,7 @@ modes: [plain, mask, tee]
 limits:
   max_rounds: 5
   min_sites_per_round: 2
+  max_package_bytes: 17179869184
 sandbox:
   memory_bytes: null
   file_size_bytes: null
@@ -131,7 +134,7 @@ def _prepare(work: Path, params: int, mode: str) -> Path:
     if mode == "mask":
         spec["mask"] = {"threshold": 2, "clip": 1.0}
     (job / "job.yaml").write_text(yaml.safe_dump(spec))
-    sign_job(job, load_kit(ws / "submitter@org-1"))
+    sign_job(job, load_kit(ws / "submitter@org-1"), max_bytes=PACKAGE_BYTES)
     for s in SITES:
         (work / "data" / s).mkdir(parents=True)
         (work / "data" / s / "n.txt").write_text("1")
@@ -146,7 +149,7 @@ def _submit(server: Any, job: Path, kit: Any) -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="secagg-job-"))
     try:
-        verified = verify_job(job, kit.ca_cert, dest=scratch / "pkg")
+        verified = verify_job(job, kit.ca_cert, dest=scratch / "pkg", max_bytes=PACKAGE_BYTES)
         submitter = require_submitter(verified.signers, f"job {job}")
         server.fed.submit(verified.root, submitter.describe(), source=job)
     finally:
