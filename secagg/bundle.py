@@ -154,10 +154,11 @@ def from_safetensors(data: bytes) -> OrderedDict[str, np.ndarray]:
     return OrderedDict((n, tensors[n]) for n in order)
 
 
-def bundle_header(spec: BundleSpec) -> bytes:
+def bundle_header(spec: BundleSpec, metadata: Mapping[str, str] | None = None) -> bytes:
     """The safetensors header of a float32 bundle with ``spec``'s tensors laid out in bundle order
-    (8-byte length, JSON padded with spaces to 8 bytes, as the safetensors writer pads it)."""
-    header: dict[str, object] = {"__metadata__": {"order": json.dumps(spec.names)}}
+    (8-byte length, JSON padded with spaces to 8 bytes, as the safetensors writer pads it);
+    ``metadata`` adds string entries beside ``order``."""
+    header: dict[str, object] = {"__metadata__": {**(metadata or {}), "order": json.dumps(spec.names)}}
     pos = 0
     for t in spec.tensors:
         header[t.name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [pos, pos + 4 * t.size]}

@@ -257,6 +257,17 @@ class BundleReader:
             part = acc[a - start : b - start]
             np.add(part, vals, out=part, casting="unsafe")
 
+    def read_into(self, out: np.ndarray, start: int, stop: int) -> None:
+        """``out[i - start] = value[i]`` for every ``i`` in ``[start, stop)``, cast as ``astype`` casts
+        (float32 to float64 exactly): the window of the flat vector the in-memory bundle would give."""
+        for lo, hi, e in self._pieces:
+            a, b = max(lo, start), min(hi, stop)
+            if a >= b:
+                continue
+            item = e.dtype.itemsize
+            vals = np.frombuffer(self.src.read(e.start + (a - lo) * item, (b - a) * item), dtype=e.dtype)
+            np.copyto(out[a - start : b - start], vals, casting="unsafe")
+
     def check(self, start: int, stop: int) -> None:
         """Refuse (``non_finite``) an upload whose window ``[start, stop)`` holds NaN or infinity."""
         for lo, hi, e in self._pieces:
@@ -364,3 +375,20 @@ def write_bundle(
     """The float32 safetensors bundle of the windows (bundle order) to ``path`` (temporary file, then
     renamed); ``fingerprint`` (if given) sees every float32 value as it is written."""
     write_windows(path, bundle_header(spec), windows, "<f4", fingerprint.update if fingerprint else None)
+
+
+def spec_of(layout: Layout) -> BundleSpec:
+    """The bundle spec (names in bundle order, shapes) a file's header describes."""
+    from secagg.bundle import TensorSpec
+
+    return BundleSpec(tuple(TensorSpec(n, layout.entries[n].shape) for n in layout.order))
+
+
+def open_bundle(path: Path, spec: BundleSpec | None = None) -> BundleReader:
+    """A reader of the safetensors file at ``path``, checked against ``spec`` (default: its own)."""
+    src = FileSource(path)
+    try:
+        return BundleReader(src, spec if spec is not None else spec_of(Layout.parse(src)))
+    except BaseException:
+        src.close()
+        raise

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,10 +19,14 @@ from secagg.privacy.ledger import Ledger
 from secagg.privacy.specs import Filter, apply_chain
 from secagg.privacy.spend import Spend, Update
 
+if TYPE_CHECKING:
+    from secagg.privacy.streamed import UpdateFile
+
 
 @dataclass(frozen=True)
 class Release:
-    update: Update
+    #: in memory (:func:`prepare_release`), or a file (:func:`prepare_release_file`, the site agent's)
+    update: Update | UpdateFile
     spends: list[Spend]
     debit_id: str
 
@@ -48,4 +53,30 @@ def prepare_release(
     filtered, spends = apply_chain(chain, update, rng)
     all_spends = [*training_spends, *spends]
     debit_id = ledger.debit(job, round, all_spends) if ledger is not None else ""
+    return Release(filtered, all_spends, debit_id)
+
+
+def prepare_release_file(
+    ledger: Ledger | None,
+    specs: Sequence[Any],
+    update: UpdateFile,
+    dst: Path,
+    rng: np.random.Generator,
+    job: str,
+    round: int,
+    training_spends: Iterable[Spend] = (),
+) -> Release:
+    """:func:`prepare_release` on a spooled update (:mod:`secagg.privacy.streamed`): the filter specs
+    ``specs`` run over ``update`` into ``dst`` a window at a time where they allow it, then the durable
+    debit; the same invariant, the same order, the same result bit for bit. ``dst`` is removed if the
+    debit is refused, so a refused round leaves no filtered update behind."""
+    from secagg.privacy.streamed import apply_chain_file
+
+    filtered, spends = apply_chain_file(specs, update, dst, rng)
+    all_spends = [*training_spends, *spends]
+    try:
+        debit_id = ledger.debit(job, round, all_spends) if ledger is not None else ""
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise
     return Release(filtered, all_spends, debit_id)
