@@ -24,25 +24,26 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 
 from secagg.agent.admission import Admitted
 from secagg.agent.relay import Relay, RoundMovedOn, is_stale
+from secagg.agent.roundfiles import write_local_model
 from secagg.agent.state import SiteState
 from secagg.agent.training import Trainer
 from secagg.auditlog import AuditLog
-from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
+from secagg.bundle import BundleSpec, from_safetensors
 from secagg.crossval import wire
 from secagg.crossval.seal import Consent, Envelope, EnvelopeError, open_model, seal_model
 from secagg.errors import SecaggError
 from secagg.events import Event
-from secagg.fsio import atomic_write
 from secagg.policy.evaluation import share_decision
 from secagg.policy.model import SitePolicy
+from secagg.privacy.streamed import UpdateFile
 from secagg.provision.kit import Kit
 from secagg.reasons import Reason
 
@@ -52,15 +53,11 @@ LOCAL_FILE = "xsite-local.safetensors"
 MAX_SHARED_MODEL_BYTES = (7 << 20) * 3 // 4 - 4096
 
 
-def keep_local_model(
-    state: SiteState, job_id: str, bspec: BundleSpec, global_bundle: Mapping[str, np.ndarray], update: Any
-) -> None:
-    """Keep the last round's released local model (global + released update) for the evaluation."""
-    local = {
-        k: (np.asarray(global_bundle[k], np.float64) + np.asarray(update[k], np.float64)).astype(np.float32)
-        for k in bspec.names
-    }
-    atomic_write(state.job_dir(job_id) / LOCAL_FILE, to_safetensors(local, order=bspec.names), mode=0o600)
+def keep_local_model(state: SiteState, job_id: str, global_model: Path, update: UpdateFile) -> None:
+    """Keep the last round's released local model (global + released update) for the evaluation,
+    written a window at a time (:func:`secagg.agent.roundfiles.write_local_model`)."""
+    path = state.job_dir(job_id) / LOCAL_FILE
+    write_local_model(global_model, update, path)  # a temporary file of mode 0600, then renamed
 
 
 class CrossSiteEvaluation:

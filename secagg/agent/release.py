@@ -11,7 +11,6 @@ already debited re-sends that round's release instead of debiting again
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from secagg.agent.admission import Admitted
 from secagg.agent.kept_release import KeptReleases, chain_digest
+from secagg.agent.roundfiles import spool_path
 from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
 from secagg.errors import ConfigError, PolicyRefusal
@@ -27,9 +27,9 @@ from secagg.jobs.filters import DpsgdFilter
 from secagg.policy.model import SitePolicy
 from secagg.privacy.ledger import FILENAME as LEDGER_FILE
 from secagg.privacy.ledger import Ledger
-from secagg.privacy.release import Release, prepare_release
-from secagg.privacy.specs import build_chain
+from secagg.privacy.release import Release, prepare_release_file
 from secagg.privacy.spend import Spend
+from secagg.privacy.streamed import UpdateFile
 from secagg.reasons import Reason
 
 #: Opacus calibrates the noise to within 0.01 of the target epsilon; more than that was not admitted
@@ -140,24 +140,29 @@ class Releaser:
         policy: SitePolicy,
         job_id: str,
         round_: int,
-        update: OrderedDict[str, np.ndarray],
+        update: UpdateFile,
         training_spends: list[Spend],
     ) -> Release:
         """Every filter the policy requires, then the durable debit (invariant 3, one path for all).
 
         A retried attempt of a round this site already debited (its upload accepted, cut short or
         never sent) gets that round's kept release back, with no second debit: the same released
-        vector, under the same filter chain, whose debit the ledger holds."""
+        vector, under the same filter chain, whose debit the ledger holds.
+
+        ``update`` is a file and so is the release's update (:mod:`secagg.privacy.streamed`: filters a
+        window at a time where their mathematics allows); the caller removes it once uploaded
+        (:meth:`discard`), unless it is the kept file itself."""
         ledger = self.ledger_for(policy) if policy.privacy.budget is not None else None
         chain = chain_digest(adm.decision.effective_privacy)
         kept = self.kept.reuse(job_id, round_, chain, ledger)
         if kept is not None:
             self.audit.append(Event.RELEASE_REUSED, job=job_id, round=round_, debit=kept.debit_id)
             return kept
-        release = prepare_release(
+        release = prepare_release_file(
             ledger,
-            build_chain(adm.decision.effective_privacy),
+            adm.decision.effective_privacy,
             update,
+            spool_path(self.state.job_dir(job_id), f"release-{int(round_)}"),
             np.random.default_rng(),
             job_id,
             round_,
@@ -168,6 +173,13 @@ class Releaser:
         if release.debit_id:  # after the debit committed: a crash before this only over-counts
             self.kept.keep(job_id, round_, release, chain)
         return release
+
+    def discard(self, release: Release, job_id: str, round_: int) -> None:
+        """The release's update file is no longer needed (uploaded, or the round lost); a kept
+        release's file stays for a retry until its round is over."""
+        update = release.update
+        if isinstance(update, UpdateFile) and update.path != self.kept.path(job_id, round_):
+            update.path.unlink(missing_ok=True)
 
     def end_job(self, job_id: str) -> None:
         """The job is over: its kept releases go (no round of it is retried again)."""

@@ -11,7 +11,7 @@ import logging
 import os
 
 from secagg.agent.modes.base import ModeContext, Outgoing, Sent, StoredGlobal, Task, upload
-from secagg.agent.protect import plain_size, protect_plain
+from secagg.agent.protect import plain_size, protect_plain_windows
 from secagg.errors import IntegrityError, PolicyRefusal
 from secagg.events import Event
 from secagg.framing import frame
@@ -89,7 +89,7 @@ class TeeMode(StoredGlobal):
         self._trusted = None
         # sealed as the plaintext bundle is made, a chunk at a time (its size is known up front)
         sealed = trusted.seal_update(
-            protect_plain(out.bspec, out.weighted),
+            protect_plain_windows(out.bspec, out.weighted.windows()),
             out.job_id,
             out.round,
             self.ctx.site,
