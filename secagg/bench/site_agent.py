@@ -189,8 +189,13 @@ def run(params: int, mode: str, scratch: Path | None = None, timeout_s: float = 
             (work / f"{s}.args.json").write_text(json.dumps(args))
             log = (work / f"{s}.log").open("wb")
             procs[s] = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-                [sys.executable, "-m", "secagg.bench.site_child", str(work / f"{s}.args.json"),
-                 str(work / f"{s}.out.json")],
+                [
+                    sys.executable,
+                    "-m",
+                    "secagg.bench.site_child",
+                    str(work / f"{s}.args.json"),
+                    str(work / f"{s}.out.json"),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -246,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
             res = run(params, mode, ns.scratch)
             results.append(res)
             worst = max(v["rss_per_model"] for v in res["sites"].values())
-            print(f"{params} params {mode}: worst site {worst:.2f}x one model, {res['job_s']:.0f} s", flush=True)
+            print(
+                f"{params} params {mode}: worst site {worst:.2f}x one model, {res['job_s']:.0f} s", flush=True
+            )
             ns.out.write_text(json.dumps(results, indent=2))
     print(table(results))
     return 0
