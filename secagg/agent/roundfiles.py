@@ -132,12 +132,15 @@ class WeightedFile:
 
     update: UpdateFile
     weight: float
+    #: values per window (a setting for tests; the default is 8 MiB of float64)
+    elements: int = WINDOW_VALUES
 
     @property
     def size(self) -> int:
         return self.update.spec.size
 
-    def windows(self, elements: int = WINDOW_VALUES) -> Iterator[tuple[int, np.ndarray]]:
+    def windows(self, elements: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        elements = elements or self.elements
         reader = self.update.reader()
         try:
             for start, stop in window_ranges(self.size, elements):

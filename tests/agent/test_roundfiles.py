@@ -1,0 +1,254 @@
+"""The site's round on files gives, bit for bit, what the in-memory round gave, in every mode.
+
+The reference is the in-memory round as the agent ran it before #21 (written out here): the global
+model parsed with ``from_safetensors`` and hashed with ``fingerprint``, the update
+``(local.astype(float64) - global).astype(float32)``, the filters through ``apply_chain``, the weighted
+vector ``bspec.flatten(released) * weight``. Tensors straddle windows of 1, 7 and 64 values.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from secagg.agent.modes import ModeContext, Outgoing
+from secagg.agent.modes import he as he_mode
+from secagg.agent.modes import mask as mask_mode
+from secagg.agent.modes.plain import PlainMode
+from secagg.agent.modes.tee import TeeMode
+from secagg.agent.modes.tee_mask import EnclaveEnvelope
+from secagg.agent.protect import protect_plain
+from secagg.agent.roundfiles import (
+    WeightedFile,
+    atomic_copy,
+    fingerprint_file,
+    model_spec,
+    write_local_model,
+    write_update,
+)
+from secagg.agent.state import SiteState
+from secagg.auditlog import AuditLog
+from secagg.bundle import BundleSpec, fingerprint, from_safetensors
+from secagg.errors import UpdateRejected
+from secagg.privacy.specs import apply_chain, build_chain
+from secagg.privacy.streamed import apply_chain_file
+
+SHAPES = [("a", (3, 5)), ("b", (1,)), ("c", (130,)), ("d", ()), ("e", (2, 41)), ("f", (9, 7))]
+WINDOWS = [1, 7, 64]
+CHAINS: list[list[dict[str, Any]]] = [
+    [],
+    [{"name": "exclude", "tensors": ["c"]}, {"name": "gaussian", "clip": 0.5, "noise_multiplier": 1.1}],
+]
+
+
+def _model(seed: int, dtype: Any = np.float32) -> OrderedDict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return OrderedDict((n, rng.standard_normal(s).astype(dtype).reshape(s)) for n, s in SHAPES)
+
+
+def _write(path: Path, bundle: OrderedDict[str, np.ndarray]) -> Path:
+    # names in bundle order, in each tensor's own dtype (not only float32), as any library writes it
+    import json
+
+    from safetensors.numpy import save
+
+    path.write_bytes(save(dict(bundle), metadata={"order": json.dumps(list(bundle))}))
+    return path
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_the_fingerprint_while_streaming_is_the_fingerprint_of_the_loaded_model(
+    tmp_path: Path, window: int, dtype: Any
+) -> None:
+    path = _write(tmp_path / "g.safetensors", _model(1, dtype))
+    loaded = from_safetensors(path.read_bytes())
+    spec = model_spec(path)
+    assert spec == BundleSpec.of(loaded)
+    assert fingerprint_file(path, spec, window) == fingerprint(loaded)
+
+
+def test_a_malformed_model_is_refused_from_its_header(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    with pytest.raises(UpdateRejected) as exc:
+        model_spec(bad)
+    assert exc.value.code == "malformed"
+
+
+def _old_update(
+    local: OrderedDict[str, np.ndarray], glob: OrderedDict[str, np.ndarray]
+) -> OrderedDict[str, Any]:
+    return OrderedDict((k, (local[k].astype(np.float64) - glob[k]).astype(np.float32)) for k in glob)
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("local_dtype", [np.float32, np.float64])
+def test_the_update_file_is_the_in_memory_update(tmp_path: Path, window: int, local_dtype: Any) -> None:
+    glob, local = _model(1), _model(2, local_dtype)
+    g = _write(tmp_path / "g.safetensors", glob)
+    loc = _write(tmp_path / "l.safetensors", local)
+    upd = write_update(loc, g, BundleSpec.of(glob), tmp_path / "u.safetensors", window)
+    want = _old_update(local, glob)
+    got = upd.load()
+    assert all(got[k].tobytes() == want[k].tobytes() for k in want)
+
+
+def test_a_bad_trained_model_is_refused_as_bundlespec_check_refuses_it(tmp_path: Path) -> None:
+    glob = _model(1)
+    spec = BundleSpec.of(glob)
+    g = _write(tmp_path / "g.safetensors", glob)
+    wrong = _model(2)
+    wrong["e"] = np.zeros((41, 2), dtype=np.float32)
+    nan = _model(2)
+    nan["f"][4, 2] = np.nan
+    for bad in (wrong, nan):
+        with pytest.raises(UpdateRejected) as mem:
+            spec.check(bad)
+        with pytest.raises(UpdateRejected) as disk:
+            write_update(_write(tmp_path / "l.safetensors", bad), g, spec, tmp_path / "u.safetensors", 7)
+        assert (disk.value.code, str(disk.value)) == (mem.value.code, str(mem.value))
+        assert not (tmp_path / "u.safetensors").exists()
+
+
+def _ctx(tmp: Path, relay: Any) -> ModeContext:
+    return ModeContext(
+        kit=SimpleNamespace(name="site-1"),  # type: ignore[arg-type]
+        state=SiteState(tmp / "state"),
+        relay=relay,
+        audit=AuditLog(tmp / "audit.jsonl"),
+        target="127.0.0.1:1",
+        load_policy=lambda: SimpleNamespace(privacy=SimpleNamespace(filters=[])),  # type: ignore[arg-type, return-value]
+    )
+
+
+class _Relay:
+    def __init__(self) -> None:
+        self.uploads: list[tuple[dict[str, Any], bytes]] = []
+
+    def upload(self, header: dict[str, Any], parts: Any) -> bool:
+        self.uploads.append((header, b"".join(parts)))
+        return True
+
+
+class _Sealer:
+    """Stands in for the attested aggregator: what it is given to seal is the plaintext."""
+
+    def __init__(self) -> None:
+        self.plaintext = b""
+
+    def seal_update(self, payload: Any, job: str, round: int, site: str, *, size: int | None = None) -> Any:
+        self.plaintext = payload if isinstance(payload, bytes) else b"".join(payload)
+        assert size is None or size == len(self.plaintext)
+        yield b"sealed"
+
+
+def _round(tmp: Path, chain: list[dict[str, Any]], window: int) -> tuple[np.ndarray, Outgoing]:
+    """The in-memory reference weighted vector, and the file round's Outgoing, for the same inputs."""
+    glob, local = _model(1), _model(2)
+    spec = BundleSpec.of(glob)
+    weight = 0.3
+    released, _ = apply_chain(build_chain(chain), _old_update(local, glob), np.random.default_rng(11))
+    old = spec.flatten(released)
+    old *= weight
+    g = _write(tmp / "g.safetensors", glob)
+    upd = write_update(_write(tmp / "l.safetensors", local), g, spec, tmp / "u.safetensors", window)
+    rel, _ = apply_chain_file(chain, upd, tmp / "r.safetensors", np.random.default_rng(11), window)
+    out = Outgoing(
+        spec=SimpleNamespace(mask=None),  # type: ignore[arg-type]
+        job_id="j",
+        round=1,
+        attempt=1,
+        bspec=spec,
+        weighted=WeightedFile(rel, weight, window),
+        weight=weight,
+        sites=["site-1", "site-2"],
+    )
+    return old, out
+
+
+@pytest.mark.parametrize("chain", CHAINS, ids=["no-filter", "exclude+gaussian"])
+@pytest.mark.parametrize("window", WINDOWS)
+def test_every_mode_protects_what_the_in_memory_round_protected(
+    tmp_path: Path, chain: list[dict[str, Any]], window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, out = _round(tmp_path, chain, window)
+    # the weighted windows are the old float64 vector, value for value
+    assert out.weighted.array().tobytes() == old.tobytes()
+    want_plain = b"".join(protect_plain(out.bspec, old))
+
+    # plain: the upload's bytes
+    relay = _Relay()
+    PlainMode(_ctx(tmp_path / "plain", relay)).protect_and_send(out)
+    assert relay.uploads[0][1] == want_plain
+
+    # tee: the plaintext given to the enclave's sealing
+    sealer = _Sealer()
+    tee = TeeMode(_ctx(tmp_path / "tee", _Relay()))
+    tee._trusted = sealer  # type: ignore[assignment]
+    tee.protect_and_send(out)
+    assert sealer.plaintext == want_plain
+
+    # he: the flat vector given to CKKS encryption
+    seen: list[np.ndarray] = []
+    monkeypatch.setattr(he_mode, "protect_he", lambda ctx, vec: (seen.append(vec), iter([b"ct"]))[1])
+    hem = he_mode.HeMode(_ctx(tmp_path / "he", _Relay()))
+    hem._secret_ctx = object()
+    hem.protect_and_send(out)
+    assert seen[0].tobytes() == old.tobytes()
+
+    # mask: the values given to the masking, window by window at their offsets (MaskClient's
+    # masked_input_to writes masked_input's bytes for them: tests/mask/test_protocol.py)
+    class _Client:
+        def masked_input_to(self, fh: Any, windows: Any, size: int, weight: float, mine: Any) -> int:
+            got = []
+            pos = 0
+            for start, vals in windows:
+                assert start == pos and vals.size <= window
+                got.append(np.array(vals))
+                pos += vals.size
+            assert size == pos == old.size and weight == out.weight
+            fh.write(np.concatenate(got).tobytes())
+            return 8 * pos
+
+    ctx = _ctx(tmp_path / "mask", _Relay())
+
+    # no distributed DP here (that path needs the whole vector: its integer share)
+    monkeypatch.setattr(sys.modules["secagg.policy.decide"], "distributed_filter", lambda p, s: None)
+    masked = tmp_path / "masked.bin"
+    mask_mode._write_masked(ctx, out, _Client(), [], 16, masked)
+    assert masked.read_bytes() == old.tobytes()
+    # tee-mask: the masked input's bytes are what the enclave seals
+    sealer = _Sealer()
+    frames = b"".join(EnclaveEnvelope(sealer, out, "site-1").uploaded(masked))  # type: ignore[arg-type]
+    assert frames and sealer.plaintext == old.tobytes()
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+def test_the_kept_local_model_is_global_plus_release(tmp_path: Path, window: int) -> None:
+    """Cross-site evaluation's local model (global + released update), as keep_local_model made it."""
+    old, out = _round(tmp_path, CHAINS[1], window)
+    glob = _model(1)
+    assert isinstance(out.weighted, WeightedFile)
+    released = out.weighted.update.load()
+    want = {
+        k: (np.asarray(glob[k], np.float64) + np.asarray(released[k], np.float64)).astype(np.float32)
+        for k in glob
+    }
+    write_local_model(tmp_path / "g.safetensors", out.weighted.update, tmp_path / "local.safetensors", window)
+    got = from_safetensors((tmp_path / "local.safetensors").read_bytes())
+    assert list(got) == list(glob) and all(got[k].tobytes() == want[k].tobytes() for k in want)
+
+
+def test_atomic_copy_copies_and_leaves_no_temporary(tmp_path: Path) -> None:
+    src = _write(tmp_path / "g.safetensors", _model(1))
+    (tmp_path / "out").mkdir()
+    atomic_copy(src, tmp_path / "out" / "final.safetensors")
+    assert (tmp_path / "out" / "final.safetensors").read_bytes() == src.read_bytes()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["final.safetensors"]
