@@ -252,3 +252,44 @@ def test_atomic_copy_copies_and_leaves_no_temporary(tmp_path: Path) -> None:
     atomic_copy(src, tmp_path / "out" / "final.safetensors")
     assert (tmp_path / "out" / "final.safetensors").read_bytes() == src.read_bytes()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["final.safetensors"]
+
+
+def test_the_round_on_files_holds_windows_not_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole site path (fingerprint, update, a two-pass gaussian, the weighted plain stream) on a
+    model of 2M values (8 MB as float32) with windows (and norm blocks) of 64K values: numpy's
+    allocations (traced) stay a few windows, a fraction of one copy of the model."""
+    import tracemalloc
+
+    monkeypatch.setattr(sys.modules["secagg.privacy.gaussian"], "NORM_BLOCK", 1 << 16)
+    monkeypatch.setattr("secagg.privacy.streamed.NORM_BLOCK", 1 << 16)
+
+    from secagg.agent.protect import protect_plain_windows
+    from secagg.bundle import TensorSpec, bundle_header
+
+    n, window = 2_000_000, 1 << 16
+    spec = BundleSpec((TensorSpec("w", (n - 5,)), TensorSpec("b", (5,))))
+
+    def model(path: Path, value: float) -> Path:
+        with path.open("wb") as fh:
+            fh.write(bundle_header(spec))
+            for start in range(0, n, window):
+                fh.write(np.full(min(window, n - start), value, dtype="<f4").tobytes())
+        return path
+
+    g, loc = model(tmp_path / "g.safetensors", 0.5), model(tmp_path / "l.safetensors", 0.75)
+    chain = [{"name": "gaussian", "clip": 1.0, "noise_multiplier": 0.5}]
+    tracemalloc.start()
+    try:
+        fingerprint_file(g, spec, window)
+        upd = write_update(loc, g, spec, tmp_path / "u.safetensors", window)
+        rel, _ = apply_chain_file(chain, upd, tmp_path / "r.safetensors", np.random.default_rng(0), window)
+        sent = sum(len(p) for p in protect_plain_windows(spec, WeightedFile(rel, 0.5, window).windows()))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sent == len(bundle_header(spec)) + 4 * n
+    # a 64K-value window is 512 KiB as float64; one float32 model is 8 MB, and the in-memory round
+    # held several float64 copies of it (16 MB each)
+    assert peak < 4 * 2**20, peak
