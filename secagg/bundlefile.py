@@ -16,6 +16,7 @@ import json
 import os
 import struct
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,22 @@ class FileSource:
                 raise UpdateRejected("upload shorter than its header says", code=Reason.TRUNCATED)
             out += piece
         return bytes(out)
+
+    def read_into(self, offset: int, out: np.ndarray) -> None:
+        """Fill the contiguous array ``out`` with the bytes at ``offset``: straight into its memory,
+        no intermediate ``bytes``."""
+        view = out.data.cast("B")
+        if offset < 0 or offset + view.nbytes > self._size:
+            raise UpdateRejected(
+                f"read of {view.nbytes} bytes at {offset} outside a file of {self._size}",
+                code=Reason.TRUNCATED,
+            )
+        done = 0
+        while done < view.nbytes:
+            n = os.preadv(self._fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise UpdateRejected("file shorter than its header says", code=Reason.TRUNCATED)
+            done += n
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -392,3 +409,24 @@ def open_bundle(path: Path, spec: BundleSpec | None = None) -> BundleReader:
     except BaseException:
         src.close()
         raise
+
+
+def read_bundle(path: Path) -> OrderedDict[str, np.ndarray]:
+    """The bundle in the safetensors file at ``path``, each tensor read straight into an array of its
+    own (one copy of the model; ``from_safetensors(path.read_bytes())`` held the file's bytes beside
+    the parsed tensors, two). Tensors in bundle order, writable, as ``from_safetensors`` orders them;
+    a dtype outside :data:`DTYPES` (bfloat16, bool) falls back to ``from_safetensors``."""
+    from secagg.bundle import from_safetensors
+
+    with FileSource(path) as src:
+        try:
+            layout = Layout.parse(src)
+        except UpdateRejected:
+            return from_safetensors(path.read_bytes())  # refuses what it refuses, as before
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        for name in layout.order:
+            e = layout.entries[name]
+            arr = np.empty(e.size, dtype=e.dtype)  # little-endian, as the file holds it
+            src.read_into(e.start, arr)
+            out[name] = arr.reshape(e.shape)
+        return out

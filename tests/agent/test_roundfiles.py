@@ -34,7 +34,7 @@ from secagg.agent.roundfiles import (
 )
 from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
-from secagg.bundle import BundleSpec, fingerprint, from_safetensors
+from secagg.bundle import BundleSpec, fingerprint, from_safetensors, to_safetensors
 from secagg.errors import UpdateRejected
 from secagg.privacy.specs import apply_chain, build_chain
 from secagg.privacy.streamed import apply_chain_file
@@ -293,3 +293,54 @@ def test_the_round_on_files_holds_windows_not_the_model(
     # a 64K-value window is 512 KiB as float64; one float32 model is 8 MB, and the in-memory round
     # held several float64 copies of it (16 MB each)
     assert peak < 4 * 2**20, peak
+
+
+# ---- the worker's side of the handover (secagg.client): one copy of the model in, none extra out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, np.int64])
+def test_read_bundle_is_from_safetensors_with_one_copy(tmp_path: Path, dtype: Any) -> None:
+    from secagg.bundlefile import read_bundle
+
+    bundle = _model(4, np.float32)
+    bundle = OrderedDict((k, np.asarray(v * 100).astype(dtype)) for k, v in bundle.items())
+    path = _write(tmp_path / "g.safetensors", bundle)
+    want, got = from_safetensors(path.read_bytes()), read_bundle(path)
+    assert list(got) == list(want)
+    for k in want:
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape
+        assert got[k].tobytes() == want[k].tobytes() and got[k].flags.writeable
+
+
+def test_read_bundle_refuses_what_from_safetensors_refuses(tmp_path: Path) -> None:
+    from secagg.bundlefile import read_bundle
+
+    data = to_safetensors(_model(1))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:-3])
+    with pytest.raises(UpdateRejected) as exc:
+        read_bundle(cut)
+    assert exc.value.code == "malformed"
+
+
+def test_the_local_model_written_a_tensor_at_a_time_is_what_send_wrote(tmp_path: Path) -> None:
+    import torch
+
+    from secagg.client import _write_local
+
+    state = OrderedDict(
+        [
+            ("_module.w", torch.arange(12, dtype=torch.float64).reshape(3, 4) / 7),
+            ("b", np.linspace(0, 1, 5, dtype=np.float32)),
+            ("s", torch.tensor(2.5)),
+        ]
+    )
+    size = _write_local(tmp_path / "local.safetensors", state)
+    data = (tmp_path / "local.safetensors").read_bytes()
+    got = from_safetensors(data)
+    assert size == len(data) and list(got) == ["w", "b", "s"]
+    # what send wrote before: to_safetensors of each tensor as float32
+    want = {"w": (torch.arange(12, dtype=torch.float64).reshape(3, 4) / 7).numpy().astype(np.float32)}
+    want |= {"b": np.linspace(0, 1, 5, dtype=np.float32), "s": np.array(2.5, dtype=np.float32)}
+    for k, v in want.items():
+        assert got[k].dtype == np.float32 and got[k].shape == v.shape and got[k].tobytes() == v.tobytes()
