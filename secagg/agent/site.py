@@ -5,6 +5,12 @@ job's confined worker (:mod:`~secagg.agent.training`, invariant 8) -> the roster
 (:mod:`~secagg.agent.consistency`, invariant 7) -> :mod:`~secagg.agent.release` (filters and durable
 debit, invariant 3) -> the mode's object (:mod:`~secagg.agent.modes`) -> the relay. This file only
 orders those steps; it has no branch on the mode.
+
+Memory (#21): nothing of the model's size is held whole. The task's payload is written to a file as it
+arrives and becomes the round's global model by a rename; the fingerprint, the update, the filters
+(:mod:`secagg.privacy.streamed`), the weighting and the protection read and write files a window at a
+time (:mod:`~secagg.agent.roundfiles`), so the agent's peak is its interpreter plus a few windows
+whatever the model's size (``python -m secagg.bench.site_agent``, BENCHMARKS.md "Site agent memory").
 """
 
 from __future__ import annotations

@@ -9,7 +9,11 @@ the loop form (``for task in client.tasks()``) or handles one task and exits in 
 which case the next round starts a fresh worker in the same confinement.
 
 The model travels by file in the I/O folder (``global.safetensors`` in, ``local.safetensors`` out);
-the channel carries only control frames, each checked as untrusted input.
+the channel carries only control frames, each checked as untrusted input. Neither file passes through
+the agent's memory: the global model is copied in, and the trained model out to a file of the agent's
+own beside the I/O folder, by the kernel (``sendfile``), and the agent reads that copy a window at a
+time (:mod:`secagg.agent.roundfiles`). The worker reads the model tensor by tensor into its arrays and
+writes its result a tensor at a time (:mod:`secagg.client`).
 
 Failures stay contained to one round: a worker that crashes, exits, hangs past the round's time limit,
 is killed by a resource limit or breaks the protocol makes :meth:`~TrainingWorker.run` raise
