@@ -4,7 +4,8 @@ A fresh interpreter so that its peak RSS (VmHWM, :func:`secagg.bench.child.peak_
 site's own: the agent's whole job (register, admit, every round's receive, training handover, release,
 protect and upload, the finalize) runs here, exactly as ``secagg agent`` runs it. The training worker
 is a child process with its own memory; its peak is reported beside (``worker_peak_rss_bytes``, the
-largest reaped child's ``ru_maxrss``), never added in.
+largest reaped child's ``ru_maxrss``), never added in. ``phases``: the peak between one audit event
+and the next (``[event, bytes]`` in order), to show which step of the round sets it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from secagg.bench.child import peak_rss_bytes
+from secagg.bench.child import peak_rss_bytes, reset_peak_rss
 
 
 def main(argv: list[str]) -> int:
@@ -32,6 +33,14 @@ def main(argv: list[str]) -> int:
         target=args["target"],
     )
     baseline = psutil.Process().memory_info().rss
+    phases: list[tuple[str, int]] = []
+    if reset_peak_rss():
+        # where the peak is: VmHWM since the previous audit event, read (and reset) at each event
+        def phase(record: dict[str, object]) -> None:
+            phases.append((str(record["event"]), peak_rss_bytes()))
+            reset_peak_rss()
+
+        agent.audit.listeners.append(phase)
     try:
         agent.run(max_idle_s=float(args.get("max_idle_s", 600)))
     finally:
@@ -39,7 +48,8 @@ def main(argv: list[str]) -> int:
     Path(argv[1]).write_text(
         json.dumps(
             {
-                "peak_rss_bytes": peak_rss_bytes(),
+                "peak_rss_bytes": max([peak_rss_bytes(), *(p for _, p in phases)]),
+                "phases": phases,
                 "baseline_rss_bytes": baseline,
                 "worker_peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
             }
