@@ -8,8 +8,9 @@ aggregator (:class:`~secagg.aggregator.service.AggregatorServer`, over mTLS on 1
 insecure dev TEE for ``tee``) in this process and two site agents, each in a fresh interpreter of its
 own (:mod:`.site_child`), serving a one-round job to its end: the task's global model received, checked
 and fingerprinted, handed to the confined training worker, the trained model read back, the update,
-the release (no filters), the weighting, the protection and the upload, then the finalize (the new
-global model received, fingerprinted, evaluated). The job's script is numpy only: it reads the global
+the release (no filter; with ``--gaussian`` the policy's DP-FedAvg filter and a budget), the
+weighting, the protection and the upload, then the finalize (the new global model received,
+fingerprinted, evaluated). The job's script is numpy only: it reads the global
 model, adds a small constant and sends it back.
 
 Per site: ``peak_rss_bytes`` (the agent process's VmHWM over the whole job, imports included),
@@ -100,7 +101,17 @@ def _write_model(path: Path, params: int) -> None:
                 fh.write(rng.normal(0.0, 0.1, n).astype("<f4").tobytes())
 
 
-def _prepare(work: Path, params: int, mode: str) -> Path:
+#: ``--gaussian``: the sites' policy requires DP-FedAvg's filter (two passes over the spooled update)
+#: and keeps a budget (so the release is kept for a retry, as a file)
+GAUSSIAN_PRIVACY = """\
+privacy:
+  required:
+    - {name: gaussian, clip: 1.0, noise_multiplier: 1.0}
+  budget: {epsilon: 1000.0, delta: 0.001}
+"""
+
+
+def _prepare(work: Path, params: int, mode: str, gaussian: bool = False) -> Path:
     """Kits, a signed job package and the sites' data folders and policies, under ``work``."""
     import yaml
 
@@ -139,7 +150,7 @@ def _prepare(work: Path, params: int, mode: str) -> Path:
         (work / "data" / s).mkdir(parents=True)
         (work / "data" / s / "n.txt").write_text("1")
         (work / "policies").mkdir(exist_ok=True)
-        (work / "policies" / f"{s}.yaml").write_text(POLICY)
+        (work / "policies" / f"{s}.yaml").write_text(POLICY + (GAUSSIAN_PRIVACY if gaussian else ""))
     return ws
 
 
@@ -156,7 +167,9 @@ def _submit(server: Any, job: Path, kit: Any) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run(params: int, mode: str, scratch: Path | None = None, timeout_s: float = 3600) -> dict[str, Any]:
+def run(
+    params: int, mode: str, scratch: Path | None = None, timeout_s: float = 3600, gaussian: bool = False
+) -> dict[str, Any]:
     """One mode's job at two sites; each site's figures (see the module docstring)."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -169,7 +182,7 @@ def run(params: int, mode: str, scratch: Path | None = None, timeout_s: float = 
     procs: dict[str, subprocess.Popen[bytes]] = {}
     server = None
     try:
-        ws = _prepare(work, params, mode)
+        ws = _prepare(work, params, mode, gaussian)
         enclave = Enclave(DevTeeAttester(ec.generate_private_key(ec.SECP384R1()), MEASUREMENT))
         agg_kit = load_kit(ws / "aggregator")
         server = AggregatorServer(
@@ -210,7 +223,14 @@ def run(params: int, mode: str, scratch: Path | None = None, timeout_s: float = 
             res["rss_per_model"] = res["peak_rss_bytes"] / (4 * params)
             sites[s] = res
         took = time.monotonic() - t0
-        return {"params": params, "mode": mode, "model_bytes": 4 * params, "job_s": took, "sites": sites}
+        return {
+            "params": params,
+            "mode": mode,
+            "filters": ["gaussian"] if gaussian else [],
+            "model_bytes": 4 * params,
+            "job_s": took,
+            "sites": sites,
+        }
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -243,12 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="10000000")
     parser.add_argument("--modes", default="plain,mask,tee")
     parser.add_argument("--scratch", type=Path, default=None)
+    parser.add_argument("--gaussian", action="store_true", help="sites require the gaussian filter")
     parser.add_argument("--out", type=Path, required=True)
     ns = parser.parse_args(argv)
     results = []
     for params in (int(v) for v in ns.params.split(",")):
         for mode in (m.strip() for m in ns.modes.split(",") if m.strip()):
-            res = run(params, mode, ns.scratch)
+            res = run(params, mode, ns.scratch, gaussian=ns.gaussian)
             results.append(res)
             worst = max(v["rss_per_model"] for v in res["sites"].values())
             print(
