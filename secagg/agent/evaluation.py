@@ -32,7 +32,7 @@ import grpc
 
 from secagg.agent.admission import Admitted
 from secagg.agent.relay import Relay, RoundMovedOn, is_stale
-from secagg.agent.roundfiles import write_local_model
+from secagg.agent.roundfiles import model_spec, write_local_model
 from secagg.agent.state import SiteState
 from secagg.agent.training import Trainer
 from secagg.auditlog import AuditLog
@@ -81,13 +81,19 @@ class CrossSiteEvaluation:
         return self.kit.name
 
     def run(
-        self, adm: Admitted, job_id: str, round_: int, global_bytes: bytes, global_metrics: dict[str, float]
+        self,
+        adm: Admitted,
+        job_id: str,
+        round_: int,
+        global_model: bytes | Path,
+        global_metrics: dict[str, float],
     ) -> None:
-        """The whole exchange. A round that moves on without this site ends it quietly, and what the
-        aggregator relays that does not verify or parse ends it too (both audited, the agent goes on):
-        the global model's cell then comes from the final metrics the site already sent."""
+        """The whole exchange (``global_model``: the final model's file, or its bytes). A round that
+        moves on without this site ends it quietly, and what the aggregator relays that does not
+        verify or parse ends it too (both audited, the agent goes on): the global model's cell then
+        comes from the final metrics the site already sent."""
         try:
-            self._run(adm, job_id, round_, global_bytes, global_metrics)
+            self._run(adm, job_id, round_, global_model, global_metrics)
         except RoundMovedOn as exc:
             self.audit.append(Event.XSITE_REFUSED, job=job_id, code=exc.code, reason=str(exc))
         except (EnvelopeError, ValueError) as exc:  # ValueError: JSON or base64 that does not parse
@@ -103,7 +109,12 @@ class CrossSiteEvaluation:
 
     # ------------------------------------------------------------------ the steps
     def _run(
-        self, adm: Admitted, job_id: str, round_: int, global_bytes: bytes, global_metrics: dict[str, float]
+        self,
+        adm: Admitted,
+        job_id: str,
+        round_: int,
+        global_model: bytes | Path,
+        global_metrics: dict[str, float],
     ) -> None:
         project = self.kit.config.project
         share, code = self._my_share(adm, job_id)
@@ -128,7 +139,11 @@ class CrossSiteEvaluation:
         except wire.BadMetrics:
             refused[wire.GLOBAL] = Reason.OUT_OF_RANGE
         if travel:
-            bspec = BundleSpec.of(from_safetensors(global_bytes))
+            bspec = (  # the agent hands its file over: only its header is read
+                model_spec(global_model)
+                if isinstance(global_model, Path)
+                else BundleSpec.of(from_safetensors(global_model))
+            )
             for sender, envelope in self._inbox(job_id, round_, set(consents)).items():
                 try:
                     results[sender] = self._evaluate(adm, job_id, round_, bspec, sender, envelope)

@@ -516,5 +516,5 @@ class SiteAgent:
         result = self.trainer.run(adm, job_id, "evaluate", round_, global_path)
         self.relay.post_json(Topic.FINAL, result.metrics, job_id=job_id, round_=round_)
         if adm.job.spec.evaluation == "cross_site":
-            self.cross_site.run(adm, job_id, round_, global_path.read_bytes(), result.metrics)
+            self.cross_site.run(adm, job_id, round_, global_path, result.metrics)
         self.state.set_progress(job_id, round=round_, attempt=1)
