@@ -344,3 +344,51 @@ def test_the_local_model_written_a_tensor_at_a_time_is_what_send_wrote(tmp_path:
     want |= {"b": np.linspace(0, 1, 5, dtype=np.float32), "s": np.array(2.5, dtype=np.float32)}
     for k, v in want.items():
         assert got[k].dtype == np.float32 and got[k].shape == v.shape and got[k].tobytes() == v.tobytes()
+
+
+@pytest.mark.parametrize("window", [7, 64])
+def test_a_mask_round_from_the_weighted_file_unmasks_to_the_in_memory_rounds_sum(
+    tmp_path: Path, workspace: Path, window: int
+) -> None:
+    """mask end to end with real clients: site-1's masked input streamed from its weighted file
+    (masked_input_to, as the agent's mask mode makes it) against the same round with every site's
+    input made in memory from the old float64 vector: the unmasked sums are equal bit for bit."""
+    import io
+
+    from secagg.mask import MaskClient, MaskConfig, MaskedInput, MaskServer
+    from secagg.provision.kit import load_kit
+
+    old, out = _round(tmp_path, [], window)
+    size = old.size
+    cfg = MaskConfig(threshold=2, neighbours=2, clip=4.0, frac_bits=20)
+    sites = ["site-1", "site-2", "site-3"]
+    kits = {n: load_kit(workspace / n) for n in sites}
+    others = {n: np.linspace(-1, 1, size) * (i + 1) / 5 for i, n in enumerate(sites)}
+
+    def one_round(streamed: bool) -> tuple[np.ndarray, float]:
+        clients = {
+            n: MaskClient(n, kits[n].private_key, kits[n].cert, kits[n].ca_cert, cfg, "j", 1, sites=sites)
+            for n in sites
+        }
+        server = MaskServer(cfg, sites, "j", 1, size)
+        for c in clients.values():
+            server.collect_keys(c.advertise())
+        roster = server.roster()
+        for n, c in clients.items():
+            server.collect_shares(n, c.share_keys(roster))
+        routed = server.route_shares()
+        for n, c in clients.items():
+            if n == "site-1" and streamed:
+                buf = io.BytesIO()
+                c.masked_input_to(buf, out.weighted.windows(), size, out.weight, routed[n])
+                server.collect_masked(MaskedInput.from_bytes(buf.getvalue()))
+            elif n == "site-1":
+                server.collect_masked(c.masked_input(old, out.weight, routed[n]))
+            else:
+                server.collect_masked(c.masked_input(others[n], 0.3, routed[n]))
+        request = server.unmask_request()
+        total, weight = server.finish([c.unmask(request) for c in clients.values()])
+        return np.asarray(total), float(weight)
+
+    streamed, in_memory = one_round(True), one_round(False)
+    assert streamed[0].tobytes() == in_memory[0].tobytes() and streamed[1] == in_memory[1]
