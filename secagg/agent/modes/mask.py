@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from secagg.agent.modes.base import ModeContext, Outgoing, Sent, StoredGlobal, file_pieces, upload
+from secagg.agent.roundfiles import spool_path
 from secagg.errors import ConfigError
 from secagg.topics import Topic
 
@@ -82,7 +83,7 @@ def run_protocol(ctx: ModeContext, out: Outgoing, mode: str, envelope: Envelope)
     )
     ctx.maybe_drop(round_, "upload")
     mine = [EncryptedShare.from_bytes(b) for b in unpack(collect(Topic.MASK_MYSHARES))]
-    masked = ctx.state.job_dir(job_id) / f".masked-{round_}-{attempt}.tmp"
+    masked = spool_path(ctx.state.job_dir(job_id), f"masked-{round_}-{attempt}")  # swept if killed
     try:
         _write_masked(ctx, out, client, mine, cfg.frac_bits, masked)
         up = upload(ctx, out, mode, envelope.uploaded(masked))
