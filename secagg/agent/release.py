@@ -27,7 +27,7 @@ from secagg.jobs.filters import DpsgdFilter
 from secagg.policy.model import SitePolicy
 from secagg.privacy.ledger import FILENAME as LEDGER_FILE
 from secagg.privacy.ledger import Ledger
-from secagg.privacy.release import Release, prepare_release_file
+from secagg.privacy.release import Release, prepare_release
 from secagg.privacy.spend import Spend
 from secagg.privacy.streamed import UpdateFile
 from secagg.reasons import Reason
@@ -158,15 +158,15 @@ class Releaser:
         if kept is not None:
             self.audit.append(Event.RELEASE_REUSED, job=job_id, round=round_, debit=kept.debit_id)
             return kept
-        release = prepare_release_file(
+        release = prepare_release(
             ledger,
-            adm.decision.effective_privacy,
+            adm.decision.effective_privacy,  # the specs: the file form picks per-window filters by name
             update,
-            spool_path(self.state.job_dir(job_id), f"release-{int(round_)}"),
             np.random.default_rng(),
             job_id,
             round_,
             training_spends,
+            dst=spool_path(self.state.job_dir(job_id), f"release-{int(round_)}"),
         )
         if ledger is None and any(sp.epsilon > 0 for sp in release.spends):
             self.audit.append(Event.SPEND_WITHOUT_BUDGET, job=job_id, round=round_)

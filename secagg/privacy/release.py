@@ -11,21 +11,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from secagg.privacy.ledger import Ledger
 from secagg.privacy.specs import Filter, apply_chain
 from secagg.privacy.spend import Spend, Update
-
-if TYPE_CHECKING:
-    from secagg.privacy.streamed import UpdateFile
+from secagg.privacy.streamed import UpdateFile, apply_chain_file
 
 
 @dataclass(frozen=True)
 class Release:
-    #: in memory (:func:`prepare_release`), or a file (:func:`prepare_release_file`, the site agent's)
+    #: in memory, or a file (the site agent's): see :func:`prepare_release`
     update: Update | UpdateFile
     spends: list[Spend]
     debit_id: str
@@ -33,12 +31,14 @@ class Release:
 
 def prepare_release(
     ledger: Ledger | None,
-    chain: Sequence[Filter],
-    update: Mapping[str, Any],
+    chain: Sequence[Filter] | Sequence[Any],
+    update: Mapping[str, Any] | UpdateFile,
     rng: np.random.Generator,
     job: str,
     round: int,
     training_spends: Iterable[Spend] = (),
+    *,
+    dst: Path | None = None,
 ) -> Release:
     """Invariant 3: a site uploads only after every filter its policy requires has been applied and its
     privacy budget has been debited durably; an exhausted budget refuses the round.
@@ -47,36 +47,29 @@ def prepare_release(
     ``ledger`` is ``None`` only for a policy without a budget: the filters still run, in the same order,
     and nothing is debited (``debit_id`` is empty).
 
+    Two forms, one order: an update in memory goes through ``chain``, built filters
+    (:func:`~secagg.privacy.specs.build_chain`); an update file (the site agent's,
+    :class:`~secagg.privacy.streamed.UpdateFile`) goes through ``chain``, the filter *specs*, a window
+    at a time where they allow it, into the file ``dst`` (:func:`~secagg.privacy.streamed.apply_chain_file`,
+    bit for bit the in-memory chain), which is removed again if the debit is refused: a refused round
+    leaves no filtered update behind.
+
     Raises :class:`~secagg.privacy.ledger.BudgetExhausted` (nothing recorded, nothing to upload) when the
     round does not fit the budget.
     """
-    filtered, spends = apply_chain(chain, update, rng)
-    all_spends = [*training_spends, *spends]
-    debit_id = ledger.debit(job, round, all_spends) if ledger is not None else ""
-    return Release(filtered, all_spends, debit_id)
-
-
-def prepare_release_file(
-    ledger: Ledger | None,
-    specs: Sequence[Any],
-    update: UpdateFile,
-    dst: Path,
-    rng: np.random.Generator,
-    job: str,
-    round: int,
-    training_spends: Iterable[Spend] = (),
-) -> Release:
-    """:func:`prepare_release` on a spooled update (:mod:`secagg.privacy.streamed`): the filter specs
-    ``specs`` run over ``update`` into ``dst`` a window at a time where they allow it, then the durable
-    debit; the same invariant, the same order, the same result bit for bit. ``dst`` is removed if the
-    debit is refused, so a refused round leaves no filtered update behind."""
-    from secagg.privacy.streamed import apply_chain_file
-
-    filtered, spends = apply_chain_file(specs, update, dst, rng)
+    filtered: Update | UpdateFile
+    if isinstance(update, UpdateFile):
+        if dst is None:
+            raise ValueError("an update file is filtered into a file: give dst")
+        specs: Sequence[Any] = chain  # the file form takes the specs (module docstring of streamed)
+        filtered, spends = apply_chain_file(specs, update, dst, rng)
+    else:
+        filtered, spends = apply_chain(chain, update, rng)
     all_spends = [*training_spends, *spends]
     try:
         debit_id = ledger.debit(job, round, all_spends) if ledger is not None else ""
     except BaseException:
-        dst.unlink(missing_ok=True)
+        if dst is not None:
+            dst.unlink(missing_ok=True)
         raise
     return Release(filtered, all_spends, debit_id)

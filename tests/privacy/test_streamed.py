@@ -14,7 +14,7 @@ import secagg.privacy.gaussian  # noqa: F401 (the module, which the package's fu
 from secagg.bundle import BundleSpec
 from secagg.errors import UpdateRejected
 from secagg.privacy import streamed
-from secagg.privacy.release import prepare_release, prepare_release_file
+from secagg.privacy.release import prepare_release
 from secagg.privacy.specs import apply_chain, build_chain
 from secagg.privacy.streamed import UpdateFile, apply_chain_file
 
@@ -103,12 +103,12 @@ def test_a_non_finite_update_is_refused_as_the_in_memory_chain_refuses_it(
     assert not (tmp_path / "out.safetensors").exists()
 
 
-def test_prepare_release_file_debits_what_prepare_release_debits(tmp_path: Path) -> None:
+def test_prepare_release_of_a_file_releases_and_debits_what_it_does_in_memory(tmp_path: Path) -> None:
     chain = [{"name": "gaussian", "clip": 0.5, "noise_multiplier": 1.1}]
     upd = _update()
     mem = prepare_release(None, build_chain(chain), upd, np.random.default_rng(5), "j", 1)
-    disk = prepare_release_file(
-        None, chain, _file(tmp_path, upd), tmp_path / "rel.safetensors", np.random.default_rng(5), "j", 1
+    disk = prepare_release(
+        None, chain, _file(tmp_path, upd), np.random.default_rng(5), "j", 1, dst=tmp_path / "rel.safetensors"
     )
     assert isinstance(disk.update, UpdateFile) and disk.spends == mem.spends and disk.debit_id == ""
     loaded = disk.update.load()
