@@ -157,11 +157,11 @@ def from_safetensors(data: bytes) -> OrderedDict[str, np.ndarray]:
 def bundle_header(spec: BundleSpec, dtype: str = "F32", metadata: Mapping[str, str] | None = None) -> bytes:
     """The safetensors header of a bundle of 4-byte values (``F32``, or ``U32`` for the residues of a
     distributed-DP share) with ``spec``'s tensors laid out in bundle order (8-byte length, JSON
-    padded with spaces to 8 bytes, as the safetensors writer pads it); ``metadata`` joins the order."""
+    padded with spaces to 8 bytes, as the safetensors writer pads it); ``metadata`` adds string
+    entries beside ``order`` (never over it)."""
     if dtype not in ("F32", "U32"):
         raise ValueError(f"bundle_header writes 4-byte values, not {dtype}")
-    meta = {"order": json.dumps(spec.names), **(metadata or {})}
-    header: dict[str, object] = {"__metadata__": meta}
+    header: dict[str, object] = {"__metadata__": {**(metadata or {}), "order": json.dumps(spec.names)}}
     pos = 0
     for t in spec.tensors:
         header[t.name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [pos, pos + 4 * t.size]}

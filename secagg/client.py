@@ -46,7 +46,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from secagg.bundle import from_safetensors, to_safetensors
+from secagg.bundle import BundleSpec, TensorSpec, bundle_header
+from secagg.bundlefile import read_bundle
 from secagg.reasons import Reason
 
 IO_ENV = "SECAGG_IO_DIR"
@@ -207,21 +208,31 @@ def receive() -> GlobalModel:
     """The global model of this round as an ordered state_dict of torch tensors."""
     import torch
 
-    return GlobalModel((k, torch.from_numpy(np.array(v))) for k, v in receive_numpy().items())
+    # the arrays are fresh and writable (read_bundle): torch shares their memory, no second copy
+    return GlobalModel((k, torch.from_numpy(v)) for k, v in receive_numpy().items())
 
 
 def receive_numpy() -> OrderedDict[str, np.ndarray]:
-    """The same model as numpy arrays, for training code that does not use torch."""
-    return from_safetensors((_io() / "global.safetensors").read_bytes())
+    """The same model as numpy arrays, for training code that does not use torch; each tensor read
+    from the file straight into its array (one copy of the model in this process)."""
+    return read_bundle(_io() / "global.safetensors")
 
 
-def _to_numpy(state: Mapping[str, Any]) -> OrderedDict[str, np.ndarray]:
-    out: OrderedDict[str, np.ndarray] = OrderedDict()
+def _write_local(path: Path, state: Mapping[str, Any]) -> int:
+    """The trained model as a float32 safetensors file (names without Opacus' ``_module.`` prefix, in
+    the state's order), written a tensor at a time: no float32 copy of the whole model and no serialised
+    bundle in memory beside the model itself. Returns the file's size."""
+    tensors: OrderedDict[str, Any] = OrderedDict()
     for k, v in state.items():
-        k = k.removeprefix("_module.")  # Opacus' GradSampleModule wraps the model
-        arr = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
-        out[k] = arr.astype(np.float32)
-    return out
+        tensors[k.removeprefix("_module.")] = v  # Opacus' GradSampleModule wraps the model
+    shapes = [(k, tuple(int(d) for d in v.shape)) for k, v in tensors.items()]
+    spec = BundleSpec(tuple(TensorSpec(k, s) for k, s in shapes))
+    with path.open("wb") as fh:
+        size = fh.write(bundle_header(spec))
+        for v in tensors.values():
+            arr = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+            size += fh.write(np.ascontiguousarray(arr, dtype="<f4").reshape(-1).data)
+    return size
 
 
 def send(
@@ -249,11 +260,9 @@ def send(
         run = dpsgd.active() if dpsgd is not None else None
         if run is not None:  # the agent runs this script under DP-SGD: what did training spend?
             result["training_spends"] = [asdict(sp) for sp in run.receipt(state_dict)]
-        data = to_safetensors(_to_numpy(state_dict))
         tmp = io / ".local.safetensors.tmp"
-        tmp.write_bytes(data)
+        cur.local_bytes = _write_local(tmp, state_dict)
         tmp.replace(io / "local.safetensors")
-        cur.local_bytes = len(data)
         result["num_samples"] = int(num_samples)
     if _driver is None:  # secagg.agent.launch: the agent reads result.json
         tmp = io / ".result.json.tmp"

@@ -71,7 +71,7 @@ class Admission:
             return self._jobs[job_id]
         jdir = self.state.job_dir(job_id)
         pkg = jdir / "package.tar.gz"
-        pkg.write_bytes(self.relay.fetch_job(job_id))
+        self.relay.fetch_job_to(job_id, pkg)  # to the file as it arrives: it holds the model
         dest = jdir / "pkg"
         shutil.rmtree(dest, ignore_errors=True)
         policy = self.load_policy()

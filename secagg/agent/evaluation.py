@@ -38,21 +38,21 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 
 from secagg.agent.admission import Admitted
 from secagg.agent.relay import Relay, RoundMovedOn, is_stale, reason_of
+from secagg.agent.roundfiles import model_spec, write_local_model
 from secagg.agent.state import SiteState
 from secagg.agent.training import Trainer
 from secagg.auditlog import AuditLog
-from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
+from secagg.bundle import BundleSpec, from_safetensors
 from secagg.crossval import wire
 from secagg.crossval.seal import Consent, Envelope, EnvelopeError, open_stream, seal_stream
 from secagg.errors import SecaggError
 from secagg.events import Event
-from secagg.fsio import atomic_write
 from secagg.policy.evaluation import share_decision
 from secagg.policy.model import SitePolicy
+from secagg.privacy.streamed import UpdateFile
 from secagg.provision.kit import Kit
 from secagg.reasons import Reason
 
@@ -62,15 +62,11 @@ LOCAL_FILE = "xsite-local.safetensors"
 NOTHING_HELD: Mapping[str, Any] = {"final": False, "consent": False, "sealed_to": [], "metrics": False}
 
 
-def keep_local_model(
-    state: SiteState, job_id: str, bspec: BundleSpec, global_bundle: Mapping[str, np.ndarray], update: Any
-) -> None:
-    """Keep the last round's released local model (global + released update) for the evaluation."""
-    local = {
-        k: (np.asarray(global_bundle[k], np.float64) + np.asarray(update[k], np.float64)).astype(np.float32)
-        for k in bspec.names
-    }
-    atomic_write(state.job_dir(job_id) / LOCAL_FILE, to_safetensors(local, order=bspec.names), mode=0o600)
+def keep_local_model(state: SiteState, job_id: str, global_model: Path, update: UpdateFile) -> None:
+    """Keep the last round's released local model (global + released update) for the evaluation,
+    written a window at a time (:func:`secagg.agent.roundfiles.write_local_model`)."""
+    path = state.job_dir(job_id) / LOCAL_FILE
+    write_local_model(global_model, update, path)  # a temporary file of mode 0600, then renamed
 
 
 class CrossSiteEvaluation:
@@ -98,17 +94,18 @@ class CrossSiteEvaluation:
         adm: Admitted,
         job_id: str,
         round_: int,
-        global_bytes: bytes,
+        global_model: bytes | Path,
         global_metrics: dict[str, float],
         held: Mapping[str, Any] = NOTHING_HELD,
     ) -> None:
-        """The whole exchange, less what the aggregator already ``held`` of it (after a restart). A
-        round that moves on without this site ends it quietly, and what the aggregator relays that
-        does not verify or parse ends it too (both audited, the agent goes on): the global model's
-        cell then comes from the final metrics the site already sent. A transient error (a lost
-        aggregator) is raised: the agent fetches the task again."""
+        """The whole exchange (``global_model``: the final model's file, or its bytes), less what the
+        aggregator already ``held`` of it (after a restart). A round that moves on without this site
+        ends it quietly, and what the aggregator relays that does not verify or parse ends it too
+        (both audited, the agent goes on): the global model's cell then comes from the final metrics
+        the site already sent. A transient error (a lost aggregator) is raised: the agent fetches the
+        task again."""
         try:
-            self._run(adm, job_id, round_, global_bytes, global_metrics, held)
+            self._run(adm, job_id, round_, global_model, global_metrics, held)
         except RoundMovedOn as exc:
             self.audit.append(Event.XSITE_REFUSED, job=job_id, code=exc.code, reason=str(exc))
         except (EnvelopeError, ValueError) as exc:  # ValueError: JSON or base64 that does not parse
@@ -130,7 +127,7 @@ class CrossSiteEvaluation:
         adm: Admitted,
         job_id: str,
         round_: int,
-        global_bytes: bytes,
+        global_model: bytes | Path,
         global_metrics: dict[str, float],
         held: Mapping[str, Any],
     ) -> None:
@@ -159,7 +156,11 @@ class CrossSiteEvaluation:
         except wire.BadMetrics:
             refused[wire.GLOBAL] = Reason.OUT_OF_RANGE
         if travel:
-            bspec = BundleSpec.of(from_safetensors(global_bytes))
+            bspec = (  # the agent hands its file over: only its header is read
+                model_spec(global_model)
+                if isinstance(global_model, Path)
+                else BundleSpec.of(from_safetensors(global_model))
+            )
             for sender, envelope in self._inbox(job_id, round_, set(consents)).items():
                 try:
                     results[sender] = self._evaluate(adm, job_id, round_, bspec, sender, envelope)

@@ -14,8 +14,10 @@ the debit and the file leaves a debit and no file: the retry debits again (over-
 3 allows), never the reverse. A file whose debit is not in the ledger is ignored.
 
 One file per round, ``STATE/jobs/JOB/release-ROUND.safetensors`` (the update, with its receipt in the
-safetensors metadata), written atomically in the agent's own state (the job's code cannot read it,
-invariant 8); rounds before the current one and the whole job's at its end are deleted.
+safetensors metadata; copied from the release's file a window at a time, and re-sent from where it
+lies, so a kept release never costs a copy of the model in memory), written atomically in the agent's
+own state (the job's code cannot read it, invariant 8); rounds before the current one and the whole
+job's at its end are deleted.
 """
 
 from __future__ import annotations
@@ -28,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from secagg.agent.state import SiteState
-from secagg.fsio import atomic_write
+from secagg.bundle import bundle_header
+from secagg.bundlefile import FileSource, Layout, spec_of, write_windows
 from secagg.privacy.ledger import Ledger
 from secagg.privacy.release import Release
 from secagg.privacy.spend import Spend
+from secagg.privacy.streamed import UpdateFile
 
 PREFIX, SUFFIX = "release-", ".safetensors"
 _META = "secagg-kept-release-v1"
@@ -57,45 +59,51 @@ class KeptReleases:
         return self.state.job_dir(job_id) / f"{PREFIX}{int(round_)}{SUFFIX}"
 
     def keep(self, job_id: str, round_: int, release: Release, chain: str) -> None:
-        """Write ``release`` (after its debit committed) and drop the job's earlier rounds' files."""
+        """Write ``release`` (after its debit committed) and drop the job's earlier rounds' files.
+        Its update (a file) is copied a window at a time beneath a header that carries the receipt."""
+        update = release.update
+        if not isinstance(update, UpdateFile):
+            raise TypeError("a kept release is made from the release's update file")
         meta = {
             "kind": _META,
             "job": job_id,
             "round": str(int(round_)),
             "debit_id": release.debit_id,
             "chain": chain,
-            "order": json.dumps(list(release.update)),
             "spends": json.dumps([asdict(s) for s in release.spends]),
         }
-        data = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in release.update.items()}
-        atomic_write(self.path(job_id, round_), st_save(data, metadata=meta), mode=0o600)
+        head = bundle_header(update.spec, metadata=meta)
+        write_windows(self.path(job_id, round_), head, update.windows(), "<f4")
         self.drop_before(job_id, round_)
 
     def reuse(self, job_id: str, round_: int, chain: str, ledger: Ledger | None) -> Release | None:
         """The kept release of (job, round) if it may be sent again as it is, else None.
 
         Only with a ledger (a policy without a budget debits nothing, so there is nothing to save) that
-        still holds the file's debit for this very job and round, and the same filter chain."""
+        still holds the file's debit for this very job and round, and the same filter chain. The
+        release's update is the kept file itself, read a window at a time (never loaded)."""
         path = self.path(job_id, round_)
         if ledger is None or not path.is_file():
             return None
         try:
-            raw = path.read_bytes()
-            header_len = int.from_bytes(raw[:8], "little")
-            meta = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
-            tensors = st_load(raw)
-            order = json.loads(meta["order"])
+            with FileSource(path) as src:
+                layout = Layout.parse(src)  # order metadata naming exactly its tensors, offsets whole
+                header_len = int.from_bytes(src.read(0, 8), "little")
+                meta = json.loads(src.read(8, header_len)).get("__metadata__") or {}
+            spec = spec_of(layout)
+            if any(layout.entries[n].dtype != np.dtype("<f4") for n in layout.order):
+                return None
             spends = [Spend(**s) for s in json.loads(meta["spends"])]
             debit_id = str(meta["debit_id"])
         except Exception:  # noqa: BLE001 - a torn or foreign file is never reused: the round debits anew
             return None
         if meta.get("kind") != _META or meta.get("job") != job_id or meta.get("round") != str(int(round_)):
             return None
-        if meta.get("chain") != chain or not debit_id or sorted(order) != sorted(tensors):
+        if meta.get("chain") != chain or not debit_id:
             return None
         if not _debited(ledger.entries(), debit_id, job_id, round_):
             return None
-        return Release({k: tensors[k] for k in order}, spends, debit_id)
+        return Release(UpdateFile(path, spec), spends, debit_id)
 
     def drop_before(self, job_id: str, round_: int) -> None:
         """Delete the job's kept releases of rounds before ``round_`` (they can never be retried)."""

@@ -8,7 +8,7 @@ share goes to the ``tee`` enclave as a safetensors bundle of its residues mod 2^
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -33,9 +33,23 @@ def protect_plain(spec: BundleSpec, weighted: np.ndarray) -> Iterator[bytes]:
         raise UpdateRejected(
             f"flat vector has {weighted.size} values, spec has {spec.size}", code=Reason.BAD_SHAPE
         )
+    windows = ((s, weighted[s : s + PIECE_VALUES]) for s in range(0, spec.size, PIECE_VALUES))
+    return protect_plain_windows(spec, windows)
+
+
+def protect_plain_windows(spec: BundleSpec, windows: Iterable[tuple[int, np.ndarray]]) -> Iterator[bytes]:
+    """:func:`protect_plain` of the vector whose ``(start, values)`` windows come in order: the same
+    bytes, with no more of the vector in memory than one window."""
     yield bundle_header(spec)
-    for start in range(0, spec.size, PIECE_VALUES):
-        yield np.ascontiguousarray(weighted[start : start + PIECE_VALUES], dtype="<f4").tobytes()
+    pos = 0
+    for start, vals in windows:
+        if start != pos:
+            raise UpdateRejected(f"window at {start}, expected {pos}", code=Reason.BAD_SHAPE)
+        for off in range(0, vals.size, PIECE_VALUES):
+            yield np.ascontiguousarray(vals[off : off + PIECE_VALUES], dtype="<f4").tobytes()
+        pos += vals.size
+    if pos != spec.size:
+        raise UpdateRejected(f"flat vector has {pos} values, spec has {spec.size}", code=Reason.BAD_SHAPE)
 
 
 def share_size(spec: BundleSpec, frac_bits: int) -> int:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import grpc
@@ -19,7 +21,7 @@ from secagg import __version__, reasons
 from secagg.errors import ConfigError, SecaggError, UpdateRejected
 from secagg.reasons import Reason
 from secagg.topics import Topic
-from secagg.transport.chunks import copy_payload, encode_stream, read_all, read_header
+from secagg.transport.chunks import copy_payload, encode_stream, read_header
 from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.generated import secagg_pb2_grpc as rpc
 
@@ -170,7 +172,9 @@ class Relay:
             self.stub.Heartbeat(pb.HeartbeatRequest(job_id=job_id, round=round_), timeout=30).job_state
         )
 
-    def fetch_task(self, job_id: str, progress: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    def fetch_task_to(self, job_id: str, progress: dict[str, Any], dest: Path) -> dict[str, Any]:
+        """The next task's header; its payload is written to ``dest`` as it arrives (a model is never
+        whole in this process's memory)."""
         stream = self.stub.FetchTask(
             pb.TaskRequest(
                 job_id=job_id,
@@ -181,13 +185,11 @@ class Relay:
             ),
             timeout=POLL_S + 60,
         )
-        return read_all(iter(stream), max_bytes=self.max_payload)
+        return _spool(iter(stream), dest, self.max_payload)
 
-    def fetch_job(self, job_id: str) -> bytes:
-        _, data = read_all(
-            iter(self.stub.FetchJob(pb.JobRequest(job_id=job_id), timeout=120)), max_bytes=self.max_payload
-        )
-        return data
+    def fetch_job_to(self, job_id: str, dest: Path) -> None:
+        """The job's package, written to ``dest`` as it arrives (it holds the initial model)."""
+        _spool(iter(self.stub.FetchJob(pb.JobRequest(job_id=job_id), timeout=120)), dest, self.max_payload)
 
     def upload(self, header: dict[str, Any], parts: Iterable[bytes]) -> bool:
         """Stream one upload; ``True`` when the aggregator accepted it."""
@@ -212,6 +214,19 @@ class Relay:
         return bytes(
             self.stub.Attest(pb.AttestRequest(job_id=job_id, nonce=nonce), timeout=60).evidence_message
         )
+
+
+def _spool(chunks: Iterator[pb.Chunk], dest: Path, max_bytes: int) -> dict[str, Any]:
+    """The stream's header; its payload (trailer checked) to ``dest``, removed if the stream fails."""
+    header = read_header(chunks)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            copy_payload(chunks, fh, max_bytes=max_bytes)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return header
 
 
 __all__ = ["POLL_S", "Relay", "RoundMovedOn", "is_stale", "reason_of"]

@@ -11,7 +11,6 @@ already debited re-sends that round's release instead of debiting again
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from secagg.agent.admission import Admitted
 from secagg.agent.kept_release import KeptReleases, chain_digest
+from secagg.agent.roundfiles import spool_path
 from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
 from secagg.errors import ConfigError, PolicyRefusal
@@ -28,8 +28,8 @@ from secagg.policy.model import SitePolicy
 from secagg.privacy.ledger import FILENAME as LEDGER_FILE
 from secagg.privacy.ledger import Ledger
 from secagg.privacy.release import Release, prepare_release
-from secagg.privacy.specs import build_chain
 from secagg.privacy.spend import Spend
+from secagg.privacy.streamed import UpdateFile
 from secagg.reasons import Reason
 
 #: Opacus calibrates the noise to within 0.01 of the target epsilon; more than that was not admitted
@@ -140,14 +140,18 @@ class Releaser:
         policy: SitePolicy,
         job_id: str,
         round_: int,
-        update: OrderedDict[str, np.ndarray],
+        update: UpdateFile,
         training_spends: list[Spend],
     ) -> Release:
         """Every filter the policy requires, then the durable debit (invariant 3, one path for all).
 
         A retried attempt of a round this site already debited (its upload accepted, cut short or
         never sent) gets that round's kept release back, with no second debit: the same released
-        vector, under the same filter chain, whose debit the ledger holds."""
+        vector, under the same filter chain, whose debit the ledger holds.
+
+        ``update`` is a file and so is the release's update (:mod:`secagg.privacy.streamed`: filters a
+        window at a time where their mathematics allows); the caller removes it once uploaded
+        (:meth:`discard`), unless it is the kept file itself."""
         ledger = self.ledger_for(policy) if policy.privacy.budget is not None else None
         chain = chain_digest(adm.decision.effective_privacy)
         kept = self.kept.reuse(job_id, round_, chain, ledger)
@@ -156,18 +160,26 @@ class Releaser:
             return kept
         release = prepare_release(
             ledger,
-            build_chain(adm.decision.effective_privacy),
+            adm.decision.effective_privacy,  # the specs: the file form picks per-window filters by name
             update,
             np.random.default_rng(),
             job_id,
             round_,
             training_spends,
+            dst=spool_path(self.state.job_dir(job_id), f"release-{int(round_)}"),
         )
         if ledger is None and any(sp.epsilon > 0 for sp in release.spends):
             self.audit.append(Event.SPEND_WITHOUT_BUDGET, job=job_id, round=round_)
         if release.debit_id:  # after the debit committed: a crash before this only over-counts
             self.kept.keep(job_id, round_, release, chain)
         return release
+
+    def discard(self, release: Release, job_id: str, round_: int) -> None:
+        """The release's update file is no longer needed (uploaded, or the round lost); a kept
+        release's file stays for a retry until its round is over."""
+        update = release.update
+        if isinstance(update, UpdateFile) and update.path != self.kept.path(job_id, round_):
+            update.path.unlink(missing_ok=True)
 
     def end_job(self, job_id: str) -> None:
         """The job is over: its kept releases go (no round of it is retried again)."""

@@ -5,6 +5,12 @@ job's confined worker (:mod:`~secagg.agent.training`, invariant 8) -> the roster
 (:mod:`~secagg.agent.consistency`, invariant 7) -> :mod:`~secagg.agent.release` (filters and durable
 debit, invariant 3) -> the mode's object (:mod:`~secagg.agent.modes`) -> the relay. This file only
 orders those steps; it has no branch on the mode.
+
+Memory (#21): nothing of the model's size is held whole. The task's payload is written to a file as it
+arrives and becomes the round's global model by a rename; the fingerprint, the update, the filters
+(:mod:`secagg.privacy.streamed`), the weighting and the protection read and write files a window at a
+time (:mod:`~secagg.agent.roundfiles`), so the agent's peak is its interpreter plus a few windows
+whatever the model's size (``python -m secagg.bench.site_agent``, BENCHMARKS.md "Site agent memory").
 """
 
 from __future__ import annotations
@@ -12,13 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 
 from secagg.agent.admission import Admission, Admitted
 from secagg.agent.consistency import BadSampleCount, check_roster, sample_count, sign_fingerprint
@@ -27,16 +31,24 @@ from secagg.agent.jobs import JobThreads
 from secagg.agent.modes import ModeContext, Outgoing, SiteMode, Task, make_mode
 from secagg.agent.relay import TRANSIENT, AggregatorTooOld, Relay, RoundMovedOn, is_stale, reason_of
 from secagg.agent.release import Releaser
+from secagg.agent.roundfiles import (
+    WeightedFile,
+    atomic_copy,
+    fingerprint_file,
+    model_spec,
+    spool_path,
+    write_update,
+)
 from secagg.agent.sandbox import require_available
 from secagg.agent.state import SiteState
 from secagg.agent.training import Trainer
-from secagg.agent.worker import TrainingFailed
+from secagg.agent.worker import RunResult, TrainingFailed
 from secagg.auditlog import AuditLog
-from secagg.bundle import BundleSpec, fingerprint, from_safetensors
+from secagg.bundle import BundleSpec
 from secagg.errors import ConfigError, PolicyRefusal, SecaggError
 from secagg.events import SITE_REFUSALS, Event
-from secagg.fsio import atomic_write
 from secagg.policy.model import SitePolicy
+from secagg.privacy.streamed import UpdateFile
 from secagg.provision.kit import Kit
 from secagg.reasons import Reason
 from secagg.topics import Topic
@@ -322,7 +334,18 @@ class SiteAgent:
     def _serve_one(self, job_id: str, stop_after_job: bool) -> tuple[str, bool] | None:
         """Fetch and do one task; ``None`` when there was nothing to do."""
         prog = self.state.progress(job_id) if job_id else {"round": 0, "attempt": 0, "global_round": 0}
-        header, payload = self.relay.fetch_task(job_id, prog)
+        # the task's payload (a model) goes to a file as it arrives; a mode moves it into the state
+        payload = spool_path(self.state.job_dir(job_id) if job_id else self.state.root, "task")
+        try:
+            return self._do_task(
+                job_id, payload, stop_after_job, self.relay.fetch_task_to(job_id, prog, payload)
+            )
+        finally:
+            payload.unlink(missing_ok=True)
+
+    def _do_task(
+        self, job_id: str, payload: Path, stop_after_job: bool, header: dict[str, Any]
+    ) -> tuple[str, bool] | None:
         kind = header.get("kind")
         if kind == "wait":
             return None
@@ -370,36 +393,55 @@ class SiteAgent:
         return job_id, False
 
     # ------------------------------------------------------------ one round
-    def _task(self, header: dict[str, Any], payload: bytes) -> tuple[Admitted, SiteMode, Task, bytes]:
-        """Admit (once), re-check the policy, and obtain the round's global model through the mode."""
+    def _task(self, header: dict[str, Any], payload: Path) -> tuple[Admitted, SiteMode, Task, Path]:
+        """Admit (once), re-check the policy, and obtain the round's global model through the mode
+        (a file in the site's state, never loaded whole)."""
         job_id = header["job_id"]
         adm = self.admit(job_id)
         self._job_mode[job_id] = adm.job.spec.mode
-        self.metrics.received(job_id, adm.job.spec.mode, len(payload))
+        self.metrics.received(job_id, adm.job.spec.mode, payload.stat().st_size if payload.is_file() else 0)
         adm = self.admission.recheck(job_id, int(header["round"]))
         mode = self._mode_for(adm, job_id)
         task = Task(adm.job, job_id, int(header["round"]), header, payload)
         return adm, mode, task, mode.receive_global(task)
 
-    def _train(self, header: dict[str, Any], payload: bytes) -> None:
-        job_id, round_, attempt = header["job_id"], int(header["round"]), int(header["attempt"])
+    def _train(self, header: dict[str, Any], payload: Path) -> None:
+        job_id, round_ = header["job_id"], int(header["round"])
         self._round_started[job_id] = time.monotonic()
-        adm, mode, task, global_bytes = self._task(header, payload)
-        spec = adm.job.spec
-        bundle = from_safetensors(global_bytes)
-        bspec = BundleSpec.of(bundle)
-        fp = fingerprint(bundle)  # hashed once: the mode's check and the consistency proof both use it
+        adm, mode, task, global_path = self._task(header, payload)
+        # every model-sized thing of the round is a file read a window at a time (roundfiles)
+        bspec = model_spec(global_path)
+        fp = fingerprint_file(global_path, bspec)  # once: the mode's check and the consistency proof
         mode.check_global(task, fp)
-        result = self.trainer.run(adm, job_id, "train", round_, global_bytes)
-        assert result.local is not None
-        bspec.check(result.local)
+        result = self.trainer.run(adm, job_id, "train", round_, global_path)
+        assert result.local_path is not None
+        jdir = self.state.job_dir(job_id)
+        try:
+            update = write_update(result.local_path, global_path, bspec, spool_path(jdir, "update"))
+        finally:
+            result.local_path.unlink(missing_ok=True)
+        try:
+            self._release_and_send(header, adm, mode, result, bspec, fp, global_path, update)
+        finally:
+            update.path.unlink(missing_ok=True)
+
+    def _release_and_send(
+        self,
+        header: dict[str, Any],
+        adm: Admitted,
+        mode: SiteMode,
+        result: RunResult,
+        bspec: BundleSpec,
+        fp: str,
+        global_path: Path,
+        update: UpdateFile,
+    ) -> None:
+        job_id, round_, attempt = header["job_id"], int(header["round"]), int(header["attempt"])
+        spec = adm.job.spec
         try:
             n_samples = sample_count(result.num_samples)
         except BadSampleCount as exc:
             raise TrainingFailed(f"the training script sent an unusable num_samples: {exc}") from None
-        update = OrderedDict(
-            (k, (result.local[k].astype(np.float64) - bundle[k]).astype(np.float32)) for k in bspec.names
-        )
         ready = {
             "attempt": attempt,
             "n_samples": n_samples,
@@ -445,45 +487,48 @@ class SiteAgent:
             update,
             self.releaser.training_spends(adm, result.training_spends),
         )
-        self._observe_budget()
-        weight = weights[self.name]  # recomputed from the signed counts, never the aggregator's number
-        weighted = bspec.flatten(release.update)
-        weighted *= weight  # in place: one float64 copy of the model, not two
-        out = Outgoing(
-            spec=spec,
-            job_id=job_id,
-            round=round_,
-            attempt=attempt,
-            bspec=bspec,
-            weighted=weighted,
-            weight=weight,
-            sites=sorted(weights),
-            metrics=result.metrics,
-        )
-        sent = mode.protect_and_send(out)
-        self.releaser.uploaded(release, job_id, round_, attempt, size=sent.bytes, accepted=sent.accepted)
-        if spec.evaluation == "cross_site" and round_ == spec.rounds and sent.accepted:
-            keep_local_model(self.state, job_id, bspec, bundle, release.update)
+        try:
+            self._observe_budget()
+            weight = weights[self.name]  # recomputed from the signed counts, never the aggregator's number
+            assert isinstance(release.update, UpdateFile)
+            out = Outgoing(
+                spec=spec,
+                job_id=job_id,
+                round=round_,
+                attempt=attempt,
+                bspec=bspec,
+                # the released update times the weight, window by window as the mode protects it
+                weighted=WeightedFile(release.update, weight),
+                weight=weight,
+                sites=sorted(weights),
+                metrics=result.metrics,
+            )
+            sent = mode.protect_and_send(out)
+            self.releaser.uploaded(release, job_id, round_, attempt, size=sent.bytes, accepted=sent.accepted)
+            if spec.evaluation == "cross_site" and round_ == spec.rounds and sent.accepted:
+                keep_local_model(self.state, job_id, global_path, release.update)
+        finally:
+            self.releaser.discard(release, job_id, round_)
 
     def _maybe_drop(self, round_: int, phase: str) -> None:
         if self.simulate_dropout == (round_, phase):
             self.audit.append(Event.SIMULATED_DROPOUT, round=round_, phase=phase)
             raise SimulatedDropout(f"{self.name}: simulated dropout in round {round_} before {phase}")
 
-    def _finalize(self, header: dict[str, Any], payload: bytes) -> None:
+    def _finalize(self, header: dict[str, Any], payload: Path) -> None:
         job_id, round_ = header["job_id"], int(header["round"])
-        adm, mode, task, global_bytes = self._task(header, payload)
-        mode.check_global(task, fingerprint(from_safetensors(global_bytes)))
-        atomic_write(self.state.job_dir(job_id) / "final.safetensors", global_bytes)
+        adm, mode, task, global_path = self._task(header, payload)
+        mode.check_global(task, fingerprint_file(global_path, model_spec(global_path)))
+        atomic_copy(global_path, self.state.job_dir(job_id) / "final.safetensors")
         # what a restarted aggregator still holds of this site's part (see secagg.agent.evaluation)
         got = header.get("xsite")
         held: dict[str, Any] = {**NOTHING_HELD, **got} if isinstance(got, dict) else dict(NOTHING_HELD)
         if not held.get("metrics"):
-            result = self.trainer.run(adm, job_id, "evaluate", round_, global_bytes)
+            result = self.trainer.run(adm, job_id, "evaluate", round_, global_path)
             if not held.get("final"):
                 self.relay.post_json(Topic.FINAL, result.metrics, job_id=job_id, round_=round_)
             if adm.job.spec.evaluation == "cross_site":
                 self.cross_site.run(
-                    adm, job_id, round_, global_bytes, result.metrics, {**NOTHING_HELD, **held}
+                    adm, job_id, round_, global_path, result.metrics, {**NOTHING_HELD, **held}
                 )
         self.state.set_progress(job_id, round=round_, attempt=1)

@@ -56,3 +56,10 @@ class SiteState:
     def save_global(self, job_id: str, round_: int, data: bytes) -> None:
         atomic_write(self.global_path(job_id, round_), data)
         self.set_progress(job_id, global_round=round_)
+
+    def adopt_global(self, job_id: str, round_: int, path: Path) -> None:
+        """A complete model file (spooled as it arrived, on this file system) becomes the round's
+        global model, moved (fsynced, renamed) so it is whole or absent, as :meth:`save_global` writes
+        it: the model never passes through memory."""
+        atomic_write(self.global_path(job_id, round_), source=path)
+        self.set_progress(job_id, global_round=round_)

@@ -68,11 +68,12 @@ class Trainer:
         job_id: str,
         task_kind: str,
         round_: int,
-        global_bytes: bytes,
+        global_model: bytes | Path,
         *,
         model: str = "global",
     ) -> RunResult:
-        """One task in the job's worker. ``model`` names what ``global_bytes`` is, for an ``evaluate``
+        """One task in the job's worker, on ``global_model`` (a safetensors file, or bytes).
+        ``model`` names what ``global_model`` is, for an ``evaluate``
         task: ``global`` (the global model), or the site whose local model is evaluated here
         (cross-site evaluation, :mod:`secagg.agent.evaluation`); the script reads it as ``task.model``."""
         task = {
@@ -90,7 +91,7 @@ class Trainer:
         worker = self._worker(adm, job_id)
         # the record of what the script was given this round (the worker itself gets it over its channel)
         atomic_write(self.state.job_dir(job_id) / "io" / "task.json", json.dumps(task).encode())
-        return worker.run(task, global_bytes, timeout=adm.job.spec.round_timeout * 10)
+        return worker.run(task, global_model, timeout=adm.job.spec.round_timeout * 10)
 
     def end_job(self, job_id: str) -> None:
         current = self._workers.pop(job_id, None)

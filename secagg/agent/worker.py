@@ -9,7 +9,11 @@ the loop form (``for task in client.tasks()``) or handles one task and exits in 
 which case the next round starts a fresh worker in the same confinement.
 
 The model travels by file in the I/O folder (``global.safetensors`` in, ``local.safetensors`` out);
-the channel carries only control frames, each checked as untrusted input.
+the channel carries only control frames, each checked as untrusted input. Neither file passes through
+the agent's memory: the global model is copied in, and the trained model out to a file of the agent's
+own beside the I/O folder, by the kernel (``sendfile``), and the agent reads that copy a window at a
+time (:mod:`secagg.agent.roundfiles`). The worker reads the model tensor by tensor into its arrays and
+writes its result a tensor at a time (:mod:`secagg.client`).
 
 Failures stay contained to one round: a worker that crashes, exits, hangs past the round's time limit,
 is killed by a resource limit or breaks the protocol makes :meth:`~TrainingWorker.run` raise
@@ -84,11 +88,18 @@ class TrainingSentNothing(TrainingFailed):
 
 @dataclass(frozen=True)
 class RunResult:
-    local: dict[str, Any] | None
+    #: the trained model (``train`` tasks): the agent's own copy of what the script wrote, in the
+    #: job's folder outside the worker's reach; the caller reads it a window at a time and removes it
+    local_path: Path | None
     num_samples: int | None
     metrics: dict[str, float]
     #: what DP-SGD inside training spent, as the script's Opacus accountant reported it
     training_spends: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def local(self) -> dict[str, Any] | None:
+        """The trained model loaded whole (tests, small models); the agent's round never calls it."""
+        return None if self.local_path is None else from_safetensors(self.local_path.read_bytes())
 
 
 class _Proc:
@@ -201,13 +212,15 @@ class TrainingWorker:
             p.reap(grace=max(0.0, min(deadline, p.retire_by) - time.monotonic()))
 
     # ------------------------------------------------------------------ a round
-    def run(self, task: dict[str, Any], global_bytes: bytes, timeout: float) -> RunResult:
-        """Run one task (``train`` or ``evaluate``) on ``global_bytes`` within ``timeout`` seconds."""
+    def run(self, task: dict[str, Any], global_model: bytes | Path, timeout: float) -> RunResult:
+        """Run one task (``train`` or ``evaluate``) on ``global_model`` (a safetensors file, copied
+        into the I/O folder without passing through this process's memory, or bytes) within
+        ``timeout`` seconds."""
         if self._closed:
             raise TrainingFailed("the training worker of this job is closed")
         deadline = time.monotonic() + timeout
         self._reap_retiring()
-        self._prepare_io(global_bytes)
+        self._prepare_io(global_model)
         try:
             if not self._ready_for_task():
                 self._start(deadline, timeout)
@@ -223,7 +236,7 @@ class TrainingWorker:
             self._retire()
         return result
 
-    def _prepare_io(self, global_bytes: bytes) -> None:
+    def _prepare_io(self, global_model: bytes | Path) -> None:
         self.io_dir.mkdir(parents=True, exist_ok=True)
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         for stale in _OUTPUTS:
@@ -232,7 +245,11 @@ class TrainingWorker:
         tmp = self.io_dir / f".global.{secrets.token_hex(8)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(global_bytes)
+            if isinstance(global_model, bytes):
+                fh.write(global_model)
+            else:
+                with global_model.open("rb") as src:
+                    _copy_fd(src.fileno(), fh.fileno(), os.fstat(src.fileno()).st_size)
         tmp.replace(self.io_dir / "global.safetensors")
 
     def _ready_for_task(self) -> bool:
@@ -358,17 +375,20 @@ class TrainingWorker:
             raise TrainingFailed(f"training worker sent a malformed result; see {self.log}")
         local = None
         if task["task"] == "train":
-            local = from_safetensors(self._read_output("local.safetensors", h.get("local_bytes"), n))
+            local = self._take_output("local.safetensors", h.get("local_bytes"), n)
         return RunResult(
-            local=local,
+            local_path=local,
             num_samples=n,
             metrics={k: float(v) for k, v in metrics.items()},
             training_spends=tuple(spends),
         )
 
-    def _read_output(self, name: str, size: Any, n_samples: Any) -> bytes:
-        """A file the script wrote, read without following links (a job could point its output at a
-        file only the agent may read) and only if it is the regular file of the size it announced."""
+    def _take_output(self, name: str, size: Any, n_samples: Any) -> Path:
+        """A file the script wrote, copied (by the kernel, not through this process's memory) to a
+        file of the agent's own beside the I/O folder, where the job cannot reach it: opened without
+        following links (a job could point its output at a file only the agent may read), only if it
+        is the regular file of the size it announced, and refused if the copy is not that size (a
+        script that changes the file while it is copied sends what it sends, checked as any update)."""
         bad = TrainingFailed(f"training script's {name} is missing or not what it sent")
         if n_samples is None or not isinstance(size, int) or isinstance(size, bool):
             raise bad
@@ -376,12 +396,25 @@ class TrainingWorker:
             fd = os.open(self.io_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             raise bad from None
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
+        mine = self.io_dir.parent / f".{Path(name).stem}.{secrets.token_hex(8)}.tmp"
+        try:
+            st = os.fstat(fd)
             # a second hard link would be a file that also lives elsewhere
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != size:
                 raise bad
-            return fh.read(size + 1)
+            out = os.open(mine, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                copied = _copy_fd(fd, out, size + 1)
+            finally:
+                os.close(out)
+            if copied != size:
+                raise bad
+        except BaseException:
+            mine.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+        return mine
 
     def _failure(self, h: dict[str, Any]) -> TrainingFailed:
         code, status = h.get("code"), h.get("status")
@@ -421,6 +454,29 @@ class TrainingWorker:
             else:
                 keep.append(p)
         self._retiring = keep
+
+
+def _copy_fd(src: int, dst: int, limit: int) -> int:
+    """Up to ``limit`` bytes from ``src`` (at its offset) to ``dst``, in the kernel where it can
+    (``sendfile``), else through a 4 MiB buffer; the bytes copied."""
+    total = 0
+    try:
+        while total < limit:
+            n = os.sendfile(dst, src, None, min(limit - total, 1 << 30))
+            if n == 0:
+                return total
+            total += n
+        return total
+    except OSError:
+        if total:
+            raise
+    while total < limit:
+        piece = os.read(src, min(limit - total, 4 << 20))
+        if not piece:
+            break
+        os.write(dst, piece)
+        total += len(piece)
+    return total
 
 
 def _finite(v: Any) -> bool:

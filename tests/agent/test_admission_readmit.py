@@ -64,8 +64,8 @@ class _Audit:
 class _Relay:
     declined: list[Any] = []
 
-    def fetch_job(self, job_id: str) -> bytes:
-        return b"package"
+    def fetch_job_to(self, job_id: str, dest: Path) -> None:
+        dest.write_bytes(b"package")
 
     def decline(self, *args: Any) -> None:
         self.declined.append(args)

@@ -14,6 +14,7 @@ import pytest
 from secagg.agent.modes import MODES, ModeContext, Outgoing, Task, make_mode
 from secagg.agent.modes.plain import PlainMode
 from secagg.agent.modes.tee import TeeMode
+from secagg.agent.roundfiles import WeightedArray
 from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
 from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
@@ -50,7 +51,7 @@ def _out(**kw: Any) -> Outgoing:
         "round": 1,
         "attempt": 1,
         "bspec": bspec,
-        "weighted": bspec.flatten(MODEL) * 0.5,
+        "weighted": WeightedArray(bspec.flatten(MODEL) * 0.5),
         "weight": 0.5,
         "sites": ["site-1", "site-2"],
         "metrics": {"auc": 0.9},
@@ -68,11 +69,20 @@ def test_plaintext_modes_store_the_global_model_they_were_sent(tmp_path: Path) -
     mode = PlainMode(_ctx(tmp_path))
     data = to_safetensors(MODEL)
     task = Task(SimpleNamespace(), "j", 2, {"base_round": 1}, data)  # type: ignore[arg-type]
-    assert mode.receive_global(task) == data
+    assert mode.receive_global(task) == mode.ctx.state.global_path("j", 1)
     assert mode.ctx.state.global_path("j", 1).read_bytes() == data
     with pytest.raises(Exception):  # not safetensors: refused before it is stored
         mode.receive_global(Task(SimpleNamespace(), "j", 3, {"base_round": 2}, b"junk"))  # type: ignore[arg-type]
     assert not mode.ctx.state.global_path("j", 2).exists()
+    # as the agent hands it over: a file spooled as it arrived, moved (not copied) into the state
+    spooled = tmp_path / "state" / "jobs" / "j" / ".task.0123456789abcdef.tmp"
+    spooled.write_bytes(data)
+    task = Task(SimpleNamespace(), "j", 4, {"base_round": 3}, spooled)  # type: ignore[arg-type]
+    assert mode.receive_global(task).read_bytes() == data and not spooled.exists()
+    spooled.write_bytes(b"junk")
+    with pytest.raises(Exception):
+        mode.receive_global(Task(SimpleNamespace(), "j", 5, {"base_round": 4}, spooled))  # type: ignore[arg-type]
+    assert not mode.ctx.state.global_path("j", 4).exists() and not spooled.exists()
 
 
 def test_plain_uploads_the_weighted_update_with_its_metrics(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from secagg.crossval import wire
 from secagg.crossval.seal import Consent, Envelope, open_model, seal_model
 from secagg.jobs.spec import JobSpec
 from secagg.policy.model import SitePolicy
+from secagg.privacy.streamed import UpdateFile
 from secagg.provision.kit import Kit, load_kit
 from tests.integration.harness import INIT
 
@@ -67,7 +68,7 @@ class FakeTrainer:
 
     def run(self, adm: Any, job_id: str, kind: str, round_: int, data: bytes, *, model: str) -> RunResult:
         self.evaluated.append(model)
-        return RunResult(local=None, num_samples=None, metrics={"auc": 0.123456789})
+        return RunResult(local_path=None, num_samples=None, metrics={"auc": 0.123456789})
 
 
 def _consent(kits: dict[str, Kit], site: str, share: bool) -> dict[str, Any]:
@@ -84,7 +85,12 @@ def _site(
 ) -> tuple[CrossSiteEvaluation, FakeRelay, FakeTrainer, Any]:
     kit = kits["site-1"]
     state = SiteState(tmp / "state")
-    keep_local_model(state, JOB, BundleSpec.of(INIT), INIT, {k: v * 0 + 0.5 for k, v in INIT.items()})
+    # as the agent keeps it: the global model's file and the released update's file
+    spec = BundleSpec.of(INIT)
+    glob = tmp / "global.safetensors"
+    glob.write_bytes(to_safetensors(INIT))
+    upd = UpdateFile.of(tmp / "update.safetensors", spec, {k: v * 0 + 0.5 for k, v in INIT.items()})
+    keep_local_model(state, JOB, glob, upd)
     relay, trainer = FakeRelay(answers), FakeTrainer()
     policy = SitePolicy.model_validate(
         {

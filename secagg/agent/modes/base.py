@@ -18,9 +18,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from secagg.agent.relay import Relay
+from secagg.agent.roundfiles import model_spec
 from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
-from secagg.bundle import BundleSpec, from_safetensors
+from secagg.bundle import BundleSpec
 from secagg.jobs.job import VerifiedJob
 from secagg.jobs.spec import JobSpec
 from secagg.policy.model import SitePolicy
@@ -54,7 +55,24 @@ class Task:
     job_id: str
     round: int
     header: dict[str, Any]
-    payload: bytes
+    #: what came with the task: a file in the job's folder as the agent spooled it (bytes in tests)
+    payload: bytes | Path
+
+    def payload_bytes(self) -> bytes:
+        """The payload whole in memory (``he``'s ciphertexts; never a plaintext model)."""
+        return self.payload if isinstance(self.payload, bytes) else self.payload.read_bytes()
+
+
+class Weighted(Protocol):
+    """The weighted update as float64 windows in bundle order
+    (:class:`~secagg.agent.roundfiles.WeightedFile`), or whole where a mode needs it so."""
+
+    @property
+    def size(self) -> int: ...
+
+    def windows(self) -> Iterator[tuple[int, np.ndarray]]: ...
+
+    def array(self) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -66,7 +84,7 @@ class Outgoing:
     round: int
     attempt: int
     bspec: BundleSpec
-    weighted: np.ndarray
+    weighted: Weighted
     weight: float
     sites: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
@@ -83,8 +101,8 @@ class SiteMode(Protocol):
 
     name: str
 
-    def receive_global(self, task: Task) -> bytes:
-        """The round's global model as safetensors bytes, stored durably in the site's state."""
+    def receive_global(self, task: Task) -> Path:
+        """The round's global model, a safetensors file stored durably in the site's state."""
         ...
 
     def check_global(self, task: Task, model_fingerprint: str) -> None:
@@ -102,10 +120,23 @@ class StoredGlobal:
     def __init__(self, ctx: ModeContext) -> None:
         self.ctx = ctx
 
-    def receive_global(self, task: Task) -> bytes:
-        from_safetensors(task.payload)  # parse check before it is stored or used
-        self.ctx.state.save_global(task.job_id, int(task.header["base_round"]), task.payload)
-        return task.payload
+    def receive_global(self, task: Task) -> Path:
+        """Parse-checked from its header (before it is stored or used), then moved into the state as
+        the round's global model: never loaded."""
+        job_id, base = task.job_id, int(task.header["base_round"])
+        dest = self.ctx.state.global_path(job_id, base)
+        if isinstance(task.payload, bytes):
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            tmp.write_bytes(task.payload)
+        else:
+            tmp = task.payload
+        try:
+            model_spec(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.ctx.state.adopt_global(job_id, base, tmp)
+        return dest
 
     def check_global(self, task: Task, model_fingerprint: str) -> None:
         return None
@@ -128,7 +159,7 @@ def upload(ctx: ModeContext, out: Outgoing, mode: str, parts: Iterable[bytes]) -
         spool.unlink(missing_ok=True)
 
 
-def _file_pieces(path: Path) -> Iterator[bytes]:
+def file_pieces(path: Path) -> Iterator[bytes]:
     with path.open("rb") as fh:
         while piece := fh.read(MAX_CHUNK):
             yield piece
@@ -144,4 +175,4 @@ def _send(ctx: ModeContext, out: Outgoing, mode: str, spool: Path, size: int) ->
         # metrics of the model as received leave only after every site proved it is the same model
         "metrics": out.metrics,
     }
-    return Sent(size, ctx.relay.upload(header, _file_pieces(spool)))
+    return Sent(size, ctx.relay.upload(header, file_pieces(spool)))

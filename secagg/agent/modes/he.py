@@ -100,19 +100,21 @@ class HeMode:
         return self._secret_ctx
 
     # ------------------------------------------------------------ the round
-    def receive_global(self, task: Task) -> bytes:
+    def receive_global(self, task: Task) -> Path:
         self.secret_context()
         spec, state, job_id = task.job.spec, self.ctx.state, task.job_id
         base = int(task.header["base_round"])
         if base == 0:
-            data = (task.job.root / spec.model).read_bytes()
+            path = task.job.root / spec.model
         else:
             path = state.global_path(job_id, base)
             if not path.is_file():
                 raise ConfigError(
                     f"site state has no global model of round {base}; cannot resume job {job_id}"
                 )
-            data = path.read_bytes()
+        # he steps the strategy on the whole model in memory (its decrypted average is one flat
+        # vector): the site's bounded-memory round covers the modes whose model arrives in the clear
+        data = path.read_bytes()
         bundle = from_safetensors(data)
         bspec = BundleSpec.of(bundle)
         vec = bspec.flatten(bundle)
@@ -125,9 +127,9 @@ class HeMode:
         )
         from secagg.he.codec import decrypt_vector
 
-        offset = 0
+        offset, payload = 0, task.payload_bytes()  # ciphertexts: he's path keeps them in memory
         for upd in task.header["updates"]:
-            piece = task.payload[offset : offset + int(upd["bytes"])]
+            piece = payload[offset : offset + int(upd["bytes"])]
             offset += int(upd["bytes"])
             avg = decrypt_vector(self.secret_context(), unframe(BytesIO(piece)), bspec.size) * float(
                 upd["scale"]
@@ -137,13 +139,14 @@ class HeMode:
             r = int(upd["round"])
             atomic_write(state.job_dir(job_id) / f"strategy-{r}.bin", st.to_bytes())
             state.save_global(job_id, r, data)
-        return data
+            path = state.global_path(job_id, r)
+        return path
 
     def check_global(self, task: Task, model_fingerprint: str) -> None:
         return None
 
     def protect_and_send(self, out: Outgoing) -> Sent:
-        return upload(self.ctx, out, self.name, protect_he(self.secret_context(), out.weighted))
+        return upload(self.ctx, out, self.name, protect_he(self.secret_context(), out.weighted.array()))
 
 
 __all__ = ["HE_KEY_TOPIC", "HeMode"]

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
-from secagg.agent.modes.base import ModeContext, Outgoing, Sent, StoredGlobal
+from secagg.agent.modes.base import ModeContext, Outgoing, Sent, StoredGlobal, file_pieces, upload
+from secagg.agent.roundfiles import spool_path
 from secagg.errors import ConfigError
 from secagg.topics import Topic
 
@@ -30,8 +33,8 @@ class Envelope(Protocol):
         """The payload of a message this site collected, or an error if it must not be believed."""
         ...
 
-    def uploaded(self, masked: bytes) -> Iterable[bytes]:
-        """The upload's frames for this site's masked input."""
+    def uploaded(self, masked: Path) -> Iterable[bytes]:
+        """The upload's frames for this site's masked input (the file it was written to)."""
         ...
 
 
@@ -44,8 +47,8 @@ class Clear:
     def collected(self, topic: str, message: bytes) -> bytes:
         return message
 
-    def uploaded(self, masked: bytes) -> Iterable[bytes]:
-        return [masked]
+    def uploaded(self, masked: Path) -> Iterable[bytes]:
+        return file_pieces(masked)
 
 
 def run_protocol(ctx: ModeContext, out: Outgoing, mode: str, envelope: Envelope) -> Sent:
@@ -81,19 +84,14 @@ def run_protocol(ctx: ModeContext, out: Outgoing, mode: str, envelope: Envelope)
     )
     ctx.maybe_drop(round_, "upload")
     mine = [EncryptedShare.from_bytes(b) for b in unpack(collect(Topic.MASK_MYSHARES))]
-    vec, weight, integers = _distributed(ctx, out, cfg.frac_bits)
-    frames = list(envelope.uploaded(client.masked_input(vec, weight, mine, integers=integers).to_bytes()))
-    size = sum(len(f) for f in frames)
-    header = {
-        "job_id": job_id,
-        "round": round_,
-        "attempt": attempt,
-        "bytes": size,
-        "mode": mode,
-        "metrics": out.metrics,
-    }
-    accepted = relay.upload(header, frames)
-    sent += size
+    masked = spool_path(ctx.state.job_dir(job_id), f"masked-{round_}-{attempt}")  # swept if killed
+    try:
+        _write_masked(ctx, out, client, mine, cfg.frac_bits, masked)
+        up = upload(ctx, out, mode, envelope.uploaded(masked))
+    finally:
+        masked.unlink(missing_ok=True)
+    accepted = up.accepted
+    sent += up.bytes
     ctx.maybe_drop(round_, "unmask")
     request = UnmaskRequest.from_bytes(collect(Topic.MASK_UNMASK))
     # the shares this site reveals make the survivors' sum readable: never for fewer sites than the
@@ -106,6 +104,22 @@ def run_protocol(ctx: ModeContext, out: Outgoing, mode: str, envelope: Envelope)
         )
     post(Topic.MASK_UNMASK_RESP, client.unmask(request).to_bytes())
     return Sent(sent, accepted)
+
+
+def _write_masked(
+    ctx: ModeContext, out: Outgoing, client: Any, mine: list[Any], frac_bits: int, dest: Path
+) -> None:
+    """This site's masked input to ``dest``: streamed from the weighted windows
+    (:meth:`~secagg.mask.client.MaskClient.masked_input_to`, the same bytes as ``masked_input`` of the
+    whole vector), except under distributed DP, whose integer share needs the whole update (its
+    rounding is redrawn until the whole vector's norm is within bound)."""
+    vec, weight, integers = _distributed(ctx, out, frac_bits)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        if integers is None:
+            client.masked_input_to(fh, out.weighted.windows(), out.weighted.size, weight, mine)
+        else:
+            fh.write(client.masked_input(vec, weight, mine, integers=integers).to_bytes())
 
 
 def _distributed(ctx: ModeContext, out: Outgoing, mask_frac_bits: int) -> tuple[Any, float, Any]:
@@ -123,7 +137,7 @@ def _distributed(ctx: ModeContext, out: Outgoing, mask_frac_bits: int) -> tuple[
 
     share = integer_share(ctx, out)
     if share is None:
-        return out.weighted, out.weight, None
+        return None, out.weight, None  # the weighted windows are masked as they are read
     shift = mask_frac_bits - share.frac_bits
     if shift < 0:
         raise ConfigError(

@@ -43,7 +43,8 @@ def integer_share(ctx: ModeContext, out: Outgoing) -> IntegerShare | None:
     )
     if p > MAX_OVERFLOW:
         raise ConfigError(f"distributed_gaussian: the 32-bit sum could wrap (probability {p:.2g} a round)")
-    return IntegerShare(integers_of(out.weighted, out.weight, f.frac_bits), f.frac_bits, f)
+    # the filters already loaded this update whole (distributed_gaussian needs it: privacy/streamed.py)
+    return IntegerShare(integers_of(out.weighted.array(), out.weight, f.frac_bits), f.frac_bits, f)
 
 
 __all__ = ["IntegerShare", "integer_share"]

@@ -12,7 +12,7 @@ import os
 
 from secagg.agent.modes.base import ModeContext, Outgoing, Sent, StoredGlobal, Task, upload
 from secagg.agent.modes.shares import integer_share
-from secagg.agent.protect import plain_size, protect_plain, protect_share, share_size
+from secagg.agent.protect import plain_size, protect_plain_windows, protect_share, share_size
 from secagg.errors import IntegrityError, PolicyRefusal
 from secagg.events import Event
 from secagg.framing import frame
@@ -93,7 +93,7 @@ class TeeMode(StoredGlobal):
         # distributed_gaussian share goes as its residues mod 2^32, unweighted, for the enclave to sum
         # exactly as mask does and average uniformly (secagg.agent.modes.shares)
         if share is None:
-            body, size = protect_plain(out.bspec, out.weighted), plain_size(out.bspec)
+            body, size = protect_plain_windows(out.bspec, out.weighted.windows()), plain_size(out.bspec)
         else:
             body = protect_share(out.bspec, share.integers, share.frac_bits)
             size = share_size(out.bspec, share.frac_bits)

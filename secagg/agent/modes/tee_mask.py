@@ -11,8 +11,9 @@ different key rosters or invent dropouts.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
-from secagg.agent.modes.base import Outgoing, Sent
+from secagg.agent.modes.base import Outgoing, Sent, file_pieces
 from secagg.agent.modes.mask import BROADCAST, run_protocol
 from secagg.agent.modes.tee import TeeMode
 from secagg.errors import IntegrityError
@@ -37,9 +38,12 @@ class EnclaveEnvelope:
         to = EVERYONE if topic in BROADCAST else self.site
         return self.trusted.open_message(message, out.job_id, out.round, out.attempt, topic, to)
 
-    def uploaded(self, masked: bytes) -> Iterable[bytes]:
+    def uploaded(self, masked: Path) -> Iterable[bytes]:
         out = self.out
-        return frame(self.trusted.seal_update(masked, out.job_id, out.round, self.site))
+        size = masked.stat().st_size
+        return frame(
+            self.trusted.seal_update(file_pieces(masked), out.job_id, out.round, self.site, size=size)
+        )
 
 
 class TeeMaskMode(TeeMode):
