@@ -137,7 +137,7 @@ def test_tee_seals_the_integer_share_unweighted_under_distributed_gaussian(
     mode = TeeMode(_ctx(tmp_path))
     trusted = _Trusted()
     mode._trusted = trusted  # type: ignore[assignment]
-    mode.protect_and_send(_out(weighted=k * 2.0**-16 * 0.3, weight=0.3))
+    mode.protect_and_send(_out(weighted=WeightedArray(k * 2.0**-16 * 0.3), weight=0.3))
     (body,) = trusted.sealed
     layout = Layout.parse(BytesSource(body))
     assert layout.meta[SHARE_KEY] == "distributed_gaussian"
@@ -157,5 +157,5 @@ def test_tee_refuses_a_share_round_whose_32_bit_sum_could_wrap(
     trusted = _Trusted()
     mode._trusted = trusted  # type: ignore[assignment]
     with pytest.raises(ConfigError, match="could wrap"):
-        mode.protect_and_send(_out(weighted=np.zeros(8), weight=0.3))
+        mode.protect_and_send(_out(weighted=WeightedArray(np.zeros(8)), weight=0.3))
     assert trusted.sealed == []

@@ -72,11 +72,13 @@ def seeded_noise(monkeypatch: pytest.MonkeyPatch) -> None:
     runs of a job, whatever order its rounds and the other job's interleave in."""
     real = release_module.prepare_release
 
-    def seeded(ledger: Any, chain: Any, update: Any, rng: Any, job: str, round: int, *a: Any) -> Any:
+    def seeded(
+        ledger: Any, chain: Any, update: Any, rng: Any, job: str, round: int, *a: Any, **kw: Any
+    ) -> Any:
         assert ledger is not None  # every site has a budget
         key = f"{ledger.dataset}/{_name(job)}/{round}".encode()
         seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
-        return real(ledger, chain, update, np.random.default_rng(seed), job, round, *a)
+        return real(ledger, chain, update, np.random.default_rng(seed), job, round, *a, **kw)
 
     monkeypatch.setattr(release_module, "prepare_release", seeded)
 

@@ -81,10 +81,11 @@ def test_an_aggregator_without_the_jobs_listing(
 def test_a_task_without_a_job_id(
     tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def old_header(self: Relay, job_id: str, progress: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        return {"kind": "train", "round": 1, "attempt": 1}, b""
+    def old_header(self: Relay, job_id: str, progress: dict[str, Any], dest: Path) -> dict[str, Any]:
+        dest.write_bytes(b"")
+        return {"kind": "train", "round": 1, "attempt": 1}
 
-    monkeypatch.setattr(Relay, "fetch_task", old_header)
+    monkeypatch.setattr(Relay, "fetch_task_to", old_header)
     job = make_tiny_job(tmp_path / "job", workspace, rounds=1)
     run = start(tmp_path, workspace, job, sites=[])
     try:
