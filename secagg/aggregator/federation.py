@@ -630,9 +630,13 @@ class Federation:
                     f"{site} already uploaded in round {cur.round}", code=Reason.DUPLICATE_UPLOAD
                 )
             mode.admit(site, cur, spooled)
-            self.audit.append(
-                Event.UPLOAD_ACCEPTED, site=site, job=head.job_id, round=head.round, bytes=head.bytes
-            )
+            try:
+                self.audit.append(
+                    Event.UPLOAD_ACCEPTED, site=site, job=head.job_id, round=head.round, bytes=head.bytes
+                )
+            except BaseException:  # StorageFull: not logged, so the mode must not keep it either
+                mode.withdraw(site, cur)
+                raise
             if head.metrics:
                 cur.metrics[site] = dict(head.metrics)
             cur.uploads[site] = spooled
