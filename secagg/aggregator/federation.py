@@ -40,7 +40,7 @@ from secagg.aggregator.modes import BadUpload, ModeBase, ModeContext, Step, mode
 from secagg.aggregator.modes.he import HE_KEY_BLOB
 from secagg.aggregator.modes.windows import mapped_window, window_elements
 from secagg.aggregator.rounds import JobRun, JobState, Phase, RoundRun, Signal, refused_for_good, retry_delay
-from secagg.aggregator.rpc import final_metrics, int_field, json_object, upload_header
+from secagg.aggregator.rpc import UploadHeader, final_metrics, int_field, json_object, upload_header
 from secagg.aggregator.server_step import AverageWindows, StateFile, server_step
 from secagg.aggregator.shared import Shared
 from secagg.aggregator.store import JobRow
@@ -544,15 +544,12 @@ class Federation:
                 raise UpdateRejected(
                     f"{site} already declared ready in round {round_}", code=Reason.DUPLICATE
                 )
+            # logged before it counts, under the lock: the driver cannot close the phase with a ready
+            # whose line is not written yet (a full disk, StorageFull, leaves it uncounted; the site
+            # posts again once there is space; a kill leaves no roster naming an unlogged ready)
+            self.audit.append(Event.SITE_READY, job=job_id, round=round_, site=site, n_samples=n)
             cur.ready[site] = msg
             self.cond.notify_all()
-        try:
-            self.audit.append(Event.SITE_READY, job=job_id, round=round_, site=site, n_samples=n)
-        except StorageFull:  # not logged, so not counted: the site posts again once there is space
-            with self.cond:
-                if cur.ready.get(site) is msg and cur.phase == Phase.READY:
-                    del cur.ready[site]
-            raise
 
     def decline(
         self, site: str, job_id: str, round_: int, code: str, message: str, *, round_only: bool = False
@@ -616,19 +613,8 @@ class Federation:
             lambda fh: copy_payload(chunks, fh, max_bytes=bound, expected_bytes=head.bytes),
         )
         try:
-            self._admit_upload(site, cur, head.raw, spooled.path, head.metrics)
-        except BaseException:
-            self.spool.remove(spooled)
-            raise
-        try:
-            self.audit.append(
-                Event.UPLOAD_ACCEPTED, site=site, job=head.job_id, round=head.round, bytes=head.bytes
-            )
-        except StorageFull:  # not logged, so not counted (the site sees it refused; nothing is kept)
-            with self.cond:
-                if cur.uploads.get(site) == spooled.path and cur.phase == Phase.UPLOAD:
-                    del cur.uploads[site]
-                    cur.metrics.pop(site, None)
+            self._admit_upload(site, cur, head, spooled.path)
+        except BaseException:  # StorageFull included: not logged, so not counted; nothing is kept
             self.spool.remove(spooled)
             raise
 
@@ -658,13 +644,14 @@ class Federation:
                 )
             return cur
 
-    def _admit_upload(
-        self, site: str, cur: RoundRun, header: dict[str, Any], spooled: Path, metrics: dict[str, float]
-    ) -> None:
-        """The mode checks the spooled upload; then, if the round is still open, it counts."""
+    def _admit_upload(self, site: str, cur: RoundRun, head: UploadHeader, spooled: Path) -> None:
+        """The mode checks the spooled upload; then, if the round is still open, it is logged and
+        counted in one step under the lock: the driver cannot commit a round with an upload whose
+        ``upload_accepted`` line is not written yet (a full disk would then refuse it to the site
+        after the round had used it, and a kill would leave it unlogged)."""
         mode = self.mode
         assert mode is not None
-        mode.accept(site, cur, header, spooled)
+        mode.accept(site, cur, head.raw, spooled)
         with self.cond:
             if self.job is None or self.job.current is not cur or cur.phase != Phase.UPLOAD:
                 raise UpdateRejected("the round closed while the upload was streaming", code=Reason.LATE)
@@ -673,8 +660,15 @@ class Federation:
                     f"{site} already uploaded in round {cur.round}", code=Reason.DUPLICATE_UPLOAD
                 )
             mode.admit(site, cur, spooled)
-            if metrics:
-                cur.metrics[site] = dict(metrics)
+            try:
+                self.audit.append(
+                    Event.UPLOAD_ACCEPTED, site=site, job=head.job_id, round=head.round, bytes=head.bytes
+                )
+            except BaseException:  # StorageFull: not logged, so the mode must not keep it either
+                mode.withdraw(site, cur)
+                raise
+            if head.metrics:
+                cur.metrics[site] = dict(head.metrics)
             cur.uploads[site] = spooled
             self.cond.notify_all()
 

@@ -172,6 +172,15 @@ class MaskServer:
         self._inputs[src.site] = src
         self._uploaded.add(src.site)
 
+    def withdraw_masked(self, site: str) -> None:
+        """Drop a collected masked input the aggregator could not record (it was refused to its site,
+        which may send it again): as if it had never arrived."""
+        self._expect(_Phase.MASKED, "withdraw_masked")
+        src = self._inputs.pop(site, None)
+        if src is not None:
+            src.close()
+        self._uploaded.discard(site)
+
     def close(self) -> None:
         """Release every masked input (open files)."""
         for src in self._inputs.values():

@@ -19,6 +19,8 @@ from secagg.errors import IdentityError
 from secagg.provision.identity import Identity, load_cert, verify_cert
 from secagg.provision.kit import Kit
 
+#: the longest a client channel waits between two dials of a lost peer
+MAX_RECONNECT_BACKOFF_MS = 2_000
 # Updates can be large; messages are chunked, but allow a chunk plus framing.
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 8 * 1024 * 1024),
@@ -26,6 +28,12 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # a lost connection is retried by its caller (the agent: every second, for ``reconnect_s``); left
+    # to gRPC's defaults the channel backs off up to 120 s between dials and fails every call at once
+    # meanwhile, so a site whose link came back stayed away 10-23 s after a 45-60 s outage and missed
+    # the end of its job (issue #18, `secagg chaos --scenario partition-timeout`)
+    ("grpc.initial_reconnect_backoff_ms", 1_000),
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 ]
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", 8 * 1024 * 1024),

@@ -137,9 +137,14 @@ class HeMode:
             vec, st = strategy.apply(vec, avg, st)
             data = to_safetensors(bspec.unflatten(vec), order=bspec.names)
             r = int(upd["round"])
-            atomic_write(state.job_dir(job_id) / f"strategy-{r}.bin", st.to_bytes())
+            kept = st.to_bytes()
+            atomic_write(state.job_dir(job_id) / f"strategy-{r}.bin", kept)
             state.save_global(job_id, r, data)
             path = state.global_path(job_id, r)
+            # the next round starts from the model and state as stored, exactly as a site that took
+            # this round alone does: catching up on several rounds at once (a site back after a
+            # partition) must give the same bits, not the unrounded sum (issue #18, partition-timeout)
+            vec, st = bspec.flatten(from_safetensors(data)), StrategyState.from_bytes(kept)
         return path
 
     def check_global(self, task: Task, model_fingerprint: str) -> None:

@@ -136,6 +136,8 @@ class AggregatorMode(Protocol):
 
     def admit(self, site: str, round_: RoundRun, spooled: Path) -> None: ...
 
+    def withdraw(self, site: str, round_: RoundRun) -> None: ...
+
     def step(self, round_: RoundRun, declined: set[str], now: float) -> Step: ...
 
     def post(self, site: str, topic: str, round_: RoundRun, payload: bytes) -> None: ...
@@ -201,6 +203,9 @@ class ModeBase:
 
     def admit(self, site: str, round_: RoundRun, spooled: Path) -> None:
         """Nothing kept per round: uploads are read when the round is combined."""
+
+    def withdraw(self, site: str, round_: RoundRun) -> None:
+        """Undo :meth:`admit` (its audit line could not be written): nothing was kept."""
 
     def step(self, round_: RoundRun, declined: set[str], now: float) -> Step:
         """The upload phase: every roster site that has not declined has uploaded, or the round timed out."""

@@ -121,6 +121,12 @@ class MaskRun:
         self.server.collect_masked_source(msg)  # closes it if refused
         self.uploaded.add(site)
 
+    def withdraw(self, site: str) -> None:
+        """Forget a masked input admitted but never logged (a full disk): not counted, its file
+        released, so the phase and the unmask see only logged uploads."""
+        self.server.withdraw_masked(site)
+        self.uploaded.discard(site)
+
     def expected(self) -> set[str]:
         """Who the current phase waits for."""
         if self.phase == KEYS:
@@ -196,6 +202,9 @@ class MaskMode(PlainMode):
         if round_.phase != Phase.UPLOAD:
             raise UpdateRejected("the round is not accepting masked inputs now", code=Reason.LATE)
         self._run(round_).upload(site, spooled)
+
+    def withdraw(self, site: str, round_: RoundRun) -> None:
+        self._run(round_).withdraw(site)
 
     def step(self, round_: RoundRun, declined: set[str], now: float) -> Step:
         """Advance the masking phases: every site of the phase, or the timeout with at least t."""
