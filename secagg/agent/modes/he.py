@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from secagg.agent.modes.base import ModeContext, Outgoing, Sent, Task, upload
-from secagg.agent.protect import protect_he
+from secagg.agent.protect import protect_he_windows
 from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
 from secagg.errors import ConfigError, IntegrityError
 from secagg.events import Event
@@ -151,7 +151,11 @@ class HeMode:
         return None
 
     def protect_and_send(self, out: Outgoing) -> Sent:
-        return upload(self.ctx, out, self.name, protect_he(self.secret_context(), out.weighted.array()))
+        # encrypted a window at a time; a window refused mid-way raises while the frames are still
+        # being spooled, so nothing of a bad update is sent
+        weighted = out.weighted
+        frames = protect_he_windows(self.secret_context(), weighted.windows(), weighted.size)
+        return upload(self.ctx, out, self.name, frames)
 
 
 __all__ = ["HE_KEY_TOPIC", "HeMode"]
