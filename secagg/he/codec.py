@@ -444,31 +444,56 @@ class CiphertextAccumulator:
 
 def decrypt_vector(ctx: SecretContext, ciphertexts: Iterable[bytes], length: int) -> np.ndarray:
     """Decrypt a summed stream back to ``length`` float64 values; refuses a short, long or foreign one."""
+    out = np.empty(length, dtype=np.float64)
+    for start, vals in decrypt_windows(ctx, ciphertexts, length):
+        out[start : start + vals.size] = vals
+    return out
+
+
+def decrypt_windows(
+    ctx: SecretContext, ciphertexts: Iterable[bytes], length: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """:func:`decrypt_vector` a ciphertext at a time: ``(start, values)`` windows of the ``length``
+    float64 values, one per ciphertext (the last one cut to ``length``), so a site steps its model on
+    the decrypted average without the whole of it in memory. Refuses what :func:`decrypt_vector`
+    refuses, when it reaches it: a long or reordered stream at the frame at fault, a short one after
+    its last frame (the caller must discard what it made of a refused stream)."""
     params = ctx.params
     tools = _seal(ctx)
     decryptor = tools.decryptor
     assert decryptor is not None
-    plain = sealapi.Plaintext()
     expected = n_ciphertexts(length, params)
     per = params.values_per_ciphertext
-    out = np.empty(expected * per, dtype=np.float64)
+    return _decrypted(ctx, tools, decryptor, ciphertexts, length, expected, per)
+
+
+def _decrypted(
+    ctx: SecretContext,
+    tools: _Seal,
+    decryptor: sealapi.Decryptor,
+    ciphertexts: Iterable[bytes],
+    length: int,
+    expected: int,
+    per: int,
+) -> Iterator[tuple[int, np.ndarray]]:
+    plain = sealapi.Plaintext()
     received = 0
     for data in ciphertexts:
         if received >= expected:
             raise UpdateRejected(
                 f"HE result has more than the expected {expected} ciphertexts", Reason.BAD_LENGTH
             )
-        index, blob = _unframe(data, ctx.context_id, params)
+        index, blob = _unframe(data, ctx.context_id, ctx.params)
         if index != received:
             raise UpdateRejected(
                 f"HE result ciphertext {received} arrived as index {index}", Reason.BAD_INDEX
             )
         decryptor.decrypt(_load_ciphertext(tools, blob), plain)
         slots = np.array(tools.encoder.decode_complex(plain), dtype=np.complex128)
-        out[received * per : (received + 1) * per] = slots.view(np.float64)
+        start = received * per
+        yield start, slots.view(np.float64)[: min(per, length - start)]
         received += 1
     if received != expected:
         raise UpdateRejected(
             f"HE result is truncated: {received} of {expected} ciphertexts", Reason.BAD_LENGTH
         )
-    return out[:length]
