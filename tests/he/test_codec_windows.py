@@ -103,3 +103,19 @@ def test_weight_is_refused_before_iteration(secret_ctx: SecretContext) -> None:
         with pytest.raises(UpdateRejected) as exc:
             encrypt_windows(secret_ctx, never(), 10, bad)
         assert exc.value.code == "bad_weight"
+
+
+@pytest.mark.parametrize("n", [1, SLOTS, SLOTS + 1, 3 * SLOTS + 17])
+def test_decrypt_windows_are_the_whole_decrypt_a_ciphertext_at_a_time(
+    secret_ctx: SecretContext, n: int
+) -> None:
+    x = np.random.default_rng(n).uniform(-0.05, 0.05, n)
+    frames = list(encrypt_vector(secret_ctx, x, 1.0))
+    wins = list(codec.decrypt_windows(secret_ctx, frames, n))
+    assert [s for s, _ in wins] == [i * SLOTS for i in range(len(frames))]
+    assert all(v.size == min(SLOTS, n - s) for s, v in wins)
+    # decryption is deterministic: the same frames give the same bits as the whole-vector path
+    assert np.concatenate([v for _, v in wins]).tobytes() == decrypt_vector(secret_ctx, frames, n).tobytes()
+    with pytest.raises(UpdateRejected) as exc:  # a long stream is refused at the frame too many
+        list(codec.decrypt_windows(secret_ctx, frames + frames[-1:], n))
+    assert exc.value.code == "bad_length"
