@@ -77,3 +77,13 @@ def protect_he(secret_ctx: object, weighted: np.ndarray) -> Iterator[bytes]:
     from secagg.he.codec import encrypt_vector
 
     yield from frame(encrypt_vector(secret_ctx, weighted, 1.0))  # type: ignore[arg-type]
+
+
+def protect_he_windows(
+    secret_ctx: object, windows: Iterable[tuple[int, np.ndarray]], size: int
+) -> Iterator[bytes]:
+    """:func:`protect_he` of the weighted vector whose ``(start, values)`` windows come in order: the
+    same frames (:func:`secagg.he.codec.encrypt_windows`), with one window of the vector in memory."""
+    from secagg.he.codec import encrypt_windows
+
+    yield from frame(encrypt_windows(secret_ctx, windows, size, 1.0))  # type: ignore[arg-type]

@@ -63,7 +63,7 @@ POLICY = f"""\
 version: 1
 signers:
   submitters: [submitter@org-1]
-modes: [plain, mask, tee]
+modes: [plain, mask, tee, he]
 limits:
   max_rounds: 5
   min_sites_per_round: 2

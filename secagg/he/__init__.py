@@ -1,15 +1,17 @@
 """CKKS (TenSEAL) secure aggregation: parameters, contexts, the flat ciphertext stream, key custody.
 
 Pure library: no gRPC, CLI or agent imports. The aggregator uses :class:`PublicContext` and
-:class:`CiphertextAccumulator` only; sites use :class:`SecretContext`, ``encrypt_vector`` and
-``decrypt_vector``; the key-holder site makes the key and its :class:`KeyRelease`.
+:class:`CiphertextAccumulator` only; sites use :class:`SecretContext`, ``encrypt_vector`` (or
+``encrypt_windows``) and ``decrypt_vector``; the key-holder site makes the key and its :class:`KeyRelease`.
 """
 
 from secagg.he.codec import (
     CiphertextAccumulator,
     StreamRejected,
     decrypt_vector,
+    decrypt_windows,
     encrypt_vector,
+    encrypt_windows,
     n_ciphertexts,
     sum_streams,
 )
@@ -35,7 +37,9 @@ __all__ = [
     "SecretContext",
     "StreamRejected",
     "decrypt_vector",
+    "decrypt_windows",
     "encrypt_vector",
+    "encrypt_windows",
     "load_public_context",
     "load_secret_context",
     "load_secret_context_file",

@@ -148,13 +148,16 @@ def _load_ciphertext(tools: _Seal, blob: memoryview) -> sealapi.Ciphertext:
     return ct
 
 
-def encrypt_vector(ctx: SecretContext, vec: np.ndarray, weight: float) -> Iterator[bytes]:
-    """Check the update, then return an iterator of frames, one per ``values_per_ciphertext``
-    values, in order.
+def _check_weight(weight: float) -> None:
+    if not (isinstance(weight, float | int) and math.isfinite(weight) and 0.0 < weight <= 1.0):
+        raise UpdateRejected(
+            f"HE weight must be a normalised weight in (0, 1], got {weight!r}", Reason.BAD_WEIGHT
+        )
 
-    Checks run now, not on the first ``next()``: a bad update is refused before anything is sent.
-    """
-    params = ctx.params
+
+def _checked(params: CkksParams, vec: np.ndarray) -> np.ndarray:
+    """``vec`` as float64 after the refusals every encrypted value goes through (shape, real, finite,
+    within the headroom of ``params``)."""
     arr = np.asarray(vec)
     if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.number):
         raise UpdateRejected("HE update must be a non-empty flat numeric vector", code=Reason.BAD_SHAPE)
@@ -163,10 +166,6 @@ def encrypt_vector(ctx: SecretContext, vec: np.ndarray, weight: float) -> Iterat
     arr = arr.astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
         raise UpdateRejected("HE update contains NaN or infinity", code=Reason.NON_FINITE)
-    if not (isinstance(weight, float | int) and math.isfinite(weight) and 0.0 < weight <= 1.0):
-        raise UpdateRejected(
-            f"HE weight must be a normalised weight in (0, 1], got {weight!r}", Reason.BAD_WEIGHT
-        )
     peak = float(np.max(np.abs(arr)))
     if peak > params.max_abs_value:
         raise UpdateRejected(
@@ -174,23 +173,103 @@ def encrypt_vector(ctx: SecretContext, vec: np.ndarray, weight: float) -> Iterat
             f"parameters ({params.describe()}) add without overflow",
             code=Reason.OUT_OF_RANGE,
         )
+    return arr
+
+
+def encrypt_vector(ctx: SecretContext, vec: np.ndarray, weight: float) -> Iterator[bytes]:
+    """Check the update, then return an iterator of frames, one per ``values_per_ciphertext``
+    values, in order.
+
+    Checks run now, not on the first ``next()``: a bad update is refused before anything is sent.
+    """
+    arr = _checked(ctx.params, vec)
+    _check_weight(weight)
     scaled = arr * float(weight)
-    return _encrypt_chunks(ctx, scaled)
+    return _encrypt_chunks(ctx, _slot_chunks([scaled], ctx.params.values_per_ciphertext))
 
 
-def _encrypt_chunks(ctx: SecretContext, scaled: np.ndarray) -> Iterator[bytes]:
+def encrypt_windows(
+    ctx: SecretContext, windows: Iterable[tuple[int, np.ndarray]], size: int, weight: float
+) -> Iterator[bytes]:
+    """:func:`encrypt_vector` of the vector of ``size`` values whose ``(start, values)`` windows come in
+    order, with no more of it in memory than one window and one ciphertext's values.
+
+    Why: a site's weighted update is a file read a window at a time (:mod:`secagg.agent.roundfiles`);
+    its windows need not line up with the slot count, so the values past the last full ciphertext of
+    a window are carried into the next. The frames are those of :func:`encrypt_vector` on the whole
+    vector: the same values in the same slots, ciphertext for ciphertext (the encryption noise is
+    fresh, as it is on every call of either).
+
+    The weight and size are checked now; each window is checked (as :func:`encrypt_vector` checks the
+    whole vector) before any of its values is encrypted, so a bad window raises before its frames
+    exist: a caller that spools the frames before sending (the site's upload does) sends nothing.
+    """
+    _check_weight(weight)
+    n_ciphertexts(size, ctx.params)  # refuses a size that is not a positive integer
+    per = ctx.params.values_per_ciphertext
+
+    def scaled() -> Iterator[np.ndarray]:
+        pos = 0
+        for start, vals in windows:
+            if start != pos:
+                raise UpdateRejected(f"HE update window at {start}, expected {pos}", code=Reason.BAD_SHAPE)
+            arr = _checked(ctx.params, vals)
+            if pos + arr.size > size:
+                raise UpdateRejected(
+                    f"HE update has more than the expected {size} values", code=Reason.BAD_SHAPE
+                )
+            pos += arr.size
+            yield arr * float(weight)
+        if pos != size:
+            raise UpdateRejected(f"HE update has {pos} values, expected {size}", code=Reason.BAD_SHAPE)
+
+    return _encrypt_chunks(ctx, _slot_chunks(scaled(), per))
+
+
+def _slot_chunks(pieces: Iterable[np.ndarray], per: int) -> Iterator[np.ndarray]:
+    """The concatenation of ``pieces`` cut into chunks of ``per`` values, the last one shorter: the
+    values of one ciphertext each. A chunk that lies inside one piece is a view of it (the whole
+    vector's path copies nothing); one that straddles pieces is gathered into a buffer."""
+    carry = np.empty(per, dtype=np.float64)
+    held = 0
+    for piece in pieces:
+        off = 0
+        if held:
+            take = min(per - held, piece.size)
+            carry[held : held + take] = piece[:take]
+            held += take
+            off = take
+            if held < per:
+                continue
+            yield carry
+            carry = np.empty(per, dtype=np.float64)  # the consumer may keep the chunk it was given
+            held = 0
+        while piece.size - off >= per:
+            yield piece[off : off + per]
+            off += per
+        rest = piece.size - off
+        if rest:
+            carry[:rest] = piece[off:]
+            held = rest
+    if held:
+        yield carry[:held]
+
+
+def _encode(tools: _Seal, chunk: np.ndarray, plain: sealapi.Plaintext) -> None:
+    if chunk.size % 2:
+        chunk = np.append(chunk, 0.0)
+    # pairs of values as complex slots; SEAL zero-pads a short last chunk to the full slot count
+    tools.encoder.encode(chunk.view(np.complex128).tolist(), tools.scale, plain)
+
+
+def _encrypt_chunks(ctx: SecretContext, chunks: Iterable[np.ndarray]) -> Iterator[bytes]:
     tools = _seal(ctx)
     encryptor = tools.encryptor
     assert encryptor is not None
     seeded = ctx.params.symmetric
-    per = ctx.params.values_per_ciphertext
     plain = sealapi.Plaintext()
-    for i in range(n_ciphertexts(scaled.size, ctx.params)):
-        chunk = scaled[i * per : (i + 1) * per]
-        if chunk.size % 2:
-            chunk = np.append(chunk, 0.0)
-        # pairs of values as complex slots; SEAL zero-pads a short last chunk to the full slot count
-        tools.encoder.encode(chunk.view(np.complex128).tolist(), tools.scale, plain)
+    for i, chunk in enumerate(chunks):
+        _encode(tools, chunk, plain)
         if seeded:
             blob = sealio.to_bytes(encryptor.encrypt_symmetric(plain))
         else:
@@ -365,31 +444,56 @@ class CiphertextAccumulator:
 
 def decrypt_vector(ctx: SecretContext, ciphertexts: Iterable[bytes], length: int) -> np.ndarray:
     """Decrypt a summed stream back to ``length`` float64 values; refuses a short, long or foreign one."""
+    out = np.empty(length, dtype=np.float64)
+    for start, vals in decrypt_windows(ctx, ciphertexts, length):
+        out[start : start + vals.size] = vals
+    return out
+
+
+def decrypt_windows(
+    ctx: SecretContext, ciphertexts: Iterable[bytes], length: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """:func:`decrypt_vector` a ciphertext at a time: ``(start, values)`` windows of the ``length``
+    float64 values, one per ciphertext (the last one cut to ``length``), so a site steps its model on
+    the decrypted average without the whole of it in memory. Refuses what :func:`decrypt_vector`
+    refuses, when it reaches it: a long or reordered stream at the frame at fault, a short one after
+    its last frame (the caller must discard what it made of a refused stream)."""
     params = ctx.params
     tools = _seal(ctx)
     decryptor = tools.decryptor
     assert decryptor is not None
-    plain = sealapi.Plaintext()
     expected = n_ciphertexts(length, params)
     per = params.values_per_ciphertext
-    out = np.empty(expected * per, dtype=np.float64)
+    return _decrypted(ctx, tools, decryptor, ciphertexts, length, expected, per)
+
+
+def _decrypted(
+    ctx: SecretContext,
+    tools: _Seal,
+    decryptor: sealapi.Decryptor,
+    ciphertexts: Iterable[bytes],
+    length: int,
+    expected: int,
+    per: int,
+) -> Iterator[tuple[int, np.ndarray]]:
+    plain = sealapi.Plaintext()
     received = 0
     for data in ciphertexts:
         if received >= expected:
             raise UpdateRejected(
                 f"HE result has more than the expected {expected} ciphertexts", Reason.BAD_LENGTH
             )
-        index, blob = _unframe(data, ctx.context_id, params)
+        index, blob = _unframe(data, ctx.context_id, ctx.params)
         if index != received:
             raise UpdateRejected(
                 f"HE result ciphertext {received} arrived as index {index}", Reason.BAD_INDEX
             )
         decryptor.decrypt(_load_ciphertext(tools, blob), plain)
         slots = np.array(tools.encoder.decode_complex(plain), dtype=np.complex128)
-        out[received * per : (received + 1) * per] = slots.view(np.float64)
+        start = received * per
+        yield start, slots.view(np.float64)[: min(per, length - start)]
         received += 1
     if received != expected:
         raise UpdateRejected(
             f"HE result is truncated: {received} of {expected} ciphertexts", Reason.BAD_LENGTH
         )
-    return out[:length]

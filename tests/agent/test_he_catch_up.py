@@ -70,7 +70,7 @@ def test_two_rounds_at_once_give_the_bits_of_one_round_at_a_time(
     one_by_one.receive_global(_task(1, [2], secret))
     stepped = one_by_one.receive_global(_task(2, [3], secret))
     caught_up = _site(tmp_path / "b", secret).receive_global(_task(1, [2, 3], secret))
-    assert caught_up.read_bytes() == stepped.read_bytes()  # receive_global gives the stored file
+    assert caught_up.read_bytes() == stepped.read_bytes()  # paths of two sites' states: compare models
     # and what each stored for round 2 (the base of a later catch-up) is the same too
     assert SiteState(tmp_path / "a" / "state").global_path("j", 2).read_bytes() == (
         SiteState(tmp_path / "b" / "state").global_path("j", 2).read_bytes()

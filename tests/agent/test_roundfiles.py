@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
+from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -38,6 +39,11 @@ from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
 from secagg.bundle import BundleSpec, fingerprint, from_safetensors, to_safetensors
 from secagg.errors import UpdateRejected
+from secagg.framing import unframe
+from secagg.he import codec as he_codec
+from secagg.he.codec import decrypt_vector, encrypt_vector, n_ciphertexts
+from secagg.he.context import make_secret_context
+from secagg.he.params import SECAGG_DEFAULT
 from secagg.privacy.specs import apply_chain, build_chain
 from secagg.privacy.streamed import apply_chain_file
 
@@ -175,6 +181,31 @@ def _round(tmp: Path, chain: list[dict[str, Any]], window: int) -> tuple[np.ndar
     return old, out
 
 
+_HE_SECRET: list[Any] = []
+
+
+def _he_secret() -> Any:
+    if not _HE_SECRET:  # key generation is the slow part: one key for the module
+        _HE_SECRET.append(make_secret_context(SECAGG_DEFAULT))
+    return _HE_SECRET[0]
+
+
+def _he_encoded(monkeypatch: pytest.MonkeyPatch, run: Any) -> tuple[Any, list[bytes]]:
+    """What ``run`` returns, and the float64 values each ciphertext's plaintext was encoded from."""
+    seen: list[bytes] = []
+    real = he_codec._encode
+
+    def spy(tools: Any, chunk: np.ndarray, plain: Any) -> None:
+        seen.append(np.array(chunk, dtype=np.float64).tobytes())
+        real(tools, chunk, plain)
+
+    monkeypatch.setattr(he_codec, "_encode", spy)
+    try:
+        return run(), seen
+    finally:
+        monkeypatch.setattr(he_codec, "_encode", real)
+
+
 @pytest.mark.parametrize("chain", CHAINS, ids=["no-filter", "exclude+gaussian"])
 @pytest.mark.parametrize("window", WINDOWS)
 def test_every_mode_protects_what_the_in_memory_round_protected(
@@ -201,13 +232,19 @@ def test_every_mode_protects_what_the_in_memory_round_protected(
     tee.protect_and_send(out)
     assert sealer.plaintext == want_plain
 
-    # he: the flat vector given to CKKS encryption
-    seen: list[np.ndarray] = []
-    monkeypatch.setattr(he_mode, "protect_he", lambda ctx, vec: (seen.append(vec), iter([b"ct"]))[1])
-    hem = he_mode.HeMode(_ctx(tmp_path / "he", _Relay()))
-    hem._secret_ctx = object()
-    hem.protect_and_send(out)
-    assert seen[0].tobytes() == old.tobytes()
+    # he: the upload is encrypted a window at a time; the values encoded into each ciphertext are
+    # those encrypt_vector encodes from the old vector (bit for bit, slot for slot), and the upload
+    # decrypts to the old vector (CKKS encryption is randomised: the frames themselves differ)
+    secret = _he_secret()
+    relay = _Relay()
+    hem = he_mode.HeMode(_ctx(tmp_path / "he", relay))
+    hem._secret_ctx = secret
+    sent, sent_slots = _he_encoded(monkeypatch, lambda: hem.protect_and_send(out))
+    _, want_slots = _he_encoded(monkeypatch, lambda: list(encrypt_vector(secret, old, 1.0)))
+    assert sent_slots == want_slots and len(want_slots) == n_ciphertexts(old.size, secret.params)
+    assert sent.bytes == len(relay.uploads[0][1])
+    got = decrypt_vector(secret, unframe(BytesIO(relay.uploads[0][1])), old.size)
+    assert np.max(np.abs(got - old)) <= 1e-7
 
     # mask: the values given to the masking, window by window at their offsets (MaskClient's
     # masked_input_to writes masked_input's bytes for them: tests/mask/test_protocol.py)

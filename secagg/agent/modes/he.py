@@ -8,20 +8,20 @@ it keeps durably, so every site computes the same model without the aggregator s
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import grpc
 
 from secagg.agent.modes.base import ModeContext, Outgoing, Sent, Task, upload
-from secagg.agent.protect import protect_he
-from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
+from secagg.agent.protect import protect_he_windows
 from secagg.errors import ConfigError, IntegrityError
 from secagg.events import Event
 from secagg.framing import unframe
-from secagg.fsio import atomic_write
-from secagg.strategy import StrategyState, make_strategy
+from secagg.strategy import make_strategy
 from secagg.topics import Topic
 
 HE_KEY_TOPIC = Topic.HE_KEY
@@ -112,46 +112,77 @@ class HeMode:
                 raise ConfigError(
                     f"site state has no global model of round {base}; cannot resume job {job_id}"
                 )
-        # he steps the strategy on the whole model in memory (its decrypted average is one flat
-        # vector): the site's bounded-memory round covers the modes whose model arrives in the clear
-        data = path.read_bytes()
-        bundle = from_safetensors(data)
-        bspec = BundleSpec.of(bundle)
-        vec = bspec.flatten(bundle)
-        strategy = make_strategy(spec.strategy)
-        state_file = state.job_dir(job_id) / f"strategy-{base}.bin"
-        st = (
-            StrategyState.from_bytes(state_file.read_bytes())
-            if state_file.is_file()
-            else strategy.init_state(vec)
-        )
-        from secagg.he.codec import decrypt_vector
+        # stepped a ciphertext at a time (secagg.agent.he_step): the decrypted average, the model and
+        # the strategy's buffers are never whole in memory
+        from secagg.agent.he_step import step_he_round
+        from secagg.agent.roundfiles import model_spec, spool_path
 
-        offset, payload = 0, task.payload_bytes()  # ciphertexts: he's path keeps them in memory
+        bspec = model_spec(path)
+        strategy = make_strategy(spec.strategy)
+        job_dir = state.job_dir(job_id)
+        kept = job_dir / f"strategy-{base}.bin"
+        state_file = kept if kept.is_file() else None
+        offset = 0
         for upd in task.header["updates"]:
-            piece = payload[offset : offset + int(upd["bytes"])]
-            offset += int(upd["bytes"])
-            avg = decrypt_vector(self.secret_context(), unframe(BytesIO(piece)), bspec.size) * float(
-                upd["scale"]
-            )
-            vec, st = strategy.apply(vec, avg, st)
-            data = to_safetensors(bspec.unflatten(vec), order=bspec.names)
-            r = int(upd["round"])
-            kept = st.to_bytes()
-            atomic_write(state.job_dir(job_id) / f"strategy-{r}.bin", kept)
-            state.save_global(job_id, r, data)
-            path = state.global_path(job_id, r)
+            size, r = int(upd["bytes"]), int(upd["round"])
+            tmp = spool_path(job_dir, f"global-{r}")
+            try:
+                with _ciphertexts(task, offset, size) as frames:
+                    step_he_round(
+                        self.secret_context(),
+                        strategy,
+                        bspec,
+                        path,
+                        state_file,
+                        frames,
+                        float(upd["scale"]),
+                        tmp,
+                        job_dir / f"strategy-{r}.bin",
+                    )
+                state.adopt_global(job_id, r, tmp)
+            finally:
+                tmp.unlink(missing_ok=True)
+            offset += size
             # the next round starts from the model and state as stored, exactly as a site that took
             # this round alone does: catching up on several rounds at once (a site back after a
             # partition) must give the same bits, not the unrounded sum (issue #18, partition-timeout)
-            vec, st = bspec.flatten(from_safetensors(data)), StrategyState.from_bytes(kept)
+            path, state_file = state.global_path(job_id, r), job_dir / f"strategy-{r}.bin"  # type: ignore[assignment]
         return path
 
     def check_global(self, task: Task, model_fingerprint: str) -> None:
         return None
 
     def protect_and_send(self, out: Outgoing) -> Sent:
-        return upload(self.ctx, out, self.name, protect_he(self.secret_context(), out.weighted.array()))
+        # encrypted a window at a time; a window refused mid-way raises while the frames are still
+        # being spooled, so nothing of a bad update is sent
+        weighted = out.weighted
+        frames = protect_he_windows(self.secret_context(), weighted.windows(), weighted.size)
+        return upload(self.ctx, out, self.name, frames)
+
+
+@contextmanager
+def _ciphertexts(task: Task, offset: int, size: int) -> Iterator[Iterator[bytes]]:
+    """The frames of one round's result, ``size`` bytes at ``offset`` of the task's payload, read from
+    its spooled file as they are decrypted (never the whole payload in memory)."""
+    if isinstance(task.payload, bytes):
+        yield unframe(BytesIO(task.payload[offset : offset + size]))
+        return
+    with task.payload.open("rb") as fh:
+        fh.seek(offset)
+        yield unframe(_Bounded(fh, size))  # type: ignore[arg-type]
+
+
+class _Bounded:
+    """A file read no further than ``size`` bytes from where it stands: one round's piece of the task."""
+
+    def __init__(self, fh: BinaryIO, size: int) -> None:
+        self._fh, self._left = fh, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._fh.read(n)
+        self._left -= len(data)
+        return data
 
 
 __all__ = ["HE_KEY_TOPIC", "HeMode"]
