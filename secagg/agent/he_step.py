@@ -44,7 +44,7 @@ def step_he_round(
     returns, and removes it if this raises). Raises what ``decrypt_vector``
     and ``Strategy.apply`` raise (a short, long or foreign stream; a state of another strategy; NaN or
     infinity in or out) before either file is replaced."""
-    from secagg.aggregator.server_step import StateFile, _header, _pwrite_all, _StateReader
+    from secagg.aggregator.server_step import StateFile, StateReader, pwrite_all, state_header
     from secagg.he.codec import decrypt_windows
 
     dim = spec.size
@@ -52,14 +52,16 @@ def step_he_round(
     old = StateFile.read(state) if state is not None else None
     if old is not None:
         strategy.check_state(old.strategy, old.params, old.dim, set(old.offsets), dim)
-    head = _header(strategy.name, (old.step if old is not None else 0) + 1, dim, strategy.params(), names)
+    head = state_header(
+        strategy.name, (old.step if old is not None else 0) + 1, dim, strategy.params(), names
+    )
     tmp_state = spool_path(state_out.parent, state_out.name)
     reader = open_bundle(model, spec)
-    bufs_in = _StateReader(old) if old is not None else None
+    bufs_in = StateReader(old) if old is not None else None
     fd = os.open(tmp_state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         os.ftruncate(fd, len(head) + 8 * dim * len(names))
-        _pwrite_all(fd, memoryview(head), 0)
+        pwrite_all(fd, memoryview(head), 0)
 
         def windows() -> Iterator[tuple[int, np.ndarray]]:
             for start, avg in decrypt_windows(secret, frames, dim):  # type: ignore[arg-type]
@@ -73,7 +75,7 @@ def step_he_round(
                 new_x, new_bufs = strategy.step_window(x, avg * float(scale), bufs)
                 for i, n in enumerate(names):
                     data = np.ascontiguousarray(new_bufs[n], dtype="<f8")
-                    _pwrite_all(fd, data.data, len(head) + 8 * (dim * i + start))
+                    pwrite_all(fd, data.data, len(head) + 8 * (dim * i + start))
                 yield start, new_x.astype(np.float32)
 
         write_bundle(model_out, spec, windows())

@@ -35,7 +35,7 @@ from secagg.strategy.state import FORMAT, META_KEY, canonical_json
 AverageWindows = Callable[[int, int], np.ndarray]
 
 
-def _header(strategy: str, step: int, dim: int, params: dict[str, float], names: list[str]) -> bytes:
+def state_header(strategy: str, step: int, dim: int, params: dict[str, float], names: list[str]) -> bytes:
     meta = {
         "format": FORMAT,
         "strategy": strategy,
@@ -108,7 +108,7 @@ class StateFile:
         )
 
 
-class _StateReader:
+class StateReader:
     def __init__(self, state: StateFile) -> None:
         self.state = state
         self.src = FileSource(state.path)
@@ -143,11 +143,11 @@ def server_step(
     if state is not None:
         strategy.check_state(state.strategy, state.params, state.dim, set(state.offsets), dim)
     step = (state.step if state is not None else 0) + 1
-    head = _header(strategy.name, step, dim, strategy.params(), names)
+    head = state_header(strategy.name, step, dim, strategy.params(), names)
     tmp = state_out.with_name(f".{state_out.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     x_reader = model.reader()
-    old = _StateReader(state) if state is not None else None
+    old = StateReader(state) if state is not None else None
     try:
         os.ftruncate(fd, len(head) + 8 * dim * len(names))
         os.pwrite(fd, head, 0)
@@ -162,7 +162,7 @@ def server_step(
                 new_x, new_bufs = strategy.step_window(x, average(start, stop), bufs)
                 for i, n in enumerate(names):
                     data = np.ascontiguousarray(new_bufs[n], dtype="<f8")
-                    _pwrite_all(fd, data.data, len(head) + 8 * (dim * i + start))
+                    pwrite_all(fd, data.data, len(head) + 8 * (dim * i + start))
                 yield start, new_x
 
         new_model = write_global(model.spec, windows(), bundle_out)
@@ -183,11 +183,11 @@ def server_step(
     return new_model, StateFile(state_out, strategy.name, step, dim, strategy.params(), offsets)
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     view = data.cast("B")
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
 
 
-__all__ = ["AverageWindows", "StateFile", "server_step"]
+__all__ = ["AverageWindows", "StateFile", "StateReader", "pwrite_all", "server_step", "state_header"]
