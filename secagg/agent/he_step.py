@@ -8,7 +8,7 @@ so each ciphertext's values are stepped as they are decrypted, against that wind
 float32 model and of the stored buffers, and the new model and state are written window by window:
 bit for bit what ``Strategy.apply`` on whole vectors gave (``tests/agent/test_he_step.py``).
 
-The state file is the aggregator's windowed format (:mod:`secagg.aggregator.server_step`), which
+The state file is the windowed format both sides write (:mod:`secagg.strategy.statefile`), which
 :meth:`secagg.strategy.StrategyState.from_bytes` reads.
 """
 
@@ -44,8 +44,8 @@ def step_he_round(
     returns, and removes it if this raises). Raises what ``decrypt_vector``
     and ``Strategy.apply`` raise (a short, long or foreign stream; a state of another strategy; NaN or
     infinity in or out) before either file is replaced."""
-    from secagg.aggregator.server_step import StateFile, StateReader, pwrite_all, state_header
     from secagg.he.codec import decrypt_windows
+    from secagg.strategy.statefile import StateFile, StateReader, pwrite_all, state_header
 
     dim = spec.size
     names = sorted(strategy.buffer_names)

@@ -158,20 +158,29 @@ class Releaser:
         if kept is not None:
             self.audit.append(Event.RELEASE_REUSED, job=job_id, round=round_, debit=kept.debit_id)
             return kept
-        release = prepare_release(
-            ledger,
-            adm.decision.effective_privacy,  # the specs: the file form picks per-window filters by name
-            update,
-            np.random.default_rng(),
-            job_id,
-            round_,
-            training_spends,
-            dst=spool_path(self.state.job_dir(job_id), f"release-{int(round_)}"),
-        )
+        def keep(pending: Release) -> None:
+            # kept before the debit commits, under the debit's id: a crash right after the commit
+            # finds it and resends it (was: kept after, so a crash between lost the round and its
+            # budget). A kept file whose debit never committed is never reused (reuse checks the id).
+            self.kept.keep(job_id, round_, pending, chain)
+
+        try:
+            release = prepare_release(
+                ledger,
+                adm.decision.effective_privacy,  # the specs: the file form picks per-window filters by name
+                update,
+                np.random.default_rng(),
+                job_id,
+                round_,
+                training_spends,
+                dst=spool_path(self.state.job_dir(job_id), f"release-{int(round_)}"),
+                before_debit=keep if ledger is not None else None,
+            )
+        except Exception:  # a refusal: its debit did not commit (a kill runs nothing, nor need it)
+            self.kept.path(job_id, round_).unlink(missing_ok=True)
+            raise
         if ledger is None and any(sp.epsilon > 0 for sp in release.spends):
             self.audit.append(Event.SPEND_WITHOUT_BUDGET, job=job_id, round=round_)
-        if release.debit_id:  # after the debit committed: a crash before this only over-counts
-            self.kept.keep(job_id, round_, release, chain)
         return release
 
     def discard(self, release: Release, job_id: str, round_: int) -> None:

@@ -338,13 +338,15 @@ class Ledger:
 
     # -- writing ------------------------------------------------------------------------------------
 
-    def debit(self, job: str, round: int, spends: Iterable[Spend]) -> str:
+    def debit(self, job: str, round: int, spends: Iterable[Spend], debit_id: str | None = None) -> str:
         """Record ``spends`` for ``(job, round)`` in one committed transaction; returns the debit id.
 
+        ``debit_id``: chosen by the caller when something must name the debit before it commits (the
+        agent's kept release, written first so that a crash right after the commit still has it).
         Raises :class:`BudgetExhausted` and records nothing if the total would pass the budget.
         """
         spends = list(spends)
-        debit_id = uuid.uuid4().hex
+        debit_id = debit_id or uuid.uuid4().hex
         with self._tx() as cur:
             # what other admitted jobs may still spend is held for them: this job cannot take it
             c = self._projection(cur, job, spends)

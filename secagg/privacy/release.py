@@ -8,7 +8,8 @@ there is nothing to upload. After the upload is acknowledged, ``ledger.mark_rele
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ def prepare_release(
     training_spends: Iterable[Spend] = (),
     *,
     dst: Path | None = None,
+    before_debit: Callable[[Release], None] | None = None,
 ) -> Release:
     """Invariant 3: a site uploads only after every filter its policy requires has been applied and its
     privacy budget has been debited durably; an exhausted budget refuses the round.
@@ -67,7 +69,14 @@ def prepare_release(
         filtered, spends = apply_chain(chain, update, rng)
     all_spends = [*training_spends, *spends]
     try:
-        debit_id = ledger.debit(job, round, all_spends) if ledger is not None else ""
+        if ledger is None:
+            return Release(filtered, all_spends, "")
+        # the debit's id is chosen first, so ``before_debit`` can keep the release under it before the
+        # commit: a crash right after the commit then finds it (never a debit with nothing to resend)
+        debit_id = uuid.uuid4().hex
+        if before_debit is not None:
+            before_debit(Release(filtered, all_spends, debit_id))
+        ledger.debit(job, round, all_spends, debit_id=debit_id)
     except BaseException:
         if dst is not None:
             dst.unlink(missing_ok=True)

@@ -157,3 +157,40 @@ def test_without_a_budget_nothing_is_kept(tmp_path: Path) -> None:
     rel = _releaser(tmp_path)
     rel.release(_adm(GAUSS), _policy(None), "job", 1, _update(tmp_path), [])
     assert not rel.kept.path("job", 1).exists()
+
+
+def test_a_crash_the_moment_the_debit_commits_still_finds_the_kept_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The release is kept before the debit commits (under the debit's id): an agent killed right after
+    the commit (another job's thread dying took it, RELIABILITY.md F13) resends it, no second debit."""
+    policy = _policy({"epsilon": 50.0, "delta": 1e-3})
+    rel = _releaser(tmp_path)
+    real = Ledger.debit
+
+    class Killed(BaseException):
+        pass
+
+    def commit_then_die(self: Ledger, *a: Any, **k: Any) -> str:
+        real(self, *a, **k)
+        raise Killed  # the process is gone between the commit and anything after it
+
+    monkeypatch.setattr(Ledger, "debit", commit_then_die)
+    with pytest.raises(Killed):
+        rel.release(_adm(GAUSS), policy, "job", 2, _update(tmp_path), [])
+    monkeypatch.setattr(Ledger, "debit", real)
+    rel.close()
+    again = _releaser(tmp_path)
+    second = again.release(_adm(GAUSS), policy, "job", 2, _update(tmp_path), [])
+    assert again.ledger is not None
+    (debit,) = {e.debit_id for e in again.ledger.entries()}
+    assert second.debit_id == debit  # the committed debit, reused: one debit for the round
+    assert second.update.path == again.kept.path("job", 2)
+
+
+def test_a_refused_debit_leaves_no_kept_release(tmp_path: Path) -> None:
+    policy = _policy({"epsilon": 0.01, "delta": 1e-3})
+    rel = _releaser(tmp_path)
+    with pytest.raises(BudgetExhausted):
+        rel.release(_adm(GAUSS), policy, "job", 2, _update(tmp_path), [])
+    assert not rel.kept.path("job", 2).exists()
