@@ -3,7 +3,11 @@ in a thread (training scripts still run as subprocesses), all over mTLS on 127.0
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -16,6 +20,7 @@ import yaml
 from secagg.agent.site import SiteAgent
 from secagg.aggregator.service import AggregatorServer
 from secagg.bundle import from_safetensors, to_safetensors
+from secagg.chaos.shim import ENV_KILL, ENV_MARK
 from secagg.commands._jobs import submit_verified
 from secagg.jobs.sign import sign_job
 from secagg.provision.kit import load_kit
@@ -165,3 +170,20 @@ def start(
         run.threads[s] = threading.Thread(target=go, name=s, daemon=True)
         run.threads[s].start()
     return run
+
+
+def killable(tmp: Path, argv: list[str], log: Path, kill: str | None) -> subprocess.Popen[bytes]:
+    """``secagg ARGV`` as a process in a session of its own (so a group kill takes its workers too),
+    output to ``log``; with ``kill`` (``POINT@ROUND``) under the chaos shim, which marks the point in
+    ``tmp/kills.txt`` and kills itself there (secagg.chaos.shim)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env.pop(ENV_KILL, None)
+    if kill:
+        env[ENV_KILL], env[ENV_MARK] = kill, str(tmp / "kills.txt")
+    cmd = [sys.executable, "-m", "secagg.chaos.shim" if kill else "secagg.cli", *argv]
+    out = log.open("wb")
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def audit_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]

@@ -11,18 +11,15 @@ release, it is never debited again), within its budget; every site holds each jo
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -30,10 +27,16 @@ import pytest
 from secagg.agent.site import SiteAgent
 from secagg.aggregator.admin_client import AdminClient
 from secagg.bundle import from_safetensors
-from secagg.chaos.shim import ENV_KILL, ENV_MARK
 from secagg.privacy.ledger import Ledger
 from secagg.provision.kit import load_kit
-from tests.integration.harness import SAMPLES, TEST_POLICY, make_tiny_job, write_policies
+from tests.integration.harness import (
+    SAMPLES,
+    TEST_POLICY,
+    audit_lines,
+    killable,
+    make_tiny_job,
+    write_policies,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -52,19 +55,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _audit(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines()]
-
-
 def _aggregator(tmp: Path, port: int, job: Path, n: int, kill: str | None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    env.pop(ENV_KILL, None)
-    if kill:
-        env[ENV_KILL], env[ENV_MARK] = kill, str(tmp / "kills.txt")
-    cmd = [
-        sys.executable,
-        "-m",
-        "secagg.chaos.shim" if kill else "secagg.cli",
+    argv = [
         "aggregator",
         "serve",
         "--kit",
@@ -79,8 +71,7 @@ def _aggregator(tmp: Path, port: int, job: Path, n: int, kill: str | None) -> su
         str(port),
         "--exit-when-done",
     ]
-    log = (tmp / f"aggregator.{n}.log").open("wb")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return killable(tmp, argv, tmp / f"aggregator.{n}.log", kill)
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float, tmp: Path, n: int) -> int:
@@ -164,7 +155,7 @@ def test_kill_9_of_the_aggregator_with_two_jobs_running(tmp_path: Path, workspac
         for a in agents.values():
             a.close()
 
-    events = _audit(tmp_path / "state" / "aggregator" / "audit.jsonl")
+    events = audit_lines(tmp_path / "state" / "aggregator" / "audit.jsonl")
     ids = {e["job"].rsplit("-", 1)[0]: e["job"] for e in events if e["event"] == "job_started"}
     assert sorted(ids) == sorted(JOBS)
     resumed = Counter(e["job"] for e in events if e["event"] == "job_resumed")

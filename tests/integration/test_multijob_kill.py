@@ -15,26 +15,31 @@ model.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from secagg.bundle import from_safetensors
-from secagg.chaos.shim import ENV_KILL, ENV_MARK
 from secagg.commands._jobs import submit_verified
 from secagg.privacy.accounting import compose
 from secagg.privacy.ledger import Ledger
 from secagg.privacy.specs import GaussianSpec, worst_case_spends
 from secagg.provision.kit import load_kit
-from tests.integration.harness import INIT, SAMPLES, TEST_POLICY, make_tiny_job, start, write_policies
+from tests.integration.harness import (
+    INIT,
+    SAMPLES,
+    TEST_POLICY,
+    audit_lines,
+    killable,
+    make_tiny_job,
+    start,
+    write_policies,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -60,19 +65,8 @@ def _modes(policy: str) -> str:
     return policy.replace("modes: [plain, he]", "modes: [plain, he, mask]")
 
 
-def _audit(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines()]
-
-
 def _agent(tmp: Path, port: int, policy: Path, n: int, kill: str | None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    env.pop(ENV_KILL, None)
-    if kill:
-        env[ENV_KILL], env[ENV_MARK] = kill, str(tmp / "kills.txt")
-    cmd = [
-        sys.executable,
-        "-m",
-        "secagg.chaos.shim" if kill else "secagg.cli",
+    argv = [
         "agent",
         "run",
         "--kit",
@@ -86,8 +80,7 @@ def _agent(tmp: Path, port: int, policy: Path, n: int, kill: str | None) -> subp
         "--target",
         f"127.0.0.1:{port}",
     ]
-    log = (tmp / f"site-3.{n}.log").open("wb")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return killable(tmp, argv, tmp / f"site-3.{n}.log", kill)
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float, tmp: Path, n: int) -> int:
@@ -148,7 +141,7 @@ def test_kill_9_with_two_jobs_on_one_data_set(tmp_path: Path, workspace: Path, p
                 p.wait(30)
         run.stop()
 
-    audit = _audit(tmp_path / "state" / "site-3" / "audit.jsonl")
+    audit = audit_lines(tmp_path / "state" / "site-3" / "audit.jsonl")
     assert Counter(e["event"] for e in audit)["job_admitted"] == 4  # both jobs, before and after the kill
     assert not [e for e in audit if e["event"] in ("job_refused", "round_declined")]
     want = sorted((ids[n], r) for n, rounds in JOBS.items() for r in range(1, rounds + 1))
