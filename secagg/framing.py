@@ -57,3 +57,15 @@ def count_records(fh: BinaryIO) -> int:
             raise UpdateRejected("record stream cut inside a record", code=Reason.TRUNCATED)
         fh.seek(pos + n)
         count += 1
+
+
+def rechunk(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The bytes of ``pieces`` in chunks of ``size`` (the last one shorter), however they were cut."""
+    buf = bytearray()
+    for piece in pieces:
+        buf += piece
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)

@@ -39,7 +39,7 @@ import hmac
 import io
 import json
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secagg.errors import IntegrityError
+from secagg.framing import rechunk
 from secagg.he.custody import SUITE
 from secagg.reasons import Reason
 
@@ -253,18 +254,6 @@ def seal_stream(
     return dataclasses.replace(env, sig=sig)
 
 
-def _rechunk(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """The ciphertext in chunks of ``size`` (the last shorter), however it was cut on the wire."""
-    buf = bytearray()
-    for piece in pieces:
-        buf += piece
-        while len(buf) >= size:
-            yield bytes(buf[:size])
-            del buf[:size]
-    if buf:
-        yield bytes(buf)
-
-
 def open_stream(
     env: Envelope,
     pieces: Iterable[bytes],
@@ -294,7 +283,7 @@ def open_stream(
     aead, aad, digest = AESGCM(key), _aad(project, job, env.sender, me, env.plain_bytes), hashlib.sha256()
     chunks = max(1, -(-env.plain_bytes // SEAL_CHUNK))
     written = 0
-    for index, ct in enumerate(_rechunk(pieces, SEAL_CHUNK + TAG)):
+    for index, ct in enumerate(rechunk(pieces, SEAL_CHUNK + TAG)):
         if index >= chunks:
             raise EnvelopeError(f"sealed local model from {env.sender} runs past its {chunks} chunks")
         digest.update(ct)

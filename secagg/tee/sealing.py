@@ -32,6 +32,7 @@ import rfc8785
 from cryptography.exceptions import InvalidTag
 
 from secagg.errors import UpdateRejected
+from secagg.framing import rechunk
 from secagg.reasons import Reason
 from secagg.tee import suites
 
@@ -110,17 +111,6 @@ def plaintext_per_chunk(suite: str, chunk_size: int = MAX_CHUNK) -> int:
     return room
 
 
-def _recut(payload: Iterable[bytes], size: int) -> Iterator[bytes]:
-    buf = bytearray()
-    for piece in payload:
-        buf += piece
-        while len(buf) >= size:
-            yield bytes(buf[:size])
-            del buf[:size]
-    if buf:
-        yield bytes(buf)
-
-
 def seal_chunks(
     payload: bytes | Iterable[bytes],
     public_key: suites.PublicKey,
@@ -146,10 +136,10 @@ def seal_chunks(
             raise ValueError(f"size {size} differs from the payload's {data.nbytes} bytes")
         size, pieces = data.nbytes, (data[i : i + per] for i in range(0, data.nbytes, per))
     elif size is None:
-        held = list(_recut(payload, per))
+        held = list(rechunk(payload, per))
         size, pieces = sum(len(p) for p in held), iter(held)
     else:
-        pieces = _recut(payload, per)
+        pieces = rechunk(payload, per)
     if size < 0:
         raise ValueError("size must be >= 0")
     total = max(1, -(-size // per))
