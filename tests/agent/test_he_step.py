@@ -17,20 +17,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from secagg.agent.modes import ModeContext, Task
+from secagg.agent.modes import Task
 from secagg.agent.modes.he import HeMode
 from secagg.agent.protect import protect_he
 from secagg.agent.state import SiteState
-from secagg.auditlog import AuditLog
 from secagg.bundle import BundleSpec, from_safetensors, to_safetensors
 from secagg.errors import UpdateRejected
 from secagg.framing import unframe
-from secagg.he import store as he_store
 from secagg.he.codec import decrypt_vector
 from secagg.he.context import SecretContext, make_secret_context
 from secagg.he.params import SECAGG_DEFAULT
 from secagg.strategy import StrategyState, make_strategy
 from secagg.strategy.spec import StrategySpec
+from tests.agent.he_site import he_site
 
 RNG = np.random.default_rng(21)
 MODEL = OrderedDict(
@@ -55,18 +54,7 @@ def cipher(secret: SecretContext) -> dict[int, bytes]:
 
 
 def _site(root: Path, secret: SecretContext) -> tuple[HeMode, SiteState]:
-    state = SiteState(root / "state")
-    he_store.save_secret_context(state.root / "he-secret.ctx", secret)
-    state.save_global("j", 1, to_safetensors(MODEL, order=SPEC.names))
-    ctx = ModeContext(
-        kit=SimpleNamespace(name="site-2"),  # type: ignore[arg-type]
-        state=state,
-        relay=None,  # type: ignore[arg-type]
-        audit=AuditLog(root / "audit.jsonl"),
-        target="127.0.0.1:1",
-        load_policy=lambda: None,  # type: ignore[arg-type, return-value]
-    )
-    return HeMode(ctx), state
+    return he_site(root, secret, MODEL)
 
 
 def _task(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -187,3 +188,15 @@ def killable(tmp: Path, argv: list[str], log: Path, kill: str | None) -> subproc
 
 def audit_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def wait_or_kill(proc: subprocess.Popen[bytes], timeout: float, log: Path, what: str) -> int:
+    """``proc``'s exit code; past ``timeout`` its whole session is killed (the process and its
+    training workers) and the test fails with the tail of ``log``."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        tail = log.read_text(errors="replace")[-3000:]
+        raise AssertionError(f"{what} did not finish in {timeout:.0f} s:\n{tail}") from None

@@ -35,6 +35,7 @@ from tests.integration.harness import (
     audit_lines,
     killable,
     make_tiny_job,
+    wait_or_kill,
     write_policies,
 )
 
@@ -75,13 +76,7 @@ def _aggregator(tmp: Path, port: int, job: Path, n: int, kill: str | None) -> su
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float, tmp: Path, n: int) -> int:
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        tail = (tmp / f"aggregator.{n}.log").read_text(errors="replace")[-3000:]
-        raise AssertionError(f"the aggregator (run {n}) did not finish in {timeout:.0f} s:\n{tail}") from None
+    return wait_or_kill(proc, timeout, tmp / f"aggregator.{n}.log", f"the aggregator (run {n})")
 
 
 def _submit(tmp: Path, port: int, job: Path) -> str:

@@ -38,6 +38,7 @@ from tests.integration.harness import (
     killable,
     make_tiny_job,
     start,
+    wait_or_kill,
     write_policies,
 )
 
@@ -84,13 +85,7 @@ def _agent(tmp: Path, port: int, policy: Path, n: int, kill: str | None) -> subp
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float, tmp: Path, n: int) -> int:
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the agent and its training workers
-        proc.wait(30)
-        tail = (tmp / f"site-3.{n}.log").read_text(errors="replace")[-3000:]
-        raise AssertionError(f"site-3 (run {n}) did not finish in {timeout:.0f} s:\n{tail}") from None
+    return wait_or_kill(proc, timeout, tmp / f"site-3.{n}.log", f"site-3 (run {n})")
 
 
 @pytest.mark.parametrize("mode", ["plain", "mask"])
