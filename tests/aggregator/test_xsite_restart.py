@@ -52,9 +52,8 @@ def _task(fed: Federation, site: str) -> dict:
     return fed.next_task(site, 1, 1, 1, wait_s=0)
 
 
-def test_a_restarted_aggregator_takes_up_the_evaluation(tmp_path: Path, workspace: Path) -> None:
-    kits = {s: load_kit(workspace / s) for s in SITES}
-    state = tmp_path / "state"
+def _at_evaluation(tmp_path: Path, workspace: Path, state: Path) -> tuple[Federation, str]:
+    """A one-round cross_site job whose round is combined: the federation is in its evaluation."""
     fed = _fed(workspace, state)
     job_id = fed.submit(write_job(tmp_path / "job", rounds=1, evaluation="cross_site"), "tester")
     open_uploads(fed, dict.fromkeys(SITES, 1 / 3))
@@ -63,6 +62,12 @@ def test_a_restarted_aggregator_takes_up_the_evaluation(tmp_path: Path, workspac
         fed.accept_upload(s, header(fed, data), chunks(data))
     while fed.job is not None and fed.job.state == JobState.RUNNING:
         fed.step()
+    return fed, job_id
+
+
+def test_a_restarted_aggregator_takes_up_the_evaluation(tmp_path: Path, workspace: Path) -> None:
+    kits, state = {s: load_kit(workspace / s) for s in SITES}, tmp_path / "state"
+    fed, job_id = _at_evaluation(tmp_path, workspace, state)
     fed.post_final("site-1", job_id, json.dumps({"auc": 0.7}).encode())
     for s in SITES:
         _consent(fed, kits[s], job_id)
@@ -125,16 +130,8 @@ def test_a_restarted_aggregator_takes_up_the_evaluation(tmp_path: Path, workspac
 
 
 def test_a_state_file_that_does_not_load_starts_the_evaluation_again(tmp_path: Path, workspace: Path) -> None:
-    kits = {s: load_kit(workspace / s) for s in SITES}
-    state = tmp_path / "state"
-    fed = _fed(workspace, state)
-    job_id = fed.submit(write_job(tmp_path / "job", rounds=1, evaluation="cross_site"), "tester")
-    open_uploads(fed, dict.fromkeys(SITES, 1 / 3))
-    for i, s in enumerate(SITES):
-        data = to_safetensors(update(0.1, seed=i))
-        fed.accept_upload(s, header(fed, data), chunks(data))
-    while fed.job is not None and fed.job.state == JobState.RUNNING:
-        fed.step()
+    kits, state = {s: load_kit(workspace / s) for s in SITES}, tmp_path / "state"
+    fed, job_id = _at_evaluation(tmp_path, workspace, state)
     _consent(fed, kits["site-1"], job_id)
     fed.store.close()
     (state / "jobs" / job_id / "xsite" / "state.json").write_text('{"format": "something else"}')
