@@ -54,6 +54,18 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
+def _agent_against_it(tmp_path: Path, workspace: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``secagg agent run`` against the (patched) aggregator of a one-round job: its exit code and
+    the one line it printed."""
+    job = make_tiny_job(tmp_path / "job", workspace, rounds=1)
+    run = start(tmp_path, workspace, job, sites=[])
+    try:
+        rc = _agent_cli(tmp_path, run.server.port)
+    finally:
+        run.stop()
+    return rc, _one_line(capsys.readouterr().err)
+
+
 def test_an_aggregator_without_the_jobs_listing(
     tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -65,13 +77,7 @@ def test_an_aggregator_without_the_jobs_listing(
         yield from real(self, request, site, wait)
 
     monkeypatch.setattr(service.FederationService, "_collect", before_multijob)
-    job = make_tiny_job(tmp_path / "job", workspace, rounds=1)
-    run = start(tmp_path, workspace, job, sites=[])
-    try:
-        rc = _agent_cli(tmp_path, run.server.port)
-    finally:
-        run.stop()
-    line = _one_line(capsys.readouterr().err)
+    rc, line = _agent_against_it(tmp_path, workspace, capsys)
     assert rc == 1
     assert line.startswith("secagg: aggregator_too_old: the aggregator predates several jobs at once")
     assert "upgrade it" in line
@@ -86,12 +92,6 @@ def test_a_task_without_a_job_id(
         return {"kind": "train", "round": 1, "attempt": 1}
 
     monkeypatch.setattr(Relay, "fetch_task_to", old_header)
-    job = make_tiny_job(tmp_path / "job", workspace, rounds=1)
-    run = start(tmp_path, workspace, job, sites=[])
-    try:
-        rc = _agent_cli(tmp_path, run.server.port)
-    finally:
-        run.stop()
-    line = _one_line(capsys.readouterr().err)
+    rc, line = _agent_against_it(tmp_path, workspace, capsys)
     assert rc == 1
     assert line.startswith("secagg: aggregator_too_old:") and "'train' task without a job id" in line
