@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run_serve(args: argparse.Namespace) -> int:
     from secagg.aggregator.service import AggregatorServer
     from secagg.commands._jobs import submit_verified
+    from secagg.malloc import limit_arenas
 
+    limit_arenas()  # before the server's threads: peak memory flat in the number of sites
     kit = load_kit(args.kit, kind="aggregator")
     state = args.state or Path("state") / kit.name
     server = AggregatorServer(kit, state, port=args.port, host=args.host, enclave=_enclave(args, state))
