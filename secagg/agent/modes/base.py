@@ -10,6 +10,7 @@ release) is the same for every mode and lives in :mod:`secagg.agent.site`.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,8 +146,10 @@ class StoredGlobal:
 def upload(ctx: ModeContext, out: Outgoing, mode: str, parts: Iterable[bytes]) -> Sent:
     """One upload of frames as made. The header needs the upload's size before its first byte, so the
     frames are spooled to a file in the job's folder as they are made (a large update is never held
-    whole, not even as a list of pieces), then streamed from it in transport-sized pieces."""
-    spool = ctx.state.job_dir(out.job_id) / f".upload-{out.round}-{out.attempt}.tmp"
+    whole, not even as a list of pieces), then streamed from it in transport-sized pieces. The spool
+    is named as atomic writes name their temporary files, so that one left by a kill mid-upload is
+    swept when the agent starts again (:func:`secagg.fsio.remove_stale_temps`)."""
+    spool = ctx.state.job_dir(out.job_id) / f".upload-{out.round}-{out.attempt}.{secrets.token_hex(8)}.tmp"
     try:
         size = 0
         fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
