@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +156,17 @@ def test_aggregator_partitions_cut_the_aggregator_and_keep_every_site_required()
     # "longer than the round timeout": the cut outlasts it, so the round is retried, not given up
     timeout = runs[2].spec
     assert timeout.partition_s is not None and timeout.partition_s > timeout.round_timeout
+
+
+def test_the_command_refuses_slow_link_without_nft_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from secagg.cli import main
+
+    monkeypatch.setattr(loss.shutil, "which", lambda name: None)
+    out = tmp_path / "out"
+    rc = main(["chaos", "--scenario", "slow-link", "--modes", "plain", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "slow-link cannot run here" in err[0]
+    assert not out.exists()  # nothing half-written
