@@ -44,6 +44,9 @@ class RunSpec:
     #: seconds the target's link is cut (its own network namespace), from the end of round 1; the
     #: target may be the aggregator: then every site loses it at once
     partition_s: float | None = None
+    #: when the cut begins: once round 1 has completed (between rounds), or at round 2's roster
+    #: (``"roster"``: the sites training, their uploads still to come, so the round can time out)
+    partition_at: str = "round_completed"
     #: a slow, lossy link for the target site (:mod:`secagg.chaos.slow`): seconds of delay each way
     delay_s: float | None = None
     #: and the percentage of its packets dropped each way (with ``delay_s``)
@@ -133,11 +136,12 @@ def _maps_torch(pid: int) -> bool:
         return False
 
 
-def _partition(link: net.Link, seconds: float, out: Path, started: float, result: Outcome, log) -> None:  # noqa: ANN001
-    """Cut the link once round 1 has completed; mend it ``seconds`` later."""
+def _partition(link: net.Link, spec: RunSpec, out: Path, started: float, result: Outcome, log) -> None:  # noqa: ANN001
+    """Cut the link once round 1 has completed (or at round 2's roster); mend it ``partition_s`` later."""
     now = time.monotonic() - started
+    seconds = spec.partition_s or 0.0
     if not result.partition:
-        if _round_completed(out):
+        if _round_completed(out) if spec.partition_at == "round_completed" else _roster(out, 2):
             link.cut()
             result.partition.append(now)
             log(f"    {link.ns}: link cut for {seconds:.0f} s")
@@ -145,6 +149,13 @@ def _partition(link: net.Link, seconds: float, out: Path, started: float, result
         link.mend()
         result.partition.append(now)
         log(f"    {link.ns}: link mended")
+
+
+def _roster(out: Path, round_: int) -> bool:
+    """The aggregator has logged the roster of ``round_`` (the sites are told to train)."""
+    agg_log = out / "state" / "aggregator" / "audit.jsonl"
+    text = agg_log.read_text(errors="replace") if agg_log.is_file() else ""
+    return any('"event":"roster"' in x and f'"round":{round_},' in x for x in text.splitlines())
 
 
 def _round_completed(out: Path) -> bool:
@@ -189,6 +200,8 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
         big=spec.big,
     )
     prepare_job(src, out / "job", n_sites=spec.sites)
+    if spec.partition_at not in ("round_completed", "roster"):
+        raise ValueError(f"unknown partition_at {spec.partition_at!r}")
     if spec.target == "aggregator" and spec.delay_s is not None:
         raise ValueError("a slow link is a site's (target a site)")
     link = net.Link.make("chaos") if spec.partition_s is not None or spec.delay_s is not None else None
@@ -286,7 +299,7 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
                 maps_at = time.monotonic()
                 result.torch_loaded = _maps_torch(procs["aggregator"].pid)
             if link is not None and spec.partition_s is not None:
-                _partition(link, spec.partition_s, out, started, result, log)
+                _partition(link, spec, out, started, result, log)
             if disk is not None and spec.disk_full_s is not None:
                 _disk_full(disk, spec.disk_full_s, out, started, result, log)
             for name, p in list(procs.items()):

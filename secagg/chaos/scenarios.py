@@ -30,19 +30,27 @@ class Partition:
     #: whether the rounds may go on without the cut node (min_sites one less than every site)
     go_on: bool
     target: str = "site-2"
+    #: when the cut begins (:attr:`secagg.chaos.run.RunSpec.partition_at`)
+    at: str = "round_completed"
+    #: seconds each site's training sleeps (with ``at="roster"``: the cut lands before the uploads)
+    sleep: float = 0.0
 
 
 #: a site's partition (site-2) and the aggregator's. The aggregator's cut takes every site away at
-#: once, so going on without it is impossible: past the round timeout the aggregator retries the
-#: round (``round_retry``, backing off to 10 s between attempts) until the link is back, every site
-#: still required, and nothing is lost (RELIABILITY.md, "A partition of the aggregator")
+#: once, so going on without one is no remedy: every site stays required. Cut between rounds (10 s,
+#: 60 s) the next round waits for its readies, which have no timeout; cut for longer than the round
+#: timeout while the sites train (at round 2's roster), the round's uploads time out, the aggregator
+#: retries the round (``round_retry``) and the new attempt waits for the sites to come back: nothing
+#: is lost (RELIABILITY.md, "A partition of the aggregator and a slow, lossy link")
 PARTITIONS = {
     "partition-10s": Partition(10.0, 30.0, go_on=False),
     "partition-60s": Partition(60.0, 30.0, go_on=False),
     "partition-timeout": Partition(45.0, 15.0, go_on=True),
     "partition-aggregator-10s": Partition(10.0, 30.0, go_on=False, target="aggregator"),
     "partition-aggregator-60s": Partition(60.0, 30.0, go_on=False, target="aggregator"),
-    "partition-aggregator-timeout": Partition(45.0, 15.0, go_on=False, target="aggregator"),
+    "partition-aggregator-timeout": Partition(
+        45.0, 15.0, go_on=False, target="aggregator", at="roster", sleep=1.0
+    ),
 }
 #: slow-link: issue #18's ``netem delay 200ms loss 2%`` for site-2, each way (without netem:
 #: :mod:`secagg.chaos.slow`); the round timeout leaves room for a 0.4 s round trip per call
@@ -114,11 +122,14 @@ def plan(
                     rounds,
                     target=part.target,
                     partition_s=part.cut_s,
+                    partition_at=part.at,
+                    sleep=part.sleep,
                     round_timeout=part.round_timeout,
                     min_sites=sites - 1 if part.go_on else None,
                     timeout=300.0 + part.cut_s,
                 )
-                out.append(Planned(sc, f"{part.cut_s:.0f} s cut", spec))
+                where = " at roster 2" if part.at == "roster" else ""
+                out.append(Planned(sc, f"{part.cut_s:.0f} s cut{where}", spec))
             elif sc == "slow-link":
                 spec = RunSpec(
                     mode,

@@ -153,9 +153,26 @@ def test_aggregator_partitions_cut_the_aggregator_and_keep_every_site_required()
         ("aggregator", 60.0, None),
         ("aggregator", 45.0, None),
     ]
-    # "longer than the round timeout": the cut outlasts it, so the round is retried, not given up
+    # "longer than the round timeout": cut while the sites train, for longer than the round timeout,
+    # so the round's uploads time out and the round is retried, not given up
     timeout = runs[2].spec
     assert timeout.partition_s is not None and timeout.partition_s > timeout.round_timeout
+    assert (timeout.partition_at, runs[2].label) == ("roster", "45 s cut at roster 2")
+    assert timeout.sleep > 0 and {p.spec.partition_at for p in runs[:2]} == {"round_completed"}
+
+
+def test_the_cut_at_a_roster_waits_for_that_rounds_roster(tmp_path: Path) -> None:
+    from secagg.chaos.run import _roster
+
+    log = tmp_path / "state" / "aggregator" / "audit.jsonl"
+    log.parent.mkdir(parents=True)
+    assert not _roster(tmp_path, 2)
+    log.write_text(
+        '{"attempt":1,"event":"roster","round":1,"seq":3}\n{"event":"site_ready","round":2,"seq":4}\n'
+    )
+    assert not _roster(tmp_path, 2)
+    log.write_text(log.read_text() + '{"attempt":1,"event":"roster","round":2,"seq":5}\n')
+    assert _roster(tmp_path, 2)
 
 
 def test_the_command_refuses_slow_link_without_nft_in_one_line(
