@@ -44,9 +44,12 @@ class RunSpec:
     #: seconds the target's link is cut (its own network namespace), from the end of round 1; the
     #: target may be the aggregator: then every site loses it at once
     partition_s: float | None = None
-    #: when the cut begins: once round 1 has completed (between rounds), or at round 2's roster
-    #: (``"roster"``: the sites training, their uploads still to come, so the round can time out)
+    #: when the cut begins: once round 1 has completed (between rounds), or once every site but the
+    #: last has posted its ready of round 2 (``"readies"``; the last site trains ``slow_last_s`` longer):
+    #: the round then has readies but no uploads, so it can time out and be retried
     partition_at: str = "round_completed"
+    #: seconds the last site trains longer than the others
+    slow_last_s: float = 0.0
     #: a slow, lossy link for the target site (:mod:`secagg.chaos.slow`): seconds of delay each way
     delay_s: float | None = None
     #: and the percentage of its packets dropped each way (with ``delay_s``)
@@ -141,7 +144,11 @@ def _partition(link: net.Link, spec: RunSpec, out: Path, started: float, result:
     now = time.monotonic() - started
     seconds = spec.partition_s or 0.0
     if not result.partition:
-        if _round_completed(out) if spec.partition_at == "round_completed" else _roster(out, 2):
+        if (
+            _round_completed(out)
+            if spec.partition_at == "round_completed"
+            else _readies(out, 2) >= spec.sites - 1
+        ):
             link.cut()
             result.partition.append(now)
             log(f"    {link.ns}: link cut for {seconds:.0f} s")
@@ -151,11 +158,11 @@ def _partition(link: net.Link, spec: RunSpec, out: Path, started: float, result:
         log(f"    {link.ns}: link mended")
 
 
-def _roster(out: Path, round_: int) -> bool:
-    """The aggregator has logged the roster of ``round_`` (the sites are told to train)."""
+def _readies(out: Path, round_: int) -> int:
+    """How many sites the aggregator has logged as ready for ``round_`` (any attempt)."""
     agg_log = out / "state" / "aggregator" / "audit.jsonl"
     text = agg_log.read_text(errors="replace") if agg_log.is_file() else ""
-    return any('"event":"roster"' in x and f'"round":{round_},' in x for x in text.splitlines())
+    return sum('"event":"site_ready"' in x and f'"round":{round_},' in x for x in text.splitlines())
 
 
 def _round_completed(out: Path) -> bool:
@@ -198,9 +205,11 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
         sleep=spec.sleep,
         evaluation=spec.evaluation,
         big=spec.big,
+        slow_site=spec.names[-1] if spec.slow_last_s else None,
+        slow_s=spec.slow_last_s,
     )
     prepare_job(src, out / "job", n_sites=spec.sites)
-    if spec.partition_at not in ("round_completed", "roster"):
+    if spec.partition_at not in ("round_completed", "readies"):
         raise ValueError(f"unknown partition_at {spec.partition_at!r}")
     if spec.target == "aggregator" and spec.delay_s is not None:
         raise ValueError("a slow link is a site's (target a site)")

@@ -32,16 +32,18 @@ class Partition:
     target: str = "site-2"
     #: when the cut begins (:attr:`secagg.chaos.run.RunSpec.partition_at`)
     at: str = "round_completed"
-    #: seconds each site's training sleeps (with ``at="roster"``: the cut lands before the uploads)
-    sleep: float = 0.0
+    #: seconds the last site trains longer (with ``at="readies"``: the cut lands between the others'
+    #: readies and its own)
+    slow_last_s: float = 0.0
 
 
 #: a site's partition (site-2) and the aggregator's. The aggregator's cut takes every site away at
-#: once, so going on without one is no remedy: every site stays required. Cut between rounds (10 s,
-#: 60 s) the next round waits for its readies, which have no timeout; cut for longer than the round
-#: timeout while the sites train (at round 2's roster), the round's uploads time out, the aggregator
-#: retries the round (``round_retry``) and the new attempt waits for the sites to come back: nothing
-#: is lost (RELIABILITY.md, "A partition of the aggregator and a slow, lossy link")
+#: once. Cut between rounds (10 s, 60 s, every site required) the next round waits for its readies:
+#: a round with fewer than min_sites readies has no timeout, nothing to retry. Cut for longer than
+#: the round timeout once all sites but the slow last one are ready for round 2 (min_sites one less
+#: than every site): past the timeout the roster names the ready sites, their uploads cannot come,
+#: the round times out and is retried (``round_retry``), and the new attempt waits for the sites to
+#: come back: nothing is lost (RELIABILITY.md, "A partition of the aggregator and a slow, lossy link")
 PARTITIONS = {
     "partition-10s": Partition(10.0, 30.0, go_on=False),
     "partition-60s": Partition(60.0, 30.0, go_on=False),
@@ -49,7 +51,7 @@ PARTITIONS = {
     "partition-aggregator-10s": Partition(10.0, 30.0, go_on=False, target="aggregator"),
     "partition-aggregator-60s": Partition(60.0, 30.0, go_on=False, target="aggregator"),
     "partition-aggregator-timeout": Partition(
-        45.0, 15.0, go_on=False, target="aggregator", at="roster", sleep=1.0
+        45.0, 15.0, go_on=True, target="aggregator", at="readies", slow_last_s=3.0
     ),
 }
 #: slow-link: issue #18's ``netem delay 200ms loss 2%`` for site-2, each way (without netem:
@@ -123,12 +125,12 @@ def plan(
                     target=part.target,
                     partition_s=part.cut_s,
                     partition_at=part.at,
-                    sleep=part.sleep,
+                    slow_last_s=part.slow_last_s,
                     round_timeout=part.round_timeout,
                     min_sites=sites - 1 if part.go_on else None,
                     timeout=300.0 + part.cut_s,
                 )
-                where = " at roster 2" if part.at == "roster" else ""
+                where = " at ready 2" if part.at == "readies" else ""
                 out.append(Planned(sc, f"{part.cut_s:.0f} s cut{where}", spec))
             elif sc == "slow-link":
                 spec = RunSpec(

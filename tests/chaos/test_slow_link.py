@@ -151,39 +151,44 @@ def test_aggregator_partitions_cut_the_aggregator_and_keep_every_site_required()
     assert [(p.spec.target, p.spec.partition_s, p.spec.min_sites) for p in runs] == [
         ("aggregator", 10.0, None),
         ("aggregator", 60.0, None),
-        ("aggregator", 45.0, None),
+        ("aggregator", 45.0, 2),
     ]
     # "longer than the round timeout": cut while the sites train, for longer than the round timeout,
     # so the round's uploads time out and the round is retried, not given up
     timeout = runs[2].spec
     assert timeout.partition_s is not None and timeout.partition_s > timeout.round_timeout
-    assert (timeout.partition_at, runs[2].label) == ("roster", "45 s cut at roster 2")
-    assert timeout.sleep > 0 and {p.spec.partition_at for p in runs[:2]} == {"round_completed"}
+    assert (timeout.partition_at, runs[2].label) == ("readies", "45 s cut at ready 2")
+    assert timeout.slow_last_s > 0 and {p.spec.partition_at for p in runs[:2]} == {"round_completed"}
 
 
-def test_the_cut_at_a_roster_waits_for_that_rounds_roster(tmp_path: Path) -> None:
-    from secagg.chaos.run import _roster
+def test_the_cut_at_ready_counts_that_rounds_readies(tmp_path: Path) -> None:
+    from secagg.chaos.run import _readies
 
     log = tmp_path / "state" / "aggregator" / "audit.jsonl"
     log.parent.mkdir(parents=True)
-    assert not _roster(tmp_path, 2)
+    assert _readies(tmp_path, 2) == 0
     log.write_text(
-        '{"attempt":1,"event":"roster","round":1,"seq":3}\n{"event":"site_ready","round":2,"seq":4}\n'
+        '{"event":"site_ready","round":1,"site":"site-1"}\n{"event":"roster","round":2,"seq":4}\n'
+        '{"event":"site_ready","round":2,"site":"site-1"}\n{"event":"site_ready","round":12,"site":"site-2"}\n'
     )
-    assert not _roster(tmp_path, 2)
-    log.write_text(log.read_text() + '{"attempt":1,"event":"roster","round":2,"seq":5}\n')
-    assert _roster(tmp_path, 2)
+    assert _readies(tmp_path, 2) == 1
 
 
-def test_the_command_refuses_slow_link_without_nft_in_one_line(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from secagg.cli import main
+def test_a_slow_last_site_trains_longer_in_the_job(tmp_path: Path) -> None:
+    import yaml
 
-    monkeypatch.setattr(loss.shutil, "which", lambda name: None)
-    out = tmp_path / "out"
-    rc = main(["chaos", "--scenario", "slow-link", "--modes", "plain", "--out", str(out)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1, err
-    assert "slow-link cannot run here" in err[0]
-    assert not out.exists()  # nothing half-written
+    from secagg.chaos import job
+
+    job.write_job(
+        tmp_path / "j",
+        mode="plain",
+        rounds=1,
+        min_sites=2,
+        round_timeout=5,
+        sleep=0,
+        slow_site="site-3",
+        slow_s=3.0,
+    )
+    params = yaml.safe_load((tmp_path / "j" / "job.yaml").read_text())["params"]
+    assert params == {"sleep": 0, "slow_site": "site-3", "slow_s": 3.0}
+    assert 'task.params.get("slow_site")' in (tmp_path / "j" / "train.py").read_text()
