@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint proto bench clean chaos chaos-ci fuzz
+.PHONY: demo test lint proto bench clean chaos chaos-ci chaos-tools fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,13 +33,24 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/secagg bench $(ARGS)
 
-# the fault and load harness (issue #18, RELIABILITY.md): every kill point in every mode, then the load
-chaos: $(STAMP)
+# the fault and load harness (issue #18, RELIABILITY.md): every kill point in every mode, the load, then
+# the network faults (last: they need root and network namespaces, and refuse with one line without)
+NET_SCENARIOS := partition-10s partition-60s partition-timeout partition-aggregator-10s \
+  partition-aggregator-60s partition-aggregator-timeout slow-link
+chaos: $(STAMP) chaos-tools
 	$(VENV)/bin/secagg chaos --scenario baseline --scenario kill-aggregator --scenario kill-site --out chaos-out/faults $(ARGS)
 	$(VENV)/bin/secagg chaos --scenario disk-full --scenario clock-skew --out chaos-out/disk-clock $(ARGS)
 	$(VENV)/bin/secagg chaos --scenario load --out chaos-out/load $(ARGS)
+	$(VENV)/bin/secagg chaos $(addprefix --scenario ,$(NET_SCENARIOS)) --out chaos-out/net $(ARGS)
 
-# its CI subset: one aggregator kill and one site kill per mode, 5 sites (tests/chaos)
+# slow-link drops packets with nftables (the kernel's sch_netem, which `tc netem` needs, may be missing):
+# installed here with apt-get where it is missing and we are root; `make test` never needs it
+chaos-tools:
+	@command -v nft >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q nftables || { apt-get update -q && apt-get install -y -q nftables; }; }; } || \
+	  echo "nftables not installed (not root, or no apt-get): slow-link will refuse"
+
+# its CI subset: per mode one aggregator kill, one site kill and one 10 s site partition, 5 sites (tests/chaos)
 chaos-ci: $(STAMP)
 	SECAGG_CHAOS_CI=1 $(PY) -m pytest -q -m chaos tests/chaos $(PYTEST_ARGS)
 

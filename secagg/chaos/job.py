@@ -13,7 +13,8 @@ import yaml
 from secagg.bundle import to_safetensors
 
 #: the job's training script (loop form: one worker serves every round). ``params.sleep`` seconds of
-#: "training" give the harness a window to kill a process while the sites train.
+#: "training" give the harness a window to kill a process while the sites train; ``params.slow_site``
+#: trains ``params.slow_s`` seconds longer (a window between the others' readies and its own).
 TRAIN_PY = textwrap.dedent(
     """\
     import hashlib
@@ -42,7 +43,8 @@ TRAIN_PY = textwrap.dedent(
                 metrics["evaluator_n"] = float(n)
                 client.send(metrics=metrics)
                 continue
-            time.sleep(float(task.params.get("sleep", 0)))
+            extra = float(task.params.get("slow_s", 0)) if task.site == task.params.get("slow_site") else 0.0
+            time.sleep(float(task.params.get("sleep", 0)) + extra)
             d = delta(task.site, task.round, {k: tuple(v.shape) for k, v in g.items()})
             client.send(OrderedDict((k, v + d[k]) for k, v in g.items()), num_samples=n, metrics=metrics)
 
@@ -85,6 +87,8 @@ def write_job(
     sleep: float,
     evaluation: str = "global",
     big: int = 0,
+    slow_site: str | None = None,
+    slow_s: float = 0.0,
 ) -> Path:
     folder.mkdir(parents=True)
     (folder / "train.py").write_text(TRAIN_PY)
@@ -97,7 +101,7 @@ def write_job(
         "model": "model.safetensors",
         "entry": "train.py",
         "round_timeout": round_timeout,
-        "params": {"sleep": sleep},
+        "params": {"sleep": sleep, **({"slow_site": slow_site, "slow_s": slow_s} if slow_site else {})},
         **({"evaluation": evaluation} if evaluation != "global" else {}),
     }
     (folder / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))

@@ -1,8 +1,10 @@
 """A site behind its own network namespace and veth pair, so the harness can cut its link (``ip link
 set ... down``) without touching loopback, which other processes on the machine share.
 
-``tc netem`` (delay, loss) needs the kernel's sch_netem module; where it is missing (``Specified
-qdisc kind is unknown``) only full partitions can be run: :func:`netem_available` says which.
+The node behind the link may be a site or the aggregator (then every site loses it at once).
+``tc netem`` (delay, loss) needs the kernel's sch_netem module, often missing (``Specified qdisc kind
+is unknown``; :func:`netem_available` says which): the slow, lossy link is built without it, from
+nftables and a delay relay (:mod:`secagg.chaos.slow`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from secagg.chaos import job as chaos_job
 from secagg.chaos import net
 from secagg.chaos.disk import SmallDisk
 from secagg.chaos.shim import ENV_CLOCK, ENV_KILL, ENV_MARK, POINTS
+from secagg.chaos.slow import SlowLink
 from secagg.demo.engine import SimSite, _free_port, _start, _stop, _write_policies, dev_policy, prepare_job
 from secagg.modes import traits
 
@@ -40,8 +41,19 @@ class RunSpec:
     #: seconds each site's training sleeps (the window for a kill while sites train)
     sleep: float = 0.0
     round_timeout: float = 30.0
-    #: seconds the target site's link is cut (its own network namespace), from the end of round 1
+    #: seconds the target's link is cut (its own network namespace), from the end of round 1; the
+    #: target may be the aggregator: then every site loses it at once
     partition_s: float | None = None
+    #: when the cut begins: once round 1 has completed (between rounds), or once every site but the
+    #: last has posted its ready of round 2 (``"readies"``; the last site trains ``slow_last_s`` longer):
+    #: the round then has readies but no uploads, so it can time out and be retried
+    partition_at: str = "round_completed"
+    #: seconds the last site trains longer than the others
+    slow_last_s: float = 0.0
+    #: a slow, lossy link for the target site (:mod:`secagg.chaos.slow`): seconds of delay each way
+    delay_s: float | None = None
+    #: and the percentage of its packets dropped each way (with ``delay_s``)
+    loss_pct: int = 0
     #: the job's min_sites (default: every site)
     min_sites: int | None = None
     #: the whole run's bound; past it every process is killed and the run reported as timed out
@@ -84,6 +96,10 @@ class Outcome:
     disk_full: list[float] = field(default_factory=list)
     #: whether libtorch was ever seen mapped into the aggregator (RELIABILITY.md F6: it must not be)
     torch_loaded: bool = False
+    #: a slow link's evidence: connections through its delay relay, packets dropped and passed
+    relayed: int = 0
+    dropped: int = 0
+    passed: int = 0
 
     @property
     def state(self) -> Path:
@@ -123,11 +139,16 @@ def _maps_torch(pid: int) -> bool:
         return False
 
 
-def _partition(link: net.Link, seconds: float, out: Path, started: float, result: Outcome, log) -> None:  # noqa: ANN001
-    """Cut the link once round 1 has completed; mend it ``seconds`` later."""
+def _partition(link: net.Link, spec: RunSpec, out: Path, started: float, result: Outcome, log) -> None:  # noqa: ANN001
+    """Cut the link once round 1 has completed (or at round 2's roster); mend it ``partition_s`` later."""
     now = time.monotonic() - started
+    seconds = spec.partition_s or 0.0
     if not result.partition:
-        if _round_completed(out):
+        if (
+            _round_completed(out)
+            if spec.partition_at == "round_completed"
+            else _readies(out, 2) >= spec.sites - 1
+        ):
             link.cut()
             result.partition.append(now)
             log(f"    {link.ns}: link cut for {seconds:.0f} s")
@@ -135,6 +156,13 @@ def _partition(link: net.Link, seconds: float, out: Path, started: float, result
         link.mend()
         result.partition.append(now)
         log(f"    {link.ns}: link mended")
+
+
+def _readies(out: Path, round_: int) -> int:
+    """How many sites the aggregator has logged as ready for ``round_`` (any attempt)."""
+    agg_log = out / "state" / "aggregator" / "audit.jsonl"
+    text = agg_log.read_text(errors="replace") if agg_log.is_file() else ""
+    return sum('"event":"site_ready"' in x and f'"round":{round_},' in x for x in text.splitlines())
 
 
 def _round_completed(out: Path) -> bool:
@@ -177,15 +205,29 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
         sleep=spec.sleep,
         evaluation=spec.evaluation,
         big=spec.big,
+        slow_site=spec.names[-1] if spec.slow_last_s else None,
+        slow_s=spec.slow_last_s,
     )
     prepare_job(src, out / "job", n_sites=spec.sites)
-    link = net.Link.make("chaos") if spec.partition_s is not None else None
-    host = link.host_ip if link is not None else "127.0.0.1"
+    if spec.partition_at not in ("round_completed", "readies"):
+        raise ValueError(f"unknown partition_at {spec.partition_at!r}")
+    if spec.target == "aggregator" and spec.delay_s is not None:
+        raise ValueError("a slow link is a site's (target a site)")
+    link = net.Link.make("chaos") if spec.partition_s is not None or spec.delay_s is not None else None
+    # the aggregator behind its own link is dialled at the namespace's address (its TLS name); a site
+    # behind one dials the host side's address (through the relay, for a slow link)
+    host = "127.0.0.1" if link is None else link.site_ip if spec.target == "aggregator" else link.host_ip
+    port = _free_port()
+    slow = (
+        SlowLink(link, port, spec.delay_s, spec.loss_pct, out / "link")
+        if link is not None and spec.delay_s is not None
+        else None
+    )
     ws = out / "workspace"
     provision(
         Project(
             name=f"chaos-{spec.mode}",
-            aggregator=AggregatorSpec(host=host, port=_free_port()),
+            aggregator=AggregatorSpec(host=host, port=port),
             sites=[SiteSpec(name=n, org=f"org-{n}") for n in names],
             admins=[AdminSpec(name=SUBMITTER, org="chaos", role="lead")],
             key_holder=names[0],
@@ -213,7 +255,7 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
             "--job",
             str(out / "job"),
             "--host",
-            host,
+            "0.0.0.0" if slow is not None else host,  # noqa: S104 - the relay dials its second address
             "--exit-when-done",
             *(["--insecure-dev-tee"] if traits(spec.mode).attested else []),
         ]
@@ -250,6 +292,9 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
     if disk is not None:
         disk.__enter__()
     try:
+        if slow is not None:
+            slow.start()
+            log(f"    {slow.link.ns}: {slow.delay * 1000:.0f} ms each way, {slow.percent}% loss each way")
         faulty = spec.fault is not None
         procs["aggregator"] = start("aggregator", faulty and spec.target == "aggregator", 0)
         for n in names:
@@ -263,7 +308,7 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
                 maps_at = time.monotonic()
                 result.torch_loaded = _maps_torch(procs["aggregator"].pid)
             if link is not None and spec.partition_s is not None:
-                _partition(link, spec.partition_s, out, started, result, log)
+                _partition(link, spec, out, started, result, log)
             if disk is not None and spec.disk_full_s is not None:
                 _disk_full(disk, spec.disk_full_s, out, started, result, log)
             for name, p in list(procs.items()):
@@ -299,6 +344,14 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
         _stop(alive)
         for n, p in alive:
             result.exits.append((n, p.returncode))
+        if slow is not None:
+            result.relayed = slow.accepted()
+            try:
+                c = slow.counts()
+                result.dropped, result.passed = c.dropped, c.passed_in + c.passed_out
+            except RuntimeError as exc:  # the table never made it: the run reports no drops
+                log(f"    {exc}")
+            slow.stop()
         if link is not None:
             link.close()
         if disk is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +19,58 @@ from secagg.chaos.run import Outcome, RunSpec, run
 from secagg.chaos.shim import AGGREGATOR_POINTS, SITE_POINTS
 
 MODES = ("plain", "he", "mask", "tee")
-#: partition scenarios: (seconds the link is cut, round timeout, whether the round may go on without it)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition scenario: whose link is cut, for how long, under which round timeout."""
+
+    cut_s: float
+    round_timeout: float
+    #: whether the rounds may go on without the cut node (min_sites one less than every site)
+    go_on: bool
+    target: str = "site-2"
+    #: when the cut begins (:attr:`secagg.chaos.run.RunSpec.partition_at`)
+    at: str = "round_completed"
+    #: seconds the last site trains longer (with ``at="readies"``: the cut lands between the others'
+    #: readies and its own)
+    slow_last_s: float = 0.0
+
+
+#: a site's partition (site-2) and the aggregator's. The aggregator's cut takes every site away at
+#: once. Cut between rounds (10 s, 60 s, every site required) the next round waits for its readies:
+#: a round with fewer than min_sites readies has no timeout, nothing to retry. Cut for longer than
+#: the round timeout once all sites but the slow last one are ready for round 2 (min_sites one less
+#: than every site): past the timeout the roster names the ready sites, their uploads cannot come,
+#: the round times out and is retried (``round_retry``), and the new attempt waits for the sites to
+#: come back: nothing is lost (RELIABILITY.md, "A partition of the aggregator and a slow, lossy link")
 PARTITIONS = {
-    "partition-10s": (10.0, 30.0, False),
-    "partition-60s": (60.0, 30.0, False),
-    "partition-timeout": (45.0, 15.0, True),
+    "partition-10s": Partition(10.0, 30.0, go_on=False),
+    "partition-60s": Partition(60.0, 30.0, go_on=False),
+    "partition-timeout": Partition(45.0, 15.0, go_on=True),
+    "partition-aggregator-10s": Partition(10.0, 30.0, go_on=False, target="aggregator"),
+    "partition-aggregator-60s": Partition(60.0, 30.0, go_on=False, target="aggregator"),
+    "partition-aggregator-timeout": Partition(
+        45.0, 15.0, go_on=True, target="aggregator", at="readies", slow_last_s=3.0
+    ),
 }
+#: slow-link: issue #18's ``netem delay 200ms loss 2%`` for site-2, each way (without netem:
+#: :mod:`secagg.chaos.slow`); the round timeout leaves room for a 0.4 s round trip per call
+SLOW_DELAY_S, SLOW_LOSS_PCT, SLOW_ROUND_TIMEOUT = 0.2, 2, 60.0
 #: clock-skew: seconds the site's wall clock is moved (ahead, behind)
 SKEWS = (600.0, -600.0)
 #: disk-full: seconds the aggregator's state disk stays full (from the end of round 1)
 DISK_FULL_S = 20.0
-SCENARIOS = ("baseline", "kill-aggregator", "kill-site", *PARTITIONS, "clock-skew", "disk-full", "load")
+SCENARIOS = (
+    "baseline",
+    "kill-aggregator",
+    "kill-site",
+    *PARTITIONS,
+    "slow-link",
+    "clock-skew",
+    "disk-full",
+    "load",
+)
 #: the round every kill hits (not the first, so a restart has a committed round to resume from)
 KILL_ROUND = 2
 #: the site every site kill hits
@@ -76,18 +117,33 @@ def plan(
                     )
                     out.append(Planned(sc, point, spec))
             elif sc in PARTITIONS:
-                cut, timeout, go_on = PARTITIONS[sc]
+                part = PARTITIONS[sc]
+                spec = RunSpec(
+                    mode,
+                    sites,
+                    rounds,
+                    target=part.target,
+                    partition_s=part.cut_s,
+                    partition_at=part.at,
+                    slow_last_s=part.slow_last_s,
+                    round_timeout=part.round_timeout,
+                    min_sites=sites - 1 if part.go_on else None,
+                    timeout=300.0 + part.cut_s,
+                )
+                where = " at ready 2" if part.at == "readies" else ""
+                out.append(Planned(sc, f"{part.cut_s:.0f} s cut{where}", spec))
+            elif sc == "slow-link":
                 spec = RunSpec(
                     mode,
                     sites,
                     rounds,
                     target=KILL_SITE,
-                    partition_s=cut,
-                    round_timeout=timeout,
-                    min_sites=sites - 1 if go_on else None,
-                    timeout=300.0 + cut,
+                    delay_s=SLOW_DELAY_S,
+                    loss_pct=SLOW_LOSS_PCT,
+                    round_timeout=SLOW_ROUND_TIMEOUT,
+                    timeout=600.0,
                 )
-                out.append(Planned(sc, f"{cut:.0f} s cut", spec))
+                out.append(Planned(sc, f"{SLOW_DELAY_S * 1000:.0f} ms {SLOW_LOSS_PCT}% loss", spec))
             elif sc == "clock-skew":
                 for skew in SKEWS:
                     # the skewed site may be refused (or refuse): the job goes on without it
@@ -132,6 +188,8 @@ class Row:
     hit: bool  #: the fault reached its point (always True for a fault-free run)
     restarts: int
     report: dict[str, Any]
+    #: a slow link's evidence (connections through the relay, packets dropped and passed); else empty
+    link: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -177,6 +235,8 @@ def run_suite(planned: list[Planned], out: Path, log: Callable[[str], object] = 
             (s.fault is None or bool(o.hits))
             and (s.partition_s is None or len(o.partition) == 2)
             and (s.disk_full_s is None or len(o.disk_full) == 2)
+            # a slow link counts when the site's traffic went through the relay and packets were lost
+            and (s.delay_s is None or (o.relayed > 0 and o.dropped > 0))
         )
         row = Row(
             p.scenario,
@@ -190,6 +250,7 @@ def run_suite(planned: list[Planned], out: Path, log: Callable[[str], object] = 
             hit,
             o.restarts,
             rep.to_dict(),
+            {"relayed": o.relayed, "dropped": o.dropped, "passed": o.passed} if s.delay_s is not None else {},
         )
         rows.append(row)
         verdict = "ok" if row.ok else "FAILED"
@@ -197,10 +258,24 @@ def run_suite(planned: list[Planned], out: Path, log: Callable[[str], object] = 
             f"    {verdict} in {time.monotonic() - started:.0f} s: {rep.completed}/{s.rounds} rounds, "
             f"model {rep.model_note or '?'}, audit {rep.audit_ok}/{rep.audit_total}, "
             f"leftovers {len(rep.leftovers)}, overspent {rep.overspent}, "
-            f"double debits {len(rep.double_debits)}" + ("" if hit else ", the fault never hit its point")
+            f"double debits {len(rep.double_debits)}"
+            + "".join(f", {k} {v}" for k, v in row.link.items())
+            + ("" if hit else ", the fault never hit its point")
         )
         write(out, rows)
     return rows
+
+
+def unavailable(scenarios: Iterable[str]) -> str | None:
+    """Why the named scenarios cannot run on this machine (one line), or None: partitions need network
+    namespaces, the slow link nftables too."""
+    from secagg.chaos import net, slow
+
+    for sc in scenarios:
+        why = slow.available() if sc == "slow-link" else net.available() if sc in PARTITIONS else None
+        if why is not None:
+            return f"scenario {sc} cannot run here: {why}"
+    return None
 
 
 def command(scenario: str, mode: str, label: str, sites: int, rounds: int) -> str:

@@ -1,5 +1,6 @@
 """``secagg chaos [--scenario NAME...] [--modes LIST] [--sites N] [--rounds N] [--points LIST] [--out DIR]``:
-the fault and load harness (issue #18). Real processes on 127.0.0.1; every run bounded and checked."""
+the fault and load harness (issue #18). Real processes on 127.0.0.1 (a partitioned or slow node in its
+own network namespace); every run bounded and checked."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "rounds completed or refused with a reason, the final model against the fault-free run's, the "
         "sites' privacy ledgers, every audit chain (secagg audit verify), and no temporary file, spool "
         "or lock left behind. Writes results.json, results.md (and load.png) to --out; exits 1 if any "
-        f"run is not ok. Kill points: {', '.join(POINTS)}.",
+        f"run is not ok. Kill points: {', '.join(POINTS)}. The partition scenarios (a site's or the "
+        "aggregator's link cut) need root and network namespaces; slow-link (200 ms each way, 2% loss "
+        "each way, without netem) needs nftables too (apt-get install -y nftables).",
     )
     p.add_argument(
         "--scenario", action="append", choices=SCENARIOS, help="repeatable (default: all but load)"
@@ -55,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from secagg.chaos.scenarios import MODES, load_rows, plan, run_suite, table, why
+    from secagg.chaos.scenarios import MODES, load_rows, plan, run_suite, table, unavailable, why
     from secagg.chaos.shim import POINTS
 
     if args.tabulate:
@@ -77,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if args.points and args.rounds < 2:
         raise UsageError("a kill hits round 2: --rounds must be at least 2")
     scenarios = args.scenario or ["baseline", "kill-aggregator", "kill-site"]
+    refused = unavailable(scenarios)
+    if refused is not None:
+        raise UsageError(refused)
     out: Path = args.out or Path("chaos-out") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} is not empty; name a new --out folder")

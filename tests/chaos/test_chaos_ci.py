@@ -1,6 +1,7 @@
 """The CI subset of the fault harness (issue #18): per mode, one kill -9 of the aggregator (during the
-uploads of round 2) and one of a site (after its ledger debit, before its upload), 5 sites each,
-real processes, restarted on the same state, then every check of :mod:`secagg.chaos.checks`."""
+uploads of round 2), one of a site (after its ledger debit, before its upload) and one 10 s partition
+of a site (where network namespaces can be made), 5 sites each, real processes, restarted on the same
+state, then every check of :mod:`secagg.chaos.checks`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from secagg.chaos import net
 from secagg.chaos.checks import BOUND, Report, check, final_models
 from secagg.chaos.run import RunSpec, run
 from secagg.chaos.scenarios import KILL_SITE
@@ -24,6 +26,8 @@ pytestmark = [
 BOUND_S = 500.0
 
 SITES, ROUNDS = 5, 2
+#: a site partition's cut: short, so the CI subset stays a few minutes (longer ones: RELIABILITY.md)
+PARTITION_S = 10.0
 
 
 def _assert_clean(rep: Report, what: str) -> None:
@@ -91,3 +95,22 @@ def test_kill_site_after_debit(mode: str, tmp_path: Path) -> None:
     assert set(rep.unuploaded_debits) <= {f"{KILL_SITE} r2"}, rep.unuploaded_debits
     # F3: the retried round re-sends each site's kept release: no site debits a round twice
     assert not rep.double_debits, rep.double_debits
+
+
+@pytest.mark.skipif(
+    net.available() is not None, reason=f"a partition needs network namespaces: {net.available()}"
+)
+@pytest.mark.parametrize("mode", ["plain", "he", "mask", "tee"])
+def test_site_partition(mode: str, tmp_path: Path) -> None:
+    """Site-2's link (its own network namespace) cut for 10 s once round 1 has completed, every site
+    required: the round waits for it, and the job ends as a fault-free one would."""
+    o = run(
+        RunSpec(mode, SITES, ROUNDS, target=KILL_SITE, partition_s=PARTITION_S, timeout=BOUND_S),
+        tmp_path / "cut",
+    )
+    assert len(o.partition) == 2, "the link was never cut and mended"
+    rep = check(o)
+    _assert_clean(rep, f"{mode} site partition")
+    assert rep.model_ok, rep.model_note  # every site holds the same model, within the mode's bound
+    assert rep.max_abs_err <= BOUND[mode], rep.model_note
+    assert not rep.leftovers, rep.leftovers
