@@ -1,0 +1,614 @@
+"""Fuzz (#18): every gRPC request the aggregator accepts, fed to the real handlers in-process.
+
+Each target is one RPC of :class:`~secagg.aggregator.service.FederationService` (``Admin`` and
+``AdminUpload`` go through it to the admin console). The fuzzed bytes are the serialized request, decoded
+with the generated protobuf class as gRPC would (a ``DecodeError`` is gRPC's own refusal, allowed); a
+client stream (``UploadResult``, ``AdminUpload``) is up to :data:`_MAX_CHUNKS` serialized ``Chunk``
+messages split at :data:`_SEP`. The handler runs against a real federation (a provisioned project, a
+plain job in its upload phase, its state on a tmpfs so that audit fsyncs are cheap) with a fake
+``ServicerContext`` that presents site-2's (for the admin RPCs, admin@lead's) certificate as the TLS
+layer does and raises :class:`Aborted` from ``abort``. The property: the call returns (its response
+stream read), or ends in an abort with a registered reason code in the trailing metadata and a status
+other than ``UNKNOWN`` or ``INTERNAL`` (``internal`` is the handlers' net for an unexpected exception:
+a bug). Long polls are cut to no wait (``MAX_POLL_S``, ``MAX_FOLLOW_S``) so that an input is cheap.
+
+The job id in the seeds is :data:`JOB`, replaced in the bytes by the running job's id (same length),
+so seeds reach past the job lookup. The federation is made afresh every :data:`_RENEW` executions,
+whenever its job stopped running (an admin abort, a decline) and after an accepted upload (site-2 may
+upload once a round: without a fresh round every later upload would stop at ``duplicate_upload``), so
+its state stays bounded and the job stays live.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import copy
+import hashlib
+import itertools
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError
+from hypothesis import example, given
+
+from secagg import reasons
+from secagg.aggregator import admin as admin_mod
+from secagg.aggregator import service as service_mod
+from secagg.aggregator.hub import FederationHub
+from secagg.aggregator.service import FederationService
+from secagg.bundle import to_safetensors
+from secagg.provision.kit import load_kit
+from secagg.provision.writer import provision
+from secagg.transport.chunks import encode_stream
+from secagg.transport.generated import secagg_pb2 as pb
+from tests.aggregator.conftest import open_uploads, update, write_job
+from tests.conftest import make_project
+from tests.fuzz._harness import Target, inputs, mutate
+
+#: the running job's id in seeds: ``unit-`` and 8 characters, the length of a real one (``unit-<hex8>``)
+JOB = b"unit-JOBIDxxx"
+#: separates the serialized ``Chunk`` messages of a client stream
+_SEP = b"\n--\n"
+_MAX_CHUNKS = 16
+#: the most response messages read from a server stream
+_MAX_REPLIES = 64
+#: executions between two fresh federations
+_RENEW = 5000
+_BAD_STATUS = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+
+
+class Aborted(Exception):
+    """What the fake context's ``abort`` raises (grpc raises its own, private, exception there)."""
+
+    def __init__(self, status: grpc.StatusCode, details: str, code: str | None) -> None:
+        super().__init__(f"{status.name} [{code}]: {details[:200]}")
+        self.status, self.details, self.code = status, details, code
+
+
+class Refused(Exception):
+    """An abort that satisfies the property: a registered reason code, a specific status."""
+
+
+class FakeContext:
+    """The part of ``grpc.ServicerContext`` the handlers use, with a real peer certificate."""
+
+    def __init__(self, pem: bytes) -> None:
+        self._auth = {"x509_pem_cert": [pem]}
+        self._trailing: tuple[tuple[str, str], ...] = ()
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return self._auth
+
+    def set_trailing_metadata(self, md: tuple[tuple[str, str], ...]) -> None:
+        self._trailing = tuple(md)
+
+    def abort(self, status: grpc.StatusCode, details: str) -> None:
+        raise Aborted(status, details, reasons.from_metadata(self._trailing))
+
+    def is_active(self) -> bool:
+        return True
+
+
+@dataclass
+class World:
+    """One provisioned project and a federation with a plain job in its upload phase."""
+
+    root: Path
+    hub: FederationHub
+    service: FederationService
+    job_id: str
+    site_pem: bytes
+    admin_pem: bytes
+    execs: int = 0
+
+    def live(self) -> bool:
+        job = self.hub.live_job(self.job_id)
+        return job is not None and not job.state.terminal
+
+    def close(self) -> None:
+        self.hub.store.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_WORLD: list[World] = []
+
+
+def _tmpfs() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def _make_world() -> World:
+    root = Path(tempfile.mkdtemp(prefix="secagg-fuzz-rpc-", dir=_tmpfs()))
+    ws = root / "project"
+    provision(make_project(), ws)
+    hub = FederationHub(load_kit(ws / "aggregator"), root / "state")
+    job_id = hub.submit(write_job(root / "job"), "admin@lead (project_admin of lead)")
+    assert len(job_id) == len(JOB), job_id
+    open_uploads(hub, {"site-1": 0.25, "site-2": 0.75})  # type: ignore[arg-type]
+    return World(
+        root=root,
+        hub=hub,
+        service=FederationService(hub),
+        job_id=job_id,
+        site_pem=load_kit(ws / "site-2").cert_pem,
+        admin_pem=load_kit(ws / "admin@lead").cert_pem,
+    )
+
+
+def world() -> World:
+    """The current federation, made afresh after :data:`_RENEW` executions or once its job ended."""
+    w = _WORLD[0] if _WORLD else None
+    if w is None or w.execs >= _RENEW or not w.live():
+        if w is not None:
+            w.close()
+            _WORLD.clear()
+        w = _make_world()
+        _WORLD.append(w)
+    w.execs += 1
+    return w
+
+
+def _close_world() -> None:
+    for w in _WORLD:
+        w.close()
+    _WORLD.clear()
+
+
+atexit.register(_close_world)
+
+
+@contextlib.contextmanager
+def _no_waits() -> Iterator[None]:
+    """Long polls answer at once: an input must not sit out a 30 s poll or a 600 s log follow."""
+    poll, follow = service_mod.MAX_POLL_S, admin_mod.MAX_FOLLOW_S
+    service_mod.MAX_POLL_S, admin_mod.MAX_FOLLOW_S = 0.0, 0.0
+    try:
+        yield
+    finally:
+        service_mod.MAX_POLL_S, admin_mod.MAX_FOLLOW_S = poll, follow
+
+
+def _judge(exc: Aborted) -> None:
+    if exc.code is None or reasons.lookup(exc.code) is None:
+        raise AssertionError(f"abort without a registered reason code: {exc}") from exc
+    if exc.status in _BAD_STATUS:
+        raise AssertionError(f"abort with status {exc.status.name}: {exc}") from exc
+    raise Refused(str(exc)) from None
+
+
+def _run(call: Callable[[FakeContext], Any], w: World, *, admin: bool) -> None:
+    ctx = FakeContext(w.admin_pem if admin else w.site_pem)
+    try:
+        with _no_waits():
+            out = call(ctx)
+            if isinstance(out, Iterator):  # a server stream: read it as the client would, then close it
+                try:
+                    for _ in itertools.islice(out, _MAX_REPLIES):
+                        pass
+                finally:
+                    close = getattr(out, "close", None)
+                    if close is not None:
+                        close()
+    except Aborted as exc:
+        _judge(exc)
+
+
+def _unary(method: str, cls: Any, *, admin: bool = False) -> Callable[[bytes], None]:
+    def call(data: bytes) -> None:
+        w = world()
+        request = cls.FromString(data.replace(JOB, w.job_id.encode()))
+        handler = getattr(w.service, method)
+        _run(lambda ctx: handler(request, ctx), w, admin=admin)
+
+    return call
+
+
+def _stream(method: str, *, admin: bool = False) -> Callable[[bytes], None]:
+    def call(data: bytes) -> None:
+        w = world()
+        parts = data.replace(JOB, w.job_id.encode()).split(_SEP)[:_MAX_CHUNKS]
+        chunks = [pb.Chunk.FromString(p) for p in parts]
+        handler = getattr(w.service, method)
+        _run(lambda ctx: handler(iter(chunks), ctx), w, admin=admin)
+        if method == "UploadResult":  # accepted: site-2 has uploaded, so the next world has it not yet
+            w.execs = _RENEW
+
+    return call
+
+
+def _ser(*messages: Any) -> list[bytes]:
+    return [m.SerializeToString() for m in messages]
+
+
+def _joined(chunks: Iterator[pb.Chunk] | list[pb.Chunk]) -> bytes:
+    return _SEP.join(c.SerializeToString() for c in chunks)
+
+
+# ---------------------------------------------------------------------------- structure-aware inputs
+# Byte mutations of a serialized request mostly end in a DecodeError (a string field that is no longer
+# UTF-8, a length past the end); these keep the protobuf (and a JSON header or payload) well-formed and
+# put hostile values in its fields, so that half the inputs reach the handlers' own checks.
+
+_HOSTILE_TEXT = (
+    "",
+    "x" * 300,
+    "\x00",
+    "../../etc/passwd",
+    "site-1",
+    "unit-00000000",
+    "\u202e",
+    " ",
+    "é" * 200,
+)
+_HOSTILE_JSON: tuple[Any, ...] = (
+    None, True, False, -1, 0, 1, 2, 2**31, 2**53 + 1, 2**63, 10**30, -(10**30), 0.5, -0.0, 1e308,
+    math.nan, math.inf, -math.inf, "", "x" * 300, "1", [], {}, [1, 2], {"a": {"b": {"c": 1}}}, [[[[[[]]]]]],
+    {"loss": math.nan}, {"x" * 300: 1}, {str(i): i for i in range(300)},
+)  # fmt: skip
+_JSON_KEYS = (
+    "job_id", "round", "attempt", "bytes", "metrics", "topic", "envelope", "command", "n_samples",
+    "fingerprint", "code", "message", "scope", "follow", "seq", "head", "version", "sha256", "format",
+)  # fmt: skip
+_INT32 = (0, 1, 2, -1, 3, 2**31 - 1, -(2**31), 1000)
+_DOUBLE = (0.0, -1.0, 0.001, 1e308, -1e308, math.nan, math.inf, -math.inf, 5e-324)
+
+
+def _json_mutant(text: bytes | str, rng: random.Random) -> str | None:
+    """A JSON object with 1..3 keys set to hostile values or dropped (None: ``text`` is not one)."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    for _ in range(rng.randint(1, 3)):
+        target = obj
+        nested = [v for v in obj.values() if isinstance(v, dict)]
+        if nested and rng.random() < 0.3:
+            target = rng.choice(nested)
+        key = rng.choice((*target, *_JSON_KEYS))
+        if rng.random() < 0.15:
+            target.pop(key, None)
+        else:
+            target[key] = copy.deepcopy(rng.choice(_HOSTILE_JSON))
+    return json.dumps(obj)
+
+
+def _text(value: str, rng: random.Random) -> str:
+    as_json = _json_mutant(value, rng) if value.startswith("{") and rng.random() < 0.8 else None
+    if as_json is not None:
+        return as_json
+    if rng.random() < 0.5:
+        return rng.choice((*_HOSTILE_TEXT, value + rng.choice(_HOSTILE_TEXT)))
+    return mutate([value.encode()], rng).decode("utf-8", "replace")
+
+
+def _blob(value: bytes, rng: random.Random) -> bytes:
+    as_json = _json_mutant(value, rng) if value.startswith(b"{") and rng.random() < 0.8 else None
+    if as_json is not None:
+        return as_json.encode()
+    return mutate([value], rng, max_size=1 << 16)
+
+
+def _mutant(msg: Any, rng: random.Random) -> Any:
+    """``msg`` with 1..3 of its fields set to hostile values of the field's own type."""
+    fields = msg.DESCRIPTOR.fields
+    present = [
+        f for f in fields if f.containing_oneof is None or msg.WhichOneof(f.containing_oneof.name) == f.name
+    ]
+    for _ in range(rng.randint(1, 3)):
+        f = rng.choice(present if present and rng.random() < 0.8 else fields)
+        value = getattr(msg, f.name)
+        if f.type == FieldDescriptor.TYPE_STRING:
+            setattr(msg, f.name, _text(value, rng))
+        elif f.type == FieldDescriptor.TYPE_BYTES:
+            setattr(msg, f.name, _blob(value, rng))
+        elif f.type in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_ENUM):
+            setattr(msg, f.name, max(-(2**31), min(2**31 - 1, rng.choice((*_INT32, value + 1, value - 1)))))
+        elif f.type == FieldDescriptor.TYPE_DOUBLE:
+            setattr(msg, f.name, rng.choice(_DOUBLE))
+        elif f.type == FieldDescriptor.TYPE_BOOL:
+            setattr(msg, f.name, not value)
+    return msg
+
+
+def _unary_mutant(cls: Any, seeds: Callable[[], list[bytes]]) -> Callable[[random.Random], bytes]:
+    def make(rng: random.Random) -> bytes:
+        return bytes(_mutant(cls.FromString(rng.choice(seeds())), rng).SerializeToString())
+
+    return make
+
+
+def _stream_mutant(seeds: Callable[[], list[bytes]]) -> Callable[[random.Random], bytes]:
+    """A seed stream with 1..2 chunks mutated, and perhaps one dropped, repeated or moved."""
+
+    def make(rng: random.Random) -> bytes:
+        chunks = [pb.Chunk.FromString(p) for p in rng.choice(seeds()).split(_SEP)]
+        for _ in range(rng.randint(1, 2)):
+            i = 0 if rng.random() < 0.5 else rng.randrange(len(chunks))  # mostly the header
+            chunks[i] = _mutant(chunks[i], rng)
+        if len(chunks) > 1 and rng.random() < 0.25:
+            i = rng.randrange(len(chunks))
+            piece = chunks.pop(i)
+            how = rng.random()
+            if how < 0.33:
+                chunks.insert(i, piece)
+                chunks.insert(i, piece)
+            elif how < 0.66:
+                chunks.insert(rng.randrange(len(chunks) + 1), piece)
+        if rng.random() < 0.5:
+            _consistent(chunks)
+        return _joined(chunks)
+
+    return make
+
+
+def _consistent(chunks: list[pb.Chunk]) -> None:
+    """Make the trailer and the header's ``bytes`` match the data pieces, so that a mutated payload
+    reaches the checks past the stream's own (a model update's names, shapes and dtypes)."""
+    data = b"".join(c.data for c in chunks if c.WhichOneof("part") == "data")
+    for c in chunks:
+        if c.WhichOneof("part") == "trailer_sha256":
+            c.trailer_sha256 = hashlib.sha256(data).hexdigest()
+    first = chunks[0] if chunks else None
+    if first is not None and first.WhichOneof("part") == "header_json":
+        with contextlib.suppress(ValueError, RecursionError):
+            head = json.loads(first.header_json)
+            if isinstance(head, dict) and "bytes" in head:
+                head["bytes"] = len(data)
+                first.header_json = json.dumps(head)
+
+
+_JOB = JOB.decode()
+_READY = json.dumps(
+    {"n_samples": 100, "attempt": 1, "fingerprint": {"n_samples": 100, "sha256": "ab" * 32}}
+).encode()
+
+
+def _upload_seeds() -> list[bytes]:
+    data = to_safetensors(update(0.1))
+    head = {"job_id": _JOB, "round": 1, "attempt": 1, "bytes": len(data), "metrics": {"loss": 0.5}}
+    xsite = {"topic": "xsite-model", "job_id": _JOB, "bytes": 1, "envelope": {"format": "x"}}
+    return [
+        _joined(encode_stream(head, [data])),
+        _joined(encode_stream({**head, "bytes": 6}, [b"abc", b"def"])),
+        _joined(encode_stream(xsite, [b"x"])),
+        _joined([pb.Chunk(header_json=json.dumps(head))]),
+    ]
+
+
+def _admin_upload_seeds() -> list[bytes]:
+    return [
+        _joined(encode_stream({"command": "submit"}, [b"\x1f\x8b" + b"\0" * 64])),
+        _joined(encode_stream({"command": "abort"}, [])),
+    ]
+
+
+def _post_seeds() -> list[bytes]:
+    return _ser(
+        pb.Message(topic="ready", job_id=_JOB, round=1, payload=_READY),
+        pb.Message(
+            topic="declined",
+            job_id=_JOB,
+            round=1,
+            reason="policy",
+            payload=b'{"code": "policy", "message": "no", "scope": "round"}',
+        ),
+        pb.Message(topic="declined", job_id=_JOB, round=1, payload=b'{"message": "not this job"}'),
+        pb.Message(topic="final", job_id=_JOB, round=2, payload=b'{"auc": 0.9, "loss": {"a": 1}}'),
+        pb.Message(topic="audit-head", job_id=_JOB, payload=b'{"seq": 1, "head": "00"}'),
+        pb.Message(topic="he-key", job_id=_JOB, payload=b"key"),
+        pb.Message(topic="xsite-consent", job_id=_JOB, payload=b'{"consent": true}'),
+        pb.Message(topic="xsite-metrics", job_id=_JOB, payload=b'{"site-1": {"auc": 0.5}}'),
+        pb.Message(topic="mask-keys", job_id=_JOB, round=1, payload=b"\0" * 16),
+    )
+
+
+def _collect_seeds() -> list[bytes]:
+    return _ser(
+        pb.CollectRequest(topic="roster", job_id=_JOB, round=1, timeout_seconds=1.0, attempt=1),
+        pb.CollectRequest(topic="jobs"),
+        pb.CollectRequest(topic="he-key", timeout_seconds=float("nan")),
+        pb.CollectRequest(topic="xsite-consents", job_id=_JOB),
+        pb.CollectRequest(topic="mask-keyroster", job_id=_JOB, round=1, attempt=1),
+        pb.CollectRequest(topic="mask-myshares", job_id=_JOB, round=1, attempt=1),
+    )
+
+
+def _admin_seeds() -> list[bytes]:
+    return _ser(
+        pb.AdminRequest(command="list"),
+        pb.AdminRequest(command="status"),
+        pb.AdminRequest(command="status", job_id=_JOB),
+        pb.AdminRequest(command="logs", job_id=_JOB, payload=b'{"follow": 5}'),
+        pb.AdminRequest(command="download", job_id=_JOB),
+        pb.AdminRequest(command="abort", job_id=_JOB),
+        pb.AdminRequest(command="abort", job_id="unit-00000000"),
+    )
+
+
+def _cached(seeds: Callable[[], list[bytes]]) -> Callable[[], list[bytes]]:
+    got: list[list[bytes]] = []
+    return lambda: got[0] if got else (got.append(seeds()) or got[0])
+
+
+def _unary_target(name: str, method: str, cls: Any, seeds: Callable[[], list[bytes]], **kw: bool) -> Target:
+    seeds = _cached(seeds)
+    return Target(
+        name,
+        _unary(method, cls, **kw),
+        seeds,
+        (DecodeError, Refused),
+        extra=(_unary_mutant(cls, seeds),),
+        extra_share=1 / 2,
+        warm=world,
+    )
+
+
+def _stream_target(name: str, method: str, seeds: Callable[[], list[bytes]], **kw: bool) -> Target:
+    seeds = _cached(seeds)
+    return Target(
+        name,
+        _stream(method, **kw),
+        seeds,
+        (DecodeError, Refused),
+        extra=(_stream_mutant(seeds),),
+        extra_share=1 / 2,
+        warm=world,
+    )
+
+
+TARGETS = [
+    _unary_target(
+        "rpc_register",
+        "Register",
+        pb.RegisterRequest,
+        lambda: _ser(pb.RegisterRequest(agent_version="0.9.0"), pb.RegisterRequest()),
+    ),
+    _unary_target(
+        "rpc_heartbeat",
+        "Heartbeat",
+        pb.HeartbeatRequest,
+        lambda: _ser(pb.HeartbeatRequest(job_id=_JOB, round=1, status="training"), pb.HeartbeatRequest()),
+    ),
+    _unary_target(
+        "rpc_fetch_task",
+        "FetchTask",
+        pb.TaskRequest,
+        lambda: _ser(
+            pb.TaskRequest(job_id=_JOB, poll_seconds=5.0),
+            pb.TaskRequest(job_id=_JOB, after_round=1, after_attempt=1, has_global_round=1, poll_seconds=1),
+            pb.TaskRequest(),
+        ),
+    ),
+    _unary_target(
+        "rpc_fetch_job",
+        "FetchJob",
+        pb.JobRequest,
+        lambda: _ser(pb.JobRequest(job_id=_JOB), pb.JobRequest(job_id="unit-00000000")),
+    ),
+    _stream_target("rpc_upload", "UploadResult", _upload_seeds),
+    _unary_target("rpc_post", "Post", pb.Message, _post_seeds),
+    _unary_target("rpc_collect", "Collect", pb.CollectRequest, _collect_seeds),
+    _unary_target(
+        "rpc_attest",
+        "Attest",
+        pb.AttestRequest,
+        lambda: _ser(pb.AttestRequest(job_id=_JOB, nonce=b"\x01" * 32)),
+    ),
+    _unary_target(
+        "rpc_fetch_sealed",
+        "FetchSealed",
+        pb.SealedRequest,
+        lambda: _ser(pb.SealedRequest(job_id=_JOB, topic="xsite-inbox", sender="site-1")),
+    ),
+    _unary_target("rpc_admin", "Admin", pb.AdminRequest, _admin_seeds, admin=True),
+    _stream_target("rpc_admin_upload", "AdminUpload", _admin_upload_seeds, admin=True),
+]
+_T = {t.name: t for t in TARGETS}
+
+
+@given(inputs(_T["rpc_register"]))
+def test_rpc_register(data: bytes) -> None:
+    _T["rpc_register"].check(data)
+
+
+@given(inputs(_T["rpc_heartbeat"]))
+def test_rpc_heartbeat(data: bytes) -> None:
+    _T["rpc_heartbeat"].check(data)
+
+
+@given(inputs(_T["rpc_fetch_task"]))
+def test_rpc_fetch_task(data: bytes) -> None:
+    _T["rpc_fetch_task"].check(data)
+
+
+@given(inputs(_T["rpc_fetch_job"]))
+def test_rpc_fetch_job(data: bytes) -> None:
+    _T["rpc_fetch_job"].check(data)
+
+
+@given(inputs(_T["rpc_upload"]))
+def test_rpc_upload(data: bytes) -> None:
+    _T["rpc_upload"].check(data)
+
+
+@given(inputs(_T["rpc_post"]))
+def test_rpc_post(data: bytes) -> None:
+    _T["rpc_post"].check(data)
+
+
+@given(inputs(_T["rpc_collect"]))
+def test_rpc_collect(data: bytes) -> None:
+    _T["rpc_collect"].check(data)
+
+
+@given(inputs(_T["rpc_attest"]))
+def test_rpc_attest(data: bytes) -> None:
+    _T["rpc_attest"].check(data)
+
+
+@given(inputs(_T["rpc_fetch_sealed"]))
+def test_rpc_fetch_sealed(data: bytes) -> None:
+    _T["rpc_fetch_sealed"].check(data)
+
+
+def _logs(payload: bytes) -> bytes:
+    return bytes(pb.AdminRequest(command="logs", job_id=_JOB, payload=payload).SerializeToString())
+
+
+@given(inputs(_T["rpc_admin"]))
+@example(_logs(b'{"follow": {"a": 1}}'))  # found: a follow that is no number ended in ``internal``
+@example(_logs(b"[" * 100_000))  # and so did a payload nested past the stack
+def test_rpc_admin(data: bytes) -> None:
+    _T["rpc_admin"].check(data)
+
+
+@given(inputs(_T["rpc_admin_upload"]))
+def test_rpc_admin_upload(data: bytes) -> None:
+    _T["rpc_admin_upload"].check(data)
+
+
+def test_valid_seeds_are_answered_not_refused() -> None:
+    """The seeds reach the handlers' success paths (so mutations start from there), on one world."""
+    _T["rpc_register"].call(_T["rpc_register"].seeds()[0])
+    _T["rpc_heartbeat"].call(_T["rpc_heartbeat"].seeds()[0])
+    _T["rpc_fetch_task"].call(_T["rpc_fetch_task"].seeds()[0])
+    _T["rpc_fetch_job"].call(_T["rpc_fetch_job"].seeds()[0])
+    for seed in _admin_seeds()[:3]:
+        _T["rpc_admin"].call(seed)
+    before = world()
+    _T["rpc_upload"].call(_upload_seeds()[0])  # accepted: the next input gets a fresh round
+    assert world() is not before
+    _T["rpc_upload"].call(_upload_seeds()[0])
+
+
+def test_an_abort_passes_only_with_a_registered_code_and_a_specific_status() -> None:
+    with pytest.raises(Refused):
+        _judge(Aborted(grpc.StatusCode.INVALID_ARGUMENT, "malformed: x", "malformed"))
+    with pytest.raises(AssertionError, match="INTERNAL"):
+        _judge(Aborted(grpc.StatusCode.INTERNAL, "internal: x", "internal"))
+    with pytest.raises(AssertionError, match="registered"):
+        _judge(Aborted(grpc.StatusCode.INVALID_ARGUMENT, "x", None))
+    with pytest.raises(AssertionError, match="registered"):
+        _judge(Aborted(grpc.StatusCode.INVALID_ARGUMENT, "x", "no-such-code"))
+
+
+@pytest.mark.parametrize("payload", [b'{"follow": {"a": 1}}', b'{"follow": [1]}', b"[" * 100_000, b"[]"])
+def test_a_logs_follow_that_is_no_number_is_a_usage_error(payload: bytes) -> None:
+    with pytest.raises(Refused, match=r"INVALID_ARGUMENT \[usage\]"):
+        _T["rpc_admin"].call(_logs(payload))
+    last = json.loads(world().hub.audit.path.read_text().splitlines()[-1])
+    assert last["event"] == "admin_failed" and last["code"] == "usage"
