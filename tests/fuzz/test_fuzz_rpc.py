@@ -22,8 +22,10 @@ its state stays bounded and the job stays live.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -32,10 +34,12 @@ import os
 import random
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import grpc
 import pytest
@@ -47,21 +51,26 @@ from secagg import reasons
 from secagg.aggregator import admin as admin_mod
 from secagg.aggregator import service as service_mod
 from secagg.aggregator.hub import FederationHub
+from secagg.aggregator.rounds import RoundRun
 from secagg.aggregator.service import FederationService
 from secagg.bundle import to_safetensors
+from secagg.mask.client import MaskClient
 from secagg.provision.kit import load_kit
 from secagg.provision.writer import provision
+from secagg.topics import Topic
 from secagg.transport.chunks import encode_stream
 from secagg.transport.generated import secagg_pb2 as pb
 from tests.aggregator.conftest import open_uploads, update, write_job
 from tests.conftest import make_project
 from tests.fuzz._harness import Target, inputs, mutate
 
-#: the running job's id in seeds: ``unit-`` and 8 characters, the length of a real one (``unit-<hex8>``)
-JOB = b"unit-JOBIDxxx"
+#: the job id of every world (its uuid made deterministic), so that seeds name the running job
+JOB = b"unit-00000000"
 #: separates the serialized ``Chunk`` messages of a client stream
 _SEP = b"\n--\n"
 _MAX_CHUNKS = 16
+_JOB = JOB.decode()
+SITES = ("site-1", "site-2")
 #: the most response messages read from a server stream
 _MAX_REPLIES = 64
 #: executions between two fresh federations
@@ -103,7 +112,7 @@ class FakeContext:
 
 @dataclass
 class World:
-    """One provisioned project and a federation with a plain job in its upload phase."""
+    """A federation with one job in its first round, on the process's provisioned project."""
 
     root: Path
     hub: FederationHub
@@ -111,32 +120,66 @@ class World:
     job_id: str
     site_pem: bytes
     admin_pem: bytes
+    #: mask worlds: site-1's and site-2's clients, whose keys the round has
+    clients: dict[str, MaskClient]
     execs: int = 0
 
     def live(self) -> bool:
         job = self.hub.live_job(self.job_id)
         return job is not None and not job.state.terminal
 
+    def round(self) -> RoundRun:
+        job = self.hub.live_job(self.job_id)
+        assert job is not None and job.current is not None
+        return job.current
+
     def close(self) -> None:
         self.hub.store.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-_WORLD: list[World] = []
+#: what a world's job is: ``plain`` (upload phase), ``mask-keys`` (a mask job collecting keys),
+#: ``mask-shares`` (both sites' keys in, collecting encrypted shares)
+KINDS = ("plain", "mask-keys", "mask-shares")
+_WORLDS: dict[str, World] = {}
+_PROJECT: list[Path] = []
 
 
 def _tmpfs() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def _make_world() -> World:
-    root = Path(tempfile.mkdtemp(prefix="secagg-fuzz-rpc-", dir=_tmpfs()))
-    ws = root / "project"
-    provision(make_project(), ws)
+def _project() -> Path:
+    """The provisioned project every world of this process runs on (made once: keys take a while)."""
+    if not _PROJECT:
+        root = Path(tempfile.mkdtemp(prefix="secagg-fuzz-rpc-", dir=_tmpfs()))
+        provision(make_project(), root / "project")
+        _PROJECT.append(root)
+    return _PROJECT[0]
+
+
+def _mask_client(ws: Path, site: str, cur: RoundRun, job_id: str) -> MaskClient:
+    kit = load_kit(ws / site)
+    config = cur.mode_state.config
+    return MaskClient(site, kit.private_key, kit.cert, kit.ca_cert, config, job_id, cur.round, sites=SITES)
+
+
+def _make_world(kind: str) -> World:
+    ws = _project() / "project"
+    root = Path(tempfile.mkdtemp(prefix=f"world-{kind}-", dir=_project()))
     hub = FederationHub(load_kit(ws / "aggregator"), root / "state")
-    job_id = hub.submit(write_job(root / "job"), "admin@lead (project_admin of lead)")
-    assert len(job_id) == len(JOB), job_id
-    open_uploads(hub, {"site-1": 0.25, "site-2": 0.75})  # type: ignore[arg-type]
+    mode = "plain" if kind == "plain" else "mask"
+    spec: dict[str, Any] = {"mask": {"threshold": 2}} if mode == "mask" else {}
+    with mock.patch.object(uuid, "uuid4", return_value=uuid.UUID(int=0)):  # the job id the seeds name
+        job_id = hub.submit(write_job(root / "job", mode=mode, **spec), "admin@lead (project_admin of lead)")
+    assert job_id == _JOB, job_id
+    cur = open_uploads(hub, dict(zip(SITES, (0.25, 0.75), strict=True)))  # type: ignore[arg-type]
+    clients = {s: _mask_client(ws, s, cur, job_id) for s in SITES} if mode == "mask" else {}
+    if kind == "mask-shares":
+        for site, client in clients.items():
+            hub.mode_post(site, Topic.MASK_KEYS, job_id, cur.round, client.advertise().to_bytes())
+        with hub.cond:
+            cur.mode_state.advance()
     return World(
         root=root,
         hub=hub,
@@ -144,29 +187,32 @@ def _make_world() -> World:
         job_id=job_id,
         site_pem=load_kit(ws / "site-2").cert_pem,
         admin_pem=load_kit(ws / "admin@lead").cert_pem,
+        clients=clients,
     )
 
 
-def world() -> World:
-    """The current federation, made afresh after :data:`_RENEW` executions or once its job ended."""
-    w = _WORLD[0] if _WORLD else None
+def world(kind: str = "plain") -> World:
+    """The current ``kind`` of federation, made afresh after :data:`_RENEW` executions or once its job
+    ended."""
+    w = _WORLDS.get(kind)
     if w is None or w.execs >= _RENEW or not w.live():
         if w is not None:
             w.close()
-            _WORLD.clear()
-        w = _make_world()
-        _WORLD.append(w)
+        w = _WORLDS[kind] = _make_world(kind)
     w.execs += 1
     return w
 
 
-def _close_world() -> None:
-    for w in _WORLD:
+def _close_worlds() -> None:
+    for w in _WORLDS.values():
         w.close()
-    _WORLD.clear()
+    _WORLDS.clear()
+    for root in _PROJECT:
+        shutil.rmtree(root, ignore_errors=True)
+    _PROJECT.clear()
 
 
-atexit.register(_close_world)
+atexit.register(_close_worlds)
 
 
 @contextlib.contextmanager
@@ -205,21 +251,24 @@ def _run(call: Callable[[FakeContext], Any], w: World, *, admin: bool) -> None:
         _judge(exc)
 
 
-def _unary(method: str, cls: Any, *, admin: bool = False) -> Callable[[bytes], None]:
+def _unary(
+    method: str, cls: Any, *, admin: bool = False, kind: str = "plain", renew: bool = False
+) -> Callable[[bytes], None]:
     def call(data: bytes) -> None:
-        w = world()
-        request = cls.FromString(data.replace(JOB, w.job_id.encode()))
+        request = cls.FromString(data)
+        w = world(kind)
         handler = getattr(w.service, method)
         _run(lambda ctx: handler(request, ctx), w, admin=admin)
+        if renew:  # accepted (site-2's keys or shares are in): the next input gets a fresh round
+            w.execs = _RENEW
 
     return call
 
 
 def _stream(method: str, *, admin: bool = False) -> Callable[[bytes], None]:
     def call(data: bytes) -> None:
+        chunks = [pb.Chunk.FromString(p) for p in data.split(_SEP)[:_MAX_CHUNKS]]
         w = world()
-        parts = data.replace(JOB, w.job_id.encode()).split(_SEP)[:_MAX_CHUNKS]
-        chunks = [pb.Chunk.FromString(p) for p in parts]
         handler = getattr(w.service, method)
         _run(lambda ctx: handler(iter(chunks), ctx), w, admin=admin)
         if method == "UploadResult":  # accepted: site-2 has uploaded, so the next world has it not yet
@@ -247,7 +296,7 @@ _HOSTILE_TEXT = (
     "\x00",
     "../../etc/passwd",
     "site-1",
-    "unit-00000000",
+    "unit-11111111",
     "\u202e",
     " ",
     "é" * 200,
@@ -371,7 +420,6 @@ def _consistent(chunks: list[pb.Chunk]) -> None:
                 first.header_json = json.dumps(head)
 
 
-_JOB = JOB.decode()
 _READY = json.dumps(
     {"n_samples": 100, "attempt": 1, "fingerprint": {"n_samples": 100, "sha256": "ab" * 32}}
 ).encode()
@@ -427,6 +475,32 @@ def _collect_seeds() -> list[bytes]:
     )
 
 
+@functools.cache
+def _mask_seeds() -> list[bytes]:
+    """Site-2's key advertisement (on a world collecting keys) and its encrypted shares (on one
+    collecting shares), as the agent posts them; each target gets both (one is out of phase)."""
+    keys = world("mask-keys")
+    cur = keys.round()
+    advert = keys.clients["site-2"].advertise().to_bytes()
+    shares_world = world("mask-shares")
+    roster = shares_world.round().mode_state.server.roster()
+    shares = shares_world.clients["site-2"].share_keys(roster)
+    body = json.dumps({k: base64.b64encode(v.to_bytes()).decode() for k, v in shares.items()}).encode()
+    return _ser(
+        pb.Message(topic=Topic.MASK_KEYS, job_id=_JOB, round=cur.round, payload=advert),
+        pb.Message(topic=Topic.MASK_SHARES, job_id=_JOB, round=cur.round, payload=body),
+        pb.Message(topic=Topic.MASK_UNMASK_RESP, job_id=_JOB, round=cur.round, payload=advert),
+    )
+
+
+def _mask_collect_seeds() -> list[bytes]:
+    return _ser(
+        pb.CollectRequest(topic=Topic.MASK_KEYROSTER, job_id=_JOB, round=1, attempt=1),
+        pb.CollectRequest(topic=Topic.MASK_MYSHARES, job_id=_JOB, round=1, attempt=1),
+        pb.CollectRequest(topic=Topic.MASK_UNMASK, job_id=_JOB, round=1, attempt=1, timeout_seconds=1),
+    )
+
+
 def _admin_seeds() -> list[bytes]:
     return _ser(
         pb.AdminRequest(command="list"),
@@ -435,7 +509,7 @@ def _admin_seeds() -> list[bytes]:
         pb.AdminRequest(command="logs", job_id=_JOB, payload=b'{"follow": 5}'),
         pb.AdminRequest(command="download", job_id=_JOB),
         pb.AdminRequest(command="abort", job_id=_JOB),
-        pb.AdminRequest(command="abort", job_id="unit-00000000"),
+        pb.AdminRequest(command="abort", job_id="unit-11111111"),
     )
 
 
@@ -444,7 +518,7 @@ def _cached(seeds: Callable[[], list[bytes]]) -> Callable[[], list[bytes]]:
     return lambda: got[0] if got else (got.append(seeds()) or got[0])
 
 
-def _unary_target(name: str, method: str, cls: Any, seeds: Callable[[], list[bytes]], **kw: bool) -> Target:
+def _unary_target(name: str, method: str, cls: Any, seeds: Callable[[], list[bytes]], **kw: Any) -> Target:
     seeds = _cached(seeds)
     return Target(
         name,
@@ -453,7 +527,7 @@ def _unary_target(name: str, method: str, cls: Any, seeds: Callable[[], list[byt
         (DecodeError, Refused),
         extra=(_unary_mutant(cls, seeds),),
         extra_share=1 / 2,
-        warm=world,
+        warm=lambda: world(kw.get("kind", "plain")),
     )
 
 
@@ -497,11 +571,14 @@ TARGETS = [
         "rpc_fetch_job",
         "FetchJob",
         pb.JobRequest,
-        lambda: _ser(pb.JobRequest(job_id=_JOB), pb.JobRequest(job_id="unit-00000000")),
+        lambda: _ser(pb.JobRequest(job_id=_JOB), pb.JobRequest(job_id="unit-11111111")),
     ),
     _stream_target("rpc_upload", "UploadResult", _upload_seeds),
     _unary_target("rpc_post", "Post", pb.Message, _post_seeds),
     _unary_target("rpc_collect", "Collect", pb.CollectRequest, _collect_seeds),
+    _unary_target("rpc_post_mask_keys", "Post", pb.Message, _mask_seeds, kind="mask-keys", renew=True),
+    _unary_target("rpc_post_mask_shares", "Post", pb.Message, _mask_seeds, kind="mask-shares", renew=True),
+    _unary_target("rpc_collect_mask", "Collect", pb.CollectRequest, _mask_collect_seeds, kind="mask-shares"),
     _unary_target(
         "rpc_attest",
         "Attest",
@@ -553,6 +630,29 @@ def test_rpc_post(data: bytes) -> None:
 @given(inputs(_T["rpc_collect"]))
 def test_rpc_collect(data: bytes) -> None:
     _T["rpc_collect"].check(data)
+
+
+def _shares_post(payload: bytes) -> bytes:
+    return bytes(
+        pb.Message(topic=Topic.MASK_SHARES, job_id=_JOB, round=1, payload=payload).SerializeToString()
+    )
+
+
+@given(inputs(_T["rpc_post_mask_keys"]))
+def test_rpc_post_mask_keys(data: bytes) -> None:
+    _T["rpc_post_mask_keys"].check(data)
+
+
+@given(inputs(_T["rpc_post_mask_shares"]))
+@example(_shares_post(b'["site-1"]'))  # found: shares that are no JSON object ended in ``internal``
+@example(_shares_post(b'{"site-1": 5}'))
+def test_rpc_post_mask_shares(data: bytes) -> None:
+    _T["rpc_post_mask_shares"].check(data)
+
+
+@given(inputs(_T["rpc_collect_mask"]))
+def test_rpc_collect_mask(data: bytes) -> None:
+    _T["rpc_collect_mask"].check(data)
 
 
 @given(inputs(_T["rpc_attest"]))
@@ -612,3 +712,11 @@ def test_a_logs_follow_that_is_no_number_is_a_usage_error(payload: bytes) -> Non
         _T["rpc_admin"].call(_logs(payload))
     last = json.loads(world().hub.audit.path.read_text().splitlines()[-1])
     assert last["event"] == "admin_failed" and last["code"] == "usage"
+
+
+@pytest.mark.parametrize("payload", [b'["site-1"]', b"7", b'{"site-1": 5}', b'{"site-1": "not base64!"}'])
+def test_mask_shares_that_are_no_object_of_base64_are_malformed(payload: bytes) -> None:
+    with pytest.raises(Refused, match=r"INVALID_ARGUMENT \[malformed\]"):
+        _T["rpc_post_mask_shares"].call(_shares_post(payload))
+    last = json.loads(world("mask-shares").hub.audit.path.read_text().splitlines()[-1])
+    assert last["event"] == "refused" and last["code"] == "malformed" and last["site"] == "site-2"
