@@ -12,11 +12,15 @@ stream read), or ends in an abort with a registered reason code in the trailing 
 other than ``UNKNOWN`` or ``INTERNAL`` (``internal`` is the handlers' net for an unexpected exception:
 a bug). Long polls are cut to no wait (``MAX_POLL_S``, ``MAX_FOLLOW_S``) so that an input is cheap.
 
-The job id in the seeds is :data:`JOB`, replaced in the bytes by the running job's id (same length),
-so seeds reach past the job lookup. The federation is made afresh every :data:`_RENEW` executions,
-whenever its job stopped running (an admin abort, a decline) and after an accepted upload (site-2 may
-upload once a round: without a fresh round every later upload would stop at ``duplicate_upload``), so
-its state stays bounded and the job stays live.
+Worlds: a ``plain`` job in its upload phase, and a ``mask`` job collecting keys or (both sites' keys
+in) encrypted shares, each on one provisioned project per process under a tmpfs. Every world's job
+id is :data:`JOB` (its uuid made deterministic), so seeds name the running job. A world is made
+afresh every :data:`_RENEW` executions, once its job stopped running (an admin abort, a decline),
+and after an accepted upload or mask post (site-2 sends each once a round: without a fresh round
+every later one would stop at ``duplicate``), so its state stays bounded and the job stays live.
+Half the inputs are structure-aware (:func:`_mutant`: a seed's fields, or its JSON header or
+payload, set to hostile values), since byte mutations of a protobuf mostly end in a ``DecodeError``.
+The mask targets' seeds come from a world, so importing this module provisions the project.
 """
 
 from __future__ import annotations
