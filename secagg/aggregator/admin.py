@@ -27,7 +27,7 @@ from secagg.aggregator.evaluation import download_files
 from secagg.aggregator.hub import FederationHub
 from secagg.aggregator.modes import mode_class
 from secagg.aggregator.rounds import JobState
-from secagg.aggregator.rpc import MAX_NAME, abort, caller
+from secagg.aggregator.rpc import MAX_NAME, abort, caller, seconds_field
 from secagg.errors import ConfigError, IdentityError, PolicyRefusal, SecaggError, UsageError
 from secagg.events import TERMINAL, Event
 from secagg.metrics import CONNECTED_WITHIN_S
@@ -320,11 +320,7 @@ class AdminConsole:
     def _logs(self, ident: Identity, job_id: str, payload: bytes) -> Reply:
         job_id, owner = self._job_row(ident, "logs", job_id)
         self._allow(ident, "logs", owner, job_id)
-        try:
-            follow = float(json.loads(payload or b"{}").get("follow", 0.0))
-        except (ValueError, AttributeError):
-            raise UsageError('logs payload must be JSON like {"follow": seconds}') from None
-        follow = min(max(follow, 0.0), MAX_FOLLOW_S)
+        follow = _follow_seconds(payload)
         return {"job_id": job_id, "follow": follow}, self._stream_logs(job_id, follow)
 
     def _job_lines(self, job_id: str) -> Iterator[bytes]:
@@ -424,6 +420,27 @@ def _internal(exc: Exception) -> SecaggError:
     err = SecaggError(f"the aggregator failed: {type(exc).__name__}: {str(exc)[:500]}")
     err.code = Reason.INTERNAL
     return err
+
+
+def _follow_seconds(payload: bytes) -> float:
+    """The ``logs`` payload ``{"follow": seconds}``, clamped to 0..``MAX_FOLLOW_S`` (NaN: 0).
+
+    A follow that is not a number (an object, a list: issue #18's RPC fuzzing found these ended in an
+    ``internal`` refusal), or a payload that is not a JSON object or nests past the stack, is a usage
+    error like any other bad admin request."""
+    bad = UsageError('logs payload must be JSON like {"follow": seconds}')
+    try:
+        obj = json.loads(payload or b"{}")
+        value = obj.get("follow", 0.0) if isinstance(obj, dict) else None
+        if isinstance(value, str):
+            value = float(value)  # "30" is what it always was: a number
+    except (ValueError, RecursionError):
+        raise bad from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad
+    if isinstance(value, int):  # an integer past float's range is simply long
+        return float(min(max(value, 0), MAX_FOLLOW_S))
+    return seconds_field(value, hi=MAX_FOLLOW_S)
 
 
 def _no_job(message: str) -> SecaggError:

@@ -135,13 +135,16 @@ class Target:
     allowed: tuple[type[BaseException], ...]
     #: extra generators of whole inputs (format-aware: deep nesting, huge counts), used 1 in 8
     extra: tuple[Callable[[random.Random], bytes], ...] = field(default=())
+    #: the share of inputs ``extra`` makes (structure-aware generators of a format that byte mutations
+    #: mostly break, e.g. protobuf requests, can take more)
+    extra_share: float = 1 / 8
     time_bound: float = TIME_BOUND
     #: run once before the first input, outside the time bound: a one-time cost of the process (an
     #: import the parser makes lazily, e.g. opacus and torch for RDP accounting) is not the parser's
     warm: Callable[[], object] | None = None
 
     def generate(self, seeds: Sequence[bytes], rng: random.Random) -> bytes:
-        if self.extra and rng.random() < 1 / 8:
+        if self.extra and rng.random() < self.extra_share:
             return rng.choice(self.extra)(rng)
         return mutate(seeds, rng)
 

@@ -11,7 +11,6 @@ fewer than t sites collude with it.
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from secagg.aggregator.modes.windows import (
     window_elements,
 )
 from secagg.aggregator.rounds import Phase, RoundRun, Signal
+from secagg.aggregator.rpc import json_object
 from secagg.errors import SecaggError, UpdateRejected
 from secagg.events import Event
 from secagg.jobs.spec import MaskSpec
@@ -86,9 +86,7 @@ class MaskRun:
             self.server.collect_keys(msg)
             self.advertised.add(site)
         elif topic == Topic.MASK_SHARES and self.phase == SHARES:
-            raw = json.loads(payload)
-            shares = {str(k): EncryptedShare.from_bytes(base64.b64decode(v)) for k, v in raw.items()}
-            self.server.collect_shares(site, shares)
+            self.server.collect_shares(site, _shares(payload))
             self.shared.add(site)
         elif topic == Topic.MASK_UNMASK_RESP and self.phase == UNMASK:
             resp = UnmaskResponse.from_bytes(payload)
@@ -168,6 +166,28 @@ class MaskRun:
             return total, unmasked.weight
         self.phase_started = now
         return None
+
+
+def _shares(payload: bytes) -> dict[str, EncryptedShare]:
+    """A site's ``mask-shares`` message: a JSON object of recipient to base64 ``EncryptedShare``.
+
+    Anything else is ``malformed`` (issue #18's RPC fuzzing found a JSON list or number here ended in
+    an ``internal`` refusal: the handler called ``.items()`` on it)."""
+    raw = json_object(payload, "mask shares message", max_depth=1)
+    shares = {}
+    for recipient, text in raw.items():
+        if not isinstance(text, str):
+            raise UpdateRejected(
+                f"mask share for {recipient[:80]!r} must be a base64 string", code=Reason.MALFORMED
+            )
+        try:
+            blob = base64.b64decode(text, validate=True)
+        except ValueError:  # binascii.Error
+            raise UpdateRejected(
+                f"mask share for {recipient[:80]!r} is not base64", code=Reason.MALFORMED
+            ) from None
+        shares[recipient] = EncryptedShare.from_bytes(blob)
+    return shares
 
 
 class MaskMode(PlainMode):
