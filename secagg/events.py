@@ -56,6 +56,8 @@ class Event(StrEnum):
     NOT_IN_ROSTER = "not_in_roster"
     MODEL_CONSISTENT = "model_consistent"
     UPLOADED = "uploaded"
+    #: an upload refused as a transient loss (``storage_full``): the same bytes sent again (F12)
+    UPLOAD_RETRY = "upload_retry"
     AGGREGATOR_ATTESTED = "aggregator_attested"
     AGGREGATOR_REFUSED = "aggregator_refused"
     HE_KEY_CREATED = "he_key_created"

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from secagg.agent.relay import Relay
+from secagg.agent.resend import UploadAttempt, send_until_taken
 from secagg.agent.roundfiles import model_spec
 from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
@@ -145,7 +146,8 @@ class StoredGlobal:
 def upload(ctx: ModeContext, out: Outgoing, mode: str, parts: Iterable[bytes]) -> Sent:
     """One upload of frames as made. The header needs the upload's size before its first byte, so the
     frames are spooled to a file in the job's folder as they are made (a large update is never held
-    whole, not even as a list of pieces), then streamed from it in transport-sized pieces."""
+    whole, not even as a list of pieces), then streamed from it in transport-sized pieces; the same
+    file is streamed again if the aggregator refuses it as a transient loss (F12)."""
     spool = ctx.state.job_dir(out.job_id) / f".upload-{out.round}-{out.attempt}.tmp"
     try:
         size = 0
@@ -175,4 +177,10 @@ def _send(ctx: ModeContext, out: Outgoing, mode: str, spool: Path, size: int) ->
         # metrics of the model as received leave only after every site proved it is the same model
         "metrics": out.metrics,
     }
-    return Sent(size, ctx.relay.upload(header, file_pieces(spool)))
+    # refused as a transient loss (the aggregator's disk full): the same spooled bytes again, in this
+    # attempt (secagg.agent.resend); never protected anew, so nothing is drawn or debited twice
+    at = UploadAttempt(out.job_id, out.round, out.attempt, give_up_s=float(out.spec.round_timeout))
+    accepted = send_until_taken(
+        ctx.relay, ctx.audit, at, lambda: ctx.relay.upload(header, file_pieces(spool))
+    )
+    return Sent(size, accepted)
