@@ -45,7 +45,10 @@ class Event(StrEnum):
     ADMIN_SUBMITTED = "admin_submitted"
     # ---- site agent
     REGISTERED = "registered"
+    #: the aggregator stopped answering (once per outage, per job thread and for the job loop)
     CONNECTION_LOST = "connection_lost"
+    #: it answers again: how long it did not (``outage_s``) and how many tries failed meanwhile
+    CONNECTION_RESTORED = "connection_restored"
     POLICY_RELOADED = "policy_reloaded"
     JOB_ADMITTED = "job_admitted"
     JOB_REFUSED = "job_refused"
