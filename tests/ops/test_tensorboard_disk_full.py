@@ -38,8 +38,9 @@ class Row:
     participants: list[str]
 
 
+SITES = ["site-1", "site-2"]
 ROWS = [
-    Row(r, {"sites": {"site-1": {"loss": 1.0 / r}, "site-2": {"loss": 2.0 / r}}}, 1.5 * r, ["site-1", "site-2"])
+    Row(r, {"sites": {s: {"loss": (i + 1.0) / r} for i, s in enumerate(SITES)}}, 1.5 * r, SITES)
     for r in (1, 2, 3)
 ]
 
