@@ -290,12 +290,13 @@ class SiteAgent:
         try:
             while True:
                 try:
-                    if outage.since is not None:
-                        # in an outage, tried with a call answered at once (a task's fetch waits for
+                    if outage.since is not None and not outage.refused:
+                        # out of reach, tried with a call answered at once (a task's fetch waits for
                         # one): the line that it is over says when it was, not when a task came
                         self.relay.job_state(job_id, 0)
                         outage.answered()
                     done = self._serve_one(job_id, True)
+                    outage.answered()  # a refusing aggregator's outage ends when a try gets through
                     lost_since = None
                 except grpc.RpcError as exc:
                     if exc.code() not in TRANSIENT:

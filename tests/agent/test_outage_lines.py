@@ -16,6 +16,7 @@ import pytest
 from secagg.agent import site as site_module
 from secagg.agent.site import SiteAgent
 from secagg.provision.kit import load_kit
+from secagg.reasons import METADATA_KEY
 from tests.integration.harness import TEST_POLICY
 
 
@@ -27,19 +28,31 @@ class _Down(grpc.RpcError):
         return "failed to connect to all addresses"
 
 
+class _Full(_Down):
+    """The aggregator answered, refusing for now: its disk is full."""
+
+    def details(self) -> str:
+        return "storage_full: the aggregator's state disk is full"
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((METADATA_KEY, "storage_full"),)
+
+
 class _Relay:
     """An aggregator that does not answer the first ``down`` calls (of any kind), then does: it
-    lists no job, and tells a job's thread to stop."""
+    lists no job, and tells a job's thread to stop. With ``full`` it answers every call, refusing
+    the first ``down`` fetches of a task (``storage_full``)."""
 
-    def __init__(self, down: int) -> None:
+    def __init__(self, down: int, *, full: bool = False) -> None:
         self.down = down
+        self.full = full
         self.calls: list[str] = []
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
-        if self.down > 0:
+        if self.down > 0 and (not self.full or name == "fetch_task"):
             self.down -= 1
-            raise _Down()
+            raise _Full() if self.full else _Down()
 
     def jobs(self) -> dict[str, Any]:
         self._call("jobs")
@@ -111,3 +124,14 @@ def test_each_outage_has_its_own_pair_of_lines(agent: Any) -> None:
     agent.run(max_idle_s=0, stop_after_job=False)
     assert len(_lines(agent, "connection_lost")) == 2
     assert [r["failed_tries"] for r in _lines(agent, "connection_restored")] == [2, 3]
+
+
+def test_an_aggregator_refusing_for_a_full_disk_is_one_outage_until_a_try_gets_through(agent: Any) -> None:
+    agent.relay = _Relay(down=5, full=True)
+    agent._serve_job("job-1", reconnect_s=300.0)
+    # it answers: no call of the job's state proves anything; the task is tried again each second
+    assert agent.relay.calls == ["fetch_task"] * 6
+    assert agent.slept.count(1.0) == 5
+    lost, back = _lines(agent, "connection_lost"), _lines(agent, "connection_restored")
+    assert len(lost) == 1 and "storage_full" in lost[0]["detail"]
+    assert len(back) == 1 and back[0]["failed_tries"] == 5
