@@ -222,7 +222,7 @@ def _kept_sends(monkeypatch: pytest.MonkeyPatch) -> dict[int, list[bytes]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["plain", "mask"])
+@pytest.mark.parametrize("mode", ["plain", "mask", "tee"])
 def test_a_round_refused_for_a_full_disk_completes_in_the_same_attempt(
     mode: str, tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -231,13 +231,18 @@ def test_a_round_refused_for_a_full_disk_completes_in_the_same_attempt(
 
     policy = TEST_POLICY.replace("modes: [plain, he]", "modes: [plain, he, mask]")
     policy += yaml.safe_dump(POLICY_EXTRA) if mode == "plain" else ""
+    enclave = None
+    if mode == "tee":  # the sealed upload is re-sent as sealed: the enclave opens the same bytes
+        from tests.integration.test_tee import DEV_TEE, _enclave
+
+        policy, enclave = DEV_TEE, _enclave()
     extra = {"mask": {"threshold": 2, "clip": 1.0}} if mode == "mask" else None
     # before F12 the refused round waited out this timeout and ran again (round_retry, attempt 2)
     job = make_tiny_job(tmp_path / "job", workspace, mode=mode, rounds=2, round_timeout=60, extra=extra)
     monkeypatch.setattr(resend, "RESEND_FIRST_S", 0.2)
     refused = _full_once("site-1", monkeypatch)
     kept = _kept_sends(monkeypatch)
-    run = start(tmp_path, workspace, job, policies=write_policies(tmp_path, policy))
+    run = start(tmp_path, workspace, job, policies=write_policies(tmp_path, policy), enclave=enclave)
     fed = run.server.fed
     job_id = fed.job.job_id  # type: ignore[union-attr]
     try:
