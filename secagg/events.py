@@ -45,7 +45,10 @@ class Event(StrEnum):
     ADMIN_SUBMITTED = "admin_submitted"
     # ---- site agent
     REGISTERED = "registered"
+    #: the aggregator stopped answering (once per outage, per job thread and for the job loop)
     CONNECTION_LOST = "connection_lost"
+    #: it answers again: how long it did not (``outage_s``) and how many tries failed meanwhile
+    CONNECTION_RESTORED = "connection_restored"
     POLICY_RELOADED = "policy_reloaded"
     JOB_ADMITTED = "job_admitted"
     JOB_REFUSED = "job_refused"
@@ -56,6 +59,8 @@ class Event(StrEnum):
     NOT_IN_ROSTER = "not_in_roster"
     MODEL_CONSISTENT = "model_consistent"
     UPLOADED = "uploaded"
+    #: an upload refused as a transient loss (``storage_full``): the same bytes sent again (F12)
+    UPLOAD_RETRY = "upload_retry"
     AGGREGATOR_ATTESTED = "aggregator_attested"
     AGGREGATOR_REFUSED = "aggregator_refused"
     HE_KEY_CREATED = "he_key_created"

@@ -29,6 +29,7 @@ from secagg.agent.consistency import BadSampleCount, check_roster, sample_count,
 from secagg.agent.evaluation import NOTHING_HELD, CrossSiteEvaluation, keep_local_model
 from secagg.agent.jobs import JobThreads
 from secagg.agent.modes import ModeContext, Outgoing, SiteMode, Task, make_mode
+from secagg.agent.outage import Outage
 from secagg.agent.relay import TRANSIENT, AggregatorTooOld, Relay, RoundMovedOn, is_stale, reason_of
 from secagg.agent.release import Releaser
 from secagg.agent.roundfiles import (
@@ -224,7 +225,7 @@ class SiteAgent:
         self._settle_reservations()
         jobs = JobThreads(self._serve_job_thread(reconnect_s))
         idle_since = time.monotonic()
-        lost_since: float | None = None
+        outage = Outage(self.audit)  # one line when the aggregator goes, one when it is back
         try:
             while True:
                 jobs.reap()
@@ -235,20 +236,18 @@ class SiteAgent:
                     continue
                 try:
                     listing = self.relay.jobs()
-                    lost_since = None
+                    outage.answered()
                 except grpc.RpcError as exc:
                     if exc.code() not in TRANSIENT:
                         raise
                     jobs.reap()
                     if stop_after_job and jobs.served and not jobs.active() and not jobs.errors:
                         return  # what this site served is over, and the aggregator went (it exits when done)
-                    lost_since = lost_since or time.monotonic()
-                    if time.monotonic() - lost_since > reconnect_s:
+                    if outage.failed(exc) > reconnect_s:
                         raise ConfigError(
                             f"lost the aggregator at {self.kit.target} for {reconnect_s:.0f} s: "
                             f"{exc.details()}"
                         ) from None
-                    self.audit.append(Event.CONNECTION_LOST, code=str(exc.code()), detail=exc.details())
                     time.sleep(1.0)
                     continue
                 listed = [str(j["job_id"]) for j in listing["jobs"] if isinstance(j, dict) and "job_id" in j]
@@ -286,24 +285,29 @@ class SiteAgent:
         """One job's tasks, until it ends at this site (stop, finalize, or a refusal raised here).
         Its budget reservation is released when it ends, except on a lost connection (the job may
         go on when the agent is back, and keeps what it was admitted with)."""
-        lost_since: float | None = None
+        outage = Outage(self.audit, job=job_id)  # one line when the aggregator goes, one when back
+        lost_since: float | None = None  # since the last task served: how long to keep trying
         try:
             while True:
                 try:
+                    if outage.since is not None and not outage.refused:
+                        # out of reach, tried with a call answered at once (a task's fetch waits for
+                        # one): the line that it is over says when it was, not when a task came
+                        self.relay.job_state(job_id, 0)
+                        outage.answered()
                     done = self._serve_one(job_id, True)
+                    outage.answered()  # a refusing aggregator's outage ends when a try gets through
                     lost_since = None
                 except grpc.RpcError as exc:
                     if exc.code() not in TRANSIENT:
                         raise
+                    outage.failed(exc)
                     lost_since = lost_since or time.monotonic()
                     if time.monotonic() - lost_since > reconnect_s:
                         raise _ConnectionLost(
                             f"lost the aggregator at {self.kit.target} for {reconnect_s:.0f} s: "
                             f"{exc.details()}"
                         ) from None
-                    self.audit.append(
-                        Event.CONNECTION_LOST, job=job_id, code=str(exc.code()), detail=exc.details()
-                    )
                     time.sleep(1.0)
                     continue
                 if done is not None and done[1]:

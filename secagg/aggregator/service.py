@@ -89,8 +89,11 @@ class FederationService(rpc.FederationServicer):
                 reason=message,
                 **{k: _loggable(v) for k, v in fields.items()},
             )
-        except Exception:  # noqa: BLE001 - the caller still gets its specific refusal
-            log.exception("could not audit a refusal of %s", site)
+        except Exception as failed:  # noqa: BLE001 - the caller still gets its specific refusal
+            if is_storage_full(failed):  # a pause the round driver reports; one line, no traceback
+                log.warning("refusal of %s (%s) not audited: the state disk is full", site, exc.code)
+            else:
+                log.exception("could not audit a refusal of %s", site)
         abort(context, exc.code, message)
 
     def _guarded(

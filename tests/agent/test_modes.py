@@ -46,7 +46,7 @@ def _ctx(tmp: Path, relay: Any = None) -> ModeContext:
 def _out(**kw: Any) -> Outgoing:
     bspec = BundleSpec.of(MODEL)
     base: dict[str, Any] = {
-        "spec": SimpleNamespace(mask=None),
+        "spec": SimpleNamespace(mask=None, round_timeout=30.0),
         "job_id": "j",
         "round": 1,
         "attempt": 1,

@@ -169,7 +169,7 @@ def _round(tmp: Path, chain: list[dict[str, Any]], window: int) -> tuple[np.ndar
     upd = write_update(_write(tmp / "l.safetensors", local), g, spec, tmp / "u.safetensors", window)
     rel, _ = apply_chain_file(chain, upd, tmp / "r.safetensors", np.random.default_rng(11), window)
     out = Outgoing(
-        spec=SimpleNamespace(mask=None),  # type: ignore[arg-type]
+        spec=SimpleNamespace(mask=None, round_timeout=30.0),  # type: ignore[arg-type]
         job_id="j",
         round=1,
         attempt=1,

@@ -108,3 +108,35 @@ def test_storage_full_is_recognised_in_each_form() -> None:
     assert is_storage_full(sqlite3.OperationalError("database or disk is full"))
     assert is_storage_full(StorageFull("x"))
     assert not is_storage_full(OSError(errno.EACCES, "x"))
+
+
+def test_a_refusal_that_cannot_be_audited_for_a_full_disk_is_one_line_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+    from types import SimpleNamespace
+
+    from secagg.aggregator.service import FederationService
+    from secagg.errors import UpdateRejected
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        trailing: Any = None
+
+        def set_trailing_metadata(self, md: Any) -> None:
+            self.trailing = md
+
+        def abort(self, status: Any, details: str) -> None:
+            raise Aborted(status, details)
+
+    fed = SimpleNamespace(kit=None, audit=SimpleNamespace(append=_full))
+    svc = FederationService(fed)  # type: ignore[arg-type]
+    ctx = Context()
+    with caplog.at_level(logging.INFO, logger="secagg.aggregator"), pytest.raises(Aborted) as err:
+        svc._refuse(ctx, "site-1", UpdateRejected("round 2 is not accepting uploads now", code="late"))  # type: ignore[arg-type]
+    assert "late" in str(err.value) and ctx.trailing  # the site still gets its specific refusal
+    lines = [r for r in caplog.records if r.name.startswith("secagg.aggregator")]
+    assert [(r.levelno, r.exc_info) for r in lines] == [(logging.WARNING, None)]
+    assert "the state disk is full" in lines[0].getMessage()

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from secagg.agent.relay import Relay
+from secagg.agent.resend import UploadAttempt, send_until_taken
 from secagg.agent.roundfiles import model_spec
 from secagg.agent.state import SiteState
 from secagg.auditlog import AuditLog
@@ -146,9 +147,10 @@ class StoredGlobal:
 def upload(ctx: ModeContext, out: Outgoing, mode: str, parts: Iterable[bytes]) -> Sent:
     """One upload of frames as made. The header needs the upload's size before its first byte, so the
     frames are spooled to a file in the job's folder as they are made (a large update is never held
-    whole, not even as a list of pieces), then streamed from it in transport-sized pieces. The spool
-    is named as atomic writes name their temporary files, so that one left by a kill mid-upload is
-    swept when the agent starts again (:func:`secagg.fsio.remove_stale_temps`)."""
+    whole, not even as a list of pieces), then streamed from it in transport-sized pieces; the same
+    file is streamed again if the aggregator refuses it as a transient loss (F12). The spool is named
+    as atomic writes name their temporary files, so that one left by a kill mid-upload is swept when
+    the agent starts again (:func:`secagg.fsio.remove_stale_temps`, F14)."""
     spool = ctx.state.job_dir(out.job_id) / f".upload-{out.round}-{out.attempt}.{secrets.token_hex(8)}.tmp"
     try:
         size = 0
@@ -178,4 +180,10 @@ def _send(ctx: ModeContext, out: Outgoing, mode: str, spool: Path, size: int) ->
         # metrics of the model as received leave only after every site proved it is the same model
         "metrics": out.metrics,
     }
-    return Sent(size, ctx.relay.upload(header, file_pieces(spool)))
+    # refused as a transient loss (the aggregator's disk full): the same spooled bytes again, in this
+    # attempt (secagg.agent.resend); never protected anew, so nothing is drawn or debited twice
+    at = UploadAttempt(out.job_id, out.round, out.attempt, give_up_s=float(out.spec.round_timeout))
+    accepted = send_until_taken(
+        ctx.relay, ctx.audit, at, lambda: ctx.relay.upload(header, file_pieces(spool))
+    )
+    return Sent(size, accepted)
