@@ -188,7 +188,13 @@ class SiteAgent:
 
     # ------------------------------------------------------------ connection
     def register(self, wait_s: float = 60.0) -> Any:
+        """Register, waiting up to ``wait_s`` for an aggregator that does not answer yet.
+
+        Why the agent's whole reconnect window (``run`` passes it): a site is often started before
+        its aggregator, and an aggregator on a busy host can take over a minute to listen; a 50-site
+        load run lost 4 sites that gave up after 60 s (RELIABILITY.md F15)."""
         deadline = time.monotonic() + wait_s
+        waiting = False
         while True:
             try:
                 reply = self.relay.register(AGENT_VERSION)
@@ -200,6 +206,12 @@ class SiteAgent:
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and (
                     time.monotonic() < deadline
                 ):
+                    if not waiting:
+                        waiting = True
+                        print(
+                            f"waiting for the aggregator at {self.kit.target} (up to {wait_s:.0f} s)",
+                            flush=True,
+                        )
                     time.sleep(0.5)
                     continue
                 raise ConfigError(
@@ -221,7 +233,7 @@ class SiteAgent:
         network blip) is retried for ``reconnect_s``; a round in flight is then redone under the
         aggregator's new attempt, never uploaded twice (progress is recorded only after an accepted
         upload)."""
-        self.register()
+        self.register(wait_s=reconnect_s)
         self._settle_reservations()
         jobs = JobThreads(self._serve_job_thread(reconnect_s))
         idle_since = time.monotonic()
