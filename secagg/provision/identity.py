@@ -59,7 +59,16 @@ def verify_cert(
     cert: x509.Certificate, ca_cert: x509.Certificate, now: dt.datetime | None = None
 ) -> Identity:
     """Check that ``cert`` was signed by the project CA and is valid at ``now``; return its identity."""
-    now = now or dt.datetime.now(dt.UTC)
+    ident = verify_issued(cert, ca_cert)
+    check_valid_at(cert, now or dt.datetime.now(dt.UTC))
+    return ident
+
+
+def verify_issued(cert: x509.Certificate, ca_cert: x509.Certificate) -> Identity:
+    """What of :func:`verify_cert` does not depend on the time: issuer, signature, name and role.
+
+    Split out so that a caller may keep its result for the same certificate bytes (the aggregator
+    does, :func:`secagg.transport.tls.peer_identity`) and still check the validity period each time."""
     if cert.issuer != ca_cert.subject:
         raise IdentityError(
             f"certificate of {cert.subject.rfc4514_string()} is not issued by this project's CA"
@@ -71,18 +80,21 @@ def verify_cert(
         cert.verify_directly_issued_by(ca_cert)
     except (InvalidSignature, ValueError, TypeError) as exc:
         raise IdentityError(f"certificate signature does not verify against the project CA: {exc}") from None
-    if now < cert.not_valid_before_utc:
-        raise IdentityError(f"certificate of {cert.subject.rfc4514_string()} is not valid yet")
-    if now > cert.not_valid_after_utc:
-        raise IdentityError(
-            f"certificate of {cert.subject.rfc4514_string()} expired on {cert.not_valid_after_utc:%Y-%m-%d}"
-        )
     name = _attr(cert.subject, NameOID.COMMON_NAME)
     role = _attr(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
     org = _attr(cert.subject, NameOID.ORGANIZATION_NAME)
     if not name or not role:
         raise IdentityError("certificate has no single CN and OU (name and role)")
     return Identity(name=name, org=org, role=role, cert=cert)
+
+
+def check_valid_at(cert: x509.Certificate, now: dt.datetime) -> None:
+    if now < cert.not_valid_before_utc:
+        raise IdentityError(f"certificate of {cert.subject.rfc4514_string()} is not valid yet")
+    if now > cert.not_valid_after_utc:
+        raise IdentityError(
+            f"certificate of {cert.subject.rfc4514_string()} expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+        )
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
