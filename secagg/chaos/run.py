@@ -47,7 +47,7 @@ class RunSpec:
     #: when the cut begins: once round 1 has completed (between rounds), or once every site but the
     #: last has posted its ready of round 2 (``"readies"``; the last site trains ``slow_last_s`` longer):
     #: the round then has readies but no uploads, so it can time out and be retried
-    partition_at: str = "round_completed"
+    partition_at: str = "after_round_1"
     #: seconds the last site trains longer than the others
     slow_last_s: float = 0.0
     #: a slow, lossy link for the target site (:mod:`secagg.chaos.slow`): seconds of delay each way
@@ -146,7 +146,7 @@ def _partition(link: net.Link, spec: RunSpec, out: Path, started: float, result:
     if not result.partition:
         if (
             _round_completed(out)
-            if spec.partition_at == "round_completed"
+            if spec.partition_at == "after_round_1"
             else _readies(out, 2) >= spec.sites - 1
         ):
             link.cut()
@@ -209,7 +209,7 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
         slow_s=spec.slow_last_s,
     )
     prepare_job(src, out / "job", n_sites=spec.sites)
-    if spec.partition_at not in ("round_completed", "readies"):
+    if spec.partition_at not in ("after_round_1", "readies"):
         raise ValueError(f"unknown partition_at {spec.partition_at!r}")
     if spec.target == "aggregator" and spec.delay_s is not None:
         raise ValueError("a slow link is a site's (target a site)")

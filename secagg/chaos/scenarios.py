@@ -31,7 +31,7 @@ class Partition:
     go_on: bool
     target: str = "site-2"
     #: when the cut begins (:attr:`secagg.chaos.run.RunSpec.partition_at`)
-    at: str = "round_completed"
+    at: str = "after_round_1"
     #: seconds the last site trains longer (with ``at="readies"``: the cut lands between the others'
     #: readies and its own)
     slow_last_s: float = 0.0

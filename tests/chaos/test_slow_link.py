@@ -158,7 +158,7 @@ def test_aggregator_partitions_cut_the_aggregator_and_keep_every_site_required()
     timeout = runs[2].spec
     assert timeout.partition_s is not None and timeout.partition_s > timeout.round_timeout
     assert (timeout.partition_at, runs[2].label) == ("readies", "45 s cut at ready 2")
-    assert timeout.slow_last_s > 0 and {p.spec.partition_at for p in runs[:2]} == {"round_completed"}
+    assert timeout.slow_last_s > 0 and {p.spec.partition_at for p in runs[:2]} == {"after_round_1"}
 
 
 def test_the_cut_at_ready_counts_that_rounds_readies(tmp_path: Path) -> None:
