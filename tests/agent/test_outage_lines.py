@@ -15,9 +15,8 @@ import pytest
 
 from secagg.agent import site as site_module
 from secagg.agent.site import SiteAgent
-from secagg.provision.kit import load_kit
 from secagg.reasons import METADATA_KEY
-from tests.integration.harness import TEST_POLICY
+from tests.agent.bare_agent import bare_agent
 
 
 class _Down(grpc.RpcError):
@@ -72,12 +71,7 @@ class _Relay:
 
 @pytest.fixture
 def agent(tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "n.txt").write_text("10")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(TEST_POLICY)
-    a = SiteAgent(load_kit(workspace / "site-1"), data, tmp_path / "state", policy_path=policy)
+    a: Any = bare_agent(tmp_path, workspace)
     a.slept = []
     # the agent's pace, recorded instead of slept (only the site module's clock is replaced)
     monkeypatch.setattr(

@@ -13,8 +13,7 @@ import pytest
 from secagg.agent import site as site_module
 from secagg.agent.site import SiteAgent
 from secagg.errors import ConfigError
-from secagg.provision.kit import load_kit
-from tests.integration.harness import TEST_POLICY
+from tests.agent.bare_agent import bare_agent
 
 
 class _Down(grpc.RpcError):
@@ -53,12 +52,7 @@ class _LateAggregator:
 
 @pytest.fixture
 def agent(tmp_path: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "n.txt").write_text("10")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(TEST_POLICY)
-    a = SiteAgent(load_kit(workspace / "site-1"), data, tmp_path / "state", policy_path=policy)
+    a: Any = bare_agent(tmp_path, workspace)
     a.clock = _Clock()
     monkeypatch.setattr(site_module, "time", a.clock)
     yield a
