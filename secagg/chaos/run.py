@@ -15,7 +15,15 @@ from secagg.chaos import net
 from secagg.chaos.disk import SmallDisk
 from secagg.chaos.shim import ENV_CLOCK, ENV_KILL, ENV_MARK, POINTS
 from secagg.chaos.slow import SlowLink
-from secagg.demo.engine import SimSite, _free_port, _start, _stop, _write_policies, dev_policy, prepare_job
+from secagg.demo.engine import (
+    SimSite,
+    dev_policy,
+    free_port,
+    prepare_job,
+    start_logged,
+    stop_processes,
+    write_policies,
+)
 from secagg.modes import traits
 
 SUBMITTER = "submitter@chaos"
@@ -217,7 +225,7 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
     # the aggregator behind its own link is dialled at the namespace's address (its TLS name); a site
     # behind one dials the host side's address (through the relay, for a slow link)
     host = "127.0.0.1" if link is None else link.site_ip if spec.target == "aggregator" else link.host_ip
-    port = _free_port()
+    port = free_port()
     slow = (
         SlowLink(link, port, spec.delay_s, spec.loss_pct, out / "link")
         if link is not None and spec.delay_s is not None
@@ -237,7 +245,7 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
     )
     sign_job(out / "job", load_kit(ws / SUBMITTER))
     sims = [SimSite(n, chaos_job.write_data(out / "data" / n, n)) for n in names]
-    policies = _write_policies(out / "policies", sims, _policy(spec.dp))
+    policies = write_policies(out / "policies", sims, _policy(spec.dp))
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     mark = out / "kills.txt"
@@ -283,7 +291,9 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
             env[ENV_CLOCK] = str(spec.clock_skew_s)
         launcher = "secagg.chaos.shim" if faulty or skewed else "secagg.cli"
         inside = link.prefix() if link is not None and name == spec.target else []
-        return _start([*inside, sys.executable, "-m", launcher, *cmds[name]], logs / f"{name}.{n}.log", env)
+        return start_logged(
+            [*inside, sys.executable, "-m", launcher, *cmds[name]], logs / f"{name}.{n}.log", env
+        )
 
     result = Outcome(spec, out, 0.0, False)
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -341,7 +351,7 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
             time.sleep(0.1)
     finally:
         alive = [(n, p) for n, p in procs.items() if p.poll() is None]
-        _stop(alive)
+        stop_processes(alive)
         for n, p in alive:
             result.exits.append((n, p.returncode))
         if slow is not None:

@@ -250,7 +250,7 @@ class Federation:
 
 
 # ------------------------------------------------------------------------------ the engine ----
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -304,7 +304,7 @@ def run_job(
     provision(
         Project(
             name=f"{project}-{spec.mode}",
-            aggregator=AggregatorSpec(host="127.0.0.1", port=_free_port()),
+            aggregator=AggregatorSpec(host="127.0.0.1", port=free_port()),
             sites=[SiteSpec(name=n, org=f"org-{n}") for n in names],
             admins=[AdminSpec(name=submitter, org=org, role="lead")],
             key_holder=names[0],
@@ -313,7 +313,7 @@ def run_job(
         force=True,
     )
     sign_job(out / "job", load_kit(ws / submitter))
-    policies = _write_policies(out / "policies", sites, default_policy or dev_policy(submitter))
+    policies = write_policies(out / "policies", sites, default_policy or dev_policy(submitter))
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     agg_state = out / "state" / "aggregator"
@@ -337,7 +337,7 @@ def run_job(
             "--exit-when-done",
             *(["--insecure-dev-tee"] if traits(spec.mode).attested else []),
         ]
-        procs.append(("aggregator", _start(agg, logs / "aggregator.log", env)))
+        procs.append(("aggregator", start_logged(agg, logs / "aggregator.log", env)))
         for s in sites:
             agent = [
                 *cli,
@@ -353,10 +353,10 @@ def run_job(
                 "--policy",
                 str(policies[s.name]),
             ]
-            procs.append((s.name, _start(agent, logs / f"{s.name}.log", env)))
+            procs.append((s.name, start_logged(agent, logs / f"{s.name}.log", env)))
         _Watch(out, spec, procs, log, failed, timeout, logs).run()
     finally:
-        _stop(procs)
+        stop_processes(procs)
         train_logs = _copy_train_logs(out, names)
     seconds = time.monotonic() - started
     job_id = _job_id(agg_state)
@@ -369,7 +369,7 @@ def run_job(
     return Federation(out, out / "job", spec, names, job_id, per_round, seconds, train_logs, initial, matrix)
 
 
-def _write_policies(folder: Path, sites: Sequence[SimSite], default: str) -> dict[str, Path]:
+def write_policies(folder: Path, sites: Sequence[SimSite], default: str) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for s in sites:
         if s.policy is not None:
@@ -382,12 +382,12 @@ def _write_policies(folder: Path, sites: Sequence[SimSite], default: str) -> dic
     return out
 
 
-def _start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_logged(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with log.open("wb") as fh:
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)  # noqa: S603
 
 
-def _stop(procs: Sequence[tuple[str, subprocess.Popen[bytes]]]) -> None:
+def stop_processes(procs: Sequence[tuple[str, subprocess.Popen[bytes]]]) -> None:
     for _, p in procs:
         if p.poll() is None:
             p.terminate()
