@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         "--keep-current", action="store_true", help="write each input to OUT/current-<target>.bin first"
     )
     args = ap.parse_args(argv)
+    # a stopped campaign still runs the targets' atexit clean-up (the RPC targets' tmpfs projects)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     targets = all_targets()
     if args.targets:
         unknown = set(args.targets) - {t.name for t in targets}
