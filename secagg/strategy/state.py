@@ -92,18 +92,7 @@ class StrategyState:
             raise IntegrityError(f"strategy state metadata is not JSON: {exc}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise IntegrityError(f"strategy state format is not {FORMAT!r}")
-        strategy, step, dim = meta.get("strategy"), meta.get("step", -1), meta.get("dim", -1)
-        params, names = meta.get("params"), meta.get("buffers")
-        if not isinstance(strategy, str) or not strategy:
-            raise IntegrityError("strategy state: 'strategy' must be a non-empty string")
-        for key, val in (("step", step), ("dim", dim)):
-            if not isinstance(val, int) or isinstance(val, bool) or val < 0:
-                raise IntegrityError(f"strategy state: {key!r} must be an integer >= 0")
-        if not isinstance(params, dict) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            for v in params.values()
-        ):
-            raise IntegrityError("strategy state: 'params' must map names to finite numbers")
+        strategy, step, dim, params, names = meta_fields(meta)
         if not isinstance(names, list) or sorted(names) != sorted(tensors):
             raise IntegrityError("strategy state: buffer list does not match the stored tensors")
         for name, arr in tensors.items():
@@ -137,3 +126,21 @@ def _read_metadata(data: bytes) -> dict[str, Any]:
     header = json.loads(data[8 : 8 + n].decode("utf-8"))
     meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
     return meta if isinstance(meta, dict) else {}
+
+
+def meta_fields(meta: dict[str, Any]) -> tuple[str, int, int, dict[str, Any], Any]:
+    """The checks of a state's metadata that both readers make (bytes in memory here, a file a window
+    at a time in :mod:`secagg.strategy.statefile`): strategy, step, dim and params; the buffer list is
+    returned as stored, for the caller to match against the tensors it found."""
+    strategy, step, dim = meta.get("strategy"), meta.get("step", -1), meta.get("dim", -1)
+    params, names = meta.get("params"), meta.get("buffers")
+    if not isinstance(strategy, str) or not strategy:
+        raise IntegrityError("strategy state: 'strategy' must be a non-empty string")
+    for key, val in (("step", step), ("dim", dim)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < 0:
+            raise IntegrityError(f"strategy state: {key!r} must be an integer >= 0")
+    if not isinstance(params, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in params.values()
+    ):
+        raise IntegrityError("strategy state: 'params' must map names to finite numbers")
+    return strategy, step, dim, params, names

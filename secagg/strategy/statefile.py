@@ -10,7 +10,6 @@ Its own module because both sides step a strategy a window at a time: the aggreg
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 
 from secagg.bundlefile import FileSource, Layout
 from secagg.errors import IntegrityError, SecaggError
-from secagg.strategy.state import FORMAT, META_KEY, canonical_json
+from secagg.strategy.state import FORMAT, META_KEY, canonical_json, meta_fields
 
 
 def state_header(strategy: str, step: int, dim: int, params: dict[str, float], names: list[str]) -> bytes:
@@ -66,19 +65,7 @@ class StateFile:
                 raise IntegrityError(f"strategy state {path.name} is not readable: {exc}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise IntegrityError(f"strategy state {path.name}: format is not {FORMAT!r}")
-        strategy, step, dim = meta.get("strategy"), meta.get("step"), meta.get("dim")
-        params, names = meta.get("params"), meta.get("buffers")
-        if not isinstance(strategy, str) or not strategy:
-            raise IntegrityError("strategy state: 'strategy' must be a non-empty string")
-        for key, val in (("step", step), ("dim", dim)):
-            if not isinstance(val, int) or isinstance(val, bool) or val < 0:
-                raise IntegrityError(f"strategy state: {key!r} must be an integer >= 0")
-        assert isinstance(step, int) and isinstance(dim, int)
-        if not isinstance(params, dict) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            for v in params.values()
-        ):
-            raise IntegrityError("strategy state: 'params' must map names to finite numbers")
+        strategy, step, dim, params, names = meta_fields(meta)
         if not isinstance(names, list) or sorted(map(str, names)) != sorted(layout.entries):
             raise IntegrityError("strategy state: buffer list does not match the stored tensors")
         for e in layout.entries.values():
