@@ -30,6 +30,26 @@ POLL_S = 10.0
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
+class AggregatorUnreachable(grpc.RpcError):
+    """A connection to the aggregator made outside gRPC (the tee check's own TLS handshake) failed
+    for want of the network. It is raised as the ``UNAVAILABLE`` a gRPC call would have given in the
+    same moment, so that every loop that rides out a lost aggregator rides out this too, instead of
+    the job (and with it the agent) ending on an ``OSError`` (RELIABILITY.md, F16)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self._detail = detail
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return self._detail
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+
 class AggregatorTooOld(ConfigError):
     """The aggregator predates a message this agent relies on (the ``jobs`` listing, a task's job id):
     one line for the operator, not a traceback, and nothing of any job done."""

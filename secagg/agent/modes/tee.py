@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import ssl
 
 from secagg.agent.modes.base import ModeContext, Outgoing, Sent, StoredGlobal, Task, upload
 from secagg.agent.modes.shares import integer_share
 from secagg.agent.protect import plain_size, protect_plain_windows, protect_share, share_size
+from secagg.agent.relay import AggregatorUnreachable
 from secagg.errors import IntegrityError, PolicyRefusal
 from secagg.events import Event
 from secagg.framing import frame
@@ -80,8 +82,21 @@ class TeeMode(StoredGlobal):
         return trusted
 
     def _server_cert_der(self) -> bytes:
+        """The aggregator's certificate, read with a handshake of our own. A port that cannot be
+        reached (a network cut between the evidence and this handshake) is a lost aggregator, retried
+        as one; a certificate that fails the project CA's check is not: gRPC's channel passed the same
+        check a moment ago, so a different server answering now ends the job."""
         host, _, port = self.ctx.target.rpartition(":")
-        return probe_server_certificate(self.ctx.kit, host, int(port), timeout=10, server_hostname=host)
+        try:
+            return probe_server_certificate(self.ctx.kit, host, int(port), timeout=10, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            raise IntegrityError(
+                f"the aggregator at {host}:{port} presented a certificate that does not verify: {exc}"
+            ) from None
+        except OSError as exc:  # ssl.SSLError included: a handshake cut short
+            raise AggregatorUnreachable(
+                f"cannot reach the aggregator at {host}:{port} for its certificate: {exc}"
+            ) from None
 
     def protect_and_send(self, out: Outgoing) -> Sent:
         trusted = self._trusted
