@@ -58,7 +58,8 @@ class RunSpec:
     partition_at: str = "after_round_1"
     #: seconds the last site trains longer than the others
     slow_last_s: float = 0.0
-    #: a slow, lossy link for the target site (:mod:`secagg.chaos.slow`): seconds of delay each way
+    #: a slow, lossy link for the target, a site or the aggregator (:mod:`secagg.chaos.slow`):
+    #: seconds of delay each way
     delay_s: float | None = None
     #: and the percentage of its packets dropped each way (with ``delay_s``)
     loss_pct: int = 0
@@ -193,6 +194,15 @@ def _disk_full(disk: SmallDisk, seconds: float, out: Path, started: float, resul
         log(f"    aggregator disk freed ({disk.free_bytes() / 2**20:.1f} MiB free)")
 
 
+def _aggregator_bind(host: str, slow: SlowLink | None) -> str:
+    """The address the aggregator listens on: its provisioned one, or behind a slow link the
+    address the relay forwards to (a site's relay dials the host's second address, so every address;
+    the aggregator's own relay, in its namespace, dials loopback)."""
+    if slow is None:
+        return host
+    return "127.0.0.1" if slow.behind == "aggregator" else "0.0.0.0"  # noqa: S104
+
+
 def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
     """Provision, sign, start, inject ``spec.fault``, restart the killed process once, stop by itself."""
     from secagg.jobs.sign import sign_job
@@ -219,15 +229,14 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
     prepare_job(src, out / "job", n_sites=spec.sites)
     if spec.partition_at not in ("after_round_1", "readies"):
         raise ValueError(f"unknown partition_at {spec.partition_at!r}")
-    if spec.target == "aggregator" and spec.delay_s is not None:
-        raise ValueError("a slow link is a site's (target a site)")
     link = net.Link.make("chaos") if spec.partition_s is not None or spec.delay_s is not None else None
     # the aggregator behind its own link is dialled at the namespace's address (its TLS name); a site
     # behind one dials the host side's address (through the relay, for a slow link)
     host = "127.0.0.1" if link is None else link.site_ip if spec.target == "aggregator" else link.host_ip
     port = free_port()
+    behind = "aggregator" if spec.target == "aggregator" else "site"
     slow = (
-        SlowLink(link, port, spec.delay_s, spec.loss_pct, out / "link")
+        SlowLink(link, port, spec.delay_s, spec.loss_pct, out / "link", behind)
         if link is not None and spec.delay_s is not None
         else None
     )
@@ -263,7 +272,7 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
             "--job",
             str(out / "job"),
             "--host",
-            "0.0.0.0" if slow is not None else host,  # noqa: S104 - the relay dials its second address
+            _aggregator_bind(host, slow),
             "--exit-when-done",
             *(["--insecure-dev-tee"] if traits(spec.mode).attested else []),
         ]

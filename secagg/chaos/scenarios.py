@@ -55,8 +55,10 @@ PARTITIONS = {
     ),
 }
 #: slow-link: issue #18's ``netem delay 200ms loss 2%`` for site-2, each way (without netem:
-#: :mod:`secagg.chaos.slow`); the round timeout leaves room for a 0.4 s round trip per call
+#: :mod:`secagg.chaos.slow`); the round timeout leaves room for a 0.4 s round trip per call.
+#: slow-link-aggregator: the same on the aggregator's link, so every site's traffic is slowed at once
 SLOW_DELAY_S, SLOW_LOSS_PCT, SLOW_ROUND_TIMEOUT = 0.2, 2, 60.0
+SLOW_LINKS = {"slow-link": "site-2", "slow-link-aggregator": "aggregator"}
 #: clock-skew: seconds the site's wall clock is moved (ahead, behind)
 SKEWS = (600.0, -600.0)
 #: disk-full: seconds the aggregator's state disk stays full (from the end of round 1)
@@ -66,7 +68,7 @@ SCENARIOS = (
     "kill-aggregator",
     "kill-site",
     *PARTITIONS,
-    "slow-link",
+    *SLOW_LINKS,
     "clock-skew",
     "disk-full",
     "load",
@@ -132,12 +134,12 @@ def plan(
                 )
                 where = " at ready 2" if part.at == "readies" else ""
                 out.append(Planned(sc, f"{part.cut_s:.0f} s cut{where}", spec))
-            elif sc == "slow-link":
+            elif sc in SLOW_LINKS:
                 spec = RunSpec(
                     mode,
                     sites,
                     rounds,
-                    target=KILL_SITE,
+                    target=SLOW_LINKS[sc],
                     delay_s=SLOW_DELAY_S,
                     loss_pct=SLOW_LOSS_PCT,
                     round_timeout=SLOW_ROUND_TIMEOUT,
@@ -272,7 +274,7 @@ def unavailable(scenarios: Iterable[str]) -> str | None:
     from secagg.chaos import net, slow
 
     for sc in scenarios:
-        why = slow.available() if sc == "slow-link" else net.available() if sc in PARTITIONS else None
+        why = slow.available() if sc in SLOW_LINKS else net.available() if sc in PARTITIONS else None
         if why is not None:
             return f"scenario {sc} cannot run here: {why}"
     return None

@@ -1,13 +1,20 @@
-"""A slow, lossy link for one site (issue #18's ``tc netem delay 200ms loss 2%``) without netem:
-the site's namespace (:class:`~secagg.chaos.net.Link`) gets a delay relay and an nftables loss.
+"""A slow, lossy link (issue #18's ``tc netem delay 200ms loss 2%``) without netem: the namespace
+(:class:`~secagg.chaos.net.Link`) of one site, or of the aggregator, gets a delay relay and an
+nftables loss.
 
-Addresses: the aggregator is provisioned at the link's host address ``A`` and binds every address
-(``--host 0.0.0.0``); the host side of the veth also holds a second address ``B``. Inside the site's
-namespace ``A`` is put on loopback, so the site's dial to ``A:port`` lands on the relay
+A site's link. Addresses: the aggregator is provisioned at the link's host address ``A`` and binds
+every address (``--host 0.0.0.0``); the host side of the veth also holds a second address ``B``.
+Inside the site's namespace ``A`` is put on loopback, so the site's dial to ``A:port`` lands on the relay
 (:mod:`secagg.chaos.relay`), which waits ``delay`` seconds each way and forwards to ``B:port`` over
 the veth, where ``percent``% of the packets each way are dropped (:mod:`secagg.chaos.loss`). The
 other sites, on the host, dial ``A:port`` directly. TLS runs end to end (the site checks the name
 ``A``); only the delayed, lossy path differs.
+
+The aggregator's link (every site's traffic at once, as when the aggregator's uplink is slow): the
+aggregator runs in the namespace bound to its loopback only (``--host 127.0.0.1``); the relay, in the
+namespace too, listens on the namespace's address ``N`` (the aggregator's provisioned name) and
+forwards to loopback after the delay; the loss is on the namespace's side of the veth. Every site, on
+the host, dials ``N:port``: through the lossy veth, then the delay, then the aggregator.
 """
 
 from __future__ import annotations
@@ -31,6 +38,17 @@ def relay_ip(link: net.Link) -> str:
     return link.host_ip.rpartition(".")[0] + ".3"
 
 
+def relay_ends(link: net.Link, port: int, behind: str) -> tuple[str, str]:
+    """Where the relay listens and where it forwards (``IP:PORT`` each), for the node ``behind`` the
+    link: a site (the aggregator's address on the namespace's loopback, forwarded over the veth) or
+    the aggregator (the namespace's address, forwarded to the aggregator on loopback)."""
+    if behind == "aggregator":
+        return f"{link.site_ip}:{port}", f"127.0.0.1:{port}"
+    if behind == "site":
+        return f"{link.host_ip}:{port}", f"{relay_ip(link)}:{port}"
+    raise ValueError(f"a slow link is a site's or the aggregator's, not {behind!r}")
+
+
 @dataclass
 class SlowLink:
     link: net.Link
@@ -38,6 +56,8 @@ class SlowLink:
     delay: float
     percent: int
     folder: Path
+    #: whose link this is: ``"site"`` or ``"aggregator"`` (see the module's docstring)
+    behind: str = "site"
     _relay: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _loss: loss.Loss | None = field(default=None, repr=False)
 
@@ -48,8 +68,10 @@ class SlowLink:
     def start(self, timeout: float = 30.0) -> None:
         """Addresses, loss table, relay; returns once the relay listens."""
         link = self.link
-        net._ip("addr", "add", f"{relay_ip(link)}/24", "dev", link.host_if)
-        net._ip("netns", "exec", link.ns, "ip", "addr", "add", f"{link.host_ip}/32", "dev", "lo")
+        listen, to = relay_ends(link, self.port, self.behind)
+        if self.behind == "site":
+            net._ip("addr", "add", f"{relay_ip(link)}/24", "dev", link.host_if)
+            net._ip("netns", "exec", link.ns, "ip", "addr", "add", f"{link.host_ip}/32", "dev", "lo")
         self._loss = loss.Loss(tuple(link.prefix()), link.peer_if, self.percent)
         self._loss.install()
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -63,9 +85,9 @@ class SlowLink:
                     "-m",
                     "secagg.chaos.relay",
                     "--listen",
-                    f"{link.host_ip}:{self.port}",
+                    listen,
                     "--to",
-                    f"{relay_ip(link)}:{self.port}",
+                    to,
                     "--delay",
                     str(self.delay),
                     "--ready",

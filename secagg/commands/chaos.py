@@ -29,8 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "sites' privacy ledgers, every audit chain (secagg audit verify), and no temporary file, spool "
         "or lock left behind. Writes results.json, results.md (and load.png) to --out; exits 1 if any "
         f"run is not ok. Kill points: {', '.join(POINTS)}. The partition scenarios (a site's or the "
-        "aggregator's link cut) need root and network namespaces; slow-link (200 ms each way, 2% loss "
-        "each way, without netem) needs nftables too (apt-get install -y nftables).",
+        "aggregator's link cut) need root and network namespaces; slow-link and slow-link-aggregator "
+        "(site-2's or the aggregator's link: 200 ms each way, 2% loss each way, without netem) need "
+        "nftables too (apt-get install -y nftables).",
     )
     p.add_argument(
         "--scenario", action="append", choices=SCENARIOS, help="repeatable (default: all but load)"

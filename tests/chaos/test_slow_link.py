@@ -192,3 +192,29 @@ def test_a_slow_last_site_trains_longer_in_the_job(tmp_path: Path) -> None:
     params = yaml.safe_load((tmp_path / "j" / "job.yaml").read_text())["params"]
     assert params == {"sleep": 0, "slow_site": "site-3", "slow_s": 3.0}
     assert 'task.params.get("slow_site")' in (tmp_path / "j" / "train.py").read_text()
+
+
+def test_the_aggregators_slow_link_slows_every_site_at_once() -> None:
+    (p,) = plan(["slow-link-aggregator"], ["mask"], sites=5)
+    assert (p.spec.target, p.spec.delay_s, p.spec.loss_pct) == ("aggregator", 0.2, 2)
+    assert p.spec.min_sites is None  # every site required: each one's traffic crosses the slow link
+
+
+def test_the_relay_sits_on_the_path_of_whoever_is_behind_the_link() -> None:
+    from secagg.chaos.net import Link
+    from secagg.chaos.run import _aggregator_bind
+    from secagg.chaos.slow import SlowLink, relay_ends
+
+    link = Link("chaos7", "chaos7a", "chaos7b", "10.231.7.1", "10.231.7.2")
+    # a site's: its dial of the aggregator's address lands on the relay, which goes out over the veth
+    assert relay_ends(link, 4000, "site") == ("10.231.7.1:4000", "10.231.7.3:4000")
+    # the aggregator's: every site dials the namespace's address, the relay forwards to loopback
+    assert relay_ends(link, 4000, "aggregator") == ("10.231.7.2:4000", "127.0.0.1:4000")
+    with pytest.raises(ValueError, match="not 'admin'"):
+        relay_ends(link, 4000, "admin")
+    # the aggregator must not listen where its relay does, nor be reachable around it
+    agg = SlowLink(link, 4000, 0.2, 2, Path("unused"), "aggregator")
+    site = SlowLink(link, 4000, 0.2, 2, Path("unused"))
+    assert _aggregator_bind("10.231.7.2", agg) == "127.0.0.1"
+    assert _aggregator_bind("10.231.7.1", site) == "0.0.0.0"
+    assert _aggregator_bind("127.0.0.1", None) == "127.0.0.1"
