@@ -36,7 +36,8 @@ bench: $(STAMP)
 # the fault and load harness (issue #18, RELIABILITY.md): every kill point in every mode, the load, then
 # the network faults (last: they need root and network namespaces, and refuse with one line without)
 NET_SCENARIOS := partition-10s partition-60s partition-timeout partition-aggregator-10s \
-  partition-aggregator-60s partition-aggregator-timeout slow-link slow-link-aggregator
+  partition-aggregator-60s partition-aggregator-timeout partition-upload-10s partition-upload-60s \
+  slow-link slow-link-aggregator
 chaos: $(STAMP) chaos-tools
 	$(VENV)/bin/secagg chaos --scenario baseline --scenario kill-aggregator --scenario kill-site --out chaos-out/faults $(ARGS)
 	$(VENV)/bin/secagg chaos --scenario disk-full --scenario clock-skew --out chaos-out/disk-clock $(ARGS)

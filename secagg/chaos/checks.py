@@ -144,7 +144,9 @@ def _model(o: Outcome, r: Report, reference: dict[str, np.ndarray] | None) -> No
     done = [
         x for x in records(o.state / "aggregator" / "audit.jsonl") if x.get("event") == Event.ROUND_COMPLETED
     ]
-    exact = expected_final(o.spec.rounds, o.spec.names, {int(x["round"]): list(x["sites"]) for x in done})
+    exact = expected_final(
+        o.spec.rounds, o.spec.names, {int(x["round"]): list(x["sites"]) for x in done}, o.spec.big
+    )
     r.max_abs_err = max(float(np.max(np.abs(first[k].astype(np.float64) - exact[k]))) for k in exact)
     ok = r.max_abs_err <= BOUND[o.spec.mode]
     note = f"max |err| {r.max_abs_err:.2e} (bound {BOUND[o.spec.mode]:.0e})"

@@ -124,15 +124,18 @@ def _delta(site: str, round_: int, like: OrderedDict[str, np.ndarray] = INIT) ->
 
 
 def expected_final(
-    rounds: int, sites: list[str], participants: dict[int, list[str]] | None = None
+    rounds: int, sites: list[str], participants: dict[int, list[str]] | None = None, big: int = 0
 ) -> OrderedDict[str, np.ndarray]:
     """FedAvg of the pure updates in float64 (round r over ``participants[r]``, default every site):
-    what every mode should come within its bound of."""
-    g = OrderedDict((k, v.astype(np.float64)) for k, v in INIT.items())
+    what every mode should come within its bound of. With ``big``, the large tensor too (TRAIN_PY
+    draws it after the others, so theirs do not change)."""
+    like = model(big)
+    g = OrderedDict((k, v.astype(np.float64)) for k, v in like.items())
     for r in range(1, rounds + 1):
         these = (participants or {}).get(r, sites)
         total = sum(samples(s) for s in these)
-        ds = {s: _delta(s, r) for s in these}
-        for k in g:
-            g[k] = g[k] + sum(samples(s) / total * ds[s][k].astype(np.float64) for s in these)
+        for s in these:
+            d = _delta(s, r, like)
+            for k in g:
+                g[k] += samples(s) / total * d[k].astype(np.float64)
     return g

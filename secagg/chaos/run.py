@@ -27,6 +27,9 @@ from secagg.demo.engine import (
 from secagg.modes import traits
 
 SUBMITTER = "submitter@chaos"
+#: an upload is cut once the aggregator has spooled this much of it (bytes are flowing, not just
+#: the stream opened)
+CUT_AFTER_BYTES = 1 << 20
 #: the budget and filter of a run with ``dp`` (what a site kill after its debit is about)
 DP_POLICY = """\
 privacy:
@@ -52,9 +55,11 @@ class RunSpec:
     #: seconds the target's link is cut (its own network namespace), from the end of round 1; the
     #: target may be the aggregator: then every site loses it at once
     partition_s: float | None = None
-    #: when the cut begins: once round 1 has completed (between rounds), or once every site but the
+    #: when the cut begins: once round 1 has completed (between rounds), once every site but the
     #: last has posted its ready of round 2 (``"readies"``; the last site trains ``slow_last_s`` longer):
-    #: the round then has readies but no uploads, so it can time out and be retried
+    #: the round then has readies but no uploads, so it can time out and be retried, or once the
+    #: aggregator is receiving the target site's upload of round 2 (``"upload"``: its spool holds
+    #: the site's partial file; with a ``big`` model the upload lasts long enough to be cut in)
     partition_at: str = "after_round_1"
     #: seconds the last site trains longer than the others
     slow_last_s: float = 0.0
@@ -99,6 +104,10 @@ class Outcome:
     restarts: int = 0
     #: seconds into the run at which the partition began and ended
     partition: list[float] = field(default_factory=list)
+    #: with ``partition_at="upload"``: bytes of the target's upload the aggregator had spooled when
+    #: the link went down, and whether that partial upload was still unfinished just after the cut
+    cut_at_bytes: int = 0
+    cut_mid_upload: bool = False
     #: the aggregator's peak resident set (VmHWM), bytes, over all its incarnations
     peak_rss: int = 0
     #: seconds into the run at which the aggregator's disk was filled and freed
@@ -153,7 +162,20 @@ def _partition(link: net.Link, spec: RunSpec, out: Path, started: float, result:
     now = time.monotonic() - started
     seconds = spec.partition_s or 0.0
     if not result.partition:
-        if (
+        if spec.partition_at == "upload":
+            partial = _partial_upload(out, spec.target, 2)
+            if partial is None or _size(partial) < CUT_AFTER_BYTES:
+                return
+            link.cut()
+            result.partition.append(now)
+            result.cut_at_bytes = _size(partial)
+            # the cut counts as mid-upload only if the aggregator still had not got the whole of it
+            result.cut_mid_upload = partial.exists()
+            log(
+                f"    {link.ns}: link cut for {seconds:.0f} s, {result.cut_at_bytes / 2**20:.1f} MiB into "
+                f"{spec.target}'s upload{'' if result.cut_mid_upload else ' (which had just ended)'}"
+            )
+        elif (
             _round_completed(out)
             if spec.partition_at == "after_round_1"
             else _readies(out, 2) >= spec.sites - 1
@@ -165,6 +187,23 @@ def _partition(link: net.Link, spec: RunSpec, out: Path, started: float, result:
         link.mend()
         result.partition.append(now)
         log(f"    {link.ns}: link mended")
+
+
+def _partial_upload(out: Path, site: str, round_: int) -> Path | None:
+    """The aggregator's partial spool file of ``site``'s upload of ``round_`` (any attempt), if one
+    is being received (:mod:`secagg.aggregator.spool`'s ``.SITE-XXXX.part``)."""
+    from secagg.aggregator.spool import PART_SUFFIX
+
+    spool = out / "state" / "aggregator" / "spool"
+    found = sorted(spool.glob(f"*/{round_}-*/.{site}-*{PART_SUFFIX}")) if spool.is_dir() else []
+    return found[0] if found else None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _readies(out: Path, round_: int) -> int:
@@ -227,7 +266,7 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
         slow_s=spec.slow_last_s,
     )
     prepare_job(src, out / "job", n_sites=spec.sites)
-    if spec.partition_at not in ("after_round_1", "readies"):
+    if spec.partition_at not in ("after_round_1", "readies", "upload"):
         raise ValueError(f"unknown partition_at {spec.partition_at!r}")
     link = net.Link.make("chaos") if spec.partition_s is not None or spec.delay_s is not None else None
     # the aggregator behind its own link is dialled at the namespace's address (its TLS name); a site
@@ -357,7 +396,9 @@ def run(spec: RunSpec, out: Path, log=print) -> Outcome:  # noqa: ANN001, C901
             if time.monotonic() > deadline:
                 result.timed_out = True
                 break
-            time.sleep(0.1)
+            # waiting to cut an upload short: look at the spool often enough to catch it
+            cutting = spec.partition_at == "upload" and not result.partition
+            time.sleep(0.01 if cutting else 0.1)
     finally:
         alive = [(n, p) for n, p in procs.items() if p.poll() is None]
         stop_processes(alive)

@@ -35,8 +35,12 @@ class Partition:
     #: seconds the last site trains longer (with ``at="readies"``: the cut lands between the others'
     #: readies and its own)
     slow_last_s: float = 0.0
+    #: float32 parameters added to the model (with ``at="upload"``: an upload long enough to cut)
+    big: int = 0
 
 
+#: the large model's extra parameters in the partition-upload scenarios (32 MiB of float32)
+UPLOAD_BIG = 8 << 20
 #: a site's partition (site-2) and the aggregator's. The aggregator's cut takes every site away at
 #: once. Cut between rounds (10 s, 60 s, every site required) the next round waits for its readies:
 #: a round with fewer than min_sites readies has no timeout, nothing to retry. Cut for longer than
@@ -53,6 +57,10 @@ PARTITIONS = {
     "partition-aggregator-timeout": Partition(
         45.0, 15.0, go_on=True, target="aggregator", at="readies", slow_last_s=3.0
     ),
+    # site-2's link cut in the middle of its upload of a 32 MiB model (8M float32), every site
+    # required; the round timeout outlasts the cut, so what is measured is the upload's fate
+    "partition-upload-10s": Partition(10.0, 90.0, go_on=False, at="upload", big=UPLOAD_BIG),
+    "partition-upload-60s": Partition(60.0, 150.0, go_on=False, at="upload", big=UPLOAD_BIG),
 }
 #: slow-link: issue #18's ``netem delay 200ms loss 2%`` for site-2, each way (without netem:
 #: :mod:`secagg.chaos.slow`); the round timeout leaves room for a 0.4 s round trip per call.
@@ -131,8 +139,9 @@ def plan(
                     round_timeout=part.round_timeout,
                     min_sites=sites - 1 if part.go_on else None,
                     timeout=300.0 + part.cut_s,
+                    big=part.big,
                 )
-                where = " at ready 2" if part.at == "readies" else ""
+                where = {"readies": " at ready 2", "upload": " mid-upload"}.get(part.at, "")
                 out.append(Planned(sc, f"{part.cut_s:.0f} s cut{where}", spec))
             elif sc in SLOW_LINKS:
                 spec = RunSpec(
@@ -190,7 +199,8 @@ class Row:
     hit: bool  #: the fault reached its point (always True for a fault-free run)
     restarts: int
     report: dict[str, Any]
-    #: a slow link's evidence (connections through the relay, packets dropped and passed); else empty
+    #: a slow link's evidence (connections through the relay, packets dropped and passed), or an
+    #: upload's cut (bytes the aggregator had of it); else empty
     link: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -239,7 +249,14 @@ def run_suite(planned: list[Planned], out: Path, log: Callable[[str], object] = 
             and (s.disk_full_s is None or len(o.disk_full) == 2)
             # a slow link counts when the site's traffic went through the relay and packets were lost
             and (s.delay_s is None or (o.relayed > 0 and o.dropped > 0))
+            # a cut of an upload counts when the aggregator was still receiving it as the link went
+            and (s.partition_at != "upload" or o.cut_mid_upload)
         )
+        evidence: dict[str, int] = {}
+        if s.delay_s is not None:
+            evidence = {"relayed": o.relayed, "dropped": o.dropped, "passed": o.passed}
+        elif s.partition_at == "upload":
+            evidence = {"cut_at_bytes": o.cut_at_bytes}
         row = Row(
             p.scenario,
             p.label,
@@ -252,7 +269,7 @@ def run_suite(planned: list[Planned], out: Path, log: Callable[[str], object] = 
             hit,
             o.restarts,
             rep.to_dict(),
-            {"relayed": o.relayed, "dropped": o.dropped, "passed": o.passed} if s.delay_s is not None else {},
+            evidence,
         )
         rows.append(row)
         verdict = "ok" if row.ok else "FAILED"

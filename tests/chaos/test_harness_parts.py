@@ -33,6 +33,40 @@ def test_expected_final_follows_the_participants() -> None:
     assert not np.array_equal(without["head"], everyone["head"])
 
 
+def test_expected_final_covers_a_large_models_extra_tensor() -> None:
+    sites = ["site-1", "site-2"]
+    small, big = job.expected_final(2, sites), job.expected_final(2, sites, big=1000)
+    # the big tensor is drawn after the others: theirs are unchanged, and it moved away from 0.5
+    assert all(np.allclose(small[k], big[k], rtol=0, atol=1e-15) for k in small)
+    assert big["big"].shape == (1000,) and float(np.max(np.abs(big["big"] - 0.5))) > 0.01
+
+
+def test_an_upload_is_cut_only_once_its_bytes_are_arriving(tmp_path: Path) -> None:
+    from secagg.chaos.run import CUT_AFTER_BYTES, _partial_upload
+
+    attempt = tmp_path / "state" / "aggregator" / "spool" / "job-1" / "2-1"
+    attempt.mkdir(parents=True)
+    assert _partial_upload(tmp_path, "site-2", 2) is None
+    (attempt / "site-2.upload").write_bytes(b"x")  # a whole upload is not one being received
+    (attempt / ".site-20-ab12.part").write_bytes(b"x")  # nor another site's
+    (tmp_path / "state" / "aggregator" / "spool" / "job-1" / "1-1").mkdir()
+    (tmp_path / "state" / "aggregator" / "spool" / "job-1" / "1-1" / ".site-2-zz.part").write_bytes(b"x")
+    assert _partial_upload(tmp_path, "site-2", 2) is None  # nor its upload of another round
+    part = attempt / ".site-2-k3j4.part"
+    part.write_bytes(b"x" * 10)
+    assert _partial_upload(tmp_path, "site-2", 2) == part
+    assert CUT_AFTER_BYTES > 10  # the run waits for more than an opened stream before it cuts
+
+
+def test_partition_upload_plans_a_large_model_and_a_timeout_past_the_cut() -> None:
+    runs = plan(["partition-upload-10s", "partition-upload-60s"], ["tee"], sites=5)
+    for p, cut in zip(runs, (10.0, 60.0), strict=True):
+        s = p.spec
+        assert (s.target, s.partition_at, s.partition_s, s.min_sites) == ("site-2", "upload", cut, None)
+        assert s.big * 4 >= 32 << 20 and s.round_timeout > cut
+        assert p.label == f"{cut:.0f} s cut mid-upload"
+
+
 def test_unknown_kill_point_is_refused() -> None:
     with pytest.raises(SystemExit, match="unknown point"):
         shim.install("agg-nowhere", 2)
