@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from secagg.errors import UpdateRejected
 from secagg.provision.identity import Identity
 from secagg.provision.kit import Kit
 from secagg.reasons import Reason
+from secagg.transport.generated import secagg_pb2 as pb
 from secagg.transport.tls import peer_identity
 
 
@@ -25,6 +27,19 @@ def caller(context: grpc.ServicerContext, kit: Kit) -> Identity:
     upload is spooled and summed under, the sender of relayed messages, and the admin whose role and
     org decide; no handler reads a name from a request. Raises ``IdentityError``."""
     return peer_identity(context, kit)
+
+
+def client_stream(pieces: Iterator[pb.Chunk]) -> Iterator[pb.Chunk]:
+    """A client stream whose connection dies mid-way: gRPC's request iterator raises a bare
+    ``grpc.RpcError`` (the call was cancelled) where a stream that merely stopped ends early. Both are
+    an upload cut short, the caller's to send again (RELIABILITY.md F17), not a fault of the handler:
+    refused as ``truncated`` with its audit line, not as ``internal`` with a traceback."""
+    try:
+        yield from pieces
+    except grpc.RpcError:
+        raise UpdateRejected(
+            "stream cut off: the caller's connection was lost mid-stream", code=Reason.TRUNCATED
+        ) from None
 
 
 def abort(context: grpc.ServicerContext, code: str, message: str) -> None:

@@ -25,6 +25,7 @@ from secagg.aggregator.rpc import (
     abort,
     abort_with,
     caller,
+    client_stream,
     declined,
     name_field,
     post_fields,
@@ -196,6 +197,7 @@ class FederationService(rpc.FederationServicer):
     ) -> pb.UploadReply:
         site = self._site(context)
         header: dict[str, Any] = {}
+        request_iterator = client_stream(request_iterator)
 
         def upload() -> None:
             nonlocal header
@@ -339,7 +341,7 @@ class FederationService(rpc.FederationServicer):
         """Admin commands with a large payload (submit)."""
         from secagg.aggregator.admin import AdminConsole
 
-        yield from AdminConsole(self.fed).handle_upload(request_iterator, context)
+        yield from AdminConsole(self.fed).handle_upload(client_stream(request_iterator), context)
 
 
 class AggregatorServer:
