@@ -15,6 +15,7 @@ import numpy as np
 from secagg.chaos.job import expected_final
 from secagg.chaos.run import Outcome
 from secagg.events import Event
+from secagg.reasons import Reason
 
 #: how far each mode's final model may be from the exact FedAvg (float64) of the pure updates:
 #: plain and tee sum float32 updates in float64; mask quantises to fixed point; he is CKKS
@@ -48,6 +49,9 @@ class Report:
     leftovers: list[str] = field(default_factory=list)
     #: processes that ended with an error of their own (not the injected kill): name, code, last line
     exit_errors: list[str] = field(default_factory=list)
+    #: audit lines with the reason code ``internal``: a handler's net for an exception nobody
+    #: expected, so a bug whatever the fault (RELIABILITY.md F17)
+    internal: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -58,6 +62,7 @@ class Report:
             and self.overspent == 0
             and self.audit_ok == self.audit_total
             and not self.leftovers
+            and not self.internal
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +117,10 @@ def _rounds(o: Outcome, r: Report) -> None:
             r.refusals.append(
                 f"{x['event']} r{x.get('round', '?')}: {x.get('code', '')} {x.get('reason', '')}"
             )
+    for node in ["aggregator", *o.spec.names]:
+        for x in records(o.state / node / "audit.jsonl"):
+            if x.get("code") == Reason.INTERNAL:
+                r.internal.append(f"{node} {x.get('event')} r{x.get('round', '?')}: {x.get('reason', '')}")
     for site in o.spec.names:
         for x in records(o.state / site / "audit.jsonl"):
             if x.get("event") in (Event.ROUND_DECLINED, Event.JOB_REFUSED):

@@ -278,6 +278,7 @@ def run_suite(planned: list[Planned], out: Path, log: Callable[[str], object] = 
             f"model {rep.model_note or '?'}, audit {rep.audit_ok}/{rep.audit_total}, "
             f"leftovers {len(rep.leftovers)}, overspent {rep.overspent}, "
             f"double debits {len(rep.double_debits)}"
+            + (f", internal errors {len(rep.internal)}" if rep.internal else "")
             + "".join(f", {k} {v}" for k, v in row.link.items())
             + ("" if hit else ", the fault never hit its point")
         )
@@ -406,5 +407,7 @@ def why(r: Row) -> list[str]:
         why.append(f"audit: {' | '.join(rep['audit_errors'])}")
     if rep["leftovers"]:
         why.append(f"left behind: {', '.join(rep['leftovers'][:5])}")
+    if rep.get("internal"):  # rows written before the check have none
+        why.append(f"internal errors: {' | '.join(rep['internal'][:5])}")
     why += rep["refusals"][:5]
     return why

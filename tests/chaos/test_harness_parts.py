@@ -67,6 +67,28 @@ def test_partition_upload_plans_a_large_model_and_a_timeout_past_the_cut() -> No
         assert p.label == f"{cut:.0f} s cut mid-upload"
 
 
+def test_an_internal_refusal_anywhere_fails_the_run(tmp_path: Path) -> None:
+    from secagg.chaos.checks import _rounds
+
+    spec = RunSpec("he", sites=2, rounds=1)
+    for node, line in (
+        ("aggregator", '{"event":"round_completed","round":1,"sites":["site-1","site-2"]}'),
+        ("aggregator", '{"event":"refused","code":"internal","reason":"RpcError","round":1,"site":"site-2"}'),
+        ("aggregator", '{"event":"job_finished"}'),
+        ("site-1", '{"event":"refused","code":"truncated","round":1}'),
+    ):
+        log = tmp_path / "state" / node / "audit.jsonl"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as fh:
+            fh.write(line + "\n")
+    r = Report(finished=True, audit_ok=3, audit_total=3)
+    _rounds(Outcome(spec, tmp_path, 1.0, False), r)
+    assert r.internal == ["aggregator refused r1: RpcError"]  # a bug, whatever fault the run injected
+    assert r.completed == 1 and not r.ok
+    r.internal.clear()
+    assert r.ok
+
+
 def test_unknown_kill_point_is_refused() -> None:
     with pytest.raises(SystemExit, match="unknown point"):
         shim.install("agg-nowhere", 2)
