@@ -17,7 +17,7 @@ from secagg.auditlog import head_path, verify_audit
 from secagg.errors import ConfigError
 from secagg.provision.identity import load_cert
 from secagg.reasons import Reason
-from secagg.safeyaml import file_kind
+from secagg.userfile import file_kind
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
