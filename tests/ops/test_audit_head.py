@@ -19,6 +19,7 @@ from secagg.cli import main
 from secagg.errors import IntegrityError
 from secagg.provision.ca import issue_cert, make_ca
 from secagg.provision.identity import cert_pem
+from tests.hostile_files import within
 
 Node = tuple[ec.EllipticCurvePrivateKey, bytes, ec.EllipticCurvePrivateKey, bytes]
 Cap = pytest.CaptureFixture[str]
@@ -268,27 +269,6 @@ def test_a_head_temp_left_by_a_crash_is_removed_on_open(tmp_path: Path) -> None:
     assert not stale.exists() and verify_audit(path).records == 1
 
 
-def _within(seconds: float, call: Callable[[], Any]) -> Any:
-    """``call()`` in a thread: a regression that blocks (a FIFO opened for reading) fails, not hangs."""
-    import threading
-
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            out["value"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            out["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"still running after {seconds} s (blocked on a FIFO?)"
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
-
-
 @pytest.mark.parametrize(
     ("make", "code", "words"),
     [
@@ -304,7 +284,7 @@ def test_a_head_that_is_no_file_is_named_not_read(
     path = tmp_path / "audit.jsonl"
     path.write_bytes(b"")
     make(head_path(path))
-    rc, _, err = _within(5, lambda: _cli(capsys, str(path)))
+    rc, _, err = within(5, lambda: _cli(capsys, str(path)))
     assert rc == 1 and err == f"secagg: {code}: {head_path(path)}: {words}\n"
 
 
@@ -338,12 +318,12 @@ def test_start_up_refuses_a_head_or_log_that_is_no_file(tmp_path: Path) -> None:
     head_path(path).unlink()
     os.mkfifo(head_path(path))
     with pytest.raises(UserFileError, match="is a named pipe \\(FIFO\\), not an audit head") as info:
-        _within(5, lambda: AuditLog(path))
+        within(5, lambda: AuditLog(path))
     assert info.value.code == "not_a_file"
     fifo_log = tmp_path / "other.jsonl"
     os.mkfifo(fifo_log)
     with pytest.raises(UserFileError, match="is a named pipe \\(FIFO\\), not an audit log") as info:
-        _within(5, lambda: AuditLog(fifo_log))
+        within(5, lambda: AuditLog(fifo_log))
     assert info.value.code == "not_a_file"
 
 
@@ -362,3 +342,25 @@ def test_start_up_refuses_a_tampered_last_line(tmp_path: Path, extra: str) -> No
     with pytest.raises(IntegrityError) as info:
         AuditLog(path)
     assert str(info.value) == f"{path}:2: last line is not an audit record; run secagg audit verify"
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda p: __import__("os").mkfifo(p), "is a named pipe (FIFO)"),
+        (lambda p: p.symlink_to("/dev/null"), "is a device"),
+        (lambda p: p.mkdir(), "is a directory"),
+    ],
+    ids=["fifo", "device", "dir"],
+)
+def test_a_cert_that_is_no_file_is_named_for_what_it_is(
+    tmp_path: Path, capsys: Cap, make: Callable[[Path], None], words: str
+) -> None:
+    """``--cert /dev/null`` said "no such certificate file" (audit 18, G3): name the kind."""
+    path = _log(tmp_path, n=1)
+    cert = tmp_path / "cert.pem"
+    make(cert)
+    rc, _, err = within(5, lambda: _cli(capsys, str(path), "--cert", str(cert)))
+    assert rc == 1 and err == f"secagg: not_a_file: {cert}: {words}, not a certificate file\n"
+    rc, _, err = _cli(capsys, str(path), "--cert", str(tmp_path / "none.pem"))
+    assert rc == 1 and err == f"secagg: file_missing: {tmp_path / 'none.pem'}: no such certificate file\n"
