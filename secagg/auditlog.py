@@ -37,7 +37,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from secagg import userfile
 from secagg.errors import IntegrityError, StorageFull, is_storage_full
 from secagg.events import Event
+from secagg.reasons import Reason
 
 GENESIS = "0" * 64
 #: domain separation: a node's signature over a head can never be replayed as anything else it signs
@@ -59,6 +61,10 @@ HEAD_ALGORITHM = "ecdsa-p384-sha384"
 HEAD_SUFFIX = ".head"
 #: a head is a few hundred bytes; refuse to parse anything much larger
 _MAX_HEAD_BYTES = 64 * 1024
+#: the longest line a reader accepts. The largest records the project writes carry a list of site
+#: names (HE recipients, a job's sites): at most ``MAX_SITES`` (100,000) names of at most 63 characters,
+#: under 7 MB as JSON; twice that and more is no record of ours, and refusing it bounds a reader's memory
+MAX_RECORD_BYTES = 16 << 20
 #: keys every record has; an event's fields may not use them
 _RESERVED = frozenset({"seq", "time", "event", "prev", "hash"})
 
@@ -123,11 +129,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def read_head(path: Path) -> dict[str, Any]:
-    """Parse a head file; raise :class:`IntegrityError` naming what is wrong with it."""
+    """Parse a head file; raise :class:`IntegrityError` naming what is wrong with it.
+
+    A FIFO, directory or device in its place is refused by kind (a FIFO would hang the read,
+    ``/dev/zero`` fill memory), and never more than the limit plus one byte is read."""
     try:
-        raw = path.read_bytes()[: _MAX_HEAD_BYTES + 1]
-    except IsADirectoryError:
-        raise IntegrityError(f"{path}: audit head is not a file") from None
+        raw = userfile.read_file(path, _MAX_HEAD_BYTES, "audit head")
+    except userfile.UserFileError as exc:
+        if exc.code == Reason.FILE_TOO_LARGE:
+            raise IntegrityError(f"{path}: audit head is too large to be one") from None
+        raise
     return parse_head(raw, str(path))
 
 
@@ -137,7 +148,7 @@ def parse_head(raw: bytes, where: str) -> dict[str, Any]:
         raise IntegrityError(f"{where}: audit head is too large to be one")
     try:
         head = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise IntegrityError(f"{where}: audit head is not JSON") from None
     if not isinstance(head, dict):
         raise IntegrityError(f"{where}: audit head is not a JSON object")
@@ -195,22 +206,25 @@ class AuditLog:
         self._open_head(before_last)
 
     def _tail(self) -> tuple[int, str, str]:
-        if not self.path.exists() or self.path.stat().st_size == 0:
+        """The last record's seq, hash and prev. The log is read like ``audit verify`` reads it (a
+        regular file only, each line bounded); a last line that is no record refuses the start."""
+        if not self.path.exists():
             return 0, GENESIS, GENESIS
         last = None
-        with self.path.open("rb") as fh:
-            for line in fh:
-                if line.strip():
-                    last = line
+        for lineno, raw in _lines(self.path):
+            if raw.strip():
+                last = lineno, raw
         if last is None:
             return 0, GENESIS, GENESIS
+        where = f"{self.path}:{last[0]}"
         try:
-            record = json.loads(last)
-            return int(record["seq"]), str(record["hash"]), str(record["prev"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IntegrityError(
-                f"{self.path}: last line is not an audit record ({exc}); run audit verify"
-            ) from None
+            record, claimed, _ = _record(last[1], where)
+        except IntegrityError:
+            record, claimed = {}, None
+        seq, prev = record.get("seq"), record.get("prev")
+        if type(seq) is not int or not isinstance(claimed, str) or not isinstance(prev, str):
+            raise IntegrityError(f"{where}: last line is not an audit record; run secagg audit verify")
+        return seq, claimed, prev
 
     def _open_head(self, before_last: str) -> None:
         """Reconcile the head with the log found on disk, before anything is appended.
@@ -305,25 +319,46 @@ def _same(a: object, b: str) -> bool:
     return isinstance(a, str) and hmac.compare_digest(a.encode(), b.encode())
 
 
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """The log's lines with their numbers, each read bounded: a line over :data:`MAX_RECORD_BYTES`
+    is refused naming it, so a hostile single-line log cannot make the reader hold it whole."""
+    with userfile.open_file(path, "audit log") as fh:
+        lineno = 0
+        while raw := fh.readline(MAX_RECORD_BYTES + 1):
+            lineno += 1
+            if len(raw) > MAX_RECORD_BYTES and not raw.endswith(b"\n"):
+                raise IntegrityError(
+                    f"{path}:{lineno}: not an audit record (line longer than {MAX_RECORD_BYTES} bytes)"
+                )
+            yield lineno, raw
+
+
+def _record(raw: bytes, where: str) -> tuple[dict[str, Any], str, str]:
+    """A line as (record without ``hash``, its claimed hash, the hash recomputed); anything that is
+    not a JSON object with a ``hash``, or that RFC 8785 cannot encode (NaN, 1e400, an integer past
+    2^53, nesting too deep to walk), is not a record the project wrote: an integrity failure."""
+    try:
+        record = json.loads(raw)
+        claimed = record.pop("hash")
+        return record, claimed, _digest(record)
+    except (ValueError, KeyError, AttributeError, TypeError, RecursionError, rfc8785.CanonicalizationError):
+        raise IntegrityError(f"{where}: not an audit record") from None
+
+
 def _walk(path: Path) -> _Walk:
     """Check the whole chain; raise naming the first bad line."""
     w = _Walk()
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                raise IntegrityError(f"{path}:{lineno}: empty line inside the log")
-            try:
-                record = json.loads(raw)
-                claimed = record.pop("hash")
-            except (ValueError, KeyError, AttributeError, TypeError):
-                raise IntegrityError(f"{path}:{lineno}: not an audit record") from None
-            if record.get("prev") != w.last:
-                raise IntegrityError(f"{path}:{lineno}: chain broken (line removed, inserted or reordered)")
-            if record.get("seq") != w.count + 1:
-                raise IntegrityError(f"{path}:{lineno}: sequence number {record.get('seq')} != {w.count + 1}")
-            if _digest(record) != claimed:
-                raise IntegrityError(f"{path}:{lineno}: record hash mismatch (line edited)")
-            w.before_last, w.last, w.count = w.last, claimed, w.count + 1
+    for lineno, raw in _lines(path):
+        if not raw.strip():
+            raise IntegrityError(f"{path}:{lineno}: empty line inside the log")
+        record, claimed, digest = _record(raw, f"{path}:{lineno}")
+        if record.get("prev") != w.last:
+            raise IntegrityError(f"{path}:{lineno}: chain broken (line removed, inserted or reordered)")
+        if record.get("seq") != w.count + 1:
+            raise IntegrityError(f"{path}:{lineno}: sequence number {record.get('seq')} != {w.count + 1}")
+        if digest != claimed:
+            raise IntegrityError(f"{path}:{lineno}: record hash mismatch (line edited)")
+        w.before_last, w.last, w.count = w.last, claimed, w.count + 1
     return w
 
 

@@ -21,15 +21,14 @@ quotes the structure it refused.
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from secagg import userfile
 from secagg.errors import ConfigError
 from secagg.reasons import Reason
 
@@ -254,57 +253,13 @@ def load(data: bytes | str, source: str = "<yaml>", max_bytes: int = MAX_BYTES) 
     return parsed.data
 
 
-def file_kind(mode: int) -> str | None:
-    """What a ``st_mode`` is when it is not a regular file ("a directory", "a named pipe (FIFO)", ...),
-    None for a regular file: the words a refusal uses instead of "no such file"."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "a socket or special file"
-
-
 def read_file(path: Path | str, max_bytes: int = MAX_BYTES, what: str = "file") -> bytes:
-    """A regular file's bytes, at most ``max_bytes``: its size is checked before it is read, and it is
-    opened without blocking so that a FIFO named by mistake (or malice) is refused, not waited on."""
-    path = Path(path)
+    """A regular file's bytes, at most ``max_bytes`` (:func:`secagg.userfile.read_file`: a FIFO is
+    refused, not waited on), its refusals raised as :class:`SafeYamlError` like the parser's."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise SafeYamlError(f"{path}: no such {what}", Reason.FILE_MISSING) from None
-    except IsADirectoryError:
-        raise SafeYamlError(f"{path}: is a directory, not a {what}", Reason.NOT_A_FILE) from None
-    except OSError as exc:
-        if os.path.exists(path) and not os.path.isfile(path):
-            raise SafeYamlError(
-                f"{path}: is a socket or special file, not a {what}", Reason.NOT_A_FILE
-            ) from None
-        raise SafeYamlError(f"{path}: cannot read {what} ({exc.strerror})", Reason.CONFIG) from None
-    try:
-        st = os.fstat(fd)
-        if (kind := file_kind(st.st_mode)) is not None:
-            raise SafeYamlError(f"{path}: is {kind}, not a {what}", Reason.NOT_A_FILE)
-        if st.st_size > max_bytes:
-            raise SafeYamlError(
-                f"{path}: {what} is {st.st_size} bytes, over the limit of {max_bytes}", Reason.FILE_TOO_LARGE
-            )
-        chunks = []
-        left = max_bytes + 1
-        while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
-    except OSError as exc:
-        raise SafeYamlError(f"{path}: cannot read {what} ({exc.strerror})", Reason.CONFIG) from None
-    finally:
-        os.close(fd)
-    if len(data) > max_bytes:  # it grew after the stat
-        raise SafeYamlError(f"{path}: {what} is over the limit of {max_bytes} bytes", Reason.FILE_TOO_LARGE)
-    return data
+        return userfile.read_file(path, max_bytes, what)
+    except userfile.UserFileError as exc:
+        raise SafeYamlError(str(exc), exc.code) from None
 
 
 def load_file(path: Path | str, max_bytes: int = MAX_BYTES, what: str = "file") -> Any:
@@ -318,7 +273,6 @@ __all__ = [
     "MAX_NODES",
     "Parsed",
     "SafeYamlError",
-    "file_kind",
     "load",
     "load_file",
     "parse",

@@ -10,7 +10,7 @@ from pathlib import Path
 from attestation.errors import OptionsError
 from attestation.evidence import verify_and_validate
 from attestation.options import ValidationOptions, VerifyOptions, options_from_mapping
-from secagg import safeyaml
+from secagg import safeyaml, userfile
 from secagg.errors import ConfigError, IntegrityError, PolicyRefusal, UsageError
 from secagg.reasons import Reason
 
@@ -83,11 +83,16 @@ def load_options(path: Path | str) -> ValidationOptions:
         raise ConfigError(str(exc)) from None
 
 
+#: the most read from the evidence, each --certs and each --crl file. The largest real ones: a SEV-SNP
+#: extended report with its certificate table (at most ``snp.MAX_CERT_TABLE``, 1 MiB, as hex twice
+#: that), a TDX quote (64 KiB), a PEM chain or a CRL (KBs). A file past this is none of them, and a
+#: device or a growing file must not fill memory before the verifier says so.
+MAX_INPUT_BYTES = 4 << 20
+
+
 def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    """A regular file, read bounded (:mod:`secagg.userfile`): a FIFO is refused, not waited on."""
+    return userfile.read_file(path, MAX_INPUT_BYTES, what)
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -103,7 +108,7 @@ def run_verify(args: argparse.Namespace) -> int:
     if args.collateral is not None and not args.collateral.is_dir():
         raise ConfigError(f"--collateral {args.collateral} is not a folder")
     result = verify_and_validate(
-        _read(args.evidence, "evidence"),
+        _read(args.evidence, "evidence file"),
         VerifyOptions(
             certs=[_read(c, "certificate file") for c in args.certs],
             crls=[_read(c, "CRL file") for c in args.crl],

@@ -17,7 +17,10 @@ from secagg.auditlog import head_path, verify_audit
 from secagg.errors import ConfigError
 from secagg.provision.identity import load_cert
 from secagg.reasons import Reason
-from secagg.safeyaml import file_kind
+from secagg.userfile import file_kind, read_file
+
+#: a node certificate (PEM) is about a kilobyte; a chain a few
+MAX_CERT_BYTES = 1 << 20
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -54,9 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _cert(args: argparse.Namespace) -> x509.Certificate | None:
     if args.cert is not None:
-        if not args.cert.is_file():
-            raise ConfigError(f"no such certificate file: {args.cert}")
-        return load_cert(args.cert.read_bytes())
+        return load_cert(read_file(args.cert, MAX_CERT_BYTES, "certificate file"))
     if args.kit is not None:
         from secagg.provision.kit import load_kit
 

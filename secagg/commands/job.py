@@ -6,9 +6,11 @@ import argparse
 import shutil
 from pathlib import Path
 
+from secagg import userfile
 from secagg.errors import ConfigError, PolicyRefusal
 from secagg.jobs import JobRejected, SigstoreIdentity, sign_job, verify_bundle
 from secagg.jobs.keyless import TRUST_DIR, Instance
+from secagg.jobs.package import DEFAULT_MAX_BYTES
 from secagg.policy import admit_job, load_policy
 from secagg.provision.kit import load_kit
 
@@ -107,8 +109,8 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_verify_bundle(args: argparse.Namespace) -> int:
     instance: Instance = "staging" if args.staging else "production"
     signer = verify_bundle(
-        _read(args.file),
-        _read(args.bundle),
+        _read(args.file, DEFAULT_MAX_BYTES, "file"),  # what is signed is a job package at most
+        _read(args.bundle, MAX_BUNDLE_BYTES, "sigstore bundle"),
         [SigstoreIdentity(args.identity, args.issuer, instance)],
         root_path=args.trusted_root or (TRUST_DIR / f"{instance}.trusted_root.json"),
     )
@@ -116,8 +118,10 @@ def run_verify_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+#: a sigstore bundle is a few KB (a certificate, a signature, a transparency-log entry)
+MAX_BUNDLE_BYTES = 1 << 20
+
+
+def _read(path: Path, max_bytes: int, what: str) -> bytes:
+    """A user-named file, read by kind and bounded (:mod:`secagg.userfile`): a FIFO is refused."""
+    return userfile.read_file(path, max_bytes, what)

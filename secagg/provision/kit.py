@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from secagg import safeyaml
+from secagg import safeyaml, userfile
 from secagg.errors import ConfigError
 from secagg.provision.identity import Identity, load_cert, verify_cert
 from secagg.windowsize import DEFAULT_WINDOW_BYTES, MAX_WINDOW_BYTES, MIN_WINDOW_BYTES
@@ -50,6 +50,16 @@ class KitConfig(BaseModel):
     authorization: dict[str, dict[str, str]] | None = None
 
 
+#: the most read from one of a kit's PEM files: a certificate or an EC key is about a kilobyte
+MAX_PEM_BYTES = 1 << 20
+
+
+def _read_pem(path: Path) -> bytes:
+    """A kit's PEM file, read by kind and bounded: a kit comes from elsewhere, and a FIFO or
+    ``/dev/zero`` in its place must be refused, not waited on or read without end."""
+    return userfile.read_file(path, MAX_PEM_BYTES, "kit file")
+
+
 @dataclass(frozen=True)
 class Kit:
     path: Path
@@ -61,15 +71,15 @@ class Kit:
 
     @cached_property
     def ca_pem(self) -> bytes:
-        return (self.path / "ca.pem").read_bytes()
+        return _read_pem(self.path / "ca.pem")
 
     @cached_property
     def cert_pem(self) -> bytes:
-        return (self.path / "cert.pem").read_bytes()
+        return _read_pem(self.path / "cert.pem")
 
     @cached_property
     def key_pem(self) -> bytes:
-        return (self.path / "key.pem").read_bytes()
+        return _read_pem(self.path / "key.pem")
 
     @cached_property
     def ca_cert(self) -> x509.Certificate:
@@ -98,9 +108,9 @@ class Kit:
             if name == self.name:
                 continue
             pem = folder / f"{name}.pem"
-            if not pem.is_file():
+            if not pem.exists():
                 raise ConfigError(f"startup kit {self.path} has no certificate for peer site {name}")
-            cert = load_cert(pem.read_bytes())
+            cert = load_cert(_read_pem(pem))
             ident = verify_cert(cert, self.ca_cert)
             if ident.name != name or ident.role != "site":
                 raise ConfigError(f"{pem} is the certificate of {ident.name} ({ident.role}), not site {name}")
@@ -119,7 +129,7 @@ def load_kit(path: Path | str, kind: str | None = None) -> Kit:
     if not cfg_file.is_file():
         raise ConfigError(f"{path} is not a startup kit (no kit.yaml)")
     for required in ("ca.pem", "cert.pem", "key.pem"):
-        if not (path / required).is_file():
+        if not (path / required).exists():  # one of another kind is named when it is read
             raise ConfigError(f"startup kit {path} is missing {required}")
     key_mode = (path / "key.pem").stat().st_mode & 0o077
     if key_mode and os.name == "posix":

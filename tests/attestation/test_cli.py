@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.devtee import make_dev_evidence
 from secagg.cli import main
+from tests.hostile_files import within
 
 from .conftest import SNP, TDX
 
@@ -131,3 +132,54 @@ def test_oversized_dev_evidence_is_too_large_not_unrecognised(tmp_path, capsys):
     assert main(["attest", "verify", str(big), "--allow-insecure-dev-tee"]) == 1
     err = capsys.readouterr().err
     assert "dev-TEE evidence too large" in err and "unrecognised" not in err
+
+
+def _fifo(tmp_path):
+    import os
+
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+def _zero(tmp_path):
+    path = tmp_path / "zero"
+    path.symlink_to("/dev/zero")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [(_fifo, "is a named pipe (FIFO)"), (_zero, "is a device"), (lambda p: p, "is a directory")],
+    ids=["fifo", "dev-zero", "dir"],
+)
+def test_evidence_and_certs_that_are_no_file_are_named_not_read(tmp_path, capsys, make, words):
+    """Audit 18 (G3): /dev/zero as evidence or --certs was a MemoryError traceback (or 4.6 GB), a FIFO
+    hung the verifier; each is now refused by its kind before anything is read."""
+    bad = make(tmp_path)
+    dev = str(_dev_evidence(tmp_path))
+    for argv, what in (
+        ([str(bad), "--allow-insecure-dev-tee"], "an evidence file"),
+        ([dev, "--allow-insecure-dev-tee", "--certs", str(bad)], "a certificate file"),
+        ([dev, "--allow-insecure-dev-tee", "--crl", str(bad)], "a CRL file"),
+    ):
+        rc = within(5, lambda argv=argv: main(["attest", "verify", *argv]))
+        err = capsys.readouterr().err
+        assert rc == 1 and err == f"secagg: not_a_file: {bad}: {words}, not {what}\n"
+
+
+def test_oversized_evidence_and_certs_are_refused_before_reading(tmp_path, capsys):
+    from secagg.commands.attest import MAX_INPUT_BYTES
+
+    big = tmp_path / "big.bin"
+    with big.open("wb") as fh:
+        fh.truncate(MAX_INPUT_BYTES + 1)  # sparse
+    limit = f"is {MAX_INPUT_BYTES + 1} bytes, over the limit of {MAX_INPUT_BYTES}"
+    assert main(["attest", "verify", str(big)]) == 1
+    assert capsys.readouterr().err == f"secagg: file_too_large: {big}: evidence file {limit}\n"
+    dev = str(_dev_evidence(tmp_path))
+    assert main(["attest", "verify", dev, "--allow-insecure-dev-tee", "--certs", str(big)]) == 1
+    assert capsys.readouterr().err == f"secagg: file_too_large: {big}: certificate file {limit}\n"
+    none = tmp_path / "none.bin"
+    assert main(["attest", "verify", str(none)]) == 1
+    assert capsys.readouterr().err == f"secagg: file_missing: {none}: no such evidence file\n"

@@ -179,7 +179,25 @@ def test_verify_bundle_missing_file(capsys, tmp_path: Path) -> None:
         "--issuer",
         "https://x",
     )
-    assert code == 1 and err.startswith("secagg: config: cannot read")
+    assert code == 1 and err == f"secagg: file_missing: {tmp_path / 'nope'}: no such file\n"
+
+
+@pytest.mark.parametrize("which", ["file", "bundle"])
+def test_verify_bundle_of_a_fifo_or_device_names_it(capsys, tmp_path: Path, which: str) -> None:
+    """Audit 18 (G3): FILE or --bundle as a FIFO hung the command, /dev/zero filled memory."""
+    import os
+
+    from tests.hostile_files import within
+
+    fifo, zero = tmp_path / "fifo", tmp_path / "zero"
+    os.mkfifo(fifo)
+    zero.symlink_to("/dev/zero")
+    what = {"file": "a file", "bundle": "a sigstore bundle"}[which]
+    for bad, words in ((fifo, "is a named pipe (FIFO)"), (zero, "is a device")):
+        paths = {"file": V / "staging/bundle.txt", "bundle": V / "staging/bundle.txt.sigstore", which: bad}
+        argv = ["job", "verify-bundle", paths["file"], "--bundle", paths["bundle"]]
+        code, _, err = within(5, lambda argv=argv: run(capsys, *argv, "--identity", "i", "--issuer", "u"))
+        assert code == 1 and err == f"secagg: not_a_file: {bad}: {words}, not {what}\n"
 
 
 def test_job_help_exits_zero(capsys) -> None:

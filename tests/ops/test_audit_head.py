@@ -19,6 +19,7 @@ from secagg.cli import main
 from secagg.errors import IntegrityError
 from secagg.provision.ca import issue_cert, make_ca
 from secagg.provision.identity import cert_pem
+from tests.hostile_files import within
 
 Node = tuple[ec.EllipticCurvePrivateKey, bytes, ec.EllipticCurvePrivateKey, bytes]
 Cap = pytest.CaptureFixture[str]
@@ -266,3 +267,100 @@ def test_a_head_temp_left_by_a_crash_is_removed_on_open(tmp_path: Path) -> None:
     stale.write_text("{")  # kill -9 between the temp write and the rename
     AuditLog(path)
     assert not stale.exists() and verify_audit(path).records == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "code", "words"),
+    [
+        (lambda p: __import__("os").mkfifo(p), "not_a_file", "is a named pipe (FIFO), not an audit head"),
+        (lambda p: p.symlink_to("/dev/zero"), "not_a_file", "is a device, not an audit head"),
+        (lambda p: p.mkdir(), "not_a_file", "is a directory, not an audit head"),
+    ],
+)
+def test_a_head_that_is_no_file_is_named_not_read(
+    tmp_path: Path, capsys: Cap, make: Callable[[Path], None], code: str, words: str
+) -> None:
+    """A FIFO head hung ``audit verify`` forever; /dev/zero as the head grew to gigabytes (audit 18, G2)."""
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"")
+    make(head_path(path))
+    rc, _, err = within(5, lambda: _cli(capsys, str(path)))
+    assert rc == 1 and err == f"secagg: {code}: {head_path(path)}: {words}\n"
+
+
+def test_an_oversized_head_is_refused_without_reading_it(tmp_path: Path, capsys: Cap) -> None:
+    """A 300 MB head was read whole (430 MB) before "too large to be one"; now its size refuses it."""
+    import tracemalloc
+
+    path = _log(tmp_path, n=1)
+    with head_path(path).open("r+b") as fh:
+        fh.truncate(64 << 20)  # sparse: nothing on disk
+    rc, _, err = _cli(capsys, str(path))
+    assert rc == 1 and err == f"secagg: integrity: {head_path(path)}: audit head is too large to be one\n"
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError, match="too large to be one"):
+            verify_audit(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_start_up_refuses_a_head_or_log_that_is_no_file(tmp_path: Path) -> None:
+    """The aggregator and agent open their own log (``AuditLog``) at start: a FIFO head or log must
+    refuse by kind, not hang the start (or, for the log, block the first append)."""
+    import os
+
+    from secagg.userfile import UserFileError
+
+    path = _log(tmp_path, n=1)
+    head_path(path).unlink()
+    os.mkfifo(head_path(path))
+    with pytest.raises(UserFileError, match="is a named pipe \\(FIFO\\), not an audit head") as info:
+        within(5, lambda: AuditLog(path))
+    assert info.value.code == "not_a_file"
+    fifo_log = tmp_path / "other.jsonl"
+    os.mkfifo(fifo_log)
+    with pytest.raises(UserFileError, match="is a named pipe \\(FIFO\\), not an audit log") as info:
+        within(5, lambda: AuditLog(fifo_log))
+    assert info.value.code == "not_a_file"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ['"x":NaN', '"x":1e400', '"x":1152921504606846976', '"x":' + "[" * 100_000 + "]" * 100_000],
+    ids=["nan", "inf", "bigint", "deep"],
+)
+def test_start_up_refuses_a_tampered_last_line(tmp_path: Path, extra: str) -> None:
+    """Reopening a log whose last line RFC 8785 cannot encode (or json cannot nest) is an integrity
+    failure naming the line, not a traceback that ends the start."""
+    path = _log(tmp_path, n=2)
+    rec = json.loads(_lines(path)[-1])
+    line = json.dumps(rec, sort_keys=True, separators=(",", ":"))[:-1] + "," + extra + "}\n"
+    path.write_text("".join(_lines(path)[:-1]) + line)
+    with pytest.raises(IntegrityError) as info:
+        AuditLog(path)
+    assert str(info.value) == f"{path}:2: last line is not an audit record; run secagg audit verify"
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda p: __import__("os").mkfifo(p), "is a named pipe (FIFO)"),
+        (lambda p: p.symlink_to("/dev/null"), "is a device"),
+        (lambda p: p.mkdir(), "is a directory"),
+    ],
+    ids=["fifo", "device", "dir"],
+)
+def test_a_cert_that_is_no_file_is_named_for_what_it_is(
+    tmp_path: Path, capsys: Cap, make: Callable[[Path], None], words: str
+) -> None:
+    """``--cert /dev/null`` said "no such certificate file" (audit 18, G3): name the kind."""
+    path = _log(tmp_path, n=1)
+    cert = tmp_path / "cert.pem"
+    make(cert)
+    rc, _, err = within(5, lambda: _cli(capsys, str(path), "--cert", str(cert)))
+    assert rc == 1 and err == f"secagg: not_a_file: {cert}: {words}, not a certificate file\n"
+    rc, _, err = _cli(capsys, str(path), "--cert", str(tmp_path / "none.pem"))
+    assert rc == 1 and err == f"secagg: file_missing: {tmp_path / 'none.pem'}: no such certificate file\n"

@@ -92,3 +92,46 @@ def test_a_path_that_is_no_log_is_named_for_what_it_is(
     rc, out = _verify(path, capsys)
     assert rc == 1
     assert out == f"secagg: {code}: {path}: {words}\n"
+
+
+G = "0" * 64
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ['"x":NaN', '"x":1e400', '"x":1152921504606846976', '"x":' + "[" * 100_000 + "]" * 100_000],
+    ids=["nan", "inf", "bigint", "deep"],
+)
+def test_a_line_rfc8785_cannot_encode_is_an_integrity_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str
+) -> None:
+    """Audit 18 (G1): NaN, 1e400 and 2^60 ended in rfc8785's FloatDomainError / IntegerDomainError
+    tracebacks, deep nesting in RecursionError; a tampered line is an integrity failure naming it."""
+    lines = _log(tmp_path)
+    lines[3] = '{"event":"e","hash":"h","prev":"' + G + '","seq":4,' + extra + "}\n"
+    path = tmp_path / "audit.jsonl"
+    path.write_text("".join(lines))
+    code = main(["audit", "verify", str(path)])
+    cap = capsys.readouterr()
+    assert code == 1 and cap.err == f"secagg: integrity: {path}:4: not an audit record\n"
+
+
+def test_a_line_past_the_record_cap_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit 18 (G2): a 300 MB single-line log was read whole (745 MB); lines are now read bounded."""
+    from secagg import auditlog
+
+    lines = _log(tmp_path)
+    monkeypatch.setattr(auditlog, "MAX_RECORD_BYTES", 4096)
+    lines[2] = '{"pad":"' + "x" * 10_000 + '"}\n'
+    path = tmp_path / "audit.jsonl"
+    path.write_text("".join(lines))
+    code = main(["audit", "verify", str(path)])
+    cap = capsys.readouterr()
+    assert code == 1
+    assert cap.err == f"secagg: integrity: {path}:3: not an audit record (line longer than 4096 bytes)\n"
+    lines[2] = lines[2][:4095] + "\n"  # exactly at the cap (with its newline): judged as a record
+    path.write_text("".join(lines))
+    main(["audit", "verify", str(path)])
+    assert "audit.jsonl:3: not an audit record\n" in capsys.readouterr().err

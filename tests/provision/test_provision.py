@@ -57,6 +57,33 @@ def test_group_readable_key_is_refused(workspace: Path, tmp_path: Path) -> None:
         load_kit(kit)
 
 
+@pytest.mark.parametrize(
+    ("file", "make", "words"),
+    [
+        ("cert.pem", lambda p: __import__("os").mkfifo(p), "is a named pipe (FIFO)"),
+        ("ca.pem", lambda p: p.symlink_to("/dev/zero"), "is a device"),
+        ("peers/site-2.pem", lambda p: p.mkdir(), "is a directory"),
+    ],
+)
+def test_a_kit_file_of_another_kind_is_named_not_read(
+    workspace: Path, tmp_path: Path, file: str, make: object, words: str
+) -> None:
+    """Audit 18 (G3): a FIFO for a kit's cert.pem said "missing" (or, read, would hang); /dev/zero
+    was read without end. Each is refused naming what it is."""
+    import shutil
+
+    from secagg.userfile import UserFileError
+    from tests.hostile_files import within
+
+    kit = tmp_path / "kit"
+    shutil.copytree(workspace / "site-1", kit)
+    (kit / file).unlink()
+    make(kit / file)  # type: ignore[operator]
+    with pytest.raises(UserFileError) as info:
+        within(5, lambda: load_kit(kit).peer_certs())
+    assert info.value.code == "not_a_file" and str(info.value) == f"{kit / file}: {words}, not a kit file"
+
+
 def test_cli_refuses_non_empty_workspace_without_force(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
