@@ -23,6 +23,7 @@ from sigstore.verify.policy import Identity
 from secagg.errors import ConfigError, IntegrityError
 from secagg.jobs.signer import SignerInfo
 from secagg.reasons import Reason
+from secagg.userfile import read_file
 
 Instance = Literal["production", "staging"]
 IN_TOTO = "application/vnd.in-toto+json"
@@ -40,8 +41,16 @@ class BundleRejected(IntegrityError):
     code: str = Reason.SIGSTORE_REJECTED
 
 
+#: a trusted root is a few KiB of JSON (the shipped ones are 7-8 KiB): 1 MiB is ample
+MAX_TRUSTED_ROOT_BYTES = 1 << 20
+
+
 def trusted_root(instance: Instance = "production", path: Path | None = None) -> TrustedRoot:
+    """The instance's shipped root, or the one at ``path`` (a user's ``--trusted-root``): that file is
+    checked by kind and size first, so a FIFO, device or huge file is refused in one line instead of
+    blocking or filling memory inside sigstore's reader."""
     source = path or TRUST_DIR / f"{instance}.trusted_root.json"
+    read_file(source, MAX_TRUSTED_ROOT_BYTES, "sigstore trusted root")
     try:
         return TrustedRoot.from_file(str(source))
     except (OSError, ValueError, SigstoreError) as exc:

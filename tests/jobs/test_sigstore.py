@@ -169,3 +169,25 @@ def test_sigstore_only_job_plumbing(signed_job: Path, monkeypatch) -> None:
     assert seen["artifact"] == (signed_job / "manifest.json").read_bytes()
     assert seen["identities"] == [ident]
     assert job.signers == (SignerInfo(kind="sigstore", name=BEACON, issuer=GHA),)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge"])
+def test_a_trusted_root_that_is_no_small_file_is_named_not_read(tmp_path: Path, kind: str) -> None:
+    import os
+
+    from secagg.jobs.keyless import trusted_root
+    from secagg.userfile import UserFileError
+    from tests.hostile_files import within
+
+    path = tmp_path / "root.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    else:
+        with path.open("wb") as fh:
+            fh.truncate(64 << 20)  # sparse: 64 MiB that take no disk
+    with pytest.raises(UserFileError) as err:
+        within(5, lambda: trusted_root("production", path))
+    want = {"fifo": "not_a_file", "device": "not_a_file", "huge": "file_too_large"}[kind]
+    assert err.value.code == want and "sigstore trusted root" in str(err.value)
