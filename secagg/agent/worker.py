@@ -34,6 +34,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,10 @@ class _Proc:
             self.pidfd = os.pidfd_open(popen.pid)
         self.killed = False
         self.retire_by = math.inf
+        #: one reaper at a time: the job's thread ending its job and the agent's close can reap the
+        #: same worker at once, and the second ``os.close`` of the pidfd failed with EBADF (or, had
+        #: the number been reused meanwhile, would have closed another file of the agent's)
+        self._reaping = threading.Lock()
 
     @property
     def pid(self) -> int:
@@ -139,7 +144,13 @@ class _Proc:
         return True
 
     def reap(self, grace: float = 0.0) -> int:
-        """Give the process ``grace`` seconds to end, kill its whole process group, reap it."""
+        """Give the process ``grace`` seconds to end, kill its whole process group, reap it.
+        Idempotent and safe from several threads: a second caller waits for the first, then finds
+        nothing left to do."""
+        with self._reaping:
+            return self._reap(grace)
+
+    def _reap(self, grace: float) -> int:
         if self.popen.returncode is None:
             if not (self.wait_exited(grace) if grace > 0 else self.exited()):
                 self.killed = True

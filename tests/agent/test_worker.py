@@ -494,3 +494,36 @@ for task in client.tasks():
     with pytest.raises(TrainingFailed):
         j.run(2, timeout=10)
     assert from_safetensors(target.read_bytes())["w"][0, 0] == 9
+
+
+def test_two_threads_reaping_one_worker_close_its_pidfd_once() -> None:
+    """The job's thread ending its job and the agent's close reap the same worker at once (seen in
+    tests/integration/test_consistency.py as ``OSError: [Errno 9] Bad file descriptor`` from the
+    second ``os.close`` of the pidfd); before the lock about a quarter of these rounds failed."""
+    import subprocess
+    import threading
+
+    from secagg.agent.worker import _Proc
+
+    class _Chan:
+        def close(self) -> None:
+            pass
+
+    for _ in range(30):
+        proc = _Proc(subprocess.Popen(["sleep", "0.05"], start_new_session=True), _Chan())  # type: ignore[arg-type]  # noqa: S607
+        both = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def reap(p: _Proc = proc, b: threading.Barrier = both, errs: list[BaseException] = errors) -> None:
+            b.wait()
+            try:
+                p.reap(grace=2)
+            except BaseException as exc:  # noqa: BLE001 - handed to the assertion
+                errs.append(exc)
+
+        threads = [threading.Thread(target=reap) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert not errors and proc.pidfd is None and proc.popen.returncode is not None
