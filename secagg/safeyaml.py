@@ -11,8 +11,10 @@ come from someone we do not trust (a job's ``job.yaml`` is read by every site), 
 - bounds nesting depth and node count, and the input's size before it is read;
 - builds only JSON data (mappings with string keys, lists, str, int, float, bool, None): explicit tags
   other than the core ones and timestamps are refused or read as strings;
-- reads YAML 1.2 floats (``1e-5``, ``1.0e5``) as numbers, and refuses YAML 1.1's base-60 (``1:30``)
-  and leading-zero octal (``017``) numbers rather than guess;
+- reads YAML 1.2 numbers (``1e-5``, ``1.0e5``, ``0o17``) as numbers, and refuses the spellings that
+  YAML 1.1 reads as a number and YAML 1.2 as something else, rather than guess: base-60 (``1:30``),
+  leading-zero octal (``017``), binary (``0b101``), digit separators (``1_000``), signed hex
+  (``-0x1F``);
 - opens a file without blocking (a FIFO does not hang) and names a directory, pipe or device as such.
 
 Every error is a :class:`SafeYamlError` with a reason code, one line, bounded in length: it never
@@ -46,6 +48,8 @@ _INT = "tag:yaml.org,2002:int"
 #: YAML 1.2 floats PyYAML's 1.1 resolver leaves as strings (no dot, or an exponent without a sign)
 _FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
 _OCTAL_11 = re.compile(r"^[-+]?0[0-7_]+$")
+#: YAML 1.2's octal, which PyYAML's 1.1 resolver leaves as a string
+_OCTAL_12 = re.compile(r"^0o[0-7]+$")
 
 
 class SafeYamlError(ConfigError):
@@ -131,6 +135,16 @@ class _Loader(yaml.SafeLoader):
         if node.tag == _INT and _OCTAL_11.match(value) and value.strip("+-0_"):
             problem = f"{value[:40]!r} is octal in YAML 1.1, not decimal: drop the leading 0 or quote it"
             raise _fail(self.source, node.start_mark, problem, Reason.YAML_NUMBER)
+        if node.tag in (_INT, _FLOAT) and "_" in value:
+            problem = f"{value[:40]!r}: digit separators (_) are YAML 1.1 only; write the digits alone"
+            raise _fail(self.source, node.start_mark, problem, Reason.YAML_NUMBER)
+        digits = value.lstrip("+-")
+        if node.tag == _INT and digits[:2] in ("0b", "0B"):
+            problem = f"{value[:40]!r} is binary in YAML 1.1 and text in YAML 1.2: write it in decimal"
+            raise _fail(self.source, node.start_mark, problem, Reason.YAML_NUMBER)
+        if node.tag == _INT and digits != value and digits[:2] in ("0x", "0X", "0o", "0O"):
+            problem = f"{value[:40]!r}: a signed hex or octal number is text in YAML 1.2: write it in decimal"
+            raise _fail(self.source, node.start_mark, problem, Reason.YAML_NUMBER)
 
     def _check_keys(self, node: yaml.MappingNode) -> None:
         seen: set[str] = set()
@@ -157,6 +171,8 @@ class _Loader(yaml.SafeLoader):
             return _STR
         if tag == _STR and _FLOAT_12.match(value):
             return _FLOAT
+        if tag == _STR and _OCTAL_12.match(value):
+            return _INT
         return tag
 
 

@@ -34,6 +34,11 @@ def code_of(text: str | bytes) -> tuple[str, str]:
         ("<<: {a: 1}\n", Reason.YAML_ALIAS, "merge keys"),
         ("a: 1:30\n", Reason.YAML_NUMBER, "base-60"),
         ("a: 017\n", Reason.YAML_NUMBER, "octal"),
+        # YAML 1.1 reads these as numbers, YAML 1.2 as text (or 017 as 17): refused, not guessed
+        ("a: 0b101\n", Reason.YAML_NUMBER, "'0b101' is binary in YAML 1.1"),
+        ("a: 1_000\n", Reason.YAML_NUMBER, "digit separators (_) are YAML 1.1 only"),
+        ("a: 1_000.5\n", Reason.YAML_NUMBER, "digit separators"),
+        ("a: -0x1F\n", Reason.YAML_NUMBER, "signed hex or octal"),
         ("a: [\n", Reason.YAML_INVALID, "not valid YAML"),
         (b"\xff\xfe", Reason.YAML_INVALID, "not UTF-8"),
         # found by fuzzing (#18): PyYAML's reader raised ReaderError, not a SecaggError
@@ -59,6 +64,18 @@ def test_yaml12_numbers_are_numbers_and_timestamps_text() -> None:
         "b": 1e5,
         "c": 1e5,
         "d": "2024-01-01",
+    }
+
+
+def test_spellings_both_yaml_versions_read_alike_stay_numbers() -> None:
+    """``0o17`` is 15 in YAML 1.2 (text in 1.1, which PyYAML follows); hex and quoted text as written."""
+    assert safeyaml.load('a: 0o17\nb: 0x1F\nc: "1_000"\nd: a_b\ne: 0o8\nf: 00\n') == {
+        "a": 15,
+        "b": 31,
+        "c": "1_000",
+        "d": "a_b",
+        "e": "0o8",
+        "f": 0,
     }
 
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from pydantic import ValidationError
 
-from secagg import safeyaml
+from secagg import safeyaml, validation
 from secagg.errors import ConfigError
 from secagg.jobs.errors import JobRejected
 from secagg.jobs.keyless import BundleRejected, SigstoreIdentity, verify_bundle
@@ -24,7 +23,7 @@ from secagg.jobs.manifest import MANIFEST, SIGNATURE, SIGSTORE_BUNDLE, Manifest,
 from secagg.jobs.package import DEFAULT_MAX_BYTES, PackageView, TarView, copy_files, extract, scan, scan_dir
 from secagg.jobs.signer import SignerInfo
 from secagg.jobs.signing import verify_signature
-from secagg.jobs.spec import JobSpec, spec_problem
+from secagg.jobs.spec import JobSpec
 from secagg.reasons import Reason
 
 JOB_FILE = "job.yaml"
@@ -71,11 +70,9 @@ def parse_spec(data: bytes, source: str = JOB_FILE) -> JobSpec:
     if not isinstance(raw, dict):
         raise JobSpecError(f"{source}: expected a mapping of settings")
     try:
-        return JobSpec.model_validate(raw)
-    except ValidationError as exc:
-        problems = [spec_problem(e) for e in exc.errors()[:5]]
-        more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
-        raise JobSpecError(f"{source}: " + "; ".join(problems) + more) from None
+        return validation.validate(JobSpec, raw)
+    except validation.FieldProblems as exc:
+        raise JobSpecError(f"{source}: {exc.line()}") from None
 
 
 def load_job(path: Path | str, max_bytes: int = DEFAULT_MAX_BYTES) -> Job:

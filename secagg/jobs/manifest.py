@@ -13,6 +13,7 @@ from typing import Any, Literal
 import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from secagg import validation
 from secagg.jobs.errors import JobRejected
 from secagg.jobs.package import PackageView, name_problem
 from secagg.jobs.spec import MAX_SAFE_INT
@@ -76,7 +77,8 @@ def _field(loc: tuple[Any, ...]) -> str:
         elif isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            shown = validation.printable(part)
+            out += f".{shown}" if out else shown
     return out or "(top level)"
 
 

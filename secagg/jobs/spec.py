@@ -29,7 +29,6 @@ MAX_ROUNDS = 1_000_000
 MAX_SITES = 100_000
 #: a week: a round that may take longer is not a round but an outage
 MAX_ROUND_TIMEOUT_S = 7 * 24 * 3600.0
-_MAX_PROBLEM = 200
 
 
 def json_safe_problem(value: object, path: str = "") -> str | None:
@@ -70,14 +69,6 @@ def range_problem(data: object) -> str | None:
         if isinstance(v, int | float) and not isinstance(v, bool) and not (lo <= v <= hi):
             return f"{key}: {v:.6g} is out of range ({lo:g} to {hi:g})"
     return None
-
-
-def spec_problem(err: Any) -> str:
-    """One pydantic error as ``field: message``, bounded (an input is never quoted in full)."""
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    where = ".".join(str(p) for p in err["loc"])
-    text = f"{where}: {msg}" if where else msg
-    return text if len(text) <= _MAX_PROBLEM else text[: _MAX_PROBLEM - 3] + "..."
 
 
 class _Strict(BaseModel):

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from secagg import validation
 from secagg.errors import ConfigError
 from secagg.privacy.distributed import distributed_gaussian
 from secagg.privacy.exclude import exclude
@@ -143,7 +144,7 @@ def _validate(cls: Any, data: Any) -> Any:
 
 
 def _one_line(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'filter'}: {e['msg']}" for e in exc.errors())
+    return validation.problems(exc).line()
 
 
 def parse_specs(data: Sequence[Mapping[str, Any] | BaseModel]) -> list[FilterSpec]:

@@ -20,9 +20,9 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from secagg import safeyaml, userfile
+from secagg import safeyaml, userfile, validation
 from secagg.errors import ConfigError
 from secagg.provision.identity import Identity, load_cert, verify_cert
 from secagg.windowsize import DEFAULT_WINDOW_BYTES, MAX_WINDOW_BYTES, MIN_WINDOW_BYTES
@@ -137,10 +137,9 @@ def load_kit(path: Path | str, kind: str | None = None) -> Kit:
     # a kit comes from the project's provisioner, not from this machine: read it bounded, no aliases
     raw = safeyaml.load_file(cfg_file, what="kit config")
     try:
-        config = KitConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"[:200] for e in exc.errors()[:5])
-        raise ConfigError(f"{cfg_file}: invalid kit config: {problems}") from None
+        config = validation.validate(KitConfig, raw)
+    except validation.FieldProblems as exc:
+        raise ConfigError(f"{cfg_file}: invalid kit config: {exc.line()}") from None
     if kind is not None and config.kind != kind:
         raise ConfigError(f"{path} is a {config.kind} kit, not a {kind} kit")
     kit = Kit(path=path, config=config)

@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from secagg import safeyaml
+from secagg import safeyaml, validation
 from secagg.errors import ConfigError
 from secagg.windowsize import DEFAULT_WINDOW_BYTES, MAX_WINDOW_BYTES, MIN_WINDOW_BYTES
 
@@ -179,8 +179,6 @@ def load_project(path: Path) -> Project:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        return Project.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+        return validation.validate(Project, raw)
+    except validation.FieldProblems as exc:
+        raise ConfigError(f"{path}: {exc.line()}") from None

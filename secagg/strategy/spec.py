@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from secagg import validation
 from secagg.errors import ConfigError
 from secagg.strategy.base import Strategy
 from secagg.strategy.fedavg import FedAvg, FedProx
@@ -63,13 +64,9 @@ def parse_spec(data: object) -> StrategySpec:
     if isinstance(data, str):
         data = {"name": data}
     try:
-        return StrategySpec.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "strategy"
-            problems.append(f"{where}: {err['msg']}")
-        raise ConfigError("invalid strategy spec: " + "; ".join(problems)) from None
+        return validation.validate(StrategySpec, data)
+    except validation.FieldProblems as exc:
+        raise ConfigError(f"invalid strategy spec: {exc.line()}") from None
 
 
 def make_strategy(spec: StrategySpec | Mapping[str, object] | str) -> Strategy:

@@ -104,7 +104,7 @@ def test_bad_project_file_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="key_holder 'b' is not one of the sites"):
         load_project(bad)
     bad.write_text("name: x\nsites: [{name: a, colour: red}]\n")
-    with pytest.raises(ConfigError, match="sites.0.colour"):
+    with pytest.raises(ConfigError, match=r"sites\[0\]\.colour"):
         load_project(bad)
 
 
