@@ -44,6 +44,8 @@ _PIECE = 1 << 22
 _TERMINAL_EVENTS = TERMINAL
 #: refusals by the authorization table (audited as ``admin_refused``; other failures ``admin_failed``)
 _REFUSALS = frozenset({Reason.FORBIDDEN, Reason.NOT_ADMIN})
+#: what an admin hears when no job is named and the current one is missing or not theirs to see
+NO_CURRENT_JOB = "no current job that you may see"
 _SUBMITTER = re.compile(r"^(?P<name>\S+) \((?P<role>\S+) of (?P<org>.*)\)$")
 
 
@@ -200,28 +202,46 @@ class AdminConsole:
         abort(context, exc.code, str(exc))
 
     def _job_row(self, ident: Identity, action: str, job_id: str) -> tuple[str, JobOwner]:
-        """Resolve ``job_id`` ('' = the current job) to an id and its owner.
+        """Resolve ``job_id`` ('' = the current job) to an id and its owner, or answer "no job".
 
         The role is checked first: a certificate that is no admin role, or whose role may not do
         ``action`` at all, is refused before any lookup, so it cannot learn which job ids exist from
-        a ``no_such_job`` answer."""
-        if getattr(permissions(self.table, ident), action) == "none":
+        a ``no_such_job`` answer. A job outside the admin's ``own`` or ``org`` scope then answers
+        exactly as a job that does not exist (issue #18's audit, G5: "belongs to alice of org O"
+        told a lead of another org that the id was real, and whose it was); the audit log keeps
+        the truth, as an ``admin_refused`` line."""
+        scope: str = getattr(permissions(self.table, ident), action)
+        if scope == "none":
             authorize(self.table, ident, action, None, job_id)
-        if not job_id:
+        named = bool(job_id)
+        if not named:
             job = self.fed.job
             if job is None:
-                raise _no_job("no job has been submitted to this aggregator")
+                raise _no_job(NO_CURRENT_JOB)
             job_id = job.job_id
+        hidden = _no_job(f"no job {job_id} that you may see" if named else NO_CURRENT_JOB)
         row = self.fed.store.job(job_id)
         if row is None:
-            raise _no_job(f"no job {job_id}")
-        return job_id, job_owner(row.submitter)
+            raise hidden
+        owner = job_owner(row.submitter)
+        try:
+            authorize(self.table, ident, action, owner, job_id)
+        except PolicyRefusal as exc:
+            self._audit(Event.ADMIN_REFUSED, ident, action, job_id, code=exc.code, reason=str(exc))
+            raise _Audited(hidden) from None
+        return job_id, owner
 
     # ------------------------------------------------------------------ commands
     def _status(self, ident: Identity, job_id: str, _payload: bytes) -> Reply:
         job = self.fed.job
+        owner: JobOwner | None = None
         if job_id or job is not None:
-            job_id, owner = self._job_row(ident, "status", job_id)
+            try:
+                job_id, owner = self._job_row(ident, "status", job_id)
+            except _Audited as exc:
+                if job_id or exc.code != Reason.NO_SUCH_JOB:
+                    raise
+                job_id = ""  # the current job is not theirs: the sites, as with none
             self._allow(ident, "status", owner, job_id)
         else:
             self._allow(ident, "status", None, "")

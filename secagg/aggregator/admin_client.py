@@ -171,10 +171,12 @@ class AdminClient:
 
     def download(self, job_id: str, out: Path) -> dict[str, Any]:
         """Fetch the job's final global model (or encrypted aggregates) and its audit lines into ``out``."""
+        created = not out.exists()  # a refused download must not leave a folder behind
         out.mkdir(parents=True, exist_ok=True)
         partial = out / ".download.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
+        done = False
         try:
             chunks = self._call("download", job_id)
             header = read_header(chunks)
@@ -185,10 +187,11 @@ class AdminClient:
                 sink.close()
             for f in partial.iterdir():
                 f.replace(out / f.name)
+            done = True
         except grpc.RpcError as exc:
             raise _error(exc, self.target) from None
         finally:
-            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(out if created and not done else partial, ignore_errors=True)
         return header
 
     def logs(self, sink: BinaryIO, job_id: str = "", follow: float = 0.0) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import io
 import pytest
 
 from secagg.aggregator.admin_client import AdminError
-from tests.admin.conftest import ADMINS, Console
+from tests.admin.conftest import ADMINS, OWNER, Console
 
 COMMANDS = ("submit", "list", "status", "abort", "download", "logs")
 EXPECT: dict[str, tuple[int, int, int, int, int, int]] = {
@@ -50,6 +50,8 @@ def test_role_command(console: Console, tmp_path, admin: str, command: str, allo
                 assert (job_id in ids) is allowed
             elif command == "status":
                 reply = client.status()
+                if reply["job"] is None:  # the current job is not theirs: only the sites are shown
+                    raise AdminError("hidden", code="no_such_job")
                 assert reply["job"]["job_id"] == job_id
             elif command == "abort":
                 client.abort(job_id)
@@ -66,7 +68,10 @@ def test_role_command(console: Console, tmp_path, admin: str, command: str, allo
                 assert f'"job":"{job_id}"'.encode() in sink.getvalue()
             outcome = "allowed"
         except AdminError as exc:
-            assert exc.code == "forbidden", exc
+            # a role that may not do this at all is forbidden; a job outside the role's scope is
+            # answered as no job, naming neither its owner nor its org
+            assert exc.code in ("forbidden", "no_such_job"), exc
+            assert OWNER not in str(exc) and "belongs to" not in str(exc), exc
             outcome = "refused"
     if command == "list":
         return  # a list is filtered, never refused, for these roles
@@ -80,3 +85,32 @@ def test_role_command(console: Console, tmp_path, admin: str, command: str, allo
     org, role = ADMINS[admin]
     assert lines[0]["event"] == ("admin_command" if allowed else "admin_refused")
     assert (lines[0]["org"], lines[0]["role"]) == (org, role)
+
+
+@pytest.mark.parametrize("command", ["status", "abort", "download", "logs"])
+def test_a_job_outside_scope_answers_as_a_missing_one(console: Console, tmp_path, command: str) -> None:  # type: ignore[no-untyped-def]
+    """A lead of another org cannot tell a real job id from a made-up one (issue #18 audit, G5):
+    both answers carry the same code and the same words, with the id they named; the audit log
+    still records the attempt on the real job as a refusal, with whose job it was."""
+    job_id = console.fresh_job()
+    fake = "f" * len(job_id)
+    answers = []
+    with console.client("lead@org-2") as client:
+        for target in (job_id, fake):
+            with pytest.raises(AdminError) as err:
+                if command == "status":
+                    client.status(target)
+                elif command == "abort":
+                    client.abort(target)
+                elif command == "download":
+                    client.download(target, tmp_path / "dl")
+                else:
+                    client.logs(io.BytesIO(), target)
+            answers.append((err.value.code, str(err.value).replace(target, "<id>")))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == "no_such_job" and "that you may see" in answers[0][1]
+    fed = console.server.fed
+    assert fed.job is not None and fed.job.state == "running"
+    assert not (tmp_path / "dl").exists()
+    refused = [r for r in console.audit() if r.get("event") == "admin_refused" and r.get("job") == job_id]
+    assert refused and "belongs to submitter@org-1 of org org-1" in refused[-1]["reason"]
