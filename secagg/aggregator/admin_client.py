@@ -7,6 +7,7 @@ reason code (read from the trailing metadata, or from the details text of an old
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -52,6 +53,44 @@ def _error(exc: grpc.RpcError, target: str) -> AdminError:
         return AdminError(message, code=code)
     named = reasons.lookup(status.name.lower()) if status is not None else None
     return AdminError(details, code=named or Reason.ADMIN)
+
+
+def read_package(job: Path) -> bytes:
+    """A job folder packed, or a package file read, at most the aggregator's ``MAX_PACKAGE_BYTES``."""
+    from secagg.aggregator.admin import MAX_PACKAGE_BYTES
+    from secagg.aggregator.federation import write_package
+    from secagg.userfile import read_file
+
+    if not job.is_dir():
+        if not job.exists() and not job.is_symlink():
+            raise ConfigError(f"{job}: no such job folder or package")
+        return read_file(job, MAX_PACKAGE_BYTES, "job package")
+    sink = _Capped(MAX_PACKAGE_BYTES)
+    try:
+        write_package(job, sink)  # type: ignore[arg-type]
+    except _Capped.Over:
+        raise ConfigError(
+            f"{job}: the job folder packs to more than {MAX_PACKAGE_BYTES} bytes, the aggregator's "
+            "limit for a job package (keep data out of the job; sites read their own)"
+        ) from None
+    return sink.getvalue()
+
+
+class _Capped(io.BytesIO):
+    """A BytesIO that stops the writer once it holds more than ``limit`` bytes."""
+
+    class Over(Exception):
+        pass
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def write(self, data: Any) -> int:
+        n = super().write(data)
+        if self.tell() > self.limit:
+            raise _Capped.Over
+        return n
 
 
 class _Flushing:
@@ -148,15 +187,12 @@ class AdminClient:
         return self._json("abort", job_id)
 
     def submit(self, job: Path) -> str:
-        """Send a signed job (folder or .tar.gz); the aggregator verifies it and returns the job id."""
-        if job.is_dir():
-            from secagg.aggregator.federation import package_bytes
+        """Send a signed job (folder or .tar.gz); the aggregator verifies it and returns the job id.
 
-            data = package_bytes(job)
-        elif job.is_file():
-            data = job.read_bytes()
-        else:
-            raise ConfigError(f"no such job folder or package: {job}")
+        The package is read (or packed) no further than the aggregator's own limit, so a FIFO, a
+        device or a folder that packs to gigabytes is refused here in one line that names it, not
+        sent to be refused after the upload; a refusal by the aggregator names the package too."""
+        data = read_package(job)
         try:
             replies = iter(
                 self._stub.AdminUpload(
@@ -166,7 +202,10 @@ class AdminClient:
             header = read_header(replies)
             copy_payload(replies, _Discard(), max_bytes=0)  # type: ignore[arg-type]
         except grpc.RpcError as exc:
-            raise _error(exc, self.target) from None
+            err = _error(exc, self.target)
+            if err.code == Reason.UNAVAILABLE:
+                raise err from None
+            raise AdminError(f"{job}: {err}", code=err.code) from None
         return str(header["job_id"])
 
     def download(self, job_id: str, out: Path) -> dict[str, Any]:

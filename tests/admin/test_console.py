@@ -14,6 +14,7 @@ import yaml
 
 from secagg.aggregator.admin_client import AdminClient, AdminError
 from secagg.cli import main
+from secagg.errors import ConfigError
 from secagg.provision.kit import load_kit
 from tests.admin.conftest import OWNER_TEXT, Console
 from tests.integration.harness import make_tiny_job
@@ -97,8 +98,49 @@ def test_submit_refuses_a_tampered_package(console: Console, tmp_path: Path) -> 
     with console.client("submitter@org-1") as client, pytest.raises(AdminError) as err:
         client.submit(bad)
     assert err.value.code == "job_rejected"
+    assert str(err.value).startswith(f"{bad}: ")  # the refusal names the package the admin sent
     assert fed.job is not None and fed.job.job_id == job_id  # nothing new started
     assert console.audit()[-1]["event"] == "admin_failed"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "missing", "too_large_file", "too_large_folder"])
+def test_submit_refuses_what_is_no_package_before_sending(
+    console: Console, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A FIFO (which would block the read), a link to /dev/zero (which would fill memory), or a
+    package past the aggregator's limit is named and refused at the console: nothing is sent."""
+    import os
+
+    import secagg.aggregator.admin as admin_server
+
+    fed = console.server.fed
+    job_id = console.fresh_job()
+    before = len(console.audit())
+    target = tmp_path / "pkg.tar.gz"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "device":
+        target.symlink_to("/dev/zero")
+    elif kind == "too_large_file":
+        target.write_bytes(b"x" * 5000)
+        monkeypatch.setattr(admin_server, "MAX_PACKAGE_BYTES", 4096)
+    elif kind == "too_large_folder":
+        target = tmp_path / "job"
+        shutil.copytree(console.job_dir, target)
+        (target / "blob.bin").write_bytes(os.urandom(8192))  # does not compress below the limit
+        monkeypatch.setattr(admin_server, "MAX_PACKAGE_BYTES", 4096)
+    with console.client("submitter@org-1") as client, pytest.raises(ConfigError) as err:
+        client.submit(target)
+    words = {
+        "fifo": "is a named pipe (FIFO), not a job package",
+        "device": "is a device, not a job package",
+        "missing": "no such job folder or package",
+        "too_large_file": "job package is 5000 bytes, over the limit of 4096",
+        "too_large_folder": "packs to more than 4096 bytes",
+    }[kind]
+    assert str(err.value).startswith(str(target)) and words in str(err.value), err.value
+    assert fed.job is not None and fed.job.job_id == job_id
+    assert not [r for r in console.audit()[before:] if r.get("command") == "submit"]  # never sent
 
 
 def test_download_he_job_gives_encrypted_aggregates_and_scales(console: Console, tmp_path: Path) -> None:
