@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
+from secagg import reasons
 from secagg.agent.consistency import sign_fingerprint
 from secagg.bundle import fingerprint, from_safetensors, to_safetensors
 from secagg.errors import ConfigError
@@ -58,6 +59,18 @@ def test_bad_uploads_are_refused_and_the_round_goes_on(tmp_path: Path, workspace
                 evil_kit.private_key, fp, job_id, rnd, attempt, "site-3", n_samples=SAMPLES["site-3"]
             ),
         }
+        # hostile sample counts (the weights a roster is made of) are refused one by one, each
+        # with its reason, and none counts: the honest ready after them is still the site's first
+        for n in (1e308, 10**400, -1, 0, 2.5, True, "100", None, [1], 10**12 + 1):
+            text = json.dumps({**ready, "n_samples": n}).encode()
+            with pytest.raises(grpc.RpcError) as hostile:
+                stub.Post(pb.Message(topic="ready", job_id=job_id, round=rnd, payload=text), timeout=10)
+            assert reasons.of_rpc_error(hostile.value) == "bad_weight", (n, hostile.value.details())
+        unsigned = json.dumps({**ready, "n_samples": SAMPLES["site-3"] * 100}).encode()
+        with pytest.raises(grpc.RpcError) as inflated:  # a count other than the one it signed
+            stub.Post(pb.Message(topic="ready", job_id=job_id, round=rnd, payload=unsigned), timeout=10)
+        assert reasons.of_rpc_error(inflated.value) == "malformed"
+        assert "differs from its signed sample count" in inflated.value.details()
         stub.Post(
             pb.Message(topic="ready", job_id=job_id, round=rnd, payload=json.dumps(ready).encode()),
             timeout=10,
