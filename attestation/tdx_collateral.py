@@ -45,6 +45,26 @@ def _find(folder: Path, key: str) -> Path:
     raise OptionsError(f"collateral folder {folder} lacks {key} (one of {', '.join(_NAMES[key])})")
 
 
+#: Intel's PCS collateral is kilobytes; a file past this is not collateral and is not read into memory
+MAX_COLLATERAL_BYTES = 4 << 20
+
+
+def _read(path: Path) -> bytes:
+    """At most ``MAX_COLLATERAL_BYTES`` of a collateral file (``_find`` saw a regular file: no FIFO)."""
+    with path.open("rb") as fh:
+        data = fh.read(MAX_COLLATERAL_BYTES + 1)
+    if len(data) > MAX_COLLATERAL_BYTES:
+        raise OptionsError(f"collateral file {path} is over {MAX_COLLATERAL_BYTES} bytes")
+    return data
+
+
+def _text(path: Path) -> str:
+    try:
+        return _read(path).decode()
+    except UnicodeDecodeError:
+        raise OptionsError(f"collateral file {path} is not UTF-8 text") from None
+
+
 def _signed_body(text: str, key: str) -> tuple[str, bytes]:
     """The exact signed JSON text of ``key`` in a PCS response, and its signature.
 
@@ -54,8 +74,11 @@ def _signed_body(text: str, key: str) -> tuple[str, bytes]:
     body_end = text.rfind(',"signature":')
     if not text.startswith(prefix) or body_end < 0:
         raise OptionsError(f'collateral {key}: expected a PCS response {prefix}...,"signature":...}}')
-    sig = json.loads(text)["signature"]
-    return text[len(prefix) : body_end], bytes.fromhex(sig)
+    try:
+        sig = bytes.fromhex(json.loads(text)["signature"])
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise OptionsError(f"collateral {key}: its signature is not a hex string in a JSON object") from None
+    return text[len(prefix) : body_end], sig
 
 
 def load_collateral(folder: str | Path):  # type: ignore[no-untyped-def]
@@ -63,17 +86,17 @@ def load_collateral(folder: str | Path):  # type: ignore[no-untyped-def]
 
     folder = Path(folder)
     if (folder / "collateral.json").is_file():
-        return dcap_qvl.QuoteCollateralV3.from_json((folder / "collateral.json").read_text())
-    tcb_info, tcb_sig = _signed_body(_find(folder, "tcb_info").read_text(), "tcbInfo")
-    qe_id, qe_sig = _signed_body(_find(folder, "qe_identity").read_text(), "enclaveIdentity")
+        return dcap_qvl.QuoteCollateralV3.from_json(_text(folder / "collateral.json"))
+    tcb_info, tcb_sig = _signed_body(_text(_find(folder, "tcb_info")), "tcbInfo")
+    qe_id, qe_sig = _signed_body(_text(_find(folder, "qe_identity")), "enclaveIdentity")
     return dcap_qvl.QuoteCollateralV3(
-        _find(folder, "pck_crl_issuer_chain").read_text(),
-        _find(folder, "root_crl").read_bytes(),
-        _find(folder, "pck_crl").read_bytes(),
-        _find(folder, "tcb_info_issuer_chain").read_text(),
+        _text(_find(folder, "pck_crl_issuer_chain")),
+        _read(_find(folder, "root_crl")),
+        _read(_find(folder, "pck_crl")),
+        _text(_find(folder, "tcb_info_issuer_chain")),
         tcb_info,
         tcb_sig,
-        _find(folder, "qe_identity_issuer_chain").read_text(),
+        _text(_find(folder, "qe_identity_issuer_chain")),
         qe_id,
         qe_sig,
     )

@@ -176,3 +176,35 @@ def test_collateral_evaluated_offline_at_a_given_time(tmp_path):
     # Evaluated today, the same collateral is stale (expired CRL): time is an input, not an accident.
     with pytest.raises(VerificationError, match="CrlExpired"):
         evaluate_collateral(signed, TDX, now=NOW)
+
+
+@pytest.mark.parametrize("how", ["huge", "not_text", "fifo", "bad_json"])
+def test_hostile_collateral_files_are_refused_in_one_line(tmp_path, how):
+    """A collateral folder is operator input: a file far past collateral's size is refused before it
+    is read whole, bytes that are not text or a body that is not a PCS response are named, and a FIFO
+    is not opened (it would block); each as an ``OptionsError``, never a traceback or a hang."""
+    pytest.importorskip("dcap_qvl")
+    from attestation.errors import OptionsError
+    from attestation.tdx_collateral import MAX_COLLATERAL_BYTES, evaluate_collateral
+
+    for f in TDX.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    target = tmp_path / "sample_tcbInfo_response"
+    target.unlink()
+    if how == "huge":
+        with target.open("wb") as fh:
+            fh.truncate(MAX_COLLATERAL_BYTES + 1)  # sparse: cheap to make, not to read whole
+    elif how == "not_text":
+        target.write_bytes(b"\xff\xfe" * 10)
+    elif how == "fifo":
+        import os
+
+        os.mkfifo(target)
+    else:
+        target.write_text('{"tcbInfo":{},"signature":"zz"}')
+    spr = read(TDX / "tdx_prod_quote_SPR_E4.dat")
+    q = parse_quote(spr, allow_trailing_garbage=True)
+    signed = spr[: len(spr) - len(q.trailing)]
+    words = {"huge": "is over", "not_text": "is not UTF-8", "fifo": "lacks tcb_info", "bad_json": "signature"}
+    with pytest.raises(OptionsError, match=words[how]):
+        evaluate_collateral(signed, tmp_path, now=dt.datetime(2023, 6, 20, tzinfo=dt.UTC))
