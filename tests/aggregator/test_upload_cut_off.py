@@ -58,9 +58,12 @@ def test_an_upload_cut_off_mid_stream_is_truncated_and_its_resend_accepted(
         while not _refusals(server) and time.monotonic() < deadline:
             time.sleep(0.05)
         (refused,) = _refusals(server)
-        assert (refused["code"], refused["reason"]) == (
-            "truncated",
+        # gRPC hands the handler a cancelled stream either as an error from its request iterator
+        # (F17: that was refused as ``internal``) or, on a loaded machine, as the stream's end
+        assert refused["code"] == "truncated", refused
+        assert refused["reason"] in (
             "stream cut off: the caller's connection was lost mid-stream",
+            "stream cut off before its trailer",
         )
         spool = tmp_path / "state" / "spool"
         assert not [p for p in spool.rglob("*") if p.is_file()]
