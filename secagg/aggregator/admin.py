@@ -28,6 +28,7 @@ from secagg.aggregator.hub import FederationHub
 from secagg.aggregator.modes import mode_class
 from secagg.aggregator.rounds import JobState
 from secagg.aggregator.rpc import MAX_NAME, abort, caller, seconds_field
+from secagg.aggregator.store import JobRow
 from secagg.errors import ConfigError, IdentityError, PolicyRefusal, SecaggError, UsageError
 from secagg.events import TERMINAL, Event
 from secagg.metrics import CONNECTED_WITHIN_S
@@ -201,8 +202,9 @@ class AdminConsole:
             self._audit(event, ident, command, job_id, code=exc.code, reason=str(exc))
         abort(context, exc.code, str(exc))
 
-    def _job_row(self, ident: Identity, action: str, job_id: str) -> tuple[str, JobOwner]:
-        """Resolve ``job_id`` ('' = the current job) to an id and its owner, or answer "no job".
+    def _allowed_job(self, ident: Identity, action: str, job_id: str) -> tuple[str, JobRow]:
+        """Resolve ``job_id`` ('' = the current job) to an id and its row, authorized and audited
+        (:meth:`_allow`), or answer "no job".
 
         The role is checked first: a certificate that is no admin role, or whose role may not do
         ``action`` at all, is refused before any lookup, so it cannot learn which job ids exist from
@@ -210,8 +212,7 @@ class AdminConsole:
         exactly as a job that does not exist (issue #18's audit, G5: "belongs to alice of org O"
         told a lead of another org that the id was real, and whose it was); the audit log keeps
         the truth, as an ``admin_refused`` line."""
-        scope: str = getattr(permissions(self.table, ident), action)
-        if scope == "none":
+        if getattr(permissions(self.table, ident), action) == "none":
             authorize(self.table, ident, action, None, job_id)
         named = bool(job_id)
         if not named:
@@ -223,28 +224,23 @@ class AdminConsole:
         row = self.fed.store.job(job_id)
         if row is None:
             raise hidden
-        owner = job_owner(row.submitter)
         try:
-            authorize(self.table, ident, action, owner, job_id)
-        except PolicyRefusal as exc:
-            self._audit(Event.ADMIN_REFUSED, ident, action, job_id, code=exc.code, reason=str(exc))
+            self._allow(ident, action, job_owner(row.submitter), job_id)
+        except _Audited:
             raise _Audited(hidden) from None
-        return job_id, owner
+        return job_id, row
 
     # ------------------------------------------------------------------ commands
     def _status(self, ident: Identity, job_id: str, _payload: bytes) -> Reply:
-        job = self.fed.job
-        owner: JobOwner | None = None
-        if job_id or job is not None:
-            try:
-                job_id, owner = self._job_row(ident, "status", job_id)
-            except _Audited as exc:
-                if job_id or exc.code != Reason.NO_SUCH_JOB:
-                    raise
-                job_id = ""  # the current job is not theirs: the sites, as with none
-            self._allow(ident, "status", owner, job_id)
-        else:
-            self._allow(ident, "status", None, "")
+        try:
+            if job_id or self.fed.job is not None:
+                job_id, _ = self._allowed_job(ident, "status", job_id)
+            else:
+                self._allow(ident, "status", None, "")
+        except _Audited as exc:
+            if job_id or exc.code != Reason.NO_SUCH_JOB:
+                raise
+            self._allow(ident, "status", None, "")  # the current job is not theirs: the sites, as with none
         now = time.time()
         beats = dict(self.fed.heartbeats)
         sites = []
@@ -309,16 +305,12 @@ class AdminConsole:
     def _abort(self, ident: Identity, job_id: str, _payload: bytes) -> Reply:
         if not job_id:
             raise UsageError("abort needs a job id")
-        job_id, owner = self._job_row(ident, "abort", job_id)
-        self._allow(ident, "abort", owner, job_id)
+        job_id, _ = self._allowed_job(ident, "abort", job_id)
         self.fed.abort(job_id, by=describe(ident))  # one running job (the others go on), or a queued one
         return {"job_id": job_id, "state": "aborted"}, []
 
     def _download(self, ident: Identity, job_id: str, _payload: bytes) -> Reply:
-        job_id, owner = self._job_row(ident, "download", job_id)
-        self._allow(ident, "download", owner, job_id)
-        row = self.fed.store.job(job_id)
-        assert row is not None
+        job_id, row = self._allowed_job(ident, "download", job_id)
         mode = json.loads(row.spec_json).get("mode")
         rounds = self.fed.store.rounds(job_id)
         if not rounds:
@@ -338,8 +330,7 @@ class AdminConsole:
         return header, _file_pieces([f for _, f in files])
 
     def _logs(self, ident: Identity, job_id: str, payload: bytes) -> Reply:
-        job_id, owner = self._job_row(ident, "logs", job_id)
-        self._allow(ident, "logs", owner, job_id)
+        job_id, _ = self._allowed_job(ident, "logs", job_id)
         follow = _follow_seconds(payload)
         return {"job_id": job_id, "follow": follow}, self._stream_logs(job_id, follow)
 

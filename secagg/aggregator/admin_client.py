@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import grpc
 
-from secagg import reasons
+from secagg import reasons, userfile
 from secagg.errors import ConfigError, SecaggError
 from secagg.provision.kit import Kit
 from secagg.reasons import Reason
@@ -57,14 +57,13 @@ def _error(exc: grpc.RpcError, target: str) -> AdminError:
 
 def read_package(job: Path) -> bytes:
     """A job folder packed, or a package file read, at most the aggregator's ``MAX_PACKAGE_BYTES``."""
-    from secagg.aggregator.admin import MAX_PACKAGE_BYTES
+    from secagg.aggregator.admin import MAX_PACKAGE_BYTES  # at call time: the server module is heavy
     from secagg.aggregator.federation import write_package
-    from secagg.userfile import read_file
 
     if not job.is_dir():
         if not job.exists() and not job.is_symlink():
             raise ConfigError(f"{job}: no such job folder or package")
-        return read_file(job, MAX_PACKAGE_BYTES, "job package")
+        return userfile.read_file(job, MAX_PACKAGE_BYTES, "job package")
     sink = _Capped(MAX_PACKAGE_BYTES)
     try:
         write_package(job, sink)  # type: ignore[arg-type]

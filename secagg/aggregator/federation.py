@@ -17,7 +17,6 @@ branch on the mode. Uploads are spooled by :mod:`secagg.aggregator.spool`.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
@@ -61,16 +60,9 @@ from secagg.transport.chunks import copy_payload
 log = logging.getLogger(__name__)
 
 
-def package_bytes(job_dir: Path) -> bytes:
-    """A deterministic tar.gz of a job folder (sorted, no owners, fixed mtimes)."""
-    buf = io.BytesIO()
-    write_package(job_dir, buf)
-    return buf.getvalue()
-
-
 def write_package(job_dir: Path, out: BinaryIO) -> None:
-    """:func:`package_bytes` written to ``out`` as it is made (a job with a large model is never
-    whole in memory)."""
+    """A deterministic tar.gz of a job folder (sorted, no owners, fixed mtimes), written to ``out`` as
+    it is made (a job with a large model is never whole in memory)."""
     with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tar:
         for path in sorted(p for p in job_dir.rglob("*") if p.is_file()):
             info = tarfile.TarInfo(path.relative_to(job_dir).as_posix())

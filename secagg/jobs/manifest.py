@@ -69,17 +69,11 @@ def build_manifest(view: PackageView) -> Manifest:
 
 def _field(loc: tuple[Any, ...]) -> str:
     """A pydantic location as a path into the document: ``files["lib/a.py"].sha256``."""
-    out = ""
-    for i, part in enumerate(loc):
-        if i == 1 and loc[0] == "files":  # a file name (a key chosen by the package)
-            name = str(part) if len(str(part)) <= _MAX_KEY else str(part)[: _MAX_KEY - 3] + "..."
-            out += f"[{json.dumps(name)}]"
-        elif isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            shown = validation.printable(part)
-            out += f".{shown}" if out else shown
-    return out or "(top level)"
+    if len(loc) > 1 and loc[0] == "files":  # a file name (a key chosen by the package)
+        name = str(loc[1]) if len(str(loc[1])) <= _MAX_KEY else str(loc[1])[: _MAX_KEY - 3] + "..."
+        rest = validation.field_path(loc[2:])
+        return f"files[{json.dumps(name)}]" + (rest if rest[:1] in ("", "[") else f".{rest}")
+    return validation.field_path(loc) or "(top level)"
 
 
 def _problem(err: Any) -> str:

@@ -140,11 +140,7 @@ def _validate(cls: Any, data: Any) -> Any:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"privacy filter: {_one_line(exc)}") from None
-
-
-def _one_line(exc: ValidationError) -> str:
-    return validation.problems(exc).line()
+        raise ConfigError(f"privacy filter: {validation.problems(exc).line()}") from None
 
 
 def parse_specs(data: Sequence[Mapping[str, Any] | BaseModel]) -> list[FilterSpec]:
@@ -157,7 +153,7 @@ def parse_specs(data: Sequence[Mapping[str, Any] | BaseModel]) -> list[FilterSpe
     try:
         return _ADAPTER.validate_python(items)
     except ValidationError as exc:
-        raise ConfigError(f"privacy filters: {_one_line(exc)}") from None
+        raise ConfigError(f"privacy filters: {validation.problems(exc).line()}") from None
 
 
 def _as_spec(spec: FilterSpec | Mapping[str, Any] | BaseModel) -> FilterSpec:
